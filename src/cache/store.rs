@@ -1,0 +1,441 @@
+//! The content-addressed store: publishing outputs and records atomically, reading them back,
+//! run records, and garbage collection. See the module docs of [`crate::cache`] for the layout.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::lock::{self, KeyLock};
+use super::{io, CacheError};
+use crate::hash::{self, Digest, KeyParts};
+
+/// One published output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputRecord {
+    /// Content digest (also the object's name).
+    pub digest: Digest,
+    /// True when the output is a folder.
+    pub dir: bool,
+    /// Total size in bytes.
+    pub bytes: u64,
+}
+
+/// What a completed node run left in the cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The node key.
+    pub key: Digest,
+    /// The node's name in the pipeline that produced it (informational).
+    pub node: String,
+    /// Everything that went into the key.
+    pub parts: KeyParts,
+    /// Outputs by name.
+    pub outputs: BTreeMap<String, OutputRecord>,
+    /// Unix seconds when the run started.
+    pub started_at: u64,
+    /// Wall time of the run.
+    pub duration_ms: u64,
+    /// `pipe` version that produced it.
+    pub pipe_version: String,
+    /// The node's one-line summary ("334 records, 4 bad").
+    #[serde(default)]
+    pub summary: Option<String>,
+}
+
+/// A node as recorded in the latest run of a pipeline.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunNode {
+    /// Its key.
+    pub key: Digest,
+    /// Its key parts (for `status --why`).
+    pub parts: KeyParts,
+}
+
+/// The latest run of one pipeline file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The pipeline's name.
+    pub pipeline: String,
+    /// The pipeline file's canonical path.
+    pub file: String,
+    /// Unix seconds.
+    pub finished_at: u64,
+    /// Completed nodes (ran or cached) by name.
+    pub nodes: BTreeMap<String, RunNode>,
+}
+
+/// What `gc` removed (or would remove).
+#[derive(Debug, Default, Serialize)]
+pub struct GcReport {
+    /// Node records removed.
+    pub records: Vec<String>,
+    /// Objects removed.
+    pub objects: Vec<String>,
+    /// Bytes freed.
+    pub bytes: u64,
+}
+
+/// A cache folder.
+pub struct Store {
+    root: PathBuf,
+}
+
+const DIRS: &[&str] = &["objects", "nodes", "logs", "runs", "locks", "work", "extra", "tmp"];
+
+impl Store {
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Store, CacheError> {
+        for d in DIRS {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(io("creating", &p))?;
+        }
+        let ignore = root.join(".gitignore");
+        if !ignore.exists() {
+            let _ = fs::write(&ignore, "*\n");
+        }
+        Ok(Store { root: root.canonicalize().map_err(io("opening", root))? })
+    }
+
+    /// The cache folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the object with this digest lives.
+    pub fn object_path(&self, digest: &str) -> PathBuf {
+        self.root.join("objects").join(&digest[..2]).join(digest)
+    }
+
+    fn record_path(&self, key: &str) -> PathBuf {
+        self.root.join("nodes").join(format!("{key}.json"))
+    }
+
+    /// The log of the run that produced `key`.
+    pub fn log_path(&self, key: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{key}.log"))
+    }
+
+    /// The persistent scratch folder of `key` (checkpoints).
+    pub fn work_dir(&self, key: &str) -> PathBuf {
+        self.root.join("work").join(key)
+    }
+
+    /// The stat cache file.
+    pub fn stat_cache_path(&self) -> PathBuf {
+        self.root.join("stat-cache.json")
+    }
+
+    /// Memoised extra key components, stored under a digest of what determines them.
+    pub fn extra(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        serde_json::from_slice(&fs::read(self.root.join("extra").join(format!("{id}.json"))).ok()?).ok()
+    }
+
+    /// Stores memoised extra key components.
+    pub fn put_extra(&self, id: &str, extra: &BTreeMap<String, String>) -> Result<(), CacheError> {
+        let path = self.root.join("extra").join(format!("{id}.json"));
+        let bytes = serde_json::to_vec(extra).map_err(|source| CacheError::Encode { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// The record for `key`, if it exists and every object it names is present.
+    pub fn record(&self, key: &str) -> Option<NodeRecord> {
+        let rec: NodeRecord = serde_json::from_slice(&fs::read(self.record_path(key)).ok()?).ok()?;
+        rec.outputs.values().all(|o| self.object_path(&o.digest).exists()).then_some(rec)
+    }
+
+    /// Locks `key` against other processes; `on_wait` runs if someone else holds it.
+    pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<KeyLock, CacheError> {
+        lock::acquire(&self.root.join("locks").join(format!("{key}.lock")), on_wait)
+    }
+
+    /// A fresh, empty staging folder under `tmp/`.
+    pub fn staging(&self, key: &str) -> Result<PathBuf, CacheError> {
+        let nonce: u32 = rand::random();
+        let p = self.root.join("tmp").join(format!("{}-{}-{nonce:08x}", &key[..12.min(key.len())], std::process::id()));
+        fs::create_dir_all(&p).map_err(io("creating", &p))?;
+        Ok(p)
+    }
+
+    /// Moves each output from `staging` into `objects/` and writes the node record, atomically.
+    /// `outputs` lists (name, is_dir). Returns the published record.
+    pub fn publish(
+        &self,
+        key: &str,
+        node: &str,
+        parts: &KeyParts,
+        staging: &Path,
+        outputs: &[(&str, bool)],
+        started_at: u64,
+        duration_ms: u64,
+        summary: Option<String>,
+    ) -> Result<NodeRecord, CacheError> {
+        let mut recs = BTreeMap::new();
+        for &(name, dir) in outputs {
+            let src = staging.join(name);
+            let md = fs::metadata(&src).map_err(io("reading output", &src))?;
+            if md.is_dir() != dir {
+                let what = if dir { "a folder" } else { "a file" };
+                return Err(CacheError::Io {
+                    action: "publishing",
+                    path: src,
+                    source: std::io::Error::other(format!("output `{name}` must be {what}")),
+                });
+            }
+            sync_tree(&src)?;
+            let digest = hash::hash_path(&src).map_err(io("hashing", &src))?;
+            let bytes = tree_size(&src);
+            let dest = self.object_path(&digest);
+            if !dest.exists() {
+                let parent = dest.parent().expect("objects have a parent");
+                fs::create_dir_all(parent).map_err(io("creating", parent))?;
+                make_read_only(&src);
+                match fs::rename(&src, &dest) {
+                    Ok(()) => sync_dir(parent),
+                    // Another process published the same content first: same bytes, keep theirs.
+                    Err(_) if dest.exists() => {}
+                    Err(e) => return Err(CacheError::Io { action: "publishing", path: dest, source: e }),
+                }
+            }
+            recs.insert(name.to_string(), OutputRecord { digest, dir, bytes });
+        }
+        let rec = NodeRecord {
+            key: key.to_string(),
+            node: node.to_string(),
+            parts: parts.clone(),
+            outputs: recs,
+            started_at,
+            duration_ms,
+            pipe_version: env!("CARGO_PKG_VERSION").to_string(),
+            summary,
+        };
+        let path = self.record_path(key);
+        let bytes = serde_json::to_vec_pretty(&rec).map_err(|source| CacheError::Encode { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)?;
+        let _ = fs::remove_dir_all(staging);
+        Ok(rec)
+    }
+
+    fn run_path(&self, pipeline_file: &Path) -> PathBuf {
+        let id = blake3::hash(pipeline_file.to_string_lossy().as_bytes()).to_hex();
+        self.root.join("runs").join(format!("{}.json", &id[..16]))
+    }
+
+    /// The latest run record of a pipeline file (by canonical path).
+    pub fn run_record(&self, pipeline_file: &Path) -> Option<RunRecord> {
+        serde_json::from_slice(&fs::read(self.run_path(pipeline_file)).ok()?).ok()
+    }
+
+    /// Replaces the latest run record of a pipeline file.
+    pub fn save_run_record(&self, pipeline_file: &Path, rec: &RunRecord) -> Result<(), CacheError> {
+        let path = self.run_path(pipeline_file);
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|source| CacheError::Encode { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Deletes every node record, object, log and work folder not referenced by the latest run of
+    /// some pipeline, plus stale staging folders and lock files. Keys locked by a running process
+    /// are left alone.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport, CacheError> {
+        let mut keep_keys = BTreeSet::new();
+        for entry in read_dir(&self.root.join("runs"))? {
+            if let Ok(rec) = serde_json::from_slice::<RunRecord>(&fs::read(&entry).unwrap_or_default()) {
+                keep_keys.extend(rec.nodes.values().map(|n| n.key.clone()));
+            }
+        }
+        let mut keep_objects = BTreeSet::new();
+        let mut report = GcReport::default();
+        for path in read_dir(&self.root.join("nodes"))? {
+            let key = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let rec: Option<NodeRecord> = fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let in_use = !keep_keys.contains(&key) && self.key_in_use(&key)?;
+            if keep_keys.contains(&key) || in_use {
+                if let Some(rec) = rec {
+                    keep_objects.extend(rec.outputs.values().map(|o| o.digest.clone()));
+                }
+                continue;
+            }
+            report.records.push(key.clone());
+            if !dry_run {
+                remove(&path)?;
+                remove(&self.log_path(&key))?;
+                remove(&self.work_dir(&key))?;
+            }
+        }
+        for shard in read_dir(&self.root.join("objects"))? {
+            for obj in read_dir(&shard)? {
+                let digest = obj.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                if keep_objects.contains(&digest) {
+                    continue;
+                }
+                report.bytes += tree_size(&obj);
+                report.objects.push(digest);
+                if !dry_run {
+                    remove(&obj)?;
+                }
+            }
+        }
+        if !dry_run {
+            // Work folders of keys that never finished and are not running now.
+            for w in read_dir(&self.root.join("work"))? {
+                let key = w.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                if !keep_keys.contains(&key) && !self.key_in_use(&key)? && !self.record_path(&key).exists() {
+                    report.bytes += tree_size(&w);
+                    remove(&w)?;
+                }
+            }
+            for t in read_dir(&self.root.join("tmp"))? {
+                let pid =
+                    t.file_name().and_then(|n| n.to_str()).and_then(|n| n.split('-').nth(1)).and_then(|p| p.parse::<u32>().ok());
+                if pid.is_none_or(|p| !process_alive(p)) {
+                    remove(&t)?;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn key_in_use(&self, key: &str) -> Result<bool, CacheError> {
+        let p = self.root.join("locks").join(format!("{key}.lock"));
+        if !p.exists() {
+            return Ok(false);
+        }
+        Ok(lock::try_acquire(&p)?.is_none())
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(rd.filter_map(|e| e.ok().map(|e| e.path())).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(CacheError::Io { action: "listing", path: dir.to_path_buf(), source: e }),
+    }
+}
+
+fn remove(path: &Path) -> Result<(), CacheError> {
+    let r = match fs::symlink_metadata(path) {
+        Err(_) => return Ok(()),
+        Ok(md) if md.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+    };
+    r.map_err(io("removing", path))
+}
+
+/// Writes `bytes` to `path` through a temp file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    let nonce: u32 = rand::random();
+    let tmp = path.with_extension(format!("tmp-{}-{nonce:08x}", std::process::id()));
+    let mut f = fs::File::create(&tmp).map_err(io("writing", &tmp))?;
+    f.write_all(bytes).map_err(io("writing", &tmp))?;
+    f.sync_all().map_err(io("syncing", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("renaming", path))?;
+    if let Some(parent) = path.parent() {
+        sync_dir(parent);
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+fn sync_tree(path: &Path) -> Result<(), CacheError> {
+    if path.is_dir() {
+        for p in read_dir(path)? {
+            sync_tree(&p)?;
+        }
+        sync_dir(path);
+    } else {
+        fs::File::open(path).and_then(|f| f.sync_all()).map_err(io("syncing", path))?;
+    }
+    Ok(())
+}
+
+fn make_read_only(path: &Path) {
+    if path.is_dir() {
+        for p in read_dir(path).unwrap_or_default() {
+            make_read_only(&p);
+        }
+    } else if let Ok(md) = fs::metadata(path) {
+        let mut perm = md.permissions();
+        perm.set_readonly(true);
+        let _ = fs::set_permissions(path, perm);
+    }
+}
+
+/// Total bytes of a file or folder.
+pub fn tree_size(path: &Path) -> u64 {
+    match fs::symlink_metadata(path) {
+        Ok(md) if md.is_dir() => read_dir(path).unwrap_or_default().iter().map(|p| tree_size(p)).sum(),
+        Ok(md) => md.len(),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts() -> KeyParts {
+        KeyParts { kind: "k".into(), version: 1, params: BTreeMap::new(), inputs: BTreeMap::new(), extra: BTreeMap::new() }
+    }
+
+    #[test]
+    fn published_outputs_are_found_by_key_and_content() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let key = parts().key();
+        assert!(store.record(&key).is_none());
+        let st = store.staging(&key).unwrap();
+        fs::write(st.join("out"), b"data").unwrap();
+        let rec = store.publish(&key, "n", &parts(), &st, &[("out", false)], 0, 1, None).unwrap();
+        assert_eq!(fs::read(store.object_path(&rec.outputs["out"].digest)).unwrap(), b"data");
+        assert!(store.record(&key).is_some());
+        assert!(!st.exists(), "staging is removed after publishing");
+    }
+
+    #[test]
+    fn a_record_whose_object_vanished_is_not_a_hit() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let key = parts().key();
+        let st = store.staging(&key).unwrap();
+        fs::write(st.join("out"), b"x").unwrap();
+        let rec = store.publish(&key, "n", &parts(), &st, &[("out", false)], 0, 1, None).unwrap();
+        remove(&store.object_path(&rec.outputs["out"].digest)).unwrap();
+        assert!(store.record(&key).is_none());
+    }
+
+    #[test]
+    fn gc_keeps_what_the_latest_run_references() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let mut keys = Vec::new();
+        for (i, content) in [b"keep".as_slice(), b"drop".as_slice()].iter().enumerate() {
+            let mut p = parts();
+            p.version = i as u32;
+            let key = p.key();
+            let st = store.staging(&key).unwrap();
+            fs::write(st.join("out"), content).unwrap();
+            store.publish(&key, "n", &p, &st, &[("out", false)], 0, 1, None).unwrap();
+            keys.push((key, p));
+        }
+        let mut run = RunRecord::default();
+        run.nodes.insert("n".into(), RunNode { key: keys[0].0.clone(), parts: keys[0].1.clone() });
+        store.save_run_record(Path::new("/p.yaml"), &run).unwrap();
+        let dry = store.gc(true).unwrap();
+        assert_eq!(dry.records, vec![keys[1].0.clone()]);
+        assert!(store.record(&keys[1].0).is_some(), "dry run deletes nothing");
+        store.gc(false).unwrap();
+        assert!(store.record(&keys[0].0).is_some());
+        assert!(store.record(&keys[1].0).is_none());
+    }
+}

@@ -1,0 +1,189 @@
+//! Command-line interface (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXAMPLES: &str = "\
+Examples:
+  pipe run pipelines/fortune.yaml                      run everything that is not fresh
+  pipe run pipelines/fortune.yaml --target tokenize    only tokenize and what it needs
+  pipe run pipelines/fortune.yaml --set tokenize.max_length=256
+  pipe status pipelines/fortune.yaml --why             what would run, and why
+  pipe graph pipelines/fortune.yaml --format mermaid
+  pipe show pipelines/fortune.yaml fix                 artifact paths and metadata
+  pipe verify pipelines/fortune.yaml tokenize          re-execute and compare digests
+  pipe gc --dry-run                                    what gc would delete
+
+Exit codes: 0 success (also when everything was fresh), 1 a node failed or verify found a
+mismatch, 2 invalid invocation or pipeline file, 130 interrupted.";
+
+/// Reproducible, cached YAML pipelines for fine-tuning and shipping language models.
+#[derive(Debug, Parser)]
+#[command(name = "pipe", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub global: GlobalArgs,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Cache folder [default: `cache/` in the pipeline file's project root]
+    #[arg(long, global = true, env = "PIPE_CACHE", value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Print less (only errors); repeat for nothing
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub quiet: u8,
+    /// Log more (-v debug, -vv trace); PIPE_LOG or RUST_LOG override
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Never draw progress bars (plain lines instead)
+    #[arg(long, global = true, env = "PIPE_NO_PROGRESS")]
+    pub no_progress: bool,
+    /// Colour in diagnostics
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto, env = "PIPE_COLOR")]
+    pub color: Color,
+}
+
+/// When to use colour.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
+}
+
+/// Graph output formats.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum GraphFormat {
+    Dot,
+    Mermaid,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a pipeline: every selected node that is not fresh in the cache
+    Run(RunArgs),
+    /// Show which nodes are fresh and which would run (a dry run)
+    Status(StatusArgs),
+    /// Print the pipeline's DAG
+    Graph(GraphArgs),
+    /// Show a node's key, artifacts and metadata
+    Show(ShowArgs),
+    /// Re-execute cached nodes, ignoring the cache, and compare output digests
+    Verify(VerifyArgs),
+    /// Delete cache entries that no pipeline's latest run references
+    Gc(GcArgs),
+    /// List node kinds with their inputs, parameters and outputs
+    Kinds(KindsArgs),
+    /// Print shell completions
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `pipe run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// Run only these nodes and what they need (repeatable)
+    #[arg(long, value_name = "NODE")]
+    pub target: Vec<String>,
+    /// Rerun these nodes even if they are fresh (repeatable)
+    #[arg(long, value_name = "NODE")]
+    pub force: Vec<String>,
+    /// Override a parameter: NODE.PARAM=VALUE (repeatable, type-checked)
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// After a failure, keep running nodes that do not depend on it
+    #[arg(long)]
+    pub keep_going: bool,
+    /// Print one JSON event per line on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// CPU nodes to run at once [default: number of CPUs]
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
+}
+
+/// `pipe status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// Explain every node that would run: which input, parameter or version changed
+    #[arg(long)]
+    pub why: bool,
+    /// Only these nodes and what they need
+    #[arg(long, value_name = "NODE")]
+    pub target: Vec<String>,
+    /// Override a parameter as `run` would
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// Print JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pipe graph`.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = GraphFormat::Dot)]
+    pub format: GraphFormat,
+}
+
+/// `pipe show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// The node
+    pub node: String,
+    /// Override a parameter as `run` would
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// Print JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `pipe verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// Nodes to verify [default: all]
+    pub nodes: Vec<String>,
+    /// Override a parameter as `run` would
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `pipe gc`.
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// List what would be deleted, delete nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// A pipeline file whose project's cache to clean [default: ./cache]
+    pub file: Option<PathBuf>,
+}
+
+/// `pipe kinds`.
+#[derive(Debug, Args)]
+pub struct KindsArgs {
+    /// One kind [default: all]
+    pub kind: Option<String>,
+    /// Markdown (as in the README)
+    #[arg(long)]
+    pub markdown: bool,
+}

@@ -1,0 +1,35 @@
+//! `pipe gc [--dry-run]`: delete cache entries no pipeline's latest run references.
+
+use anyhow::Result;
+
+use super::{cache_dir, show::human_bytes, ExitStatus};
+use crate::cache::Store;
+use crate::cli::{GcArgs, GlobalArgs};
+
+/// Runs the command.
+pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<ExitStatus> {
+    let dir = cache_dir(global, args.file.as_deref());
+    if !dir.exists() {
+        println!("no cache at {}", dir.display());
+        return Ok(ExitStatus::Success);
+    }
+    let store = Store::open(&dir)?;
+    let report = store.gc(args.dry_run)?;
+    let verb = if args.dry_run { "would delete" } else { "deleted" };
+    if args.dry_run {
+        for r in &report.records {
+            println!("record  {r}");
+        }
+        for o in &report.objects {
+            println!("object  {o}");
+        }
+    }
+    println!(
+        "{verb} {} node record(s) and {} object(s), {} in {}",
+        report.records.len(),
+        report.objects.len(),
+        human_bytes(report.bytes),
+        store.root().display()
+    );
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,62 @@
+//! One file per subcommand. Each returns an [`ExitStatus`]; errors that reach `main` are
+//! invalid invocations or internal errors (exit 2).
+
+pub mod gc;
+pub mod graph;
+pub mod kinds;
+pub mod run;
+pub mod show;
+pub mod status;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use crate::cli::GlobalArgs;
+use crate::spec::{self, validate::SpecError, Override, Pipeline};
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything succeeded (including "all fresh").
+    Success,
+    /// A node failed, or verify found a mismatch.
+    Failure,
+    /// Invalid invocation or pipeline, or an internal error.
+    Error,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(s: ExitStatus) -> ExitCode {
+        match s {
+            ExitStatus::Success => ExitCode::SUCCESS,
+            ExitStatus::Failure => ExitCode::from(1),
+            ExitStatus::Error => ExitCode::from(2),
+        }
+    }
+}
+
+/// Parses `--set` arguments and loads the pipeline.
+pub fn load_pipeline(file: &Path, sets: &[String]) -> Result<Pipeline, SpecError> {
+    let overrides = sets.iter().map(|s| Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
+    spec::load(file, &overrides)
+}
+
+/// The cache folder: `--cache`/`PIPE_CACHE`, else `cache/` in the project root of the pipeline
+/// file (the nearest folder above it holding `.git` or `cache/`, else the file's own folder).
+pub fn cache_dir(global: &GlobalArgs, pipeline_file: Option<&Path>) -> PathBuf {
+    if let Some(c) = &global.cache {
+        return c.clone();
+    }
+    let start = pipeline_file
+        .and_then(|f| f.canonicalize().ok())
+        .and_then(|f| f.parent().map(Path::to_path_buf))
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("."));
+    for dir in start.ancestors() {
+        if dir.join(".git").exists() || dir.join("cache").is_dir() {
+            return dir.join("cache");
+        }
+    }
+    start.join("cache")
+}

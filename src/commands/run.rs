@@ -1,0 +1,51 @@
+//! `pipe run`: validate, then run every selected node that is not fresh.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::{cache_dir, load_pipeline, ExitStatus};
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::report::{Event, Reporter};
+use crate::sched::device::DevicePool;
+use crate::sched::{RunOptions, Session};
+
+/// Runs the command.
+pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
+    let pipeline = load_pipeline(&args.file, &args.set)?;
+    let cache = cache_dir(global, Some(&args.file));
+    let reporter = Arc::new(Reporter::new(args.json, global.quiet > 0, global.no_progress));
+    let session = Session::open(pipeline, &cache, reporter.clone())?;
+    let selected = session.select(&args.target)?;
+    let force = args.force.iter().map(|f| session.index(f)).collect::<Result<_, _>>()?;
+    let gpus = DevicePool::discover_gpus();
+    let pool = DevicePool::new(1, &gpus);
+    for &i in &selected {
+        let node = &session.pipeline.nodes[i];
+        if let Err(message) = pool.check(&node.name, node.device) {
+            anyhow::bail!("{message}");
+        }
+    }
+    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let opts = RunOptions { selected, force, keep_going: args.keep_going, jobs, gpus };
+    let summary = session.run(&opts);
+    let ok = summary.failed.is_empty();
+    reporter.emit(Event::RunFinished {
+        ok,
+        ran: summary.ran,
+        cached: summary.cached,
+        failed: summary.failed.len(),
+        skipped: summary.skipped,
+        duration_ms: reporter.elapsed_ms(),
+    });
+    if !ok {
+        for (_, error, log) in &summary.failed {
+            eprintln!("error: {error}");
+            if !log.as_os_str().is_empty() {
+                eprintln!("  log: {}", log.display());
+            }
+        }
+        return Ok(ExitStatus::Failure);
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,67 @@
+//! `pipe verify FILE [NODE]...`: re-execute cached nodes ignoring the cache and compare output
+//! digests with the cached ones. A mismatch means the node is not deterministic (or the cache
+//! was tampered with) and exits 1.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::{cache_dir, load_pipeline, ExitStatus};
+use crate::cli::{GlobalArgs, VerifyArgs};
+use crate::report::Reporter;
+use crate::sched::Session;
+
+/// Runs the command.
+pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> Result<ExitStatus> {
+    let pipeline = load_pipeline(&args.file, &args.set)?;
+    let cache = cache_dir(global, Some(&args.file));
+    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?;
+    let wanted: Vec<usize> = if args.nodes.is_empty() {
+        (0..session.pipeline.nodes.len()).collect()
+    } else {
+        args.nodes.iter().map(|n| session.index(n)).collect::<Result<_, _>>()?
+    };
+    let needed = session.graph.ancestors_of(&wanted);
+    let mut done = HashMap::new();
+    let mut status = ExitStatus::Success;
+    for &i in session.graph.order().iter().filter(|i| needed.contains(i)) {
+        let node = &session.pipeline.nodes[i];
+        if wanted.contains(&i) {
+            match session.verify_node(i, &done) {
+                Ok((rec, diffs)) if diffs.is_empty() => {
+                    println!("ok        {} ({}): {} output(s) identical", node.name, node.kind.name(), rec.outputs.len());
+                    done.insert(node.name.clone(), rec);
+                }
+                Ok((rec, diffs)) => {
+                    status = ExitStatus::Failure;
+                    for (out, want, got) in diffs {
+                        println!(
+                            "MISMATCH  {} ({}): output `{out}`: cached {} but re-executed {}",
+                            node.name,
+                            node.kind.name(),
+                            &want[..12],
+                            &got[..12.min(got.len())]
+                        );
+                    }
+                    done.insert(node.name.clone(), rec);
+                }
+                Err(e) => {
+                    println!("error     {}: {e}", node.name);
+                    return Ok(ExitStatus::Failure);
+                }
+            }
+        } else {
+            match session.key_parts(i, &done).ok().and_then(|(p, _)| session.store.record(&p.key())) {
+                Some(rec) => {
+                    done.insert(node.name.clone(), rec);
+                }
+                None => {
+                    println!("error     {}: not in the cache; run the pipeline first", node.name);
+                    return Ok(ExitStatus::Failure);
+                }
+            }
+        }
+    }
+    Ok(status)
+}

@@ -1,0 +1,111 @@
+//! The pipeline as a DAG: one graph node per pipeline node, one edge per `node.output` input.
+//!
+//! Built with petgraph. [`Graph::build`] rejects cycles and returns the cycle's members in order,
+//! so the error can list them. `--target` selection is [`Graph::ancestors_of`]: the targets plus
+//! everything they transitively read.
+
+use std::collections::{BTreeSet, HashMap};
+
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+use crate::spec::NodeSpec;
+
+/// Indices into the pipeline's `nodes` vector, with dependency edges.
+pub struct Graph {
+    g: DiGraph<usize, ()>,
+    order: Vec<usize>,
+}
+
+impl Graph {
+    /// Builds the DAG; `Err` holds the indices of one cycle, in dependency order.
+    pub fn build(nodes: &[NodeSpec]) -> Result<Graph, Vec<usize>> {
+        let mut g = DiGraph::new();
+        let ids: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
+        let by_name: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        for (i, n) in nodes.iter().enumerate() {
+            let ups: BTreeSet<usize> = n.upstream().filter_map(|u| by_name.get(u).copied()).collect();
+            for u in ups {
+                g.add_edge(ids[u], ids[i], ());
+            }
+        }
+        match toposort(&g, None) {
+            Ok(order) => Ok(Graph { order: order.into_iter().map(|ix| g[ix]).collect(), g }),
+            Err(_) => Err(find_cycle(&g)),
+        }
+    }
+
+    /// All nodes in a dependency-respecting order (ties broken by file order).
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Direct upstream nodes of `i`.
+    pub fn upstream(&self, i: usize) -> Vec<usize> {
+        self.g.edges_directed(NodeIndex::new(i), Direction::Incoming).map(|e| self.g[e.source()]).collect()
+    }
+
+    /// Direct downstream nodes of `i`.
+    pub fn downstream(&self, i: usize) -> Vec<usize> {
+        self.g.edges_directed(NodeIndex::new(i), Direction::Outgoing).map(|e| self.g[e.target()]).collect()
+    }
+
+    /// The targets and everything they need.
+    pub fn ancestors_of(&self, targets: &[usize]) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = targets.to_vec();
+        while let Some(i) = stack.pop() {
+            if seen.insert(i) {
+                stack.extend(self.upstream(i));
+            }
+        }
+        seen
+    }
+
+    /// The nodes and everything downstream of them.
+    pub fn descendants_of(&self, roots: &[usize]) -> BTreeSet<usize> {
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<usize> = roots.to_vec();
+        while let Some(i) = stack.pop() {
+            if seen.insert(i) {
+                stack.extend(self.downstream(i));
+            }
+        }
+        seen
+    }
+
+    /// Edges as (upstream, downstream) pairs, for `pipe graph`.
+    pub fn edges(&self) -> Vec<(usize, usize)> {
+        self.g.edge_references().map(|e| (self.g[e.source()], self.g[e.target()])).collect()
+    }
+}
+
+/// Finds one cycle: the smallest strongly connected component with more than one member (or a
+/// self-loop), walked in edge order.
+fn find_cycle(g: &DiGraph<usize, ()>) -> Vec<usize> {
+    let scc = tarjan_scc(g)
+        .into_iter()
+        .filter(|c| c.len() > 1 || g.contains_edge(c[0], c[0]))
+        .min_by_key(|c| c.len())
+        .unwrap_or_default();
+    let Some(&start) = scc.iter().min_by_key(|ix| g[**ix]) else {
+        return Vec::new();
+    };
+    let members: BTreeSet<NodeIndex> = scc.iter().copied().collect();
+    let mut cycle = vec![g[start]];
+    let mut at = start;
+    loop {
+        let next =
+            g.edges_directed(at, Direction::Outgoing).map(|e| e.target()).filter(|t| members.contains(t)).min_by_key(|t| g[*t]);
+        match next {
+            Some(n) if n != start && !cycle.contains(&g[n]) => {
+                cycle.push(g[n]);
+                at = n;
+            }
+            _ => break,
+        }
+    }
+    cycle
+}

@@ -1,0 +1,259 @@
+//! Fingerprints: what makes a node's key, and how files are hashed.
+//!
+//! A node's key is a blake3 digest over a canonical encoding of [`KeyParts`]:
+//!
+//! | component | hashed as | why |
+//! |---|---|---|
+//! | kind name | string | two kinds never share entries |
+//! | kind version | u32 | a kind whose code changes its output bumps this |
+//! | params | every declared param after defaults, `defaults:` and `--set`, sorted by name | writing a default explicitly changes nothing; changing a value reruns |
+//! | inputs | per slot: the content digest of the file or folder, or the upstream output's digest | content, never paths or mtimes |
+//! | extra | what the kind declares beyond bytes and params (tokenize: rendered chat template) | e.g. a template that renders differently |
+//!
+//! Not hashed: node names, file paths, mtimes, the pipeline's name, the cache location, the
+//! device a CPU-only node ran on. Renaming a node or moving the project reuses the cache.
+//!
+//! The encoding ([`Canon`]) is tagged and length-prefixed, so no two different values encode to
+//! the same bytes, and maps are sorted, so YAML key order never changes a key.
+//!
+//! Files are hashed by content with blake3; [`statcache::StatCache`] skips rehashing files whose
+//! (size, mtime, ctime, inode) are unchanged, and big files are hashed with blake3's
+//! multithreaded mmap path. Folders hash as the sorted list of (relative path, file digest).
+
+pub mod dirty;
+pub mod statcache;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::params::Value;
+
+/// A hex blake3 digest.
+pub type Digest = String;
+
+/// Everything that determines a node's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyParts {
+    /// The kind's YAML name.
+    pub kind: String,
+    /// The kind's implementation version.
+    pub version: u32,
+    /// Effective parameters.
+    pub params: BTreeMap<String, Value>,
+    /// Input digests by slot.
+    pub inputs: BTreeMap<String, Digest>,
+    /// Kind-specific components.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl KeyParts {
+    /// The node key: blake3 over the canonical encoding.
+    pub fn key(&self) -> Digest {
+        let mut c = Canon::default();
+        c.str("pipe-node-key/1");
+        c.str(&self.kind);
+        c.u64(u64::from(self.version));
+        c.map(self.params.iter().map(|(k, v)| (k.as_str(), v)), |c, v| c.value(v));
+        c.map(self.inputs.iter().map(|(k, v)| (k.as_str(), v)), |c, v| c.str(v));
+        c.map(self.extra.iter().map(|(k, v)| (k.as_str(), v)), |c, v| c.str(v));
+        blake3::hash(&c.0).to_hex().to_string()
+    }
+}
+
+/// A canonical, injective byte encoding of values (tag byte, then fixed-width or length-prefixed data).
+#[derive(Default)]
+pub struct Canon(pub Vec<u8>);
+
+impl Canon {
+    /// A length-prefixed string.
+    pub fn str(&mut self, s: &str) {
+        self.0.push(b'S');
+        self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    /// A u64.
+    pub fn u64(&mut self, v: u64) {
+        self.0.push(b'U');
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    /// A map, entries sorted by key.
+    pub fn map<'a, V: 'a>(&mut self, entries: impl Iterator<Item = (&'a str, V)>, mut f: impl FnMut(&mut Self, V)) {
+        let mut entries: Vec<_> = entries.collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        self.0.push(b'M');
+        self.0.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+        for (k, v) in entries {
+            self.str(k);
+            f(self, v);
+        }
+    }
+    /// A parameter value. Floats hash by bit pattern, with -0.0 folded into 0.0.
+    pub fn value(&mut self, v: &Value) {
+        match v {
+            Value::Null => self.0.push(b'N'),
+            Value::Bool(b) => self.0.extend_from_slice(&[b'B', u8::from(*b)]),
+            Value::Int(i) => {
+                self.0.push(b'I');
+                self.0.extend_from_slice(&i.to_le_bytes());
+            }
+            Value::Float(x) => {
+                self.0.push(b'F');
+                let x = if *x == 0.0 { 0.0f64 } else { *x };
+                self.0.extend_from_slice(&x.to_bits().to_le_bytes());
+            }
+            Value::Str(s) => self.str(s),
+            Value::List(items) => {
+                self.0.push(b'L');
+                self.0.extend_from_slice(&(items.len() as u64).to_le_bytes());
+                for it in items {
+                    self.value(it);
+                }
+            }
+        }
+    }
+}
+
+/// Files at least this big are hashed with blake3's multithreaded mmap path.
+const PARALLEL_THRESHOLD: u64 = 4 << 20;
+
+/// The blake3 digest of a file's bytes.
+pub fn hash_file(path: &Path) -> std::io::Result<Digest> {
+    let len = std::fs::metadata(path)?.len();
+    let mut h = blake3::Hasher::new();
+    if len >= PARALLEL_THRESHOLD {
+        h.update_mmap_rayon(path)?;
+    } else {
+        h.update_reader(std::fs::File::open(path)?)?;
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+/// The digest of a file or a folder (sorted relative paths with their file digests); `file`
+/// hashes each file (so a stat cache can serve it).
+pub fn hash_path_with(path: &Path, file: &mut dyn FnMut(&Path) -> std::io::Result<Digest>) -> std::io::Result<Digest> {
+    if !std::fs::metadata(path)?.is_dir() {
+        return file(path);
+    }
+    let mut entries = Vec::new();
+    walk(path, path, &mut entries)?;
+    entries.sort();
+    let mut c = Canon::default();
+    c.str("pipe-tree/1");
+    for rel in entries {
+        let d = file(&path.join(&rel))?;
+        c.str(&rel);
+        c.str(&d);
+    }
+    Ok(blake3::hash(&c.0).to_hex().to_string())
+}
+
+/// The digest of a file or folder without a stat cache.
+pub fn hash_path(path: &Path) -> std::io::Result<Digest> {
+    hash_path_with(path, &mut |p| hash_file(p))
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let p = entry.path();
+        if entry.file_type()?.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            let rel = p.strip_prefix(root).unwrap_or(&p);
+            out.push(rel.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parts(params: Vec<(String, i64)>) -> KeyParts {
+        KeyParts {
+            kind: "k".into(),
+            version: 1,
+            params: params.into_iter().map(|(k, v)| (k, Value::Int(v))).collect(),
+            inputs: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::Int),
+            any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(Value::Float),
+            ".{0,8}".prop_map(Value::Str),
+        ];
+        leaf.prop_recursive(2, 8, 4, |inner| prop::collection::vec(inner, 0..4).prop_map(Value::List))
+    }
+
+    proptest! {
+        #[test]
+        fn insertion_order_never_changes_a_key(mut entries in prop::collection::vec(("[a-z]{1,6}", any::<i64>()), 0..8)) {
+            let a = parts(entries.clone()).key();
+            entries.reverse();
+            prop_assert_eq!(a, parts(entries).key());
+        }
+
+        #[test]
+        fn any_change_to_a_param_value_changes_the_key(a in value(), b in value()) {
+            prop_assume!(a != b);
+            let mut p = parts(vec![]);
+            p.params.insert("x".into(), a);
+            let k1 = p.key();
+            p.params.insert("x".into(), b);
+            prop_assert_ne!(k1, p.key());
+        }
+
+        #[test]
+        fn encoding_is_injective_across_string_boundaries(a in ".{0,6}", b in ".{0,6}", c in ".{0,6}", d in ".{0,6}") {
+            prop_assume!((a.clone(), b.clone()) != (c.clone(), d.clone()));
+            let mut x = Canon::default(); x.str(&a); x.str(&b);
+            let mut y = Canon::default(); y.str(&c); y.str(&d);
+            prop_assert_ne!(x.0, y.0);
+        }
+
+        #[test]
+        fn any_input_digest_change_changes_the_key(d1 in "[0-9a-f]{64}", d2 in "[0-9a-f]{64}") {
+            prop_assume!(d1 != d2);
+            let mut p = parts(vec![]);
+            p.inputs.insert("records".into(), d1);
+            let k1 = p.key();
+            p.inputs.insert("records".into(), d2);
+            prop_assert_ne!(k1, p.key());
+        }
+    }
+
+    #[test]
+    fn version_and_kind_are_part_of_the_key() {
+        let a = parts(vec![]);
+        let mut b = a.clone();
+        b.version = 2;
+        let mut c = a.clone();
+        c.kind = "other".into();
+        assert_ne!(a.key(), b.key());
+        assert_ne!(a.key(), c.key());
+    }
+
+    #[test]
+    fn folders_hash_by_relative_paths_and_contents() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("m");
+        std::fs::create_dir_all(d.join("sub")).unwrap();
+        std::fs::write(d.join("a"), b"1").unwrap();
+        std::fs::write(d.join("sub/b"), b"2").unwrap();
+        let h1 = hash_path(&d).unwrap();
+        std::fs::write(d.join("sub/b"), b"3").unwrap();
+        assert_ne!(h1, hash_path(&d).unwrap());
+        let big = t.path().join("big");
+        std::fs::write(&big, vec![7u8; (PARALLEL_THRESHOLD + 5) as usize]).unwrap();
+        assert_eq!(hash_file(&big).unwrap(), blake3::hash(&vec![7u8; (PARALLEL_THRESHOLD + 5) as usize]).to_hex().to_string());
+    }
+}

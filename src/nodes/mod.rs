@@ -1,0 +1,185 @@
+//! Node kinds: the one trait every step of a pipeline implements, and the registry of kinds.
+//!
+//! A node kind is a pure function from input files and parameters to output files. The runner
+//! owns everything around that function (hashing, caching, locking, scheduling, progress), so a
+//! kind only declares its interface and does its work:
+//!
+//! | method | contract |
+//! |---|---|
+//! | [`NodeKind::name`] | the `kind:` string in YAML, kebab-case; the file is its snake_case |
+//! | [`NodeKind::version`] | bump whenever the same inputs and params would give different bytes |
+//! | [`NodeKind::inputs`] / [`NodeKind::params`] | the schema; drives validation, defaults and docs |
+//! | [`NodeKind::outputs`] | named outputs, which may depend on params (fix-json's split) |
+//! | [`NodeKind::fingerprint_extra`] | anything else that determines the output and is not an input file's bytes or a param |
+//! | [`NodeKind::run`] | read inputs from [`RunCtx::input`], write each output to [`RunCtx::output`] |
+//!
+//! `run` writes into a private staging folder; the store publishes the outputs atomically only
+//! after `run` returns `Ok`, so a kind never needs to care about partial writes or kills.
+
+pub mod fix_json;
+pub mod tokenize;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::report::progress::NodeProgress;
+use crate::spec::params::{ParamSpec, Params};
+
+/// Where a node wants to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceReq {
+    /// Always on the CPU pool.
+    Cpu,
+    /// Needs a CUDA device slot; an error before anything runs when none exists.
+    Cuda,
+    /// A CUDA slot when one exists, else the CPU (with a warning).
+    Auto,
+}
+
+/// What an input slot accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    /// A file (or another node's file output).
+    File,
+    /// A model: a GGUF file, a Hugging Face folder, `hf:` or `pypi:` source, or a node's model output.
+    Model,
+    /// A file or a model folder (a tokenizer can be `tokenizer.json` or a model).
+    FileOrModel,
+}
+
+/// One named input of a node kind.
+#[derive(Debug, Clone, Copy)]
+pub struct InputSpec {
+    /// The key under `inputs:`.
+    pub name: &'static str,
+    /// False when the slot may be left out.
+    pub required: bool,
+    /// What the slot accepts.
+    pub accepts: Accepts,
+    /// One line for docs.
+    pub doc: &'static str,
+}
+
+/// One named output of a node kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputSpec {
+    /// Referenced downstream as `node.name`.
+    pub name: &'static str,
+    /// True when the output is a folder.
+    pub dir: bool,
+    /// One line for docs.
+    pub doc: &'static str,
+}
+
+/// A failure inside a node's `run`.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Reading or writing a file failed.
+    #[error("{action} {path}: {source}")]
+    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    /// The input data is wrong in a way the user must fix.
+    #[error("{path}{}: {message}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    BadInput { path: PathBuf, location: Option<(usize, usize)>, message: String },
+    /// Anything else the kind wants to report, already phrased for the user.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl NodeError {
+    /// Wraps an I/O error with what was being done to which path.
+    pub fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> NodeError + 'a {
+        move |source| NodeError::Io { action, path: path.to_path_buf(), source }
+    }
+}
+
+/// What a node kind sees while it runs.
+pub struct RunCtx<'a> {
+    /// The node's name in the pipeline.
+    pub node: &'a str,
+    /// Effective parameters.
+    pub params: &'a Params,
+    /// Resolved input paths by slot name (absent optional slots are missing).
+    pub inputs: BTreeMap<String, PathBuf>,
+    /// Staging folder: each output is written to `staging/<output name>`.
+    pub staging: PathBuf,
+    /// A folder that survives kills and reruns of the same key (checkpoints live here).
+    pub work: PathBuf,
+    /// The node's log file.
+    pub log: Arc<Mutex<std::fs::File>>,
+    /// Progress reporting.
+    pub progress: NodeProgress,
+    /// A one-line summary for the "Finished" line and the node record.
+    pub summary: Option<String>,
+}
+
+impl RunCtx<'_> {
+    /// The path of a required input.
+    pub fn input(&self, name: &str) -> Result<&Path, NodeError> {
+        self.inputs.get(name).map(PathBuf::as_path).ok_or_else(|| NodeError::Failed(format!("input `{name}` is not connected")))
+    }
+
+    /// Where to write the output called `name`.
+    pub fn output(&self, name: &str) -> PathBuf {
+        self.staging.join(name)
+    }
+
+    /// Sets the one-line summary shown when the node finishes ("334 records, 4 bad").
+    pub fn set_summary(&mut self, s: impl Into<String>) {
+        let s = s.into();
+        self.log(format!("summary: {s}"));
+        self.summary = Some(s);
+    }
+
+    /// Appends a line to the node's log.
+    pub fn log(&self, line: impl AsRef<str>) {
+        if let Ok(mut f) = self.log.lock() {
+            let _ = writeln!(f, "{}", line.as_ref());
+        }
+    }
+}
+
+/// Extra key components a kind computes from its inputs (name to a short digest or value).
+pub type Extra = BTreeMap<String, String>;
+
+/// The interface of a node kind. See the module docs for the contract of each method.
+pub trait NodeKind: Send + Sync {
+    /// The `kind:` string, e.g. `fix-json`.
+    fn name(&self) -> &'static str;
+    /// The implementation version, part of every key of this kind.
+    fn version(&self) -> u32;
+    /// One sentence for `pipe kinds`.
+    fn summary(&self) -> &'static str;
+    /// Named input slots.
+    fn inputs(&self) -> &'static [InputSpec];
+    /// Parameters with types and defaults.
+    fn params(&self) -> &'static [ParamSpec];
+    /// Named outputs for the given parameters.
+    fn outputs(&self, params: &Params) -> Vec<OutputSpec>;
+    /// Where the node runs when the pipeline does not say; CPU by default.
+    fn default_device(&self) -> DeviceReq {
+        DeviceReq::Cpu
+    }
+    /// Cross-parameter checks after type checks; the error names the parameter.
+    fn check_params(&self, _params: &Params) -> Result<(), (String, String)> {
+        Ok(())
+    }
+    /// Key components beyond input bytes and params. Default: none.
+    fn fingerprint_extra(&self, _params: &Params, _inputs: &BTreeMap<String, PathBuf>) -> Result<Extra, NodeError> {
+        Ok(Extra::new())
+    }
+    /// Does the work.
+    fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError>;
+}
+
+/// Every node kind this build knows.
+pub fn registry() -> &'static [&'static dyn NodeKind] {
+    &[&fix_json::FixJson, &tokenize::Tokenize]
+}
+
+/// Looks a kind up by its YAML name.
+pub fn find(name: &str) -> Option<&'static dyn NodeKind> {
+    registry().iter().copied().find(|k| k.name() == name)
+}

@@ -1,0 +1,316 @@
+//! `tokenize`: records + tokenizer -> a binary token dataset with masked prompt labels.
+//!
+//! Formats:
+//! - `seed` (the tutorial's): prompt `User: {instruction}{input}\n\n`, completion
+//!   `Assistant: {output}`, then the tokenizer's end-of-sentence token. Prompt and completion are
+//!   tokenized separately without special tokens and concatenated, exactly as the tutorial's
+//!   `process_func` does.
+//! - `chat_template`: the model's own Jinja template (optional `system` prompt); the prompt is
+//!   the rendered conversation up to the assistant turn, the completion the rest. The end token
+//!   is appended only if the template did not already emit it.
+//!
+//! Labels are -100 on prompt tokens; everything is cut at `max_length`. A record left with no
+//! trained token (a prompt longer than `max_length`) would silently train on nothing, so it is an
+//! error by default, with a count; `on_empty: skip` drops such records instead.
+//!
+//! Key extras: the resolved end token, the digests of every tokenizer file read (a
+//! `tokenizer_config.json` beside a `tokenizer.json` included), and a digest of the template
+//! rendered on a probe conversation, so a change anywhere that alters the text reruns the node.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use super::{Accepts, Extra, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::TokenDataset;
+use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::tokenizer::load::{load, Bundle};
+use crate::tokenizer::template::{self, ChatTemplate};
+
+/// The `tokenize` kind.
+pub struct Tokenize;
+
+const INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "records",
+        required: true,
+        accepts: Accepts::File,
+        doc: "a JSON array of records (fix-json's `records`, `train` or `eval`)",
+    },
+    InputSpec {
+        name: "tokenizer",
+        required: true,
+        accepts: Accepts::FileOrModel,
+        doc: "a tokenizer.json, a Hugging Face model folder, or a GGUF model (file or source)",
+    },
+];
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec {
+        name: "format",
+        ty: ParamType::Enum(&["seed", "chat_template"]),
+        default: Default::Str("seed"),
+        doc: "prompt format: the tutorial's User:/Assistant: or the model's chat template",
+    },
+    ParamSpec {
+        name: "max_length",
+        ty: ParamType::Int { min: 2, max: 1 << 20 },
+        default: Default::Int(384),
+        doc: "truncate every record to this many tokens",
+    },
+    ParamSpec {
+        name: "eos_token",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "end-of-sentence token text (default: the tokenizer's own)",
+    },
+    ParamSpec { name: "system", ty: ParamType::Str, default: Default::Null, doc: "system prompt for `chat_template`" },
+    ParamSpec {
+        name: "on_empty",
+        ty: ParamType::Enum(&["fail", "skip"]),
+        default: Default::Str("fail"),
+        doc: "records with no trained token after truncation: fail the node or drop them",
+    },
+    ParamSpec {
+        name: "instruction_field",
+        ty: ParamType::Str,
+        default: Default::Str("instruction"),
+        doc: "record field holding the instruction",
+    },
+    ParamSpec {
+        name: "input_field",
+        ty: ParamType::Str,
+        default: Default::Str("input"),
+        doc: "record field appended to the instruction (missing = empty)",
+    },
+    ParamSpec {
+        name: "output_field",
+        ty: ParamType::Str,
+        default: Default::Str("output"),
+        doc: "record field holding the answer",
+    },
+];
+
+/// Dataset statistics written as the `stats` output.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    records: usize,
+    tokens: u64,
+    trained_tokens: u64,
+    truncated_records: usize,
+    skipped_empty: usize,
+    mean_length: f64,
+    max_length_seen: usize,
+    trained_fraction: f64,
+    max_length: usize,
+    format: String,
+    eos_id: u32,
+    eos_token: String,
+}
+
+struct Prepared {
+    bundle: Bundle,
+    eos: (u32, String),
+    chat: Option<ChatTemplate>,
+}
+
+fn prepare(params: &Params, tokenizer: &std::path::Path) -> Result<Prepared, NodeError> {
+    let bundle = load(tokenizer).map_err(|e| NodeError::Failed(e.to_string()))?;
+    let eos = match params.str("eos_token") {
+        Some(text) => {
+            let id = bundle.tokenizer.token_to_id(text).ok_or_else(|| {
+                NodeError::Failed(format!("param `eos_token`: `{text}` is not a token of {}", tokenizer.display()))
+            })?;
+            (id, text.to_string())
+        }
+        None => bundle.eos.clone().ok_or_else(|| {
+            NodeError::Failed(format!(
+                "cannot tell the end-of-sentence token of {} (no tokenizer_config.json beside it with `eos_token`); set params.eos_token",
+                tokenizer.display()
+            ))
+        })?,
+    };
+    if Some(eos.0) == bundle.pad && bundle.eos.as_ref().map(|e| e.0) != Some(eos.0) {
+        return Err(NodeError::Failed(format!(
+            "param `eos_token`: `{}` is the padding token, not the end-of-sentence token",
+            eos.1
+        )));
+    }
+    let chat = if params.str("format") == Some("chat_template") {
+        let src = bundle.chat_template.as_deref().ok_or_else(|| {
+            NodeError::Failed(format!("format `chat_template`: {} has no chat template; use `format: seed`", tokenizer.display()))
+        })?;
+        let bos = bundle.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
+        Some(ChatTemplate::new(src, bos, &eos.1).map_err(|e| NodeError::Failed(format!("chat template: {e}")))?)
+    } else {
+        None
+    };
+    Ok(Prepared { bundle, eos, chat })
+}
+
+impl Prepared {
+    fn pair(&self, params: &Params, ins: &str, inp: &str, out: &str) -> Result<(String, String), String> {
+        match &self.chat {
+            None => Ok(template::seed(ins, inp, out)),
+            Some(t) => t.pair(params.str("system"), &format!("{ins}{inp}"), out).map_err(|e| format!("chat template: {e}")),
+        }
+    }
+}
+
+fn field<'a>(rec: &'a Json, name: &str) -> Option<&'a str> {
+    rec.get(name).and_then(Json::as_str)
+}
+
+impl NodeKind for Tokenize {
+    fn name(&self) -> &'static str {
+        "tokenize"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "Tokenize records into prompt/answer pairs (the tutorial's User:/Assistant: format or the model's chat template) with prompt labels masked, truncated at max_length."
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<OutputSpec> {
+        vec![
+            OutputSpec { name: "dataset", dir: false, doc: "binary token dataset (layout in the README)" },
+            OutputSpec {
+                name: "stats",
+                dir: false,
+                doc: "JSON: records, tokens, truncated records, mean/max length, trained fraction",
+            },
+        ]
+    }
+
+    fn fingerprint_extra(&self, params: &Params, inputs: &BTreeMap<String, PathBuf>) -> Result<Extra, NodeError> {
+        let tok = inputs.get("tokenizer").ok_or_else(|| NodeError::Failed("input `tokenizer` is not connected".into()))?;
+        let p = prepare(params, tok)?;
+        let mut extra = Extra::new();
+        extra.insert("end token".into(), format!("{} {:?}", p.eos.0, p.eos.1));
+        for f in &p.bundle.files {
+            let name = f.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+            let d = crate::hash::hash_file(f).map_err(NodeError::io("hashing", f))?;
+            extra.insert(format!("tokenizer file {name}"), d);
+        }
+        let probe = p.pair(params, "PROBE-INSTRUCTION", "PROBE-INPUT", "PROBE-OUTPUT").map_err(NodeError::Failed)?;
+        extra.insert(
+            "rendered template".into(),
+            blake3::hash(format!("{}\u{0}{}\u{0}{}", probe.0, probe.1, p.eos.1).as_bytes()).to_hex().to_string(),
+        );
+        Ok(extra)
+    }
+
+    fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
+        let rec_path = ctx.input("records")?.to_path_buf();
+        let tok_path = ctx.input("tokenizer")?.to_path_buf();
+        let text = std::fs::read_to_string(&rec_path).map_err(NodeError::io("reading", &rec_path))?;
+        let records: Vec<Json> = serde_json::from_str(&text).map_err(|e| NodeError::BadInput {
+            path: rec_path.clone(),
+            location: Some((e.line(), e.column())),
+            message: format!("expected a JSON array of records ({e}); run the file through a fix-json node first"),
+        })?;
+        let p = prepare(ctx.params, &tok_path)?;
+        let params = ctx.params;
+        let (fi, fx, fo) = (
+            params.str("instruction_field").unwrap_or("instruction").to_string(),
+            params.str("input_field").unwrap_or("input").to_string(),
+            params.str("output_field").unwrap_or("output").to_string(),
+        );
+        let mut pairs = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let (Some(ins), Some(out)) = (field(r, &fi), field(r, &fo)) else {
+                return Err(NodeError::BadInput {
+                    path: rec_path.clone(),
+                    location: None,
+                    message: format!("record {} has no string fields `{fi}` and `{fo}`", i + 1),
+                });
+            };
+            let inp = field(r, &fx).unwrap_or("");
+            pairs.push(p.pair(params, ins, inp, out).map_err(|m| NodeError::Failed(format!("record {}: {m}", i + 1)))?);
+        }
+        ctx.progress.start(Some(pairs.len() as u64), "records");
+        let tk = &p.bundle.tokenizer;
+        let enc = |s: &String| tk.encode_fast(s.as_str(), false).map(|e| e.get_ids().to_vec());
+        let encoded: Result<Vec<(Vec<u32>, Vec<u32>)>, _> = pairs.par_iter().map(|(a, b)| Ok((enc(a)?, enc(b)?))).collect();
+        let encoded = encoded.map_err(|e: tokenizers::Error| NodeError::Failed(format!("tokenizing: {e}")))?;
+        let max_len = params.int("max_length") as usize;
+        let mut ds = TokenDataset::default();
+        let (mut truncated, mut empty, mut max_seen, mut trained_tokens) = (0usize, Vec::new(), 0usize, 0u64);
+        for (i, (prompt, mut answer)) in encoded.into_iter().enumerate() {
+            if p.chat.is_none() || !answer.contains(&p.eos.0) {
+                answer.push(p.eos.0);
+            }
+            let mut ids = prompt.clone();
+            ids.extend_from_slice(&answer);
+            let mut trained: Vec<u8> =
+                std::iter::repeat_n(0u8, prompt.len()).chain(std::iter::repeat_n(1u8, answer.len())).collect();
+            if ids.len() > max_len {
+                ids.truncate(max_len);
+                trained.truncate(max_len);
+                truncated += 1;
+            }
+            if !trained.contains(&1) {
+                empty.push(i + 1);
+                if params.str("on_empty") == Some("skip") {
+                    continue;
+                }
+            }
+            max_seen = max_seen.max(ids.len());
+            trained_tokens += trained.iter().map(|&t| u64::from(t)).sum::<u64>();
+            ds.push(&ids, &trained);
+        }
+        if !empty.is_empty() {
+            ctx.log(format!("records with no trained token after truncation: {empty:?}"));
+            if params.str("on_empty") != Some("skip") {
+                let first: Vec<String> = empty.iter().take(5).map(|r| r.to_string()).collect();
+                return Err(NodeError::BadInput {
+                    path: rec_path,
+                    location: None,
+                    message: format!(
+                        "{} record{} would train on nothing: the prompt fills all {max_len} tokens (records {}{}); raise `max_length` or set `on_empty: skip`",
+                        empty.len(),
+                        if empty.len() == 1 { "" } else { "s" },
+                        first.join(", "),
+                        if empty.len() > 5 { ", …" } else { "" }
+                    ),
+                });
+            }
+        }
+        ctx.progress.update(pairs.len() as u64, None);
+        let out = ctx.output("dataset");
+        ds.write(&out).map_err(NodeError::io("writing", &out))?;
+        let n = ds.len();
+        let stats = Stats {
+            records: n,
+            tokens: ds.ids.len() as u64,
+            trained_tokens,
+            truncated_records: truncated,
+            skipped_empty: if params.str("on_empty") == Some("skip") { empty.len() } else { 0 },
+            mean_length: if n == 0 { 0.0 } else { ds.ids.len() as f64 / n as f64 },
+            max_length_seen: max_seen,
+            trained_fraction: if ds.ids.is_empty() { 0.0 } else { trained_tokens as f64 / ds.ids.len() as f64 },
+            max_length: max_len,
+            format: params.str("format").unwrap_or("seed").into(),
+            eos_id: p.eos.0,
+            eos_token: p.eos.1.clone(),
+        };
+        let sp = ctx.output("stats");
+        std::fs::write(&sp, serde_json::to_string_pretty(&stats).expect("stats serialise"))
+            .map_err(NodeError::io("writing", &sp))?;
+        ctx.set_summary(format!(
+            "{n} records, {} tokens ({:.0}% trained), {truncated} truncated",
+            ds.ids.len(),
+            stats.trained_fraction * 100.0
+        ));
+        Ok(())
+    }
+}

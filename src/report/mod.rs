@@ -1,0 +1,240 @@
+//! Everything `pipe` tells the user while it works.
+//!
+//! One [`Reporter`] per command receives [`Event`]s from the scheduler and the nodes and renders
+//! them three ways:
+//! - `--json`: one JSON object a line on stdout, each with `schema_version` (for CI);
+//! - a terminal on stderr: indicatif bars per running node (steps, throughput, ETA) with the
+//!   node lines printed above them;
+//! - no terminal (CI logs, pipes): plain timestamped lines on stderr, progress at most every
+//!   few seconds per node.
+//!
+//! `-q` silences the human output (JSON is still printed when asked for).
+
+pub mod progress;
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+/// Version of the `--json` event format.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Something that happened during a run.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// The run begins; `nodes` are the selected nodes in order.
+    RunStarted { pipeline: String, nodes: Vec<String> },
+    /// A node's outputs were found in the cache.
+    NodeCached { node: String, kind: String, key: String },
+    /// A node started running, with the reasons it was not fresh.
+    NodeStarted { node: String, kind: String, key: String, device: String, reasons: Vec<String> },
+    /// Progress inside a node.
+    NodeProgress { node: String, done: u64, total: Option<u64>, unit: String, message: Option<String> },
+    /// Another process is computing the same key; this one waits and reuses its result.
+    NodeWaiting { node: String, key: String },
+    /// A node finished and its outputs were published.
+    NodeFinished {
+        node: String,
+        kind: String,
+        key: String,
+        duration_ms: u64,
+        summary: Option<String>,
+        outputs: HashMap<String, String>,
+    },
+    /// A node failed.
+    NodeFailed { node: String, kind: String, error: String, log: String },
+    /// A node did not run because an upstream node failed.
+    NodeSkipped { node: String, because: String },
+    /// The run is over.
+    RunFinished { ok: bool, ran: usize, cached: usize, failed: usize, skipped: usize, duration_ms: u64 },
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    schema_version: u32,
+    #[serde(flatten)]
+    event: &'a Event,
+}
+
+enum Human {
+    Quiet,
+    Plain,
+    Bars(MultiProgress),
+}
+
+/// Renders events; shared by the scheduler's threads.
+pub struct Reporter {
+    json: bool,
+    human: Human,
+    start: Instant,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+    last_line: Mutex<HashMap<String, Instant>>,
+}
+
+impl Reporter {
+    /// Builds a reporter for the given flags.
+    pub fn new(json: bool, quiet: bool, no_progress: bool) -> Reporter {
+        let human = if quiet {
+            Human::Quiet
+        } else if !no_progress && std::io::stderr().is_terminal() {
+            Human::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+        } else {
+            Human::Plain
+        };
+        Reporter { json, human, start: Instant::now(), bars: Mutex::new(HashMap::new()), last_line: Mutex::new(HashMap::new()) }
+    }
+
+    /// A reporter that prints nothing (for `verify`'s inner runs and tests).
+    pub fn silent() -> Reporter {
+        Reporter { json: false, human: Human::Quiet, start: Instant::now(), bars: Mutex::default(), last_line: Mutex::default() }
+    }
+
+    /// Prints a human line (stderr), above any bars.
+    pub fn line(&self, text: &str) {
+        match &self.human {
+            Human::Quiet => {}
+            Human::Plain => {
+                let _ = writeln!(std::io::stderr(), "[{}] {text}", clock());
+            }
+            Human::Bars(mp) => {
+                let _ = mp.println(text);
+            }
+        }
+    }
+
+    /// Prints a warning line (even in bar mode; never in quiet mode).
+    pub fn warn(&self, text: &str) {
+        self.line(&format!("warning: {text}"));
+    }
+
+    /// Handles one event.
+    pub fn emit(&self, ev: Event) {
+        if self.json {
+            let throttled = matches!(ev, Event::NodeProgress { .. }) && !self.due(&ev, Duration::from_millis(500));
+            if !throttled {
+                let mut out = std::io::stdout().lock();
+                let _ = serde_json::to_writer(&mut out, &Envelope { schema_version: SCHEMA_VERSION, event: &ev });
+                let _ = out.write_all(b"\n");
+                let _ = out.flush();
+            }
+        }
+        match &ev {
+            Event::RunStarted { .. } => {}
+            Event::NodeCached { node, kind, .. } => self.line(&format!("Fresh    {node} ({kind})")),
+            Event::NodeWaiting { node, .. } => self.line(&format!("Waiting  {node}: another pipe process is computing it")),
+            Event::NodeStarted { node, kind, device, reasons, .. } => {
+                let why = reasons.first().map(|r| format!(": {r}")).unwrap_or_default();
+                let more = if reasons.len() > 1 { format!(" (+{} more)", reasons.len() - 1) } else { String::new() };
+                self.line(&format!("Running  {node} ({kind}) [{device}]{why}{more}"));
+                if let Human::Bars(mp) = &self.human {
+                    let bar = mp.add(ProgressBar::new_spinner());
+                    bar.set_style(spinner_style());
+                    bar.set_prefix(node.clone());
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    self.bars.lock().expect("bars").insert(node.clone(), bar);
+                }
+            }
+            Event::NodeProgress { node, done, total, unit, message } => match &self.human {
+                Human::Bars(_) => {
+                    if let Some(bar) = self.bars.lock().expect("bars").get(node) {
+                        if let Some(t) = total {
+                            if bar.length() != Some(*t) {
+                                bar.set_length(*t);
+                                bar.set_style(bar_style(unit));
+                            }
+                        }
+                        bar.set_position(*done);
+                        if let Some(m) = message {
+                            bar.set_message(m.clone());
+                        }
+                    }
+                }
+                Human::Plain if self.due(&ev, Duration::from_secs(5)) || total.is_some_and(|t| t == *done) => {
+                    let of = total.map(|t| format!("/{t}")).unwrap_or_default();
+                    let msg = message.as_ref().map(|m| format!(" {m}")).unwrap_or_default();
+                    self.line(&format!("Progress {node}: {done}{of} {unit}{msg}"));
+                }
+                _ => {}
+            },
+            Event::NodeFinished { node, duration_ms, summary, .. } => {
+                self.finish_bar(node);
+                let s = summary.as_ref().map(|s| format!(": {s}")).unwrap_or_default();
+                self.line(&format!("Finished {node} in {}{s}", fmt_ms(*duration_ms)));
+            }
+            Event::NodeFailed { node, kind, error, log } => {
+                self.finish_bar(node);
+                self.line(&format!("Failed   {node} ({kind}): {error}\n         log: {log}"));
+            }
+            Event::NodeSkipped { node, because } => self.line(&format!("Skipped  {node}: {because}")),
+            Event::RunFinished { ok, ran, cached, failed, skipped, duration_ms } => {
+                let mut parts = vec![format!("{ran} ran"), format!("{cached} fresh")];
+                if *failed > 0 {
+                    parts.push(format!("{failed} failed"));
+                }
+                if *skipped > 0 {
+                    parts.push(format!("{skipped} skipped"));
+                }
+                let verdict = if *ok { "Done" } else { "Failed" };
+                self.line(&format!("{verdict}: {} in {}", parts.join(", "), fmt_ms(*duration_ms)));
+            }
+        }
+    }
+
+    fn finish_bar(&self, node: &str) {
+        if let Some(bar) = self.bars.lock().expect("bars").remove(node) {
+            bar.finish_and_clear();
+        }
+    }
+
+    /// True when this (node, event) has not printed for `every`; records the print.
+    fn due(&self, ev: &Event, every: Duration) -> bool {
+        let Event::NodeProgress { node, .. } = ev else {
+            return true;
+        };
+        let mut last = self.last_line.lock().expect("last_line");
+        let now = Instant::now();
+        match last.get(node) {
+            Some(t) if now.duration_since(*t) < every => false,
+            _ => {
+                last.insert(node.clone(), now);
+                true
+            }
+        }
+    }
+
+    /// Time since the reporter was made.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+}
+
+fn spinner_style() -> ProgressStyle {
+    ProgressStyle::with_template("{spinner} {prefix:.bold} {elapsed} {wide_msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+fn bar_style(unit: &str) -> ProgressStyle {
+    let t = format!("  {{prefix:.bold}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{per_sec}} ETA {{eta}} {{wide_msg}}");
+    ProgressStyle::with_template(&t).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+}
+
+/// Formats milliseconds for humans.
+pub fn fmt_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+fn clock() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("{:02}:{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+}

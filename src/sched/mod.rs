@@ -1,0 +1,548 @@
+//! The scheduler: runs the selected part of the DAG, in dependency order, in parallel.
+//!
+//! # Outline
+//! 1. [`Session::open`] loads the cache, the stat cache and the pipeline's last run record.
+//! 2. [`Session::run`] keeps a ready set: a node is ready when every upstream node is done. Ready
+//!    nodes take a slot from the [`device::DevicePool`] and run on their own thread.
+//! 3. A worker computes the node's [`KeyParts`] (hashing inputs; upstream outputs are known by
+//!    now), takes the key's lock (another process computing the same key makes it wait, then
+//!    reuse the result), and either reports a cache hit or runs the kind into a staging folder
+//!    and publishes the outputs.
+//! 4. Results come back over a channel to the main loop, which frees the slot, records the node,
+//!    and starts whatever became ready. A failure skips the node's dependents and, without
+//!    `--keep-going`, stops starting new nodes; running ones finish.
+//! 5. The run record (each completed node's key and parts) is saved for `status --why` and `gc`.
+//!
+//! Keys are computed as late as possible on purpose: a downstream key uses the upstream outputs'
+//! content digests, so an upstream rerun that produces identical bytes leaves everything
+//! downstream fresh (early cutoff).
+
+pub mod device;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::cache::{NodeRecord, RunNode, RunRecord, Store};
+use crate::graph::Graph;
+use crate::hash::dirty::{explain, DirtyReason};
+use crate::hash::statcache::StatCache;
+use crate::hash::{Canon, Digest, KeyParts};
+use crate::nodes::{DeviceReq, NodeError, RunCtx};
+use crate::report::progress::NodeProgress;
+use crate::report::{Event, Reporter};
+use crate::source::Source;
+use crate::spec::validate::{suggest, SpecError};
+use crate::spec::{params::did_you_mean, InputRef, Pipeline};
+use device::{DevicePool, Lease};
+
+/// A pipeline bound to a cache.
+pub struct Session {
+    /// The validated pipeline.
+    pub pipeline: Pipeline,
+    /// Its DAG.
+    pub graph: Graph,
+    /// The cache.
+    pub store: Store,
+    /// Events go here.
+    pub reporter: Arc<Reporter>,
+    stat: Mutex<StatCache>,
+    canonical_file: PathBuf,
+    last_run: Option<RunRecord>,
+}
+
+/// How to run.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Nodes to consider (targets plus their ancestors).
+    pub selected: BTreeSet<usize>,
+    /// Nodes to rerun even when cached.
+    pub force: BTreeSet<usize>,
+    /// Keep running independent nodes after a failure.
+    pub keep_going: bool,
+    /// CPU slots.
+    pub jobs: usize,
+    /// CUDA ordinals available.
+    pub gpus: Vec<usize>,
+}
+
+/// What happened.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Nodes that ran.
+    pub ran: usize,
+    /// Nodes served from the cache.
+    pub cached: usize,
+    /// Failed nodes with their error and log path.
+    pub failed: Vec<(String, String, PathBuf)>,
+    /// Nodes not run because of a failure.
+    pub skipped: usize,
+    /// Records of completed nodes by index.
+    pub records: HashMap<usize, NodeRecord>,
+}
+
+/// A node's freshness as `pipe status` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Freshness {
+    /// Cached: running it would reuse this entry.
+    Fresh { key: Digest },
+    /// Will run, for these reasons.
+    WillRun { key: Option<Digest>, reasons: Vec<DirtyReason> },
+    /// Its inputs cannot be resolved (a missing file, a failed download).
+    Error { message: String },
+}
+
+/// One node failing, as the scheduler reports it.
+#[derive(Debug)]
+struct Failure {
+    message: String,
+    log: PathBuf,
+}
+
+enum State {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Skipped,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Session {
+    /// Binds a pipeline to the cache folder `cache_dir`.
+    pub fn open(pipeline: Pipeline, cache_dir: &Path, reporter: Arc<Reporter>) -> anyhow::Result<Session> {
+        let graph = Graph::build(&pipeline.nodes).map_err(|_| anyhow::anyhow!("pipeline has a cycle"))?;
+        let store = Store::open(cache_dir)?;
+        let stat = Mutex::new(StatCache::load(&store.stat_cache_path()));
+        let canonical_file = pipeline.file.canonicalize().unwrap_or_else(|_| pipeline.file.clone());
+        let last_run = store.run_record(&canonical_file);
+        Ok(Session { pipeline, graph, store, reporter, stat, canonical_file, last_run })
+    }
+
+    /// Index of a node by name, with "did you mean" when absent.
+    pub fn index(&self, name: &str) -> Result<usize, SpecError> {
+        self.pipeline.nodes.iter().position(|n| n.name == name).ok_or_else(|| SpecError::UnknownNode {
+            name: name.into(),
+            file: self.pipeline.file.clone(),
+            help: suggest(did_you_mean(name, self.pipeline.nodes.iter().map(|n| n.name.as_str()))),
+        })
+    }
+
+    /// The targets and their ancestors; every node when `targets` is empty.
+    pub fn select(&self, targets: &[String]) -> Result<BTreeSet<usize>, SpecError> {
+        if targets.is_empty() {
+            return Ok((0..self.pipeline.nodes.len()).collect());
+        }
+        let idx = targets.iter().map(|t| self.index(t)).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.graph.ancestors_of(&idx))
+    }
+
+    /// Persists the stat cache.
+    pub fn save_stat_cache(&self) {
+        if let Ok(mut s) = self.stat.lock() {
+            let _ = s.save();
+        }
+    }
+
+    /// Resolves node `i`'s inputs to paths and digests and builds its key parts.
+    /// `done` holds the records of its upstream nodes.
+    pub fn key_parts(
+        &self,
+        i: usize,
+        done: &HashMap<String, NodeRecord>,
+    ) -> Result<(KeyParts, BTreeMap<String, PathBuf>), String> {
+        let node = &self.pipeline.nodes[i];
+        let mut inputs = BTreeMap::new();
+        let mut digests = BTreeMap::new();
+        for (slot, input) in &node.inputs {
+            let (path, digest) = match input {
+                InputRef::Node { node: up, output } => {
+                    let rec = done.get(up).ok_or_else(|| format!("upstream `{up}` has not run"))?;
+                    let out = rec.outputs.get(output).ok_or_else(|| format!("upstream `{up}` has no output `{output}`"))?;
+                    (self.store.object_path(&out.digest), out.digest.clone())
+                }
+                InputRef::File(p) => {
+                    let path = self.pipeline.root.join(p);
+                    let d = self.digest(&path).map_err(|e| format!("input `{slot}`: {}: {e}", path.display()))?;
+                    (path, d)
+                }
+                InputRef::Source(text) => {
+                    let src = Source::parse(text).map_err(|e| format!("input `{slot}`: {e}"))?;
+                    let path = src.resolve(self.store.root()).map_err(|e| format!("input `{slot}` ({text}): {e}"))?;
+                    let d = self.digest(&path).map_err(|e| format!("input `{slot}`: {}: {e}", path.display()))?;
+                    (path, d)
+                }
+            };
+            inputs.insert(slot.clone(), path);
+            digests.insert(slot.clone(), digest);
+        }
+        let kind = node.kind;
+        let mut parts = KeyParts {
+            kind: kind.name().into(),
+            version: kind.version(),
+            params: node.params.0.clone(),
+            inputs: digests,
+            extra: BTreeMap::new(),
+        };
+        // Extra components are a pure function of kind, version, params and input bytes, so they
+        // are memoised under a digest of exactly those (a no-op rerun must not reparse a tokenizer).
+        let extra_id = parts.key();
+        parts.extra = match self.store.extra(&extra_id) {
+            Some(e) => e,
+            None => {
+                let e = kind.fingerprint_extra(&node.params, &inputs).map_err(|e| e.to_string())?;
+                let _ = self.store.put_extra(&extra_id, &e);
+                e
+            }
+        };
+        Ok((parts, inputs))
+    }
+
+    fn digest(&self, path: &Path) -> std::io::Result<Digest> {
+        self.stat.lock().map_err(|_| std::io::Error::other("stat cache poisoned"))?.digest(path)
+    }
+
+    fn source_of(&self, i: usize, slot: &str) -> String {
+        self.pipeline.nodes[i].inputs.get(slot).map(|r| r.to_string()).unwrap_or_else(|| "(removed)".into())
+    }
+
+    /// Why node `i` with these parts is not fresh, against the last recorded run.
+    fn reasons(&self, i: usize, parts: &KeyParts) -> Vec<DirtyReason> {
+        let name = &self.pipeline.nodes[i].name;
+        match self.last_run.as_ref().and_then(|r| r.nodes.get(name)) {
+            None => vec![DirtyReason::NeverRun],
+            Some(last) => {
+                let why = explain(&last.parts, parts, |slot| self.source_of(i, slot));
+                if why.is_empty() {
+                    vec![DirtyReason::EntryMissing]
+                } else {
+                    why
+                }
+            }
+        }
+    }
+
+    /// Freshness of each selected node, in order, without running anything.
+    pub fn status(&self, selected: &BTreeSet<usize>) -> Vec<(usize, Freshness)> {
+        let mut done: HashMap<String, NodeRecord> = HashMap::new();
+        let mut out = Vec::new();
+        for &i in self.graph.order().iter().filter(|i| selected.contains(i)) {
+            let node = &self.pipeline.nodes[i];
+            let stale_up: Vec<String> = node.upstream().filter(|u| !done.contains_key(*u)).map(String::from).collect();
+            if !stale_up.is_empty() {
+                let mut reasons: Vec<DirtyReason> =
+                    stale_up.into_iter().map(|node| DirtyReason::UpstreamWillRun { node }).collect();
+                if let Some(last) = self.last_run.as_ref().and_then(|r| r.nodes.get(&node.name)) {
+                    let mut now = last.parts.clone();
+                    now.params = node.params.0.clone();
+                    now.version = node.kind.version();
+                    now.kind = node.kind.name().into();
+                    reasons.extend(explain(&last.parts, &now, |s| self.source_of(i, s)));
+                }
+                out.push((i, Freshness::WillRun { key: None, reasons }));
+                continue;
+            }
+            match self.key_parts(i, &done) {
+                Err(message) => out.push((i, Freshness::Error { message })),
+                Ok((parts, _)) => {
+                    let key = parts.key();
+                    match self.store.record(&key) {
+                        Some(rec) => {
+                            done.insert(node.name.clone(), rec);
+                            out.push((i, Freshness::Fresh { key }));
+                        }
+                        None => {
+                            let reasons = self.reasons(i, &parts);
+                            out.push((i, Freshness::WillRun { key: Some(key), reasons }));
+                        }
+                    }
+                }
+            }
+        }
+        self.save_stat_cache();
+        out
+    }
+
+    /// Runs the selected nodes. Never panics on node failures; they are in the summary.
+    pub fn run(&self, opts: &RunOptions) -> RunSummary {
+        let n = self.pipeline.nodes.len();
+        let mut state: Vec<State> = (0..n).map(|_| State::Pending).collect();
+        let mut pool = DevicePool::new(opts.jobs, &opts.gpus);
+        let mut summary = RunSummary::default();
+        let mut done: HashMap<String, NodeRecord> = HashMap::new();
+        let mut stop = false;
+        let order: Vec<usize> = self.graph.order().iter().copied().filter(|i| opts.selected.contains(i)).collect();
+        self.reporter.emit(Event::RunStarted {
+            pipeline: self.pipeline.name.clone(),
+            nodes: order.iter().map(|&i| self.pipeline.nodes[i].name.clone()).collect(),
+        });
+        for &i in &order {
+            let node = &self.pipeline.nodes[i];
+            if node.device == DeviceReq::Auto && !pool.has_gpus() {
+                self.reporter.warn(&format!(
+                    "node `{}` has `device: auto` and no CUDA device is available: running on the CPU",
+                    node.name
+                ));
+            }
+        }
+        let (tx, rx) = mpsc::channel::<(usize, Lease, Result<(NodeRecord, bool), Failure>)>();
+        std::thread::scope(|scope| {
+            let mut running = 0usize;
+            loop {
+                if !stop {
+                    for &i in &order {
+                        if !matches!(state[i], State::Pending) {
+                            continue;
+                        }
+                        let node = &self.pipeline.nodes[i];
+                        if !self.graph.upstream(i).iter().all(|u| matches!(state[*u], State::Done)) {
+                            continue;
+                        }
+                        let Some(lease) = pool.try_lease(node.device) else {
+                            continue;
+                        };
+                        state[i] = State::Running;
+                        running += 1;
+                        let ups: HashMap<String, NodeRecord> =
+                            node.upstream().filter_map(|u| done.get(u).map(|r| (u.to_string(), r.clone()))).collect();
+                        let force = opts.force.contains(&i);
+                        let tx = tx.clone();
+                        scope.spawn(move || {
+                            let r = self.execute(i, &ups, force, lease);
+                            let _ = tx.send((i, lease, r));
+                        });
+                    }
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((i, lease, result)) = rx.recv() else {
+                    break;
+                };
+                running -= 1;
+                pool.release(lease);
+                match result {
+                    Ok((rec, ran)) => {
+                        if ran {
+                            summary.ran += 1;
+                        } else {
+                            summary.cached += 1;
+                        }
+                        state[i] = State::Done;
+                        done.insert(self.pipeline.nodes[i].name.clone(), rec.clone());
+                        summary.records.insert(i, rec);
+                    }
+                    Err(f) => {
+                        state[i] = State::Failed;
+                        let name = self.pipeline.nodes[i].name.clone();
+                        for d in self.graph.descendants_of(&[i]) {
+                            if matches!(state[d], State::Pending) && opts.selected.contains(&d) {
+                                state[d] = State::Skipped;
+                                summary.skipped += 1;
+                                self.reporter.emit(Event::NodeSkipped {
+                                    node: self.pipeline.nodes[d].name.clone(),
+                                    because: format!("upstream `{name}` failed"),
+                                });
+                            }
+                        }
+                        summary.failed.push((name, f.message, f.log));
+                        if !opts.keep_going {
+                            stop = true;
+                        }
+                    }
+                }
+            }
+        });
+        for &i in &order {
+            if matches!(state[i], State::Pending) {
+                summary.skipped += 1;
+                self.reporter.emit(Event::NodeSkipped {
+                    node: self.pipeline.nodes[i].name.clone(),
+                    because: "the run stopped after a failure (use --keep-going to run independent nodes)".into(),
+                });
+            }
+        }
+        self.save_stat_cache();
+        self.save_run_record(&summary);
+        summary
+    }
+
+    fn save_run_record(&self, summary: &RunSummary) {
+        let mut rec = self.store.run_record(&self.canonical_file).unwrap_or_default();
+        rec.pipeline = self.pipeline.name.clone();
+        rec.file = self.canonical_file.display().to_string();
+        rec.finished_at = now_secs();
+        let names: BTreeSet<&str> = self.pipeline.nodes.iter().map(|n| n.name.as_str()).collect();
+        rec.nodes.retain(|k, _| names.contains(k.as_str()));
+        for (&i, r) in &summary.records {
+            rec.nodes.insert(self.pipeline.nodes[i].name.clone(), RunNode { key: r.key.clone(), parts: r.parts.clone() });
+        }
+        if let Err(e) = self.store.save_run_record(&self.canonical_file, &rec) {
+            self.reporter.warn(&format!("could not save the run record: {e}"));
+        }
+    }
+
+    /// One node: key, lock, cache check, run, publish.
+    fn execute(
+        &self,
+        i: usize,
+        ups: &HashMap<String, NodeRecord>,
+        force: bool,
+        lease: Lease,
+    ) -> Result<(NodeRecord, bool), Failure> {
+        let node = &self.pipeline.nodes[i];
+        let kind = node.kind;
+        let span = tracing::info_span!("node", node = %node.name, kind = kind.name());
+        let _enter = span.enter();
+        let fail_early = |message: String| Failure { message, log: PathBuf::new() };
+        let (parts, inputs) = self.key_parts(i, ups).map_err(fail_early)?;
+        let key = parts.key();
+        let log_path = self.store.log_path(&key);
+        let fail = |message: String| Failure { message, log: log_path.clone() };
+        let _lock = self
+            .store
+            .lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() }))
+            .map_err(|e| fail(e.to_string()))?;
+        if !force {
+            if let Some(rec) = self.store.record(&key) {
+                tracing::debug!("fresh: {key}");
+                self.reporter.emit(Event::NodeCached { node: node.name.clone(), kind: kind.name().into(), key: key.clone() });
+                return Ok((rec, false));
+            }
+        }
+        let reasons = if force { vec![DirtyReason::Forced] } else { self.reasons(i, &parts) };
+        for r in &reasons {
+            tracing::debug!("dirty: {r}");
+        }
+        self.reporter.emit(Event::NodeStarted {
+            node: node.name.clone(),
+            kind: kind.name().into(),
+            key: key.clone(),
+            device: lease.to_string(),
+            reasons: reasons.iter().map(|r| r.to_string()).collect(),
+        });
+        let started_at = now_secs();
+        let t0 = Instant::now();
+        let staging = self.store.staging(&key).map_err(|e| fail(e.to_string()))?;
+        let work = self.store.work_dir(&key);
+        std::fs::create_dir_all(&work).map_err(|e| fail(format!("creating {}: {e}", work.display())))?;
+        let log_file = std::fs::File::create(&log_path).map_err(|e| fail(format!("creating {}: {e}", log_path.display())))?;
+        let mut ctx = RunCtx {
+            node: &node.name,
+            params: &node.params,
+            inputs,
+            staging: staging.clone(),
+            work: work.clone(),
+            log: Arc::new(Mutex::new(log_file)),
+            progress: NodeProgress::new(&node.name, self.reporter.clone()),
+            summary: None,
+        };
+        ctx.log(format!("node {} ({} v{}) key {key} on {lease}", node.name, kind.name(), kind.version()));
+        for (slot, p) in &ctx.inputs {
+            ctx.log(format!("input {slot}: {}", p.display()));
+        }
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx))).unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(NodeError::Failed(format!("internal error (a bug in pipe, please report it): {}", msg.unwrap_or_default())))
+        });
+        let outputs = kind.outputs(&node.params);
+        let result = result.and_then(|()| {
+            for o in &outputs {
+                if !staging.join(o.name).exists() {
+                    return Err(NodeError::Failed(format!(
+                        "internal error: kind {} did not write output `{}`",
+                        kind.name(),
+                        o.name
+                    )));
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            let message = format!("node '{}' ({}): {e}", node.name, kind.name());
+            ctx.log(format!("error: {message}"));
+            let _ = std::fs::remove_dir_all(&staging);
+            self.reporter.emit(Event::NodeFailed {
+                node: node.name.clone(),
+                kind: kind.name().into(),
+                error: e.to_string(),
+                log: log_path.display().to_string(),
+            });
+            return Err(fail(message));
+        }
+        let duration_ms = t0.elapsed().as_millis() as u64;
+        let outs: Vec<(&str, bool)> = outputs.iter().map(|o| (o.name, o.dir)).collect();
+        let rec = self
+            .store
+            .publish(&key, &node.name, &parts, &staging, &outs, started_at, duration_ms, ctx.summary.clone())
+            .map_err(|e| fail(e.to_string()))?;
+        let _ = std::fs::remove_dir_all(&work);
+        self.reporter.emit(Event::NodeFinished {
+            node: node.name.clone(),
+            kind: kind.name().into(),
+            key: key.clone(),
+            duration_ms,
+            summary: rec.summary.clone(),
+            outputs: rec
+                .outputs
+                .iter()
+                .map(|(k, v)| (k.clone(), self.store.object_path(&v.digest).display().to_string()))
+                .collect(),
+        });
+        Ok((rec, true))
+    }
+
+    /// Re-executes node `i` from its cached inputs into a scratch folder and compares output
+    /// digests with its cache entry. `Ok(None)` means identical; `Ok(Some(diffs))` lists
+    /// (output, recorded, recomputed).
+    pub fn verify_node(
+        &self,
+        i: usize,
+        done: &HashMap<String, NodeRecord>,
+    ) -> Result<(NodeRecord, Vec<(String, String, String)>), String> {
+        let node = &self.pipeline.nodes[i];
+        let (parts, inputs) = self.key_parts(i, done)?;
+        let key = parts.key();
+        let rec =
+            self.store.record(&key).ok_or_else(|| format!("node `{}` is not in the cache; run the pipeline first", node.name))?;
+        let staging = self.store.staging(&key).map_err(|e| e.to_string())?;
+        let work = staging.join(".work");
+        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(staging.join(".log")).map_err(|e| e.to_string())?;
+        let mut ctx = RunCtx {
+            node: &node.name,
+            params: &node.params,
+            inputs,
+            staging: staging.clone(),
+            work,
+            log: Arc::new(Mutex::new(log)),
+            progress: NodeProgress::silent(&node.name),
+            summary: None,
+        };
+        let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
+        let mut diffs = Vec::new();
+        if r.is_ok() {
+            for (name, out) in &rec.outputs {
+                let got = crate::hash::hash_path(&staging.join(name)).unwrap_or_else(|e| format!("(unreadable: {e})"));
+                if got != out.digest {
+                    diffs.push((name.clone(), out.digest.clone(), got));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+        r?;
+        Ok((rec, diffs))
+    }
+}
+
+/// Digest of arbitrary canonical parts (used for memo ids).
+pub fn digest_of(f: impl FnOnce(&mut Canon)) -> Digest {
+    let mut c = Canon::default();
+    f(&mut c);
+    blake3::hash(&c.0).to_hex().to_string()
+}

@@ -1,0 +1,516 @@
+//! Pipeline files: YAML in, a typed and validated [`Pipeline`] out.
+//!
+//! ```yaml
+//! name: fortune                 # required
+//! description: ...              # optional
+//! defaults:                     # optional: `device`, and values for any parameter of that name
+//!   device: cpu
+//!   seed: 42
+//! nodes:
+//!   fix:
+//!     kind: fix-json
+//!     inputs: { records: data/fortune.jsonl }   # files relative to this file, or `node.output`
+//!     params: { on_error: skip }
+//!     device: cpu                               # cpu | cuda | auto
+//! ```
+//!
+//! Loading never stops at the first problem: [`load`] collects every located diagnostic (syntax,
+//! unknown keys with "did you mean", wrong types, unknown kinds, duplicate names, dangling
+//! references, missing files, cycles) and returns them together; nothing runs unless the file is
+//! entirely valid. Parameter precedence, lowest first: the kind's default, `defaults:`, the node's
+//! `params:`, `--set node.param=value`.
+
+pub mod params;
+pub mod validate;
+pub mod yaml;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use crate::nodes::{self, DeviceReq, NodeKind};
+use params::{convert, convert_scalar, did_you_mean, Default as ParamDefault, Params};
+use validate::{suggest, Diagnostics, SpecError};
+use yaml::{Span, Yaml, YamlValue};
+
+/// A validated pipeline.
+pub struct Pipeline {
+    /// The pipeline's `name:`.
+    pub name: String,
+    /// The pipeline's `description:`, if any.
+    pub description: Option<String>,
+    /// The file as given on the command line.
+    pub file: PathBuf,
+    /// The folder that relative input paths are resolved against.
+    pub root: PathBuf,
+    /// Nodes in file order.
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// One node of a pipeline.
+pub struct NodeSpec {
+    /// Its name (the key under `nodes:`).
+    pub name: String,
+    /// Its kind.
+    pub kind: &'static dyn NodeKind,
+    /// Connected inputs by slot.
+    pub inputs: BTreeMap<String, InputRef>,
+    /// Effective parameters.
+    pub params: Params,
+    /// Where it runs.
+    pub device: DeviceReq,
+    /// Where its name is in the file.
+    pub span: Span,
+}
+
+impl NodeSpec {
+    /// Names of the upstream nodes this node reads from.
+    pub fn upstream(&self) -> impl Iterator<Item = &str> {
+        self.inputs.values().filter_map(|r| match r {
+            InputRef::Node { node, .. } => Some(node.as_str()),
+            _ => None,
+        })
+    }
+}
+
+/// Where an input comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InputRef {
+    /// A file or folder, as written (relative to the pipeline's folder unless absolute).
+    File(PathBuf),
+    /// Another node's output.
+    Node { node: String, output: String },
+    /// A model source such as `pypi:pkg==1.0:path/in/wheel` or `hf:org/name`.
+    Source(String),
+}
+
+impl std::fmt::Display for InputRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InputRef::File(p) => write!(f, "{}", p.display()),
+            InputRef::Node { node, output } => write!(f, "{node}.{output}"),
+            InputRef::Source(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+/// A `--set node.param=value` override.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// The argument as given.
+    pub arg: String,
+    /// Node name.
+    pub node: String,
+    /// Parameter name.
+    pub param: String,
+    /// Value text (YAML scalar syntax).
+    pub value: String,
+}
+
+impl Override {
+    /// Parses `node.param=value`.
+    pub fn parse(arg: &str) -> Result<Override, SpecError> {
+        let bad = |message: &str| SpecError::Override {
+            arg: arg.to_string(),
+            message: message.to_string(),
+            help: Some("write it as NODE.PARAM=VALUE, e.g. --set tokenize.max_length=256".into()),
+        };
+        let (lhs, value) = arg.split_once('=').ok_or_else(|| bad("missing `=`"))?;
+        let (node, param) = lhs.split_once('.').ok_or_else(|| bad("missing `.` between node and parameter"))?;
+        if node.is_empty() || param.is_empty() {
+            return Err(bad("empty node or parameter name"));
+        }
+        Ok(Override { arg: arg.into(), node: node.into(), param: param.into(), value: value.into() })
+    }
+}
+
+const TOP_KEYS: &[&str] = &["name", "description", "defaults", "nodes"];
+const NODE_KEYS: &[&str] = &["kind", "inputs", "params", "device", "description"];
+const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
+
+/// Reads, parses and validates a pipeline file, applying `--set` overrides.
+pub fn load(file: &Path, overrides: &[Override]) -> Result<Pipeline, SpecError> {
+    let src = std::fs::read_to_string(file).map_err(|source| SpecError::Read { path: file.to_path_buf(), source })?;
+    let root = file
+        .parent()
+        .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+        .unwrap_or(Path::new("."))
+        .canonicalize()
+        .map_err(|source| SpecError::Read { path: file.to_path_buf(), source })?;
+    let mut diag = Diagnostics::new(file, &src);
+    let doc = match yaml::parse(&src) {
+        Ok(doc) => doc,
+        Err(e) => {
+            diag.error(e.span, format!("invalid YAML: {}", e.message), "here", None);
+            diag.finish()?;
+            unreachable!("a syntax error was recorded");
+        }
+    };
+    let mut loader = Loader { diag, root: root.clone(), overrides, used_overrides: HashSet::new(), spans: HashMap::new() };
+    let pipeline = loader.pipeline(&doc, file);
+    let Loader { diag, used_overrides, .. } = loader;
+    diag.finish()?;
+    let pipeline = pipeline.expect("no diagnostics means a pipeline was built");
+    for (i, o) in overrides.iter().enumerate() {
+        if !used_overrides.contains(&i) {
+            return Err(match pipeline.nodes.iter().find(|n| n.name == o.node) {
+                None => SpecError::Override {
+                    arg: o.arg.clone(),
+                    message: format!("no node named `{}`", o.node),
+                    help: suggest(did_you_mean(&o.node, pipeline.nodes.iter().map(|n| n.name.as_str()))),
+                },
+                Some(n) => SpecError::Override {
+                    arg: o.arg.clone(),
+                    message: format!("node `{}` ({}) has no parameter `{}`", o.node, n.kind.name(), o.param),
+                    help: suggest(did_you_mean(&o.param, n.kind.params().iter().map(|p| p.name))),
+                },
+            });
+        }
+    }
+    Ok(pipeline)
+}
+
+struct Loader<'a> {
+    diag: Diagnostics,
+    root: PathBuf,
+    overrides: &'a [Override],
+    used_overrides: HashSet<usize>,
+    /// Where each `(node, input slot)` value is, for reference errors.
+    spans: HashMap<(String, String), Span>,
+}
+
+fn map_entries(y: &Yaml) -> Option<&[(Yaml, Yaml)]> {
+    match &y.value {
+        YamlValue::Map(e) => Some(e),
+        _ => None,
+    }
+}
+
+impl Loader<'_> {
+    /// Checks a mapping's keys against `allowed`, reporting unknown and duplicate keys.
+    fn keys<'y>(&mut self, y: &'y Yaml, what: &str, allowed: &[&str]) -> HashMap<&'y str, &'y (Yaml, Yaml)> {
+        let mut seen: HashMap<&str, &(Yaml, Yaml)> = HashMap::new();
+        let Some(entries) = map_entries(y) else {
+            self.diag.error(y.span, format!("{what} must be a mapping, found {}", y.type_name()), "expected a mapping", None);
+            return seen;
+        };
+        for entry in entries {
+            let key = entry.0.as_scalar().unwrap_or("");
+            if let Some(first) = seen.get(key) {
+                let msg = format!("duplicate key `{key}` in {what} (first at line {})", first.0.span.line);
+                self.diag.error(entry.0.span, msg, "duplicate", None);
+                continue;
+            }
+            if !allowed.is_empty() && !allowed.contains(&key) {
+                let help = suggest(did_you_mean(key, allowed.iter().copied()))
+                    .or_else(|| Some(format!("allowed keys: {}", allowed.join(", "))));
+                self.diag.error(entry.0.span, format!("unknown key `{key}` in {what}"), "unknown key", help);
+                continue;
+            }
+            seen.insert(key, entry);
+        }
+        seen
+    }
+
+    fn string(&mut self, y: &Yaml, what: &str) -> Option<String> {
+        match &y.value {
+            YamlValue::Scalar { text, .. } if !y.is_null() => Some(text.clone()),
+            _ => {
+                self.diag.error(y.span, format!("`{what}` must be a string, found {}", y.type_name()), "expected a string", None);
+                None
+            }
+        }
+    }
+
+    fn pipeline(&mut self, doc: &Yaml, file: &Path) -> Option<Pipeline> {
+        let top = self.keys(doc, "the pipeline", TOP_KEYS);
+        if map_entries(doc).is_none() {
+            return None;
+        }
+        let name = match top.get("name") {
+            Some((_, v)) => self.string(v, "name"),
+            None => {
+                self.diag.error(
+                    doc.span,
+                    "missing key `name` at the top of the pipeline",
+                    "the pipeline starts here",
+                    Some("add `name: my-pipeline`".into()),
+                );
+                None
+            }
+        };
+        let description = top.get("description").and_then(|(_, v)| self.string(v, "description"));
+        let defaults = top.get("defaults").map(|(_, v)| self.defaults(v)).unwrap_or_default();
+        let mut nodes = match top.get("nodes") {
+            Some((_, v)) => self.nodes(v, &defaults),
+            None => {
+                self.diag.error(
+                    doc.span,
+                    "missing key `nodes`",
+                    "the pipeline starts here",
+                    Some("a pipeline needs at least one node under `nodes:`".into()),
+                );
+                Vec::new()
+            }
+        };
+        self.references(&mut nodes);
+        if self.diag.items.is_empty() {
+            if let Err(cycle) = crate::graph::Graph::build(&nodes) {
+                let names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
+                let first = &nodes[cycle[0]];
+                let msg = format!("the pipeline has a cycle: {} -> {}", names.join(" -> "), names[0]);
+                self.diag.error(first.span, msg, "this node depends on itself", Some("remove one of these inputs".into()));
+            }
+        }
+        Some(Pipeline { name: name?, description, file: file.to_path_buf(), root: self.root.clone(), nodes })
+    }
+
+    /// `defaults:` is a map of parameter name (or `device`) to value.
+    fn defaults<'y>(&mut self, y: &'y Yaml) -> HashMap<String, &'y Yaml> {
+        let mut out = HashMap::new();
+        let known: Vec<&str> =
+            std::iter::once("device").chain(nodes::registry().iter().flat_map(|k| k.params().iter().map(|p| p.name))).collect();
+        for (k, entry) in self.keys(y, "defaults", &known) {
+            out.insert(k.to_string(), &entry.1);
+        }
+        out
+    }
+
+    fn nodes(&mut self, y: &Yaml, defaults: &HashMap<String, &Yaml>) -> Vec<NodeSpec> {
+        let mut out = Vec::new();
+        let entries = self.keys(y, "nodes", &[]);
+        let mut entries: Vec<_> = entries.into_values().collect();
+        entries.sort_by_key(|(k, _)| k.span.offset);
+        for (key, body) in entries {
+            let Some(name) = self.string(key, "node name") else {
+                continue;
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') {
+                let msg = format!("node name `{name}` may only use letters, digits, `-` and `_`");
+                self.diag.error(key.span, msg, "invalid name", None);
+                continue;
+            }
+            if let Some(node) = self.node(name, key.span, body, defaults) {
+                out.push(node);
+            }
+        }
+        out
+    }
+
+    fn node(&mut self, name: String, span: Span, body: &Yaml, defaults: &HashMap<String, &Yaml>) -> Option<NodeSpec> {
+        let what = format!("node `{name}`");
+        let keys = self.keys(body, &what, NODE_KEYS);
+        if map_entries(body).is_none() {
+            return None;
+        }
+        let kind = match keys.get("kind") {
+            None => {
+                self.diag.error(span, format!("node `{name}` has no `kind`"), "here", Some(format!("kinds: {}", kind_names())));
+                return None;
+            }
+            Some((_, v)) => {
+                let text = self.string(v, "kind")?;
+                match nodes::find(&text) {
+                    Some(k) => k,
+                    None => {
+                        let help = suggest(did_you_mean(&text, nodes::registry().iter().map(|k| k.name())))
+                            .or_else(|| Some(format!("known kinds: {}", kind_names())));
+                        self.diag.error(v.span, format!("unknown node kind `{text}`"), "unknown kind", help);
+                        return None;
+                    }
+                }
+            }
+        };
+        let device = match keys.get("device").map(|(_, v)| v).or_else(|| defaults.get("device").copied()) {
+            None => kind.default_device(),
+            Some(v) => match v.as_scalar() {
+                Some("cpu") => DeviceReq::Cpu,
+                Some("cuda") => DeviceReq::Cuda,
+                Some("auto") => DeviceReq::Auto,
+                other => {
+                    let help = suggest(other.and_then(|t| did_you_mean(t, DEVICES.iter().copied())));
+                    self.diag.error(v.span, "`device` must be one of cpu, cuda, auto", "unknown device", help);
+                    kind.default_device()
+                }
+            },
+        };
+        let params = self.params(&name, kind, keys.get("params").map(|(_, v)| v), defaults);
+        let inputs = self.inputs(&name, span, kind, keys.get("inputs").map(|(_, v)| v));
+        if let Err((param, message)) = kind.check_params(&params) {
+            let at = keys.get("params").map(|(_, v)| v.span).unwrap_or(span);
+            self.diag.error(at, format!("node `{name}`: parameter `{param}`: {message}"), "here", None);
+        }
+        Some(NodeSpec { name, kind, inputs, params, device, span })
+    }
+
+    fn params(&mut self, node: &str, kind: &dyn NodeKind, y: Option<&Yaml>, defaults: &HashMap<String, &Yaml>) -> Params {
+        let schema = kind.params();
+        let mut given: HashMap<&str, &Yaml> = HashMap::new();
+        if let Some(y) = y {
+            let allowed: Vec<&str> = schema.iter().map(|p| p.name).collect();
+            let what = format!("params of `{node}` ({})", kind.name());
+            if allowed.is_empty() && !y.is_null() {
+                self.diag.error(y.span, format!("{} takes no parameters", kind.name()), "unexpected", None);
+            } else if !y.is_null() {
+                for (k, entry) in self.keys(y, &what, &allowed) {
+                    given.insert(k, &entry.1);
+                }
+            }
+        }
+        let mut out = Params::default();
+        for spec in schema {
+            let over = self.overrides.iter().enumerate().filter(|(_, o)| o.node == node && o.param == spec.name).last();
+            let value = if let Some((i, o)) = over {
+                self.used_overrides.insert(i);
+                let quoted = o.value.starts_with('"') || o.value.starts_with('\'');
+                let text = if quoted && o.value.len() >= 2 { &o.value[1..o.value.len() - 1] } else { o.value.as_str() };
+                match convert_scalar(spec, text, quoted) {
+                    Some(Ok(v)) => Some(v),
+                    Some(Err(message)) => {
+                        self.override_error(o, message);
+                        None
+                    }
+                    None => {
+                        let message = format!("`{}` must be {}, found `{}`", spec.name, spec.ty.describe(), o.value);
+                        self.override_error(o, message);
+                        None
+                    }
+                }
+            } else if let Some(y) = given.get(spec.name).copied().or_else(|| defaults.get(spec.name).copied()) {
+                match convert(spec, y) {
+                    Ok(v) => Some(v),
+                    Err(message) => {
+                        self.diag.error(y.span, format!("node `{node}`: {message}"), "wrong type", None);
+                        None
+                    }
+                }
+            } else {
+                spec.default.value()
+            };
+            match value {
+                Some(v) => {
+                    out.0.insert(spec.name.to_string(), v);
+                }
+                None if matches!(spec.default, ParamDefault::Required) && over.is_none() && !given.contains_key(spec.name) => {
+                    let at = y.map(|y| y.span).unwrap_or_default();
+                    let msg = format!("node `{node}` ({}) needs parameter `{}` ({})", kind.name(), spec.name, spec.ty.describe());
+                    self.diag.error(at, msg, "missing parameter", Some(spec.doc.to_string()));
+                }
+                None => {}
+            }
+        }
+        out
+    }
+
+    fn override_error(&mut self, o: &Override, message: String) {
+        // Overrides have no place in the file; report them as errors of the file's first line so
+        // nothing runs, naming the argument.
+        self.diag.error(
+            Span { offset: 0, len: 1, line: 1, col: 1 },
+            format!("--set {}: {message}", o.arg),
+            "in this pipeline",
+            None,
+        );
+    }
+
+    fn inputs(&mut self, node: &str, span: Span, kind: &dyn NodeKind, y: Option<&Yaml>) -> BTreeMap<String, InputRef> {
+        let slots = kind.inputs();
+        let allowed: Vec<&str> = slots.iter().map(|s| s.name).collect();
+        let mut out = BTreeMap::new();
+        if let Some(y) = y {
+            let what = format!("inputs of `{node}` ({})", kind.name());
+            let given = self.keys(y, &what, &allowed);
+            let mut given: Vec<_> = given.into_iter().collect();
+            given.sort_by_key(|(_, (k, _))| k.span.offset);
+            for (slot, (_, v)) in given {
+                let Some(text) = self.string(v, slot) else {
+                    continue;
+                };
+                out.insert(slot.to_string(), (parse_ref(&text), v.span));
+            }
+        }
+        for slot in slots.iter().filter(|s| s.required) {
+            if !out.contains_key(slot.name) {
+                let msg = format!("node `{node}` ({}) needs input `{}`", kind.name(), slot.name);
+                self.diag.error(y.map(|y| y.span).unwrap_or(span), msg, "missing input", Some(slot.doc.to_string()));
+            }
+        }
+        self.spans.extend(out.iter().map(|(slot, (_, sp))| ((node.to_string(), slot.clone()), *sp)));
+        out.into_iter().map(|(k, (r, _))| (k, r)).collect()
+    }
+}
+
+impl Loader<'_> {
+    /// Checks every input: node references name an existing node and output, files exist.
+    fn references(&mut self, nodes: &mut [NodeSpec]) {
+        let outputs: HashMap<String, Vec<&'static str>> =
+            nodes.iter().map(|n| (n.name.clone(), n.kind.outputs(&n.params).iter().map(|o| o.name).collect())).collect();
+        for node in nodes.iter_mut() {
+            for (slot, input) in node.inputs.iter_mut() {
+                let span = self.spans.get(&(node.name.clone(), slot.clone())).copied().unwrap_or(node.span);
+                match input.clone() {
+                    InputRef::Node { node: up, output } => match outputs.get(&up) {
+                        Some(outs) if outs.contains(&output.as_str()) => {}
+                        Some(outs) => {
+                            let help = suggest(did_you_mean(&output, outs.iter().copied()))
+                                .or_else(|| Some(format!("`{up}` has outputs: {}", outs.join(", "))));
+                            let msg = format!("node `{}`: input `{slot}`: node `{up}` has no output `{output}`", node.name);
+                            self.diag.error(span, msg, "unknown output", help);
+                        }
+                        None if self.root.join(format!("{up}.{output}")).exists() => {
+                            *input = InputRef::File(PathBuf::from(format!("{up}.{output}")));
+                        }
+                        None => {
+                            let help = did_you_mean(&up, outputs.keys().map(String::as_str))
+                                .map(|c| format!("did you mean `{c}.{output}`?"));
+                            let msg = format!(
+                                "node `{}`: input `{slot}`: `{up}.{output}` is neither a node output (no node named `{up}`) nor a file in {}",
+                                node.name,
+                                self.root.display()
+                            );
+                            self.diag.error(span, msg, "dangling reference", help);
+                        }
+                    },
+                    InputRef::File(path) => {
+                        let full = self.root.join(&path);
+                        if !full.exists() {
+                            let msg = format!("node `{}`: input `{slot}`: file not found: {}", node.name, full.display());
+                            self.diag.error(span, msg, "no such file", None);
+                        }
+                    }
+                    InputRef::Source(text) => {
+                        if let Err(message) = crate::source::Source::parse(&text) {
+                            self.diag.error(
+                                span,
+                                format!("node `{}`: input `{slot}`: {message}", node.name),
+                                "invalid source",
+                                None,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn kind_names() -> String {
+    nodes::registry().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+}
+
+/// Classifies an input string: `pypi:`/`hf:` sources, `node.output` references, or files.
+/// A string is a node reference when it has no `/`, exactly one `.`, and no file of that name
+/// exists; [`Loader::references`] then checks the node and output exist.
+pub fn parse_ref(text: &str) -> InputRef {
+    if text.starts_with("pypi:") || text.starts_with("hf:") {
+        return InputRef::Source(text.to_string());
+    }
+    if !text.contains('/') && !text.contains('\\') {
+        if let Some((node, output)) = text.split_once('.') {
+            let ident = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-');
+            if ident(node) && ident(output) {
+                return InputRef::Node { node: node.to_string(), output: output.to_string() };
+            }
+        }
+    }
+    InputRef::File(PathBuf::from(text))
+}

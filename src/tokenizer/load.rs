@@ -1,0 +1,142 @@
+//! Loading a tokenizer from whatever the pipeline points at.
+//!
+//! | input | tokenizer | end-of-sentence token | chat template |
+//! |---|---|---|---|
+//! | `tokenizer.json` | the file | `eos_token` of a `tokenizer_config.json` beside it | `chat_template` of that config |
+//! | a Hugging Face folder | its `tokenizer.json` | its `tokenizer_config.json` (`generation_config.json` as fallback) | its config |
+//! | a `.gguf` file | built from `tokenizer.ggml.*` metadata | `tokenizer.ggml.eos_token_id` | `tokenizer.chat_template` |
+//!
+//! Every file read here is listed in [`Bundle::files`], so the caller can make them part of a key.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+use tokenizers::Tokenizer;
+
+/// Loading a tokenizer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A file could not be read.
+    #[error("reading {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A file is not a valid tokenizer or config.
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    /// Building a tokenizer from GGUF metadata failed.
+    #[error(transparent)]
+    Gguf(#[from] super::gguf::TokenizerError),
+}
+
+use LoadError as TokenizerError;
+
+/// A tokenizer with the special tokens and template that travel with it.
+pub struct Bundle {
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    /// End-of-sentence token id and text, when known.
+    pub eos: Option<(u32, String)>,
+    /// Beginning-of-sentence token id and text, when known.
+    pub bos: Option<(u32, String)>,
+    /// Padding token id, when known.
+    pub pad: Option<u32>,
+    /// The Jinja chat template, when the model has one.
+    pub chat_template: Option<String>,
+    /// Every file the bundle was read from.
+    pub files: Vec<PathBuf>,
+}
+
+fn token_text(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(m) => m.get("content").and_then(Json::as_str).map(String::from),
+        _ => None,
+    }
+}
+
+fn chat_template_of(cfg: &Json) -> Option<String> {
+    match cfg.get("chat_template")? {
+        Json::String(s) => Some(s.clone()),
+        Json::Array(items) => items
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .or_else(|| items.first())
+            .and_then(|t| t.get("template"))
+            .and_then(Json::as_str)
+            .map(String::from),
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Json, TokenizerError> {
+    let bytes = std::fs::read(path).map_err(|e| TokenizerError::Io { path: path.to_path_buf(), source: e })?;
+    serde_json::from_slice(&bytes).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Loads a tokenizer from a `tokenizer.json`, a model folder, or a GGUF file.
+pub fn load(path: &Path) -> Result<Bundle, TokenizerError> {
+    if path.is_dir() {
+        let json = path.join("tokenizer.json");
+        if !json.exists() {
+            return Err(TokenizerError::Invalid {
+                path: path.to_path_buf(),
+                message: "this folder has no tokenizer.json (a Hugging Face model folder needs one)".into(),
+            });
+        }
+        return load_json(&json);
+    }
+    let mut magic = [0u8; 4];
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| TokenizerError::Io { path: path.to_path_buf(), source: e })?;
+    let n = f.read(&mut magic).map_err(|e| TokenizerError::Io { path: path.to_path_buf(), source: e })?;
+    if n == 4 && &magic == b"GGUF" {
+        return load_gguf(path);
+    }
+    load_json(path)
+}
+
+fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
+    let tokenizer =
+        Tokenizer::from_file(path).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut files = vec![path.to_path_buf()];
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let cfg_path = dir.join("tokenizer_config.json");
+    let cfg = if cfg_path.exists() {
+        files.push(cfg_path.clone());
+        Some(read_json(&cfg_path)?)
+    } else {
+        None
+    };
+    let special = |key: &str| -> Option<(u32, String)> {
+        let text = cfg.as_ref().and_then(|c| c.get(key)).and_then(token_text)?;
+        Some((tokenizer.token_to_id(&text)?, text))
+    };
+    let mut eos = special("eos_token");
+    if eos.is_none() {
+        let gen = dir.join("generation_config.json");
+        if gen.exists() {
+            files.push(gen.clone());
+            if let Some(id) = read_json(&gen)?.get("eos_token_id").and_then(|v| v.as_u64().or_else(|| v.get(0)?.as_u64())) {
+                eos = tokenizer.id_to_token(id as u32).map(|t| (id as u32, t));
+            }
+        }
+    }
+    let bos = special("bos_token");
+    let pad = special("pad_token").map(|(id, _)| id);
+    let chat_template = cfg.as_ref().and_then(chat_template_of);
+    Ok(Bundle { tokenizer, eos, bos, pad, chat_template, files })
+}
+
+fn load_gguf(path: &Path) -> Result<Bundle, TokenizerError> {
+    let file = crate::gguf::GgufFile::open(path)
+        .map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+    let g = super::gguf::from_gguf(&file)?;
+    let text = |id: Option<u32>| id.and_then(|i| g.tokenizer.id_to_token(i).map(|t| (i, t)));
+    Ok(Bundle {
+        eos: text(g.eos_id),
+        bos: text(g.bos_id),
+        pad: g.pad_id,
+        chat_template: g.chat_template.clone(),
+        tokenizer: g.tokenizer,
+        files: vec![path.to_path_buf()],
+    })
+}

@@ -1,0 +1,11 @@
+//! Tokenizers for the models `pipe` trains and exports.
+//!
+//! - [`load`]: a tokenizer with its special tokens and chat template from a `tokenizer.json`, a
+//!   Hugging Face model folder, or a GGUF file.
+//! - [`gguf`]: a Hugging Face [`tokenizers::Tokenizer`] built from GGUF `tokenizer.ggml.*`
+//!   metadata that produces the same ids as llama.cpp (byte-level BPE vocabularies).
+//! - [`template`]: prompt formats, the tutorial's and Jinja chat templates.
+
+pub mod gguf;
+pub mod load;
+pub mod template;

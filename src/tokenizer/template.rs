@@ -1,0 +1,108 @@
+//! Prompt formats: the seed's `User:/Assistant:` format and the model's own Jinja chat template.
+//!
+//! A record becomes a (prompt, completion) pair of strings. The prompt's tokens are masked
+//! (label -100); the completion's tokens are trained. Chat templates are rendered with minijinja
+//! (with Python-compatible string methods, as Hugging Face templates use them): the prompt is the
+//! conversation without the answer and with `add_generation_prompt`, the completion is whatever
+//! the full conversation adds after it.
+
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::Serialize;
+
+/// The seed's user prefix.
+pub const SEED_PROMPT: &str = "User: {instruction}{input}\n\n";
+/// The seed's answer prefix.
+pub const SEED_ANSWER: &str = "Assistant: {output}";
+
+/// One chat message.
+#[derive(Debug, Clone, Serialize)]
+pub struct Message {
+    /// `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// The seed's format: (prompt, completion without the end token).
+pub fn seed(instruction: &str, input: &str, output: &str) -> (String, String) {
+    (format!("User: {instruction}{input}\n\n"), format!("Assistant: {output}"))
+}
+
+/// A compiled chat template.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos`/`eos` are visible to the template as `bos_token`/`eos_token`.
+    pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, Error> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg))
+        });
+        env.add_template_owned("chat", source.to_string())?;
+        Ok(ChatTemplate { env, bos: bos.into(), eos: eos.into() })
+    }
+
+    /// Renders a conversation.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
+        self.env.get_template("chat")?.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos,
+            eos_token => self.eos,
+        })
+    }
+
+    /// (prompt, completion) for one exchange.
+    pub fn pair(&self, system: Option<&str>, user: &str, assistant: &str) -> Result<(String, String), Error> {
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(Message { role: "system".into(), content: s.into() });
+        }
+        msgs.push(Message { role: "user".into(), content: user.into() });
+        let prompt = self.render(&msgs, true)?;
+        msgs.push(Message { role: "assistant".into(), content: assistant.into() });
+        let full = self.render(&msgs, false)?;
+        match full.strip_prefix(&prompt) {
+            Some(rest) => Ok((prompt, rest.to_string())),
+            None => Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "the chat template renders the conversation without the answer as something that is not a prefix of the conversation with it, so prompt tokens cannot be masked",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\\nYou are helpful<|im_end|>\\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'].strip() + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+    #[test]
+    fn chatml_splits_into_prompt_and_completion() {
+        let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
+        let (p, c) = t.pair(None, "你是谁?", "我是算命大师。").unwrap();
+        assert_eq!(
+            p,
+            "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\n你是谁?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(c, "我是算命大师。<|im_end|>\n");
+    }
+
+    #[test]
+    fn raise_exception_is_an_error() {
+        let t = ChatTemplate::new("{{ raise_exception('nope') }}", "", "").unwrap();
+        assert!(t.render(&[], false).unwrap_err().to_string().contains("nope"));
+    }
+
+    #[test]
+    fn the_seed_format_matches_the_tutorial() {
+        assert_eq!(seed("a", "b", "c"), ("User: ab\n\n".to_string(), "Assistant: c".to_string()));
+    }
+}
