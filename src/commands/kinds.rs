@@ -28,7 +28,13 @@ pub fn describe(k: &dyn NodeKind, markdown: bool) -> String {
         }
         s += "\n| param | type | default | |\n|---|---|---|---|\n";
         for p in k.params() {
-            s += &format!("| `{}` | {} | `{}` | {} |\n", p.name, p.ty.describe(), default_text(&p.default), p.doc);
+            s += &format!(
+                "| `{}` | {} | `{}` | {} |\n",
+                p.name,
+                p.ty.describe().replace(" | ", ", "),
+                default_text(&p.default),
+                p.doc
+            );
         }
         s += "\n| output | |\n|---|---|\n";
         for o in k.outputs(&defaults) {

@@ -379,7 +379,7 @@ impl Loader<'_> {
                 match convert(spec, y) {
                     Ok(v) => Some(v),
                     Err(message) => {
-                        self.diag.error(y.span, format!("node `{node}`: {message}"), "wrong type", None);
+                        self.diag.error(y.span, format!("node `{node}`: {message}"), "invalid value", None);
                         None
                     }
                 }
@@ -458,6 +458,11 @@ impl Loader<'_> {
                         }
                         None if self.root.join(format!("{up}.{output}")).exists() => {
                             *input = InputRef::File(PathBuf::from(format!("{up}.{output}")));
+                        }
+                        None if did_you_mean(&up, outputs.keys().map(String::as_str)).is_none() => {
+                            let full = self.root.join(format!("{up}.{output}"));
+                            let msg = format!("node `{}`: input `{slot}`: file not found: {}", node.name, full.display());
+                            self.diag.error(span, msg, "no such file", None);
                         }
                         None => {
                             let help = did_you_mean(&up, outputs.keys().map(String::as_str))
