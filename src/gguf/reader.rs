@@ -10,7 +10,7 @@
 //! # How
 //!
 //! The file is read front to back through a [`BufReader`]; a small cursor
-//! ([`Parser`]) tracks the byte offset so every error can say where it
+//! (`Parser`) tracks the byte offset so every error can say where it
 //! happened. Before any allocation sized by the file (strings, arrays) the
 //! length is checked against the bytes left in the file, so a corrupt length
 //! field gives [`GgufError::Truncated`] instead of a huge allocation. After
