@@ -31,10 +31,25 @@ impl Graph {
                 g.add_edge(ids[u], ids[i], ());
             }
         }
-        match toposort(&g, None) {
-            Ok(order) => Ok(Graph { order: order.into_iter().map(|ix| g[ix]).collect(), g }),
-            Err(_) => Err(find_cycle(&g)),
+        if toposort(&g, None).is_err() {
+            return Err(find_cycle(&g));
         }
+        // Kahn's algorithm with a min-heap, so ties go to the node written first.
+        let mut indeg: Vec<usize> = (0..nodes.len()).map(|i| g.edges_directed(ids[i], Direction::Incoming).count()).collect();
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
+            (0..nodes.len()).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
+        let mut order = Vec::with_capacity(nodes.len());
+        while let Some(std::cmp::Reverse(i)) = ready.pop() {
+            order.push(i);
+            for e in g.edges_directed(ids[i], Direction::Outgoing) {
+                let j = g[e.target()];
+                indeg[j] -= 1;
+                if indeg[j] == 0 {
+                    ready.push(std::cmp::Reverse(j));
+                }
+            }
+        }
+        Ok(Graph { order, g })
     }
 
     /// All nodes in a dependency-respecting order (ties broken by file order).

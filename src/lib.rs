@@ -19,6 +19,8 @@
 //! | [`tokenizer`] | tokenizers from tokenizer.json / GGUF, prompt templates |
 //! | [`gguf`] | the GGUF file format |
 //! | [`dataset`] | the tokenized dataset file layout |
+//! | [`model`] | Llama/Qwen2 in candle: LoRA forward, explicit backward, loading, peft format |
+//! | [`train`] | AdamW, schedules, checkpoints, the resumable training loop |
 //! | [`report`] | progress bars, plain lines and `--json` events |
 //! | [`commands`] | one file per subcommand |
 
@@ -29,9 +31,11 @@ pub mod dataset;
 pub mod gguf;
 pub mod graph;
 pub mod hash;
+pub mod model;
 pub mod nodes;
 pub mod report;
 pub mod sched;
 pub mod source;
 pub mod spec;
 pub mod tokenizer;
+pub mod train;

@@ -67,6 +67,15 @@ pub struct RunRecord {
     pub nodes: BTreeMap<String, RunNode>,
 }
 
+/// Memoised kind-specific key components and the side files (path, digest) they were computed from.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ExtraMemo {
+    /// The components.
+    pub values: BTreeMap<String, String>,
+    /// Files read to compute them, with their digests at the time.
+    pub files: Vec<(String, Digest)>,
+}
+
 /// What `gc` removed (or would remove).
 #[derive(Debug, Default, Serialize)]
 pub struct GcReport {
@@ -129,12 +138,12 @@ impl Store {
     }
 
     /// Memoised extra key components, stored under a digest of what determines them.
-    pub fn extra(&self, id: &str) -> Option<BTreeMap<String, String>> {
+    pub fn extra(&self, id: &str) -> Option<ExtraMemo> {
         serde_json::from_slice(&fs::read(self.root.join("extra").join(format!("{id}.json"))).ok()?).ok()
     }
 
     /// Stores memoised extra key components.
-    pub fn put_extra(&self, id: &str, extra: &BTreeMap<String, String>) -> Result<(), CacheError> {
+    pub fn put_extra(&self, id: &str, extra: &ExtraMemo) -> Result<(), CacheError> {
         let path = self.root.join("extra").join(format!("{id}.json"));
         let bytes = serde_json::to_vec(extra).map_err(|source| CacheError::Encode { path: path.clone(), source })?;
         write_atomic(&path, &bytes)

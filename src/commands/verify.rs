@@ -36,13 +36,22 @@ pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                 Ok((rec, diffs)) => {
                     status = ExitStatus::Failure;
                     for (out, want, got) in diffs {
-                        println!(
-                            "MISMATCH  {} ({}): output `{out}`: cached {} but re-executed {}",
-                            node.name,
-                            node.kind.name(),
-                            &want[..12],
-                            &got[..12.min(got.len())]
-                        );
+                        match got.strip_prefix("on disk ") {
+                            Some(disk) => println!(
+                                "MISMATCH  {} ({}): output `{out}`: the cached object {} was modified on disk (it now hashes to {})",
+                                node.name,
+                                node.kind.name(),
+                                &want[..12],
+                                &disk[..12.min(disk.len())]
+                            ),
+                            None => println!(
+                                "MISMATCH  {} ({}): output `{out}`: cached {} but re-executed {}",
+                                node.name,
+                                node.kind.name(),
+                                &want[..12],
+                                &got[..12.min(got.len())]
+                            ),
+                        }
                     }
                     done.insert(node.name.clone(), rec);
                 }

@@ -242,12 +242,14 @@ pub fn scan(text: &str) -> Scan {
                 let frag = &text[start..end];
                 let (eline, ecol, reason) = match other {
                     Some((_, Err(e))) => {
-                        let (l, c) = (line + e.line() - 1, if e.line() <= 1 { col + e.column() - 1 } else { e.column() });
+                        let (l, c) = json_position(frag, &e);
+                        let (l, c) = (line + l - 1, if l <= 1 { col + c - 1 } else { c });
                         (l, c, strip_position(&e.to_string()))
                     }
                     _ => match serde_json::from_str::<Json>(frag) {
                         Err(e) => {
-                            let (l, c) = (line + e.line() - 1, if e.line() <= 1 { col + e.column() - 1 } else { e.column() });
+                            let (l, c) = json_position(frag, &e);
+                            let (l, c) = (line + l - 1, if l <= 1 { col + c - 1 } else { c });
                             (l, c, strip_position(&e.to_string()))
                         }
                         Ok(_) => (line, col, "the record is not closed before the next record starts".into()),
@@ -259,6 +261,18 @@ pub fn scan(text: &str) -> Scan {
         }
     }
     out
+}
+
+/// serde_json's 1-based (line, column) of an error in `text`. serde_json reports column 0 when
+/// the offending character is a newline (it has already moved to the next line); that is the end
+/// of the previous line for a reader.
+pub fn json_position(text: &str, e: &serde_json::Error) -> (usize, usize) {
+    let (line, col) = (e.line().max(1), e.column());
+    if col > 0 || line <= 1 {
+        return (line, col.max(1));
+    }
+    let prev = text.split('\n').nth(line - 2).unwrap_or("");
+    (line - 1, prev.trim_end_matches('\r').chars().count() + 1)
 }
 
 /// serde_json appends " at line L column C"; the report has its own (absolute) position.
@@ -332,7 +346,7 @@ struct Report<'a> {
     crlf: bool,
     bracketed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    split: Option<HashMap<&'static str, usize>>,
+    split: Option<std::collections::BTreeMap<&'static str, usize>>,
 }
 
 impl NodeKind for FixJson {
@@ -440,7 +454,7 @@ impl NodeKind for FixJson {
             let pick = |ix: &[usize]| ix.iter().map(|&i| records[i]).collect::<Vec<_>>();
             write(ctx, "train", &to_json_array(&pick(&train_idx)))?;
             write(ctx, "eval", &to_json_array(&pick(&eval_idx)))?;
-            split = Some(HashMap::from([("train", train_idx.len()), ("eval", eval_idx.len())]));
+            split = Some(std::collections::BTreeMap::from([("train", train_idx.len()), ("eval", eval_idx.len())]));
         }
         let report = Report {
             input: path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(),
@@ -507,6 +521,12 @@ mod tests {
         assert_eq!(lines_of(&r), vec![1, 4]);
         assert_eq!(r.bad.len(), 1);
         assert_eq!((r.bad[0].line, r.bad[0].reason.contains("control character")), (2, true), "{:?}", r.bad);
+    }
+
+    #[test]
+    fn an_unterminated_string_is_reported_where_the_line_ends() {
+        let r = scan("{\"a\": \"x\"}\n{\"a\": \"no end}\n{\"a\": \"y\"}\n");
+        assert_eq!((r.bad[0].line, r.bad[0].col), (2, 15), "{:?}", r.bad);
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //! `run` writes into a private staging folder; the store publishes the outputs atomically only
 //! after `run` returns `Ok`, so a kind never needs to care about partial writes or kills.
 
+pub mod eval;
 pub mod fix_json;
+pub mod lora_train;
+pub mod merge;
 pub mod tokenize;
 
 use std::collections::BTreeMap;
@@ -144,6 +147,16 @@ impl RunCtx<'_> {
 /// Extra key components a kind computes from its inputs (name to a short digest or value).
 pub type Extra = BTreeMap<String, String>;
 
+/// What [`NodeKind::fingerprint_extra`] returns: the components, and every file it read that is
+/// not an input (so the runner can tell when a memoised result is stale).
+#[derive(Debug, Default)]
+pub struct Extras {
+    /// The components.
+    pub values: Extra,
+    /// Side files read.
+    pub files: Vec<PathBuf>,
+}
+
 /// The interface of a node kind. See the module docs for the contract of each method.
 pub trait NodeKind: Send + Sync {
     /// The `kind:` string, e.g. `fix-json`.
@@ -167,8 +180,8 @@ pub trait NodeKind: Send + Sync {
         Ok(())
     }
     /// Key components beyond input bytes and params. Default: none.
-    fn fingerprint_extra(&self, _params: &Params, _inputs: &BTreeMap<String, PathBuf>) -> Result<Extra, NodeError> {
-        Ok(Extra::new())
+    fn fingerprint_extra(&self, _params: &Params, _inputs: &BTreeMap<String, PathBuf>) -> Result<Extras, NodeError> {
+        Ok(Extras::default())
     }
     /// Does the work.
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError>;
@@ -176,7 +189,7 @@ pub trait NodeKind: Send + Sync {
 
 /// Every node kind this build knows.
 pub fn registry() -> &'static [&'static dyn NodeKind] {
-    &[&fix_json::FixJson, &tokenize::Tokenize]
+    &[&fix_json::FixJson, &tokenize::Tokenize, &lora_train::LoraTrain, &merge::Merge, &eval::Eval]
 }
 
 /// Looks a kind up by its YAML name.

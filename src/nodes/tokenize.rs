@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::Value as Json;
 
-use super::{Accepts, Extra, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load, Bundle};
@@ -191,7 +191,7 @@ impl NodeKind for Tokenize {
         ]
     }
 
-    fn fingerprint_extra(&self, params: &Params, inputs: &BTreeMap<String, PathBuf>) -> Result<Extra, NodeError> {
+    fn fingerprint_extra(&self, params: &Params, inputs: &BTreeMap<String, PathBuf>) -> Result<Extras, NodeError> {
         let tok = inputs.get("tokenizer").ok_or_else(|| NodeError::Failed("input `tokenizer` is not connected".into()))?;
         let p = prepare(params, tok)?;
         let mut extra = Extra::new();
@@ -206,7 +206,7 @@ impl NodeKind for Tokenize {
             "rendered template".into(),
             blake3::hash(format!("{}\u{0}{}\u{0}{}", probe.0, probe.1, p.eos.1).as_bytes()).to_hex().to_string(),
         );
-        Ok(extra)
+        Ok(Extras { values: extra, files: p.bundle.files.iter().filter(|f| *f != tok).cloned().collect() })
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
@@ -215,7 +215,7 @@ impl NodeKind for Tokenize {
         let text = std::fs::read_to_string(&rec_path).map_err(NodeError::io("reading", &rec_path))?;
         let records: Vec<Json> = serde_json::from_str(&text).map_err(|e| NodeError::BadInput {
             path: rec_path.clone(),
-            location: Some((e.line(), e.column())),
+            location: Some(crate::nodes::fix_json::json_position(&text, &e)),
             message: format!("expected a JSON array of records ({e}); run the file through a fix-json node first"),
         })?;
         let p = prepare(ctx.params, &tok_path)?;

@@ -10,6 +10,7 @@
 //!
 //! `-q` silences the human output (JSON is still printed when asked for).
 
+pub mod plot;
 pub mod progress;
 
 use std::collections::HashMap;
@@ -126,7 +127,9 @@ impl Reporter {
         match &ev {
             Event::RunStarted { .. } => {}
             Event::NodeCached { node, kind, .. } => self.line(&format!("Fresh    {node} ({kind})")),
-            Event::NodeWaiting { node, .. } => self.line(&format!("Waiting  {node}: another pipe process is computing it")),
+            Event::NodeWaiting { node, .. } => {
+                self.line(&format!("Waiting  {node}: the same key is being computed elsewhere (another node or pipe process)"))
+            }
             Event::NodeStarted { node, kind, device, reasons, .. } => {
                 let why = reasons.first().map(|r| format!(": {r}")).unwrap_or_default();
                 let more = if reasons.len() > 1 { format!(" (+{} more)", reasons.len() - 1) } else { String::new() };

@@ -191,13 +191,19 @@ impl Session {
         };
         // Extra components are a pure function of kind, version, params and input bytes, so they
         // are memoised under a digest of exactly those (a no-op rerun must not reparse a tokenizer).
+        // The memo also records every side file the kind read (a tokenizer_config.json beside a
+        // tokenizer.json, say) with its digest; a changed side file invalidates the memo.
         let extra_id = parts.key();
-        parts.extra = match self.store.extra(&extra_id) {
-            Some(e) => e,
+        let memo = self.store.extra(&extra_id).filter(|m| {
+            m.files.iter().all(|(path, digest)| self.digest(std::path::Path::new(path)).ok().as_deref() == Some(digest.as_str()))
+        });
+        parts.extra = match memo {
+            Some(m) => m.values,
             None => {
                 let e = kind.fingerprint_extra(&node.params, &inputs).map_err(|e| e.to_string())?;
-                let _ = self.store.put_extra(&extra_id, &e);
-                e
+                let files = e.files.iter().filter_map(|f| Some((f.display().to_string(), self.digest(f).ok()?))).collect();
+                let _ = self.store.put_extra(&extra_id, &crate::cache::store::ExtraMemo { values: e.values.clone(), files });
+                e.values
             }
         };
         Ok((parts, inputs))
@@ -399,8 +405,15 @@ impl Session {
         let kind = node.kind;
         let span = tracing::info_span!("node", node = %node.name, kind = kind.name());
         let _enter = span.enter();
-        let fail_early = |message: String| Failure { message, log: PathBuf::new() };
-        let (parts, inputs) = self.key_parts(i, ups).map_err(fail_early)?;
+        let (parts, inputs) = self.key_parts(i, ups).map_err(|e| {
+            self.reporter.emit(Event::NodeFailed {
+                node: node.name.clone(),
+                kind: kind.name().into(),
+                error: e.clone(),
+                log: String::new(),
+            });
+            Failure { message: format!("node '{}' ({}): {e}", node.name, kind.name()), log: PathBuf::new() }
+        })?;
         let key = parts.key();
         let log_path = self.store.log_path(&key);
         let fail = |message: String| Failure { message, log: log_path.clone() };
@@ -526,6 +539,14 @@ impl Session {
         };
         let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
         let mut diffs = Vec::new();
+        // The cached object itself must still hash to its name (nobody edited the cache).
+        for (name, out) in &rec.outputs {
+            let on_disk =
+                crate::hash::hash_path(&self.store.object_path(&out.digest)).unwrap_or_else(|e| format!("(unreadable: {e})"));
+            if on_disk != out.digest {
+                diffs.push((name.clone(), out.digest.clone(), format!("on disk {on_disk}")));
+            }
+        }
         if r.is_ok() {
             for (name, out) in &rec.outputs {
                 let got = crate::hash::hash_path(&staging.join(name)).unwrap_or_else(|e| format!("(unreadable: {e})"));

@@ -145,7 +145,14 @@ pub fn load(file: &Path, overrides: &[Override]) -> Result<Pipeline, SpecError> 
             unreachable!("a syntax error was recorded");
         }
     };
-    let mut loader = Loader { diag, root: root.clone(), overrides, used_overrides: HashSet::new(), spans: HashMap::new() };
+    let mut loader = Loader {
+        diag,
+        root: root.clone(),
+        overrides,
+        used_overrides: HashSet::new(),
+        spans: HashMap::new(),
+        declared: HashSet::new(),
+    };
     let pipeline = loader.pipeline(&doc, file);
     let Loader { diag, used_overrides, .. } = loader;
     diag.finish()?;
@@ -176,6 +183,8 @@ struct Loader<'a> {
     used_overrides: HashSet<usize>,
     /// Where each `(node, input slot)` value is, for reference errors.
     spans: HashMap<(String, String), Span>,
+    /// Every node name declared, including nodes dropped for their own errors.
+    declared: HashSet<String>,
 }
 
 fn map_entries(y: &Yaml) -> Option<&[(Yaml, Yaml)]> {
@@ -258,7 +267,7 @@ impl Loader<'_> {
                 let names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
                 let first = &nodes[cycle[0]];
                 let msg = format!("the pipeline has a cycle: {} -> {}", names.join(" -> "), names[0]);
-                self.diag.error(first.span, msg, "this node depends on itself", Some("remove one of these inputs".into()));
+                self.diag.error(first.span, msg, "part of the cycle", Some("remove one of these inputs".into()));
             }
         }
         Some(Pipeline { name: name?, description, file: file.to_path_buf(), root: self.root.clone(), nodes })
@@ -289,6 +298,7 @@ impl Loader<'_> {
                 self.diag.error(key.span, msg, "invalid name", None);
                 continue;
             }
+            self.declared.insert(name.clone());
             if let Some(node) = self.node(name, key.span, body, defaults) {
                 out.push(node);
             }
@@ -456,6 +466,8 @@ impl Loader<'_> {
                             let msg = format!("node `{}`: input `{slot}`: node `{up}` has no output `{output}`", node.name);
                             self.diag.error(span, msg, "unknown output", help);
                         }
+                        // A node that is declared but invalid has its own error already.
+                        None if self.declared.contains(&up) => {}
                         None if self.root.join(format!("{up}.{output}")).exists() => {
                             *input = InputRef::File(PathBuf::from(format!("{up}.{output}")));
                         }

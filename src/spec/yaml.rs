@@ -103,7 +103,7 @@ pub struct SyntaxError {
 /// Parses one YAML document. An empty document yields an empty mapping.
 pub fn parse(src: &str) -> Result<Yaml, SyntaxError> {
     let offsets = CharOffsets::new(src);
-    let mut builder = Builder { stack: Vec::new(), anchors: HashMap::new(), root: None, offsets: &offsets };
+    let mut builder = Builder { src, stack: Vec::new(), anchors: HashMap::new(), root: None, offsets: &offsets };
     let mut parser = Parser::new_from_str(src);
     parser
         .load(&mut builder, false)
@@ -135,6 +135,7 @@ enum Frame {
 }
 
 struct Builder<'a> {
+    src: &'a str,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Yaml>,
     root: Option<Yaml>,
@@ -142,6 +143,10 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    fn src_byte(&self, offset: usize) -> Option<u8> {
+        self.src.as_bytes().get(offset).copied()
+    }
+
     fn push_value(&mut self, v: Yaml, anchor: usize) {
         if anchor > 0 {
             self.anchors.insert(anchor, v.clone());
@@ -170,11 +175,17 @@ impl MarkedEventReceiver for Builder<'_> {
             Event::MappingStart(anchor, _) => self.stack.push(Frame::Map(Vec::new(), None, self.offsets.span(&mark, 1), anchor)),
             Event::SequenceEnd => {
                 if let Some(Frame::Seq(items, span, anchor)) = self.stack.pop() {
+                    // A block sequence's start mark is not where a reader looks; use its first item.
+                    let span =
+                        if self.src_byte(span.offset) == Some(b'[') { span } else { items.first().map_or(span, |i| i.span) };
                     self.push_value(Yaml { value: YamlValue::Seq(items), span }, anchor);
                 }
             }
             Event::MappingEnd => {
                 if let Some(Frame::Map(entries, _, span, anchor)) = self.stack.pop() {
+                    // A block mapping's start mark is its first `:`; point at its first key instead.
+                    let span =
+                        if self.src_byte(span.offset) == Some(b'{') { span } else { entries.first().map_or(span, |e| e.0.span) };
                     self.push_value(Yaml { value: YamlValue::Map(entries), span }, anchor);
                 }
             }
@@ -207,6 +218,14 @@ mod tests {
         let YamlValue::Map(fix) = &nodes[0].1.value else { panic!() };
         assert_eq!(&src[fix[0].1.span.offset..fix[0].1.span.offset + fix[0].1.span.len], "fix-json");
         assert_eq!((fix[0].1.span.line, fix[0].1.span.col), (4, 11));
+    }
+
+    #[test]
+    fn block_mappings_start_at_their_first_key() {
+        let doc = parse("name: x\nnodes:\n  fix:\n    kind: k\n").unwrap();
+        assert_eq!((doc.span.line, doc.span.col), (1, 1));
+        let YamlValue::Map(e) = &doc.value else { panic!() };
+        assert_eq!((e[1].1.span.line, e[1].1.span.col), (3, 3));
     }
 
     #[test]

@@ -619,7 +619,7 @@ pub fn from_gguf(file: &GgufFile) -> Result<GgufTokenizer, TokenizerError> {
             _ => None,
         })
         .collect();
-    tokenizer.add_tokens(&added);
+    tokenizer.add_tokens(added).map_err(|source| TokenizerError::Tokenizers { action: "adding special tokens", source })?;
 
     let bos = if add_bos {
         Some(bos_id.ok_or_else(|| meta.invalid(keys::ADD_BOS, format!("BOS is to be added but {} is not set", keys::BOS_ID)))?)

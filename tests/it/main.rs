@@ -1,1 +1,44 @@
-fn main() {}
+//! Integration tests of the `pipe` binary: each module is one concept, each test a sentence.
+//! Everything runs the real binary in a temp folder with its own cache (see `common`). No network:
+//! the tokenizer is the tiny fixture in `tests/data/tiny-tokenizer` (scripts/make_test_tokenizer.py).
+
+/// The harness: `TestContext` (temp project + cache), `Run` (exit code, stderr, `--json` events).
+mod common;
+
+/// Reruns, `--set` and YAML edits, touched and changed inputs, early cutoff: what runs again.
+mod caching;
+
+/// Concurrent runs on one cache, and a run killed with SIGKILL mid-node.
+mod concurrency;
+
+/// Invalid pipelines and invocations: located errors (insta snapshots), exit 2, nothing runs;
+/// `device:` checks.
+mod diagnostics;
+
+/// `fix-json` on the malformed corpus in `tests/data/malformed`, and `on_error: fail`.
+mod fix_json;
+
+/// `pipe gc` and `gc --dry-run`.
+mod gc;
+
+/// `pipe graph`, `pipe kinds`, `pipe show`.
+mod introspection;
+
+/// Parameter precedence: kind default < `defaults:` < `params:` < `--set`.
+mod params;
+
+/// `--target`, `--keep-going`, `--force`, how failures are reported.
+mod scheduling;
+
+/// `tokenize` against the Python reference, chat-template masks, `on_empty`.
+mod tokenize;
+
+/// `pipe verify`: re-execution against cached digests, tampering.
+mod verify;
+
+/// lora-train, merge and eval on tiny random models: loss goes down, peft's adapter format,
+/// SIGKILL mid-training resumes bit-identically.
+mod training;
+
+/// `pipelines/fortune.yaml` end to end on the default model with a small step budget.
+mod fortune;

@@ -1,0 +1,165 @@
+//! Model hyper-parameters for the Llama family and Qwen2, read from a Hugging Face
+//! `config.json` or from GGUF metadata.
+
+use serde::{Deserialize, Serialize};
+
+/// The architecture family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Llama, Llama 2/3, TinyLlama, SmolLM, deepseek-llm.
+    Llama,
+    /// Qwen2 (q/k/v projections have a bias).
+    Qwen2,
+}
+
+/// Llama 3 style RoPE frequency scaling.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    /// `factor`.
+    pub factor: f64,
+    /// `low_freq_factor`.
+    pub low_freq_factor: f64,
+    /// `high_freq_factor`.
+    pub high_freq_factor: f64,
+    /// `original_max_position_embeddings`.
+    pub original_max_position_embeddings: usize,
+}
+
+/// Everything the model code needs to know about a checkpoint's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Config {
+    /// Family.
+    pub arch: Arch,
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// MLP size.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (GQA when fewer than query heads).
+    pub num_kv_heads: usize,
+    /// Per-head size.
+    pub head_dim: usize,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Optional Llama 3 scaling.
+    pub rope_scaling: Option<RopeScaling>,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// The output projection shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Context length.
+    pub max_position_embeddings: usize,
+}
+
+impl Config {
+    /// Query projection width.
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    /// Key/value projection width.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+
+    /// RoPE inverse frequencies (head_dim / 2 of them), Llama 3 scaling applied.
+    pub fn inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let mut f: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
+        if let Some(s) = self.rope_scaling {
+            let low_wavelen = s.original_max_position_embeddings as f64 / s.low_freq_factor;
+            let high_wavelen = s.original_max_position_embeddings as f64 / s.high_freq_factor;
+            for x in f.iter_mut() {
+                let wavelen = 2.0 * std::f64::consts::PI / *x;
+                *x = if wavelen < high_wavelen {
+                    *x
+                } else if wavelen > low_wavelen {
+                    *x / s.factor
+                } else {
+                    let smooth = (s.original_max_position_embeddings as f64 / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
+                    (1.0 - smooth) * *x / s.factor + smooth * *x
+                };
+            }
+        }
+        f.into_iter().map(|x| x as f32).collect()
+    }
+
+    /// Reads a Hugging Face `config.json`.
+    pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, String> {
+        let arch = match v.get("model_type").and_then(|m| m.as_str()) {
+            Some("llama") | Some("mistral") | None => Arch::Llama,
+            Some("qwen2") => Arch::Qwen2,
+            Some(other) => return Err(format!("unsupported model_type `{other}` (supported: llama, qwen2)")),
+        };
+        let u =
+            |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json: missing `{k}`"));
+        let hidden = u("hidden_size")?;
+        let heads = u("num_attention_heads")?;
+        let rope_scaling = v.get("rope_scaling").filter(|s| !s.is_null()).and_then(|s| {
+            let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str())?;
+            if ty != "llama3" {
+                return None;
+            }
+            Some(RopeScaling {
+                factor: s.get("factor")?.as_f64()?,
+                low_freq_factor: s.get("low_freq_factor")?.as_f64()?,
+                high_freq_factor: s.get("high_freq_factor")?.as_f64()?,
+                original_max_position_embeddings: s.get("original_max_position_embeddings")?.as_u64()? as usize,
+            })
+        });
+        Ok(Config {
+            arch,
+            vocab_size: u("vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: u("intermediate_size")?,
+            num_layers: u("num_hidden_layers")?,
+            num_heads: heads,
+            num_kv_heads: u("num_key_value_heads").unwrap_or(heads),
+            head_dim: u("head_dim").unwrap_or(hidden / heads),
+            rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10000.0),
+            rope_scaling,
+            rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            max_position_embeddings: u("max_position_embeddings").unwrap_or(4096),
+        })
+    }
+
+    /// Writes a Hugging Face `config.json` for this model.
+    pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, dtype: &str) -> serde_json::Value {
+        let (arch, model_type) = match self.arch {
+            Arch::Llama => ("LlamaForCausalLM", "llama"),
+            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+        };
+        let mut v = serde_json::json!({
+            "architectures": [arch],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": "silu",
+            "torch_dtype": dtype,
+            "attention_bias": self.arch == Arch::Qwen2,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+        });
+        if let Some(s) = self.rope_scaling {
+            v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
+                "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings});
+        }
+        v
+    }
+}

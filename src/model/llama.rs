@@ -1,0 +1,816 @@
+//! The Llama / Qwen2 decoder with LoRA, an explicit backward pass, and KV-cached inference.
+//!
+//! Why an explicit backward: candle's autograd keeps the whole graph alive, computes gradients
+//! of frozen weights and stops silently at forward-only ops (TRAINING.md). Here each decoder
+//! block has a hand-written backward that produces only what LoRA needs: the input gradient
+//! (through frozen weights) and the A/B gradients. With checkpointing (the default) the forward
+//! pass keeps only each block's input, and the backward recomputes one block at a time, so
+//! activation memory is one block's worth plus one hidden state per layer.
+//!
+//! Everything is candle tensor ops, so the same code runs on the CPU (the reference) and on
+//! CUDA. Shapes: hidden states are `[N, H]` with `N = batch * seq`; attention works in
+//! `[B, heads, T, head_dim]`. Padding is on the right, so the causal mask alone keeps real
+//! tokens from seeing padding, and padded positions carry no loss.
+//!
+//! LoRA follows peft: `y = x W^T + b + (alpha/r) * (dropout(x) A^T) B^T`, with a separate dropout
+//! mask per module, drawn from a counter-based hash of (seed, step, layer, module, index) so the
+//! recomputation in the backward pass, and a resumed run, see the same masks.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Result, Tensor, D};
+use candle_nn::ops::softmax_last_dim;
+use candle_nn::rotary_emb::rope;
+
+use super::config::{Arch, Config};
+use super::lora::{Entry, Layout, Module};
+
+/// A frozen projection.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    /// `[out, in]`.
+    pub w: Tensor,
+    /// `[out]` (Qwen2 q/k/v).
+    pub b: Option<Tensor>,
+}
+
+/// One decoder block's frozen weights.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub attn_norm: Tensor,
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub mlp_norm: Tensor,
+    pub gate: Linear,
+    pub up: Linear,
+    pub down: Linear,
+}
+
+impl Layer {
+    /// The projection for a module.
+    pub fn proj(&self, m: Module) -> &Linear {
+        match m {
+            Module::Q => &self.q,
+            Module::K => &self.k,
+            Module::V => &self.v,
+            Module::O => &self.o,
+            Module::Gate => &self.gate,
+            Module::Up => &self.up,
+            Module::Down => &self.down,
+        }
+    }
+    fn proj_mut(&mut self, m: Module) -> &mut Linear {
+        match m {
+            Module::Q => &mut self.q,
+            Module::K => &mut self.k,
+            Module::V => &mut self.v,
+            Module::O => &mut self.o,
+            Module::Gate => &mut self.gate,
+            Module::Up => &mut self.up,
+            Module::Down => &mut self.down,
+        }
+    }
+}
+
+/// A decoder-only language model.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub cfg: Config,
+    /// `[vocab, hidden]`.
+    pub embed: Tensor,
+    pub layers: Vec<Layer>,
+    pub norm: Tensor,
+    /// `[vocab, hidden]`; `None` when tied to the embedding.
+    pub lm_head: Option<Tensor>,
+    pub device: Device,
+}
+
+/// LoRA parameters for one step.
+pub struct LoraStep<'a> {
+    pub layout: &'a Layout,
+    /// The flat parameter buffer.
+    pub params: &'a [f32],
+    /// Dropout probability (0 in eval).
+    pub dropout: f32,
+    /// Seed of this micro-batch's dropout masks.
+    pub seed: u64,
+}
+
+/// A tokenized micro-batch, right-padded.
+pub struct Batch {
+    /// `[B, T]` u32 token ids.
+    pub ids: Tensor,
+    /// `B * T` labels (-100 = no loss), unshifted, as the dataset stores them.
+    pub labels: Vec<i64>,
+    pub b: usize,
+    pub t: usize,
+}
+
+impl Batch {
+    /// Right-pads sequences into a batch.
+    pub fn new(seqs: &[(&[u32], Vec<i64>)], pad: u32, device: &Device) -> Result<Batch> {
+        let b = seqs.len();
+        let t = seqs.iter().map(|s| s.0.len()).max().unwrap_or(1).max(1);
+        let mut ids = vec![pad; b * t];
+        let mut labels = vec![-100i64; b * t];
+        for (i, (s, l)) in seqs.iter().enumerate() {
+            ids[i * t..i * t + s.len()].copy_from_slice(s);
+            labels[i * t..i * t + l.len()].copy_from_slice(l);
+        }
+        Ok(Batch { ids: Tensor::from_vec(ids, (b, t), device)?, labels, b, t })
+    }
+
+    /// Number of positions with a next-token label.
+    pub fn n_targets(&self) -> usize {
+        (0..self.b).map(|i| (1..self.t).filter(|&j| self.labels[i * self.t + j] != -100).count()).sum()
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A dropout mask `[n, d]` of 0 and 1/(1-p), a pure function of (seed, index).
+fn dropout_mask(seed: u64, n: usize, d: usize, p: f32, device: &Device) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let keep = 1.0 / (1.0 - p);
+    let threshold = (p as f64 * u32::MAX as f64) as u32;
+    let mut v = vec![0f32; n * d];
+    // Counter-based, so the parallel split cannot change a single bit.
+    v.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
+        for (j, pair) in chunk.chunks_mut(2).enumerate() {
+            let i = (c * 4096) / 2 + j;
+            let r = splitmix(seed ^ splitmix(i as u64));
+            let (lo, hi) = (r as u32, (r >> 32) as u32);
+            pair[0] = if lo >= threshold { keep } else { 0.0 };
+            if pair.len() > 1 {
+                pair[1] = if hi >= threshold { keep } else { 0.0 };
+            }
+        }
+    });
+    Tensor::from_vec(v, (n, d), device)
+}
+
+fn mask_seed(step_seed: u64, layer: usize, m: Module) -> u64 {
+    splitmix(step_seed ^ splitmix((layer as u64) << 8 | m as u64))
+}
+
+#[derive(Default)]
+struct ProjSaved {
+    xd: Option<Tensor>,
+    z: Option<Tensor>,
+    mask: Option<Tensor>,
+}
+
+struct LayerCache {
+    rstd1: Tensor,
+    n1: Tensor,
+    qs: ProjSaved,
+    ks: ProjSaved,
+    vs: ProjSaved,
+    q: Tensor,
+    k_rep: Tensor,
+    v_rep: Tensor,
+    p: Tensor,
+    os: ProjSaved,
+    rstd2: Tensor,
+    n2: Tensor,
+    gs: ProjSaved,
+    us: ProjSaved,
+    g: Tensor,
+    u: Tensor,
+    sig: Tensor,
+    ds: ProjSaved,
+}
+
+/// Rotary tables for positions `0..t`.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    neg_sin: Tensor,
+}
+
+impl Rope {
+    /// Tables for `t` positions starting at `start`.
+    pub fn new(cfg: &Config, start: usize, t: usize, device: &Device) -> Result<Rope> {
+        let inv = cfg.inv_freq();
+        let half = inv.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for pos in start..start + t {
+            for &f in &inv {
+                let a = pos as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let neg: Vec<f32> = sin.iter().map(|x| -x).collect();
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (t, half), device)?,
+            sin: Tensor::from_vec(sin, (t, half), device)?,
+            neg_sin: Tensor::from_vec(neg, (t, half), device)?,
+        })
+    }
+}
+
+fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
+    let offset = t_k - t_q;
+    let v: Vec<f32> =
+        (0..t_q).flat_map(|i| (0..t_k).map(move |j| if j > i + offset { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(v, (t_q, t_k), device)
+}
+
+fn rms(x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let rstd = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    let n = x.broadcast_mul(&rstd)?;
+    Ok((rstd, n))
+}
+
+/// dx of `h = (x * rstd) * w` given dh.
+fn rms_backward(dh: &Tensor, n: &Tensor, rstd: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let dn = dh.broadcast_mul(w)?;
+    let dot = (&dn * n)?.mean_keepdim(D::Minus1)?;
+    (dn - n.broadcast_mul(&dot)?)?.broadcast_mul(rstd)
+}
+
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, rep, t, d))?.reshape((b, h * rep, t, d))
+}
+
+fn unrepeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.reshape((b, h / rep, rep, t, d))?.sum(2)
+}
+
+fn add_into(buf: &mut [f32], t: &Tensor) -> Result<()> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    for (a, b) in buf.iter_mut().zip(v) {
+        *a += b;
+    }
+    Ok(())
+}
+
+impl Model {
+    fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
+    }
+
+    fn lora_ab(&self, lora: &LoraStep, e: &Entry) -> Result<(Tensor, Tensor)> {
+        let r = lora.layout.r;
+        let a = Tensor::from_slice(&lora.params[e.a..e.a + r * e.in_dim], (r, e.in_dim), &self.device)?;
+        let b = Tensor::from_slice(&lora.params[e.b..e.b + e.out_dim * r], (e.out_dim, r), &self.device)?;
+        Ok((a, b))
+    }
+
+    fn proj_fwd(&self, l: usize, m: Module, x: &Tensor, lora: Option<&LoraStep>) -> Result<(Tensor, ProjSaved)> {
+        let lin = self.layers[l].proj(m);
+        let mut y = x.matmul(&lin.w.t()?)?;
+        if let Some(b) = &lin.b {
+            y = y.broadcast_add(b)?;
+        }
+        let Some(lora) = lora else { return Ok((y, ProjSaved::default())) };
+        let Some(e) = lora.layout.find(l, m) else { return Ok((y, ProjSaved::default())) };
+        let (a, b) = self.lora_ab(lora, e)?;
+        let mask = if lora.dropout > 0.0 {
+            let (n, d) = x.dims2()?;
+            Some(dropout_mask(mask_seed(lora.seed, l, m), n, d, lora.dropout, &self.device)?)
+        } else {
+            None
+        };
+        let xd = match &mask {
+            Some(mk) => (x * mk)?,
+            None => x.clone(),
+        };
+        let z = xd.matmul(&a.t()?)?;
+        y = (y + (z.matmul(&b.t()?)? * f64::from(lora.layout.scaling))?)?;
+        Ok((y, ProjSaved { xd: Some(xd), z: Some(z), mask }))
+    }
+
+    fn proj_bwd(
+        &self,
+        l: usize,
+        m: Module,
+        s: &ProjSaved,
+        dy: &Tensor,
+        lora: Option<&LoraStep>,
+        grads: &mut [f32],
+    ) -> Result<Tensor> {
+        let lin = self.layers[l].proj(m);
+        let mut dx = dy.matmul(&lin.w)?;
+        let (Some(lora), Some(xd), Some(z)) = (lora, &s.xd, &s.z) else { return Ok(dx) };
+        let e = *lora.layout.find(l, m).expect("saved LoRA state implies an entry");
+        let (a, b) = self.lora_ab(lora, &e)?;
+        let scale = f64::from(lora.layout.scaling);
+        let db = (dy.t()?.matmul(z)? * scale)?;
+        let dz = (dy.matmul(&b)? * scale)?;
+        let da = dz.t()?.matmul(xd)?;
+        let mut dxd = dz.matmul(&a)?;
+        if let Some(mk) = &s.mask {
+            dxd = (dxd * mk)?;
+        }
+        dx = (dx + dxd)?;
+        let r = lora.layout.r;
+        add_into(&mut grads[e.a..e.a + r * e.in_dim], &da)?;
+        add_into(&mut grads[e.b..e.b + e.out_dim * r], &db)?;
+        Ok(dx)
+    }
+
+    /// One block forward on `x: [B*T, H]`; returns the output and, when asked, what backward needs.
+    fn layer_fwd(
+        &self,
+        l: usize,
+        x: &Tensor,
+        bt: (usize, usize),
+        rope_t: &Rope,
+        mask: &Tensor,
+        lora: Option<&LoraStep>,
+        save: bool,
+    ) -> Result<(Tensor, Option<LayerCache>)> {
+        let c = &self.cfg;
+        let (b, t) = bt;
+        let n = b * t;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let ly = &self.layers[l];
+        let (rstd1, n1) = rms(x, c.rms_norm_eps)?;
+        let h1 = n1.broadcast_mul(&ly.attn_norm)?;
+        let (q2, qs) = self.proj_fwd(l, Module::Q, &h1, lora)?;
+        let (k2, ks) = self.proj_fwd(l, Module::K, &h1, lora)?;
+        let (v2, vs) = self.proj_fwd(l, Module::V, &h1, lora)?;
+        let q = q2.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k2.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v2.reshape((b, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = rope(&q, &rope_t.cos, &rope_t.sin)?;
+        let k = rope(&k, &rope_t.cos, &rope_t.sin)?;
+        let rep = nh / nkv;
+        let k_rep = repeat_kv(&k, rep)?.contiguous()?;
+        let v_rep = repeat_kv(&v, rep)?.contiguous()?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let s = (q.matmul(&k_rep.t()?)? * scale)?.broadcast_add(mask)?;
+        let p = softmax_last_dim(&s)?;
+        let o = p.matmul(&v_rep)?;
+        let o_in = o.transpose(1, 2)?.contiguous()?.reshape((n, nh * hd))?;
+        let (attn, os) = self.proj_fwd(l, Module::O, &o_in, lora)?;
+        let x2 = (x + attn)?;
+        let (rstd2, n2) = rms(&x2, c.rms_norm_eps)?;
+        let h2 = n2.broadcast_mul(&ly.mlp_norm)?;
+        let (g, gs) = self.proj_fwd(l, Module::Gate, &h2, lora)?;
+        let (u, us) = self.proj_fwd(l, Module::Up, &h2, lora)?;
+        let sig = (g.neg()?.exp()? + 1.0)?.recip()?;
+        let a = ((&g * &sig)? * &u)?;
+        let (d, ds) = self.proj_fwd(l, Module::Down, &a, lora)?;
+        let y = (&x2 + d)?;
+        let cache = save.then(|| LayerCache { rstd1, n1, qs, ks, vs, q, k_rep, v_rep, p, os, rstd2, n2, gs, us, g, u, sig, ds });
+        Ok((y, cache))
+    }
+
+    fn layer_bwd(
+        &self,
+        l: usize,
+        cc: &LayerCache,
+        dy: &Tensor,
+        bt: (usize, usize),
+        rope_t: &Rope,
+        lora: Option<&LoraStep>,
+        grads: &mut [f32],
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (b, t) = bt;
+        let n = b * t;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let rep = nh / nkv;
+        let ly = &self.layers[l];
+        // MLP: y = x2 + down(silu(g) * u)
+        let da = self.proj_bwd(l, Module::Down, &cc.ds, dy, lora, grads)?;
+        let silu = (&cc.g * &cc.sig)?;
+        let du = (&da * &silu)?;
+        // d silu(g)/dg = sig * (1 + g * (1 - sig))
+        let dsilu = (&cc.sig * ((&cc.g * (1.0 - &cc.sig)?)? + 1.0)?)?;
+        let dg = ((&da * &cc.u)? * dsilu)?;
+        let dh2 = (self.proj_bwd(l, Module::Gate, &cc.gs, &dg, lora, grads)?
+            + self.proj_bwd(l, Module::Up, &cc.us, &du, lora, grads)?)?;
+        let dx2 = (dy + rms_backward(&dh2, &cc.n2, &cc.rstd2, &ly.mlp_norm)?)?;
+        // Attention: x2 = x + o_proj(attn(h1))
+        let do_in = self.proj_bwd(l, Module::O, &cc.os, &dx2, lora, grads)?;
+        let d_o = do_in.reshape((b, t, nh, hd))?.transpose(1, 2)?.contiguous()?;
+        let dp = d_o.matmul(&cc.v_rep.t()?)?;
+        let dv_rep = cc.p.t()?.matmul(&d_o)?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let ds = ((&cc.p * dp.broadcast_sub(&(&dp * &cc.p)?.sum_keepdim(D::Minus1)?)?)? * scale)?;
+        let dq = ds.matmul(&cc.k_rep)?;
+        let dk_rep = ds.t()?.matmul(&cc.q)?;
+        let dk = unrepeat_kv(&dk_rep, rep)?.contiguous()?;
+        let dv = unrepeat_kv(&dv_rep, rep)?.contiguous()?;
+        let dq = rope(&dq.contiguous()?, &rope_t.cos, &rope_t.neg_sin)?;
+        let dk = rope(&dk, &rope_t.cos, &rope_t.neg_sin)?;
+        let dq2 = dq.transpose(1, 2)?.contiguous()?.reshape((n, nh * hd))?;
+        let dk2 = dk.transpose(1, 2)?.contiguous()?.reshape((n, nkv * hd))?;
+        let dv2 = dv.transpose(1, 2)?.contiguous()?.reshape((n, nkv * hd))?;
+        let dh1 = ((self.proj_bwd(l, Module::Q, &cc.qs, &dq2, lora, grads)?
+            + self.proj_bwd(l, Module::K, &cc.ks, &dk2, lora, grads)?)?
+            + self.proj_bwd(l, Module::V, &cc.vs, &dv2, lora, grads)?)?;
+        dx2 + rms_backward(&dh1, &cc.n1, &cc.rstd1, &ly.attn_norm)?
+    }
+
+    /// Summed next-token cross-entropy over labelled positions, and their count. With `grads`,
+    /// also accumulates `d(loss_sum / denom)/d(lora)` into it.
+    pub fn loss_and_grad(
+        &self,
+        batch: &Batch,
+        lora: Option<&LoraStep>,
+        denom: f32,
+        grads: Option<&mut [f32]>,
+        checkpointing: bool,
+    ) -> Result<(f64, usize)> {
+        let c = &self.cfg;
+        let (b, t) = (batch.b, batch.t);
+        let bt = (b, t);
+        let rope_t = Rope::new(c, 0, t, &self.device)?;
+        let mask = causal_mask(t, t, &self.device)?;
+        let want_grad = grads.is_some();
+        let mut x = self.embed.index_select(&batch.ids.flatten_all()?, 0)?;
+        let mut inputs = Vec::new();
+        let mut caches = Vec::new();
+        for l in 0..c.num_layers {
+            let save = want_grad && !checkpointing;
+            if want_grad && checkpointing {
+                inputs.push(x.clone());
+            }
+            let (y, cache) = self.layer_fwd(l, &x, bt, &rope_t, &mask, lora, save)?;
+            if let Some(cc) = cache {
+                caches.push(cc);
+            }
+            x = y;
+        }
+        let (rstd, nf) = rms(&x, c.rms_norm_eps)?;
+        let hf = nf.broadcast_mul(&self.norm)?;
+        // Positions whose next token is labelled.
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for i in 0..b {
+            for j in 0..t.saturating_sub(1) {
+                let lab = batch.labels[i * t + j + 1];
+                if lab != -100 {
+                    rows.push((i * t + j) as u32);
+                    targets.push(lab as u32);
+                }
+            }
+        }
+        let count = rows.len();
+        if count == 0 {
+            return Ok((0.0, 0));
+        }
+        let head = self.head();
+        let mut loss = 0f64;
+        let mut dh_chunks = Vec::new();
+        const CHUNK: usize = 1024;
+        for (rc, tc) in rows.chunks(CHUNK).zip(targets.chunks(CHUNK)) {
+            let idx = Tensor::from_slice(rc, rc.len(), &self.device)?;
+            let tgt = Tensor::from_slice(tc, (tc.len(), 1), &self.device)?;
+            let hsel = hf.index_select(&idx, 0)?;
+            let logits = hsel.matmul(&head.t()?)?;
+            let max = logits.max_keepdim(D::Minus1)?;
+            let shifted = logits.broadcast_sub(&max)?;
+            let sumexp = shifted.exp()?.sum_keepdim(D::Minus1)?;
+            let lse = sumexp.log()?;
+            let picked = shifted.gather(&tgt, 1)?;
+            loss += f64::from((lse - picked)?.sum_all()?.to_scalar::<f32>()?);
+            if want_grad {
+                let p = shifted.exp()?.broadcast_div(&sumexp)?;
+                let minus = Tensor::full(-1f32, (tc.len(), 1), &self.device)?;
+                let dlogits = (p.scatter_add(&tgt, &minus, 1)? / f64::from(denom))?;
+                dh_chunks.push(dlogits.matmul(head)?);
+            }
+        }
+        let Some(grads) = grads else { return Ok((loss, count)) };
+        let dsel = Tensor::cat(&dh_chunks, 0)?;
+        let idx = Tensor::from_vec(rows, count, &self.device)?;
+        let dhf = Tensor::zeros((b * t, c.hidden_size), DType::F32, &self.device)?.index_add(&idx, &dsel, 0)?;
+        let mut dx = rms_backward(&dhf, &nf, &rstd, &self.norm)?;
+        for l in (0..c.num_layers).rev() {
+            let cache = if checkpointing {
+                self.layer_fwd(l, &inputs[l], bt, &rope_t, &mask, lora, true)?.1.expect("save=true returns a cache")
+            } else {
+                caches.pop().expect("one cache per layer")
+            };
+            dx = self.layer_bwd(l, &cache, &dx, bt, &rope_t, lora, grads)?;
+        }
+        Ok((loss, count))
+    }
+
+    /// Logits `[T, vocab]` for `ids` appended after `cache`'s positions (no LoRA: merge first).
+    pub fn forward_infer(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let c = &self.cfg;
+        let t = ids.len();
+        let start = cache.len;
+        let rope_t = Rope::new(c, start, t, &self.device)?;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        let mask = causal_mask(t, start + t, &self.device)?;
+        let idx = Tensor::from_slice(ids, t, &self.device)?;
+        let mut x = self.embed.index_select(&idx, 0)?;
+        for l in 0..c.num_layers {
+            let ly = &self.layers[l];
+            let (_, n1) = rms(&x, c.rms_norm_eps)?;
+            let h1 = n1.broadcast_mul(&ly.attn_norm)?;
+            let (q2, _) = self.proj_fwd(l, Module::Q, &h1, None)?;
+            let (k2, _) = self.proj_fwd(l, Module::K, &h1, None)?;
+            let (v2, _) = self.proj_fwd(l, Module::V, &h1, None)?;
+            let q = rope(&q2.reshape((1, t, nh, hd))?.transpose(1, 2)?.contiguous()?, &rope_t.cos, &rope_t.sin)?;
+            let k = rope(&k2.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?, &rope_t.cos, &rope_t.sin)?;
+            let v = v2.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let (k, v) = match (&cache.k[l], &cache.v[l]) {
+                (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
+                _ => (k, v),
+            };
+            cache.k[l] = Some(k.clone());
+            cache.v[l] = Some(v.clone());
+            let rep = nh / nkv;
+            let k_rep = repeat_kv(&k, rep)?.contiguous()?;
+            let v_rep = repeat_kv(&v, rep)?.contiguous()?;
+            let s = (q.matmul(&k_rep.t()?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&mask)?;
+            let o = softmax_last_dim(&s)?.matmul(&v_rep)?;
+            let o_in = o.transpose(1, 2)?.contiguous()?.reshape((t, nh * hd))?;
+            let (attn, _) = self.proj_fwd(l, Module::O, &o_in, None)?;
+            let x2 = (&x + attn)?;
+            let (_, n2) = rms(&x2, c.rms_norm_eps)?;
+            let h2 = n2.broadcast_mul(&ly.mlp_norm)?;
+            let (g, _) = self.proj_fwd(l, Module::Gate, &h2, None)?;
+            let (u, _) = self.proj_fwd(l, Module::Up, &h2, None)?;
+            let a = (candle_nn::ops::silu(&g)? * u)?;
+            let (d, _) = self.proj_fwd(l, Module::Down, &a, None)?;
+            x = (x2 + d)?;
+        }
+        cache.len += t;
+        let (_, nf) = rms(&x, c.rms_norm_eps)?;
+        nf.broadcast_mul(&self.norm)?.matmul(&self.head().t()?)
+    }
+
+    /// Adds `scaling * B A` into every targeted base weight.
+    pub fn merge_lora(&mut self, layout: &Layout, params: &[f32]) -> Result<()> {
+        let r = layout.r;
+        for e in &layout.entries {
+            let a = Tensor::from_slice(&params[e.a..e.a + r * e.in_dim], (r, e.in_dim), &self.device)?;
+            let b = Tensor::from_slice(&params[e.b..e.b + e.out_dim * r], (e.out_dim, r), &self.device)?;
+            let delta = (b.matmul(&a)? * f64::from(layout.scaling))?;
+            let lin = self.layers[e.layer].proj_mut(e.module);
+            lin.w = (&lin.w + delta)?;
+        }
+        Ok(())
+    }
+
+    /// Builds a model from Hugging Face tensor names (`model.layers.0.self_attn.q_proj.weight`, ...).
+    pub fn from_hf_tensors(cfg: Config, mut t: HashMap<String, Tensor>, device: &Device) -> std::result::Result<Model, String> {
+        let mut take = |name: &str| -> std::result::Result<Tensor, String> {
+            let x = t.remove(name).ok_or_else(|| format!("missing tensor `{name}`"))?;
+            x.to_dtype(DType::F32).and_then(|x| x.to_device(device)).map_err(|e| format!("{name}: {e}"))
+        };
+        let embed = take("model.embed_tokens.weight")?;
+        let mut layers = Vec::new();
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let mut lin = |m: Module, bias: bool| -> std::result::Result<Linear, String> {
+                let w = take(&format!("{p}.{}.weight", m.hf_path()))?;
+                let b = if bias { Some(take(&format!("{p}.{}.bias", m.hf_path()))?) } else { None };
+                Ok(Linear { w, b })
+            };
+            let qb = cfg.arch == Arch::Qwen2;
+            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
+            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
+            let attn_norm = take(&format!("{p}.input_layernorm.weight"))?;
+            let mlp_norm = take(&format!("{p}.post_attention_layernorm.weight"))?;
+            layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+        }
+        let norm = take("model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(take("lm_head.weight")?) };
+        Ok(Model { cfg, embed, layers, norm, lm_head, device: device.clone() })
+    }
+
+    /// The model's tensors under Hugging Face names (the inverse of [`Model::from_hf_tensors`]).
+    pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
+        for (l, ly) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), ly.attn_norm.clone()));
+            out.push((format!("{p}.post_attention_layernorm.weight"), ly.mlp_norm.clone()));
+            for m in Module::ALL {
+                let lin = ly.proj(m);
+                out.push((format!("{p}.{}.weight", m.hf_path()), lin.w.clone()));
+                if let Some(b) = &lin.b {
+                    out.push((format!("{p}.{}.bias", m.hf_path()), b.clone()));
+                }
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), h.clone()));
+        }
+        out
+    }
+
+    /// A random model (for tests and benchmarks): normal(0, 0.02) weights, unit norms.
+    pub fn random(cfg: Config, seed: u64, device: &Device) -> Result<Model> {
+        Self::random_with_std(cfg, seed, 0.02, device)
+    }
+
+    /// A random model with normal(0, `std`) weights.
+    pub fn random_with_std(cfg: Config, seed: u64, std: f64, device: &Device) -> Result<Model> {
+        let mut s = seed;
+        let mut rnd = |shape: (usize, usize)| -> Result<Tensor> {
+            s = splitmix(s);
+            let n = shape.0 * shape.1;
+            let v: Vec<f32> = (0..n)
+                .map(|i| {
+                    // Box-Muller from two hashed uniforms.
+                    let r = splitmix(s ^ splitmix(i as u64));
+                    let u1 = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+                    let u2 = (((r & 0x7ff) as f64) + 0.5) / 2048.0;
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+                })
+                .collect();
+            Tensor::from_vec(v, shape, device)
+        };
+        let h = cfg.hidden_size;
+        let embed = rnd((cfg.vocab_size, h))?;
+        let mut layers = Vec::new();
+        for _ in 0..cfg.num_layers {
+            let mut lin = |m: Module, bias: bool| -> Result<Linear> {
+                let (i, o) = m.dims(&cfg);
+                let w = rnd((o, i))?;
+                let b = if bias { Some(rnd((1, o))?.reshape(o)?) } else { None };
+                Ok(Linear { w, b })
+            };
+            let qb = cfg.arch == Arch::Qwen2;
+            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
+            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
+            let ones = Tensor::ones(h, DType::F32, device)?;
+            layers.push(Layer { attn_norm: ones.clone(), q, k, v, o, mlp_norm: ones, gate, up, down });
+        }
+        let norm = Tensor::ones(h, DType::F32, device)?;
+        let lm_head = if cfg.tie_word_embeddings { None } else { Some(rnd((cfg.vocab_size, h))?) };
+        Ok(Model { cfg, embed, layers, norm, lm_head, device: device.clone() })
+    }
+}
+
+/// Keys and values of the positions seen so far, per layer.
+pub struct KvCache {
+    k: Vec<Option<Tensor>>,
+    v: Vec<Option<Tensor>>,
+    /// Positions cached.
+    pub len: usize,
+}
+
+impl KvCache {
+    /// An empty cache for `layers` layers.
+    pub fn new(layers: usize) -> KvCache {
+        KvCache { k: vec![None; layers], v: vec![None; layers], len: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn tiny(arch: Arch) -> Config {
+        Config {
+            arch,
+            vocab_size: 40,
+            hidden_size: 16,
+            intermediate_size: 24,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 4,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: arch == Arch::Llama,
+            max_position_embeddings: 64,
+        }
+    }
+
+    fn batch(dev: &Device) -> Batch {
+        let a: Vec<u32> = vec![1, 5, 9, 13, 2, 7, 30];
+        let b: Vec<u32> = vec![3, 4, 8, 22, 39];
+        let la: Vec<i64> = vec![-100, -100, -100, 13, 2, 7, 30];
+        let lb: Vec<i64> = vec![-100, 4, 8, 22, 39];
+        Batch::new(&[(&a, la), (&b, lb)], 0, dev).unwrap()
+    }
+
+    fn check_grads(arch: Arch, dropout: f32, checkpointing: bool) {
+        let dev = Device::Cpu;
+        let model = Model::random_with_std(tiny(arch), 7, 0.3, &dev).unwrap();
+        let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
+        let mut params = layout.init(3);
+        // Non-zero B so every path carries gradient.
+        for e in &layout.entries {
+            for (i, x) in params[e.b..e.b + e.out_dim * 2].iter_mut().enumerate() {
+                *x = ((i * 7 + e.layer * 3) % 11) as f32 * 0.05 - 0.25;
+            }
+        }
+        let bt = batch(&dev);
+        let loss_at = |p: &[f32]| {
+            let st = LoraStep { layout: &layout, params: p, dropout, seed: 11 };
+            model.loss_and_grad(&bt, Some(&st), 1.0, None, true).unwrap().0
+        };
+        let mut grads = vec![0f32; layout.len];
+        let st = LoraStep { layout: &layout, params: &params, dropout, seed: 11 };
+        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut grads), checkpointing).unwrap();
+        let mut checked = 0;
+        for e in &layout.entries {
+            for off in [e.a, e.a + 5, e.b, e.b + 3] {
+                let eps = 1e-2f32;
+                let mut p = params.clone();
+                p[off] += eps;
+                let up = loss_at(&p);
+                p[off] -= 2.0 * eps;
+                let down = loss_at(&p);
+                let fd = (up - down) / (2.0 * f64::from(eps));
+                let an = f64::from(grads[off]);
+                let tol = 2e-2 * fd.abs().max(an.abs()) + 2e-3;
+                assert!(
+                    (fd - an).abs() <= tol,
+                    "{arch:?} layer {} {:?} off {off}: finite difference {fd} vs analytic {an}",
+                    e.layer,
+                    e.module
+                );
+                checked += 1;
+            }
+        }
+        assert!(grads.iter().any(|g| *g != 0.0));
+        for e in &layout.entries {
+            let n: f32 = grads[e.a..e.a + 2 * e.in_dim].iter().map(|g| g.abs()).sum();
+            assert!(n > 0.0, "no gradient reached A of layer {} {:?}", e.layer, e.module);
+        }
+        assert!(checked > 50);
+        params.clear();
+    }
+
+    #[test]
+    fn lora_gradients_agree_with_finite_differences_llama() {
+        check_grads(Arch::Llama, 0.0, true);
+    }
+
+    #[test]
+    fn lora_gradients_agree_with_finite_differences_qwen2_with_dropout() {
+        check_grads(Arch::Qwen2, 0.25, true);
+    }
+
+    #[test]
+    fn checkpointing_does_not_change_gradients() {
+        let dev = Device::Cpu;
+        let model = Model::random_with_std(tiny(Arch::Llama), 1, 0.3, &dev).unwrap();
+        let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
+        let params = layout.init(5);
+        let bt = batch(&dev);
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: 4 };
+        let mut g1 = vec![0f32; layout.len];
+        let mut g2 = vec![0f32; layout.len];
+        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g1), true).unwrap();
+        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g2), false).unwrap();
+        assert_eq!(g1, g2);
+    }
+
+    #[test]
+    fn merged_weights_give_the_adapter_logits_and_kv_cache_matches_full_forward() {
+        let dev = Device::Cpu;
+        let mut model = Model::random_with_std(tiny(Arch::Qwen2), 2, 0.3, &dev).unwrap();
+        let layout = Layout::new(&model.cfg, 2, 4.0, &[Module::Q, Module::V, Module::Down]);
+        let mut params = layout.init(9);
+        for (i, x) in params.iter_mut().enumerate() {
+            *x += (i % 5) as f32 * 0.01;
+        }
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+        // Loss with the adapter (dropout 0) vs loss of the merged model.
+        let labels: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
+        let bt = Batch::new(&[(&ids, labels)], 0, &dev).unwrap();
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.0, seed: 0 };
+        let (with_adapter, _) = model.loss_and_grad(&bt, Some(&st), 1.0, None, true).unwrap();
+        let (base, _) = model.loss_and_grad(&bt, None, 1.0, None, true).unwrap();
+        model.merge_lora(&layout, &params).unwrap();
+        let (merged, _) = model.loss_and_grad(&bt, None, 1.0, None, true).unwrap();
+        assert!((with_adapter - merged).abs() < 1e-4 * merged.abs(), "{with_adapter} vs {merged}");
+        assert!((with_adapter - base).abs() > 1e-3, "the adapter must change the output");
+        // KV-cached incremental logits equal one full pass.
+        let mut c1 = KvCache::new(model.cfg.num_layers);
+        let full = model.forward_infer(&ids, &mut c1).unwrap();
+        let mut c2 = KvCache::new(model.cfg.num_layers);
+        let mut rows = vec![model.forward_infer(&ids[..5], &mut c2).unwrap()];
+        for &id in &ids[5..] {
+            rows.push(model.forward_infer(&[id], &mut c2).unwrap());
+        }
+        let inc = Tensor::cat(&rows, 0).unwrap();
+        let diff = (full - inc).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "{diff}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Model code: candle tensors only; nothing here knows about pipelines, YAML or the cache.
+//!
+//! | file | |
+//! |---|---|
+//! | [`config`] | hyper-parameters from config.json or GGUF metadata |
+//! | [`llama`] | the Llama/Qwen2 decoder: LoRA forward, explicit backward, KV-cached inference, merge |
+//! | [`lora`] | the flat LoRA parameter layout and peft-style init |
+//! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
+//! | [`peft`] | reading and writing peft adapter folders |
+
+pub mod config;
+pub mod llama;
+pub mod load;
+pub mod lora;
+pub mod peft;

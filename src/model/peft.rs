@@ -1,0 +1,112 @@
+//! PEFT's adapter format: `adapter_model.safetensors` with peft's tensor names and
+//! `adapter_config.json`, so `PeftModel.from_pretrained(base, folder)` loads what pipe trains,
+//! and pipe can merge adapters that peft trained.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde_json::json;
+
+use super::config::Config;
+use super::lora::{Layout, Module};
+
+/// The `adapter_config.json` peft writes for a LoRA adapter on a causal LM.
+pub fn adapter_config(layout: &Layout, alpha: f32, dropout: f32, targets: &[Module], base: &str) -> serde_json::Value {
+    let mut modules: Vec<&str> = targets.iter().map(|m| m.hf_name()).collect();
+    modules.sort_unstable();
+    json!({
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base,
+        "r": layout.r,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "init_lora_weights": true,
+        "modules_to_save": null,
+        "layers_to_transform": null,
+        "layers_pattern": null,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_rslora": false,
+        "use_dora": false,
+        "revision": null,
+    })
+}
+
+/// Writes `adapter_model.safetensors` and `adapter_config.json` into `dir`.
+pub fn write_adapter(
+    dir: &Path,
+    layout: &Layout,
+    params: &[f32],
+    alpha: f32,
+    dropout: f32,
+    targets: &[Module],
+    base: &str,
+) -> candle_core::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut tensors = HashMap::new();
+    let r = layout.r;
+    for e in &layout.entries {
+        let (an, bn) = layout.peft_names(e);
+        tensors.insert(an, Tensor::from_slice(&params[e.a..e.a + r * e.in_dim], (r, e.in_dim), &Device::Cpu)?);
+        tensors.insert(bn, Tensor::from_slice(&params[e.b..e.b + e.out_dim * r], (e.out_dim, r), &Device::Cpu)?);
+    }
+    candle_core::safetensors::save(&tensors, dir.join("adapter_model.safetensors"))?;
+    let cfg = adapter_config(layout, alpha, dropout, targets, base);
+    std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).expect("json"))?;
+    Ok(())
+}
+
+/// Reads an adapter folder (ours or peft's) for `cfg`: the layout and the flat parameters.
+pub fn read_adapter(dir: &Path, cfg: &Config) -> Result<(Layout, Vec<f32>), String> {
+    let cpath = dir.join("adapter_config.json");
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cpath).map_err(|e| format!("{}: {e}", cpath.display()))?)
+        .map_err(|e| format!("{}: {e}", cpath.display()))?;
+    if c.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
+        return Err(format!("{}: only LoRA adapters are supported", cpath.display()));
+    }
+    let r = c.get("r").and_then(|v| v.as_u64()).ok_or_else(|| format!("{}: no `r`", cpath.display()))? as usize;
+    let alpha = c.get("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(r as f64) as f32;
+    if c.get("use_rslora").and_then(|v| v.as_bool()) == Some(true) || c.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
+        return Err(format!("{}: rsLoRA and DoRA adapters are not supported", cpath.display()));
+    }
+    let targets: Vec<Module> = match c.get("target_modules") {
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|m| m.as_str().and_then(Module::parse)).collect(),
+        _ => return Err(format!("{}: `target_modules` must be a list", cpath.display())),
+    };
+    let layout = Layout::new(cfg, r, alpha, &targets);
+    let wpath = dir.join("adapter_model.safetensors");
+    let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu).map_err(|e| format!("{}: {e}", wpath.display()))?;
+    let mut params = vec![0f32; layout.len];
+    for e in &layout.entries {
+        let (an, bn) = layout.peft_names(e);
+        for (name, off, shape) in [(an, e.a, (r, e.in_dim)), (bn, e.b, (e.out_dim, r))] {
+            // peft also writes names without the `.weight` adapter suffix variants; accept both.
+            let t = tensors
+                .get(&name)
+                .or_else(|| {
+                    tensors.get(
+                        &name
+                            .replace(".lora_A.weight", ".lora_A.default.weight")
+                            .replace(".lora_B.weight", ".lora_B.default.weight"),
+                    )
+                })
+                .ok_or_else(|| format!("{}: missing tensor `{name}`", wpath.display()))?;
+            if t.dims() != [shape.0, shape.1] {
+                return Err(format!("{}: `{name}` has shape {:?}, expected {:?}", wpath.display(), t.dims(), shape));
+            }
+            let v = t
+                .to_dtype(candle_core::DType::F32)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(|e| e.to_string())?;
+            params[off..off + v.len()].copy_from_slice(&v);
+        }
+    }
+    Ok((layout, params))
+}

@@ -1,0 +1,259 @@
+//! `lora-train`: LoRA fine-tuning of a Llama/Qwen2 model on a tokenized dataset.
+//!
+//! Adapts between the pipeline (params, inputs, outputs, progress, the per-key work folder) and
+//! [`crate::train::trainer`]. Checkpoints live in the node's work folder, which is keyed by the
+//! node key: a rerun after a kill resumes from the newest checkpoint, and a run with any
+//! different parameter, input or version has a different key and so never sees an incompatible
+//! checkpoint. On success the work folder is removed with the rest of the staging.
+//!
+//! Outputs: `adapter` (peft format), `log` (JSON lines: step, epoch, loss, lr, grad_norm,
+//! tokens; deterministic, so `pipe verify` can compare it; tokens/s goes to the run log), and
+//! `curve` (the loss curve as a PNG).
+
+use candle_core::Device;
+
+use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::TokenDataset;
+use crate::model::lora::Module;
+use crate::model::{load, peft};
+use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::train::optim::{AdamWConfig, Schedule};
+use crate::train::trainer::{train, TrainConfig};
+
+/// The `lora-train` kind.
+pub struct LoraTrain;
+
+const INPUTS: &[InputSpec] = &[
+    InputSpec {
+        name: "model",
+        required: true,
+        accepts: Accepts::Model,
+        doc: "the base model: a GGUF file, a Hugging Face folder, or a source",
+    },
+    InputSpec { name: "dataset", required: true, accepts: Accepts::File, doc: "a token dataset (tokenize's `dataset`)" },
+];
+
+const INT: ParamType = ParamType::Int { min: 0, max: i64::MAX };
+const POS: ParamType = ParamType::Int { min: 1, max: i64::MAX };
+
+const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "r", ty: POS, default: Default::Int(8), doc: "LoRA rank" },
+    ParamSpec {
+        name: "alpha",
+        ty: ParamType::Float { min: 0.0, max: 1e6 },
+        default: Default::Float(32.0),
+        doc: "LoRA alpha (scaling = alpha / r)",
+    },
+    ParamSpec {
+        name: "dropout",
+        ty: ParamType::Float { min: 0.0, max: 0.99 },
+        default: Default::Float(0.1),
+        doc: "dropout on the LoRA input",
+    },
+    ParamSpec {
+        name: "targets",
+        ty: ParamType::StrList,
+        default: Default::StrList(&["q", "k", "v", "o", "gate", "up", "down"]),
+        doc: "projections to adapt: q, k, v, o, gate, up, down (or q_proj, ...)",
+    },
+    ParamSpec {
+        name: "lr",
+        ty: ParamType::Float { min: 0.0, max: 1.0 },
+        default: Default::Float(1e-4),
+        doc: "peak learning rate",
+    },
+    ParamSpec {
+        name: "schedule",
+        ty: ParamType::Enum(&["linear", "cosine", "constant"]),
+        default: Default::Str("linear"),
+        doc: "learning-rate schedule after warmup",
+    },
+    ParamSpec { name: "warmup_steps", ty: INT, default: Default::Int(0), doc: "linear warmup steps" },
+    ParamSpec { name: "beta1", ty: ParamType::Float { min: 0.0, max: 1.0 }, default: Default::Float(0.9), doc: "AdamW beta1" },
+    ParamSpec { name: "beta2", ty: ParamType::Float { min: 0.0, max: 1.0 }, default: Default::Float(0.999), doc: "AdamW beta2" },
+    ParamSpec { name: "eps", ty: ParamType::Float { min: 0.0, max: 1.0 }, default: Default::Float(1e-8), doc: "AdamW epsilon" },
+    ParamSpec {
+        name: "weight_decay",
+        ty: ParamType::Float { min: 0.0, max: 1.0 },
+        default: Default::Float(0.0),
+        doc: "AdamW decoupled weight decay",
+    },
+    ParamSpec { name: "batch_size", ty: POS, default: Default::Int(8), doc: "records per micro-batch" },
+    ParamSpec { name: "grad_accum", ty: POS, default: Default::Int(2), doc: "micro-batches per optimizer step" },
+    ParamSpec { name: "epochs", ty: POS, default: Default::Int(3), doc: "passes over the dataset (ignored when max_steps > 0)" },
+    ParamSpec {
+        name: "max_steps",
+        ty: INT,
+        default: Default::Int(0),
+        doc: "stop after this many optimizer steps (0: use epochs)",
+    },
+    ParamSpec {
+        name: "max_grad_norm",
+        ty: ParamType::Float { min: 0.0, max: 1e9 },
+        default: Default::Float(1.0),
+        doc: "clip the global gradient norm (0: off)",
+    },
+    ParamSpec { name: "seed", ty: INT, default: Default::Int(42), doc: "seed of LoRA init, data order and dropout" },
+    ParamSpec {
+        name: "dtype",
+        ty: ParamType::Enum(&["f32", "bf16", "f16"]),
+        default: Default::Str("f32"),
+        doc: "compute dtype (the CPU trains in f32)",
+    },
+    ParamSpec {
+        name: "gradient_checkpointing",
+        ty: ParamType::Bool,
+        default: Default::Bool(true),
+        doc: "recompute each block in the backward pass instead of keeping activations",
+    },
+    ParamSpec { name: "logging_steps", ty: POS, default: Default::Int(10), doc: "a training-log line every N steps" },
+    ParamSpec { name: "save_steps", ty: INT, default: Default::Int(100), doc: "a checkpoint every N steps (0: none)" },
+    ParamSpec { name: "save_total_limit", ty: POS, default: Default::Int(1), doc: "checkpoints kept" },
+];
+
+fn targets(params: &Params) -> Result<Vec<Module>, (String, String)> {
+    let mut out = Vec::new();
+    for t in params.str_list("targets") {
+        match Module::parse(&t) {
+            Some(m) if !out.contains(&m) => out.push(m),
+            Some(_) => {}
+            None => return Err(("targets".into(), format!("unknown projection `{t}` (q, k, v, o, gate, up, down)"))),
+        }
+    }
+    if out.is_empty() {
+        return Err(("targets".into(), "at least one projection is needed".into()));
+    }
+    Ok(out)
+}
+
+/// The trainer configuration for a node's params.
+pub fn train_config(params: &Params) -> Result<TrainConfig, (String, String)> {
+    Ok(TrainConfig {
+        r: params.int("r") as usize,
+        alpha: params.float("alpha") as f32,
+        dropout: params.float("dropout") as f32,
+        targets: targets(params)?,
+        lr: params.float("lr"),
+        schedule: match params.str("schedule") {
+            Some("cosine") => Schedule::Cosine,
+            Some("constant") => Schedule::Constant,
+            _ => Schedule::Linear,
+        },
+        warmup_steps: params.int("warmup_steps") as u64,
+        adamw: AdamWConfig {
+            beta1: params.float("beta1"),
+            beta2: params.float("beta2"),
+            eps: params.float("eps"),
+            weight_decay: params.float("weight_decay"),
+        },
+        batch_size: params.int("batch_size") as usize,
+        grad_accum: params.int("grad_accum") as usize,
+        epochs: params.int("epochs") as usize,
+        max_steps: params.int("max_steps") as u64,
+        max_grad_norm: params.float("max_grad_norm"),
+        seed: params.int("seed") as u64,
+        checkpointing: params.bool("gradient_checkpointing"),
+        logging_steps: params.int("logging_steps") as u64,
+        save_steps: params.int("save_steps") as u64,
+        save_total_limit: params.int("save_total_limit") as usize,
+    })
+}
+
+impl NodeKind for LoraTrain {
+    fn name(&self) -> &'static str {
+        "lora-train"
+    }
+    fn version(&self) -> u32 {
+        1
+    }
+    fn summary(&self) -> &'static str {
+        "LoRA fine-tuning (peft-compatible init, AdamW, linear/cosine schedule, gradient accumulation and clipping) with checkpoints that resume bit-identically after a kill."
+    }
+    fn inputs(&self) -> &'static [InputSpec] {
+        INPUTS
+    }
+    fn params(&self) -> &'static [ParamSpec] {
+        PARAMS
+    }
+    fn outputs(&self, _params: &Params) -> Vec<OutputSpec> {
+        vec![
+            OutputSpec {
+                name: "adapter",
+                dir: true,
+                doc: "the LoRA adapter in peft's format (adapter_model.safetensors, adapter_config.json)",
+            },
+            OutputSpec { name: "log", dir: false, doc: "training log, JSON lines: step, epoch, loss, lr, grad_norm, tokens" },
+            OutputSpec { name: "curve", dir: false, doc: "the loss curve as a PNG" },
+        ]
+    }
+    fn check_params(&self, params: &Params) -> Result<(), (String, String)> {
+        train_config(params).map(|_| ())
+    }
+
+    fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
+        let cfg = train_config(ctx.params).map_err(|(p, m)| NodeError::Failed(format!("param `{p}`: {m}")))?;
+        if ctx.params.str("dtype") != Some("f32") {
+            return Err(NodeError::Failed(format!(
+                "param `dtype`: {} training needs a CUDA device; on the CPU use `dtype: f32`",
+                ctx.params.str("dtype").unwrap_or("?")
+            )));
+        }
+        let model_path = ctx.input("model")?.to_path_buf();
+        let data_path = ctx.input("dataset")?.to_path_buf();
+        let ds = TokenDataset::read(&data_path).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let records: Vec<(Vec<u32>, Vec<i64>)> = (0..ds.len())
+            .map(|r| {
+                let (ids, labels) = ds.record(r);
+                (ids.to_vec(), labels)
+            })
+            .collect();
+        ctx.log(format!("loading {}", model_path.display()));
+        let model = load::load(&model_path, &Device::Cpu).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
+        ctx.progress.start(Some(total), "steps");
+        let progress = ctx.progress.clone();
+        let log_file = ctx.log.clone();
+        let mut on_step = |r: &crate::train::trainer::StepReport| {
+            progress.update(r.step, Some(format!("loss {:.4} · {:.0} tok/s", r.loss, r.tokens_per_sec)));
+            if let Ok(mut f) = log_file.lock() {
+                use std::io::Write;
+                let _ = writeln!(
+                    f,
+                    "step {}/{} loss {:.5} lr {:.3e} grad_norm {:.4} tokens {} tokens/s {:.1}",
+                    r.step, r.total, r.loss, r.lr, r.grad_norm, r.tokens, r.tokens_per_sec
+                );
+            }
+        };
+        let log_file = ctx.log.clone();
+        let mut note = |s: &str| {
+            if let Ok(mut f) = log_file.lock() {
+                use std::io::Write;
+                let _ = writeln!(f, "{s}");
+            }
+        };
+        let work = ctx.work.clone();
+        let trained =
+            train(&model, &records, &cfg, &work, &mut on_step, &mut note).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let adapter = ctx.output("adapter");
+        let base = model_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+        peft::write_adapter(&adapter, &trained.layout, &trained.params, cfg.alpha, cfg.dropout, &cfg.targets, &base)
+            .map_err(|e| NodeError::Failed(format!("writing the adapter: {e}")))?;
+        let log_path = ctx.output("log");
+        std::fs::write(&log_path, trained.log.join("\n") + "\n").map_err(NodeError::io("writing", &log_path))?;
+        let points: Vec<(f64, f64)> = trained
+            .log
+            .iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?)))
+            .collect();
+        let curve = ctx.output("curve");
+        std::fs::write(&curve, crate::report::plot::loss_curve_png(&points, 640, 360))
+            .map_err(NodeError::io("writing", &curve))?;
+        let last = trained.log.last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        let loss = last.as_ref().and_then(|v| v.get("loss")).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let resumed =
+            if trained.resumed_from > 0 { format!(", resumed at step {}", trained.resumed_from) } else { String::new() };
+        ctx.set_summary(format!("{total} steps, final loss {loss:.4}{resumed}"));
+        Ok(())
+    }
+}

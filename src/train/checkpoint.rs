@@ -1,0 +1,130 @@
+//! Training checkpoints: LoRA weights, Adam moments, step and log, written atomically.
+//!
+//! A checkpoint is a folder `checkpoint-<step>` holding `params.f32`, `adam_m.f32`, `adam_v.f32`
+//! (raw little-endian f32) and `state.json`. It is written as `.tmp-checkpoint-<step>`, each
+//! file fsynced, then renamed, so a kill leaves either a whole checkpoint or none. Nothing else
+//! (RNG state, data position) needs saving: the data order and every dropout mask are pure
+//! functions of (seed, step), so the step alone says where to continue.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::optim::AdamW;
+
+/// What a checkpoint holds besides the arrays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    /// Format version.
+    pub version: u32,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Number of parameters (a sanity check on load).
+    pub n_params: usize,
+    /// Training-log lines written so far.
+    pub log: Vec<String>,
+}
+
+fn write_f32(path: &Path, v: &[f32]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    let mut bytes = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        bytes.extend_from_slice(&x.to_le_bytes());
+    }
+    f.write_all(&bytes)?;
+    f.sync_all()
+}
+
+fn read_f32(path: &Path, n: usize) -> std::io::Result<Vec<f32>> {
+    let b = std::fs::read(path)?;
+    if b.len() != n * 4 {
+        return Err(std::io::Error::other(format!("{} has {} bytes, expected {}", path.display(), b.len(), n * 4)));
+    }
+    Ok(b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Saves a checkpoint and keeps only the newest `keep` (at least one).
+pub fn save(dir: &Path, state: &State, params: &[f32], opt: &AdamW, keep: usize) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let name = format!("checkpoint-{}", state.step);
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    write_f32(&tmp.join("params.f32"), params)?;
+    write_f32(&tmp.join("adam_m.f32"), &opt.m)?;
+    write_f32(&tmp.join("adam_v.f32"), &opt.v)?;
+    let mut f = std::fs::File::create(tmp.join("state.json"))?;
+    f.write_all(&serde_json::to_vec(state).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    let dest = dir.join(&name);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    let mut all = list(dir);
+    all.sort();
+    let keep = keep.max(1);
+    if all.len() > keep {
+        for (_, p) in &all[..all.len() - keep] {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+    Ok(dest)
+}
+
+fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect()
+}
+
+/// The newest readable checkpoint for `n_params` parameters: (state, params, optimizer).
+pub fn latest(dir: &Path, n_params: usize) -> Option<(State, Vec<f32>, AdamW)> {
+    let mut all = list(dir);
+    all.sort();
+    for (_, p) in all.into_iter().rev() {
+        let Ok(bytes) = std::fs::read(p.join("state.json")) else { continue };
+        let Ok(state) = serde_json::from_slice::<State>(&bytes) else { continue };
+        if state.n_params != n_params || state.version != 1 {
+            continue;
+        }
+        let (Ok(params), Ok(m), Ok(v)) = (
+            read_f32(&p.join("params.f32"), n_params),
+            read_f32(&p.join("adam_m.f32"), n_params),
+            read_f32(&p.join("adam_v.f32"), n_params),
+        ) else {
+            continue;
+        };
+        let t = state.step;
+        return Some((state, params, AdamW { m, v, t }));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_whole_checkpoint_wins_and_old_ones_are_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        let opt = AdamW { m: vec![1.0, 2.0], v: vec![3.0, 4.0], t: 0 };
+        for step in 1..=3u64 {
+            let st = State { version: 1, step, n_params: 2, log: vec![format!("{step}")] };
+            save(t.path(), &st, &[step as f32, 0.5], &opt, 2).unwrap();
+        }
+        assert_eq!(list(t.path()).len(), 2, "save_total_limit 2 keeps two");
+        // A half-written newer checkpoint (no state.json) is ignored.
+        std::fs::create_dir_all(t.path().join("checkpoint-9")).unwrap();
+        let (st, params, o) = latest(t.path(), 2).unwrap();
+        assert_eq!((st.step, params, o.m, o.t), (3, vec![3.0, 0.5], vec![1.0, 2.0], 3));
+        assert!(latest(t.path(), 5).is_none(), "a different parameter count never resumes");
+    }
+}

@@ -1,0 +1,6 @@
+//! Training machinery that is not model math: AdamW and schedules ([`optim`]), atomic
+//! checkpoints ([`checkpoint`]) and the deterministic, resumable loop ([`trainer`]).
+
+pub mod checkpoint;
+pub mod optim;
+pub mod trainer;

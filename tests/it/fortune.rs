@@ -1,0 +1,29 @@
+//! The real thing: `pipelines/fortune.yaml` end to end on the default model (SmolLM2-135M-Instruct
+//! from its PyPI package), with a small step budget so it fits in CI.
+
+use crate::common::{repo, TestContext};
+
+#[test]
+fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
+    if std::env::var_os("PIPE_TEST_GGUF").is_none() {
+        assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
+        eprintln!("skipping: the default model is fetched by scripts/test.sh");
+        return;
+    }
+    let t = TestContext::new();
+    let file = repo().join("pipelines/fortune.yaml");
+    let file = file.to_str().unwrap();
+    let budget = ["--set", "train.max_steps=8", "--set", "eval.max_new_tokens=24"];
+    let r = t.run(file, &budget).success();
+    assert_eq!(r.ran_nodes().len(), 6, "{}", r.stderr);
+    let report = t.output_path(file, "eval", "report", &budget);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let (base, tuned) = (v["base"]["loss"].as_f64().unwrap(), v["tuned"]["loss"].as_f64().unwrap());
+    assert!(tuned < base, "tuned held-out loss {tuned} must be below the base loss {base}");
+    let first = &v["generations"][0];
+    assert_eq!(first["prompt"], "现在你要扮演我碰到一位神秘的算命大师, 你是谁?今天我的事业运道如何?");
+    assert!(!first["tuned"].as_str().unwrap().trim().is_empty());
+    // A second run is all fresh.
+    let again = t.run(file, &budget).success();
+    assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
+}

@@ -1,0 +1,193 @@
+//! lora-train, merge and eval on a tiny random model the tests make themselves: training lowers
+//! the loss, the adapter is in peft's format, a SIGKILL mid-training resumes to a bit-identical
+//! adapter, and the merged model evaluates.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use pipe::model::config::{Arch, Config};
+use pipe::model::llama::Model;
+
+use crate::common::TestContext;
+
+/// Writes a random Llama (or Qwen2) Hugging Face folder with the tiny tokenizer into `rel`.
+pub fn tiny_model(t: &TestContext, rel: &str, arch: Arch, hidden: usize) {
+    t.copy_tokenizer();
+    let tok = pipe::tokenizer::load::load(&t.path("tok/tokenizer.json")).expect("tiny tokenizer loads");
+    let cfg = Config {
+        arch,
+        vocab_size: tok.tokenizer.get_vocab_size(true),
+        hidden_size: hidden,
+        intermediate_size: hidden * 2,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: hidden / 4,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: arch == Arch::Llama,
+        max_position_embeddings: 512,
+    };
+    let model = Model::random_with_std(cfg.clone(), 1234, 0.2, &Device::Cpu).expect("random model");
+    let dir = t.path(rel);
+    std::fs::create_dir_all(&dir).unwrap();
+    let tensors: HashMap<String, candle_core::Tensor> = model.hf_tensors().into_iter().collect();
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.to_hf_json(None, tok.eos.as_ref().map(|e| e.0), "float32").to_string()).unwrap();
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(t.path(&format!("tok/{f}")), dir.join(f)).unwrap();
+    }
+}
+
+fn pipeline(steps: u32, save_steps: u32) -> String {
+    format!(
+        r#"name: tiny-train
+nodes:
+  fix:
+    kind: fix-json
+    inputs: {{ records: data/fortune.jsonl }}
+    params: {{ eval_fraction: 0.1 }}
+  tok:
+    kind: tokenize
+    inputs: {{ records: fix.train, tokenizer: model }}
+    params: {{ max_length: 64 }}
+  tok-eval:
+    kind: tokenize
+    inputs: {{ records: fix.eval, tokenizer: model }}
+    params: {{ max_length: 64 }}
+  train:
+    kind: lora-train
+    inputs: {{ model: model, dataset: tok.dataset }}
+    params: {{ max_steps: {steps}, batch_size: 4, grad_accum: 2, lr: 0.05, save_steps: {save_steps}, logging_steps: 1, r: 4 }}
+  merge:
+    kind: merge
+    inputs: {{ model: model, adapter: train.adapter }}
+  eval:
+    kind: eval
+    inputs: {{ base: model, tuned: merge.model, dataset: tok-eval.dataset, prompts: prompts.txt }}
+    params: {{ max_new_tokens: 8 }}
+"#
+    )
+}
+
+fn project(steps: u32, save_steps: u32) -> TestContext {
+    let t = TestContext::with_fixtures();
+    tiny_model(&t, "model", Arch::Llama, 32);
+    t.write("prompts.txt", "现在你要扮演我碰到一位神秘的算命大师, 你是谁?\nWhat does my future hold?\n");
+    t.write("p.yaml", pipeline(steps, save_steps));
+    t
+}
+
+#[test]
+fn training_lowers_the_loss_and_eval_reports_base_and_tuned() {
+    let t = project(16, 0);
+    t.run("p.yaml", &[]).success();
+    let log = std::fs::read_to_string(t.output_path("p.yaml", "train", "log", &[])).unwrap();
+    let losses: Vec<f64> =
+        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
+    assert_eq!(losses.len(), 16, "logging_steps 1 logs every step: {log}");
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < first - 0.3, "training should lower the loss: first {first:.3}, last {last:.3}");
+    let report = t.output_path("p.yaml", "eval", "report", &[]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
+    let (base, tuned) = (r["base"]["loss"].as_f64().unwrap(), r["tuned"]["loss"].as_f64().unwrap());
+    assert!(tuned < base, "tuned held-out loss {tuned} should be below base {base}");
+    assert_eq!(r["generations"].as_array().unwrap().len(), 2);
+    assert!(std::fs::read_to_string(report.join("report.md")).unwrap().contains("| tuned |"));
+    // The merged folder is a Hugging Face folder.
+    let merged = t.output_path("p.yaml", "merge", "model", &[]);
+    for f in ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+        assert!(merged.join(f).exists(), "merged folder lacks {f}");
+    }
+}
+
+#[test]
+fn the_adapter_has_exactly_peft_tensor_names_and_config_fields() {
+    let t = project(2, 0);
+    t.run("p.yaml", &["--target", "train"]).success();
+    let adapter = t.output_path("p.yaml", "train", "adapter", &[]);
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(adapter.join("adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["task_type"], "CAUSAL_LM");
+    assert_eq!(cfg["r"], 4);
+    assert_eq!(cfg["lora_alpha"], 32.0);
+    let mut targets: Vec<&str> = cfg["target_modules"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    targets.sort();
+    assert_eq!(targets, ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]);
+    // Names and shapes as the Python `safetensors` package reads them.
+    let script = r#"
+import sys, json
+from safetensors import safe_open
+with safe_open(sys.argv[1], "np") as f:
+    print(json.dumps({k: list(f.get_tensor(k).shape) for k in f.keys()}))
+"#;
+    let out = std::process::Command::new("python3").arg("-c").arg(script).arg(adapter.join("adapter_model.safetensors")).output();
+    let names: HashMap<String, Vec<usize>> = match out {
+        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap(),
+        other => {
+            assert!(std::env::var_os("PIPE_REQUIRE_PYTHON").is_none(), "python3 with `safetensors` is required: {other:?}");
+            eprintln!("skipping the Python half: python3 with the `safetensors` package is not available");
+            return;
+        }
+    };
+    assert_eq!(names.len(), 2 * 2 * 7, "2 layers x 7 modules x (A, B)");
+    let (h, kv) = (32usize, 16usize);
+    for l in 0..2 {
+        let p = format!("base_model.model.model.layers.{l}");
+        assert_eq!(names[&format!("{p}.self_attn.q_proj.lora_A.weight")], vec![4, h]);
+        assert_eq!(names[&format!("{p}.self_attn.k_proj.lora_B.weight")], vec![kv, 4]);
+        assert_eq!(names[&format!("{p}.mlp.down_proj.lora_A.weight")], vec![4, 2 * h]);
+        assert_eq!(names[&format!("{p}.mlp.gate_proj.lora_B.weight")], vec![2 * h, 4]);
+    }
+}
+
+fn adapter_digest(t: &TestContext) -> String {
+    t.show("p.yaml", "train", &[])["outputs"]["adapter"]["digest"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn sigkill_mid_training_then_rerun_ends_bit_identical() {
+    let steps = 40;
+    let reference = project(steps, 1);
+    reference.run("p.yaml", &["--target", "train"]).success();
+    let want = adapter_digest(&reference);
+
+    let t = project(steps, 1);
+    // Kill at a step that varies from run to run.
+    let kill_at = 5 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 25) as u64;
+    let mut child =
+        t.std_cmd(["run", "p.yaml", "--target", "train", "--json"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let work = t.cache.join("work");
+    let start = Instant::now();
+    let mut killed_at = None;
+    while start.elapsed() < Duration::from_secs(120) {
+        let newest = std::fs::read_dir(&work)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|k| std::fs::read_dir(k.path()).into_iter().flatten().flatten())
+            .filter_map(|c| c.file_name().to_str()?.strip_prefix("checkpoint-")?.parse::<u64>().ok())
+            .max();
+        if newest.is_some_and(|n| n >= kill_at) {
+            child.kill().unwrap();
+            killed_at = newest;
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    let killed_at = killed_at.unwrap_or_else(|| panic!("training finished before step {kill_at}; make it slower"));
+    assert!(killed_at < steps as u64);
+    // The rerun resumes (the summary says so) and ends with the same bytes.
+    let r = t.run("p.yaml", &["--target", "train"]).success();
+    let summary = r.events_of("node_finished").into_iter().find(|e| e["node"] == "train").expect("train ran")["summary"].clone();
+    assert!(summary.as_str().unwrap().contains("resumed at step"), "{summary}");
+    assert_eq!(adapter_digest(&t), want, "killed at step {killed_at}, resumed: adapter differs from an uninterrupted run");
+}
