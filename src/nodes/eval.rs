@@ -223,7 +223,9 @@ impl NodeKind for Eval {
             let mut outs = Vec::new();
             for m in [&base, &tuned] {
                 let g = generate(m, &ids, eos, max_new, temp, top_p, seed)?;
-                outs.push(tk.tokenizer.decode(&g, true).map_err(|e| err(format!("decoding: {e}")))?);
+                let text = tk.tokenizer.decode(&g, true).map_err(|e| err(format!("decoding: {e}")))?;
+                // A generation cut at max_new_tokens can end inside a multi-byte character.
+                outs.push(text.trim_end_matches('\u{FFFD}').to_string());
             }
             ctx.progress.update(3 + i as u64, None);
             gens.push(json!({"prompt": p, "base": outs[0], "tuned": outs[1]}));

@@ -1,4 +1,5 @@
-//! `merge`: fold a LoRA adapter into the base weights and write a Hugging Face model folder.
+//! `merge`: fold a LoRA adapter into the base weights and write a Hugging Face model folder
+//! (without an adapter: convert the base, e.g. a GGUF file, to a Hugging Face folder).
 //!
 //! The folder holds `config.json`, `model.safetensors` (sharded with an index above
 //! `shard_size_mb`), `generation_config.json`, and the tokenizer: `tokenizer.json` and
@@ -28,9 +29,9 @@ const INPUTS: &[InputSpec] = &[
     },
     InputSpec {
         name: "adapter",
-        required: true,
+        required: false,
         accepts: Accepts::Model,
-        doc: "a LoRA adapter folder in peft's format (lora-train's `adapter`, or one trained by peft)",
+        doc: "a LoRA adapter folder in peft's format (lora-train's `adapter`, or one trained by peft); without it, the base is converted as is",
     },
 ];
 
@@ -150,11 +151,17 @@ impl NodeKind for Merge {
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let base = ctx.input("model")?.to_path_buf();
-        let adapter = ctx.input("adapter")?.to_path_buf();
+        let adapter = ctx.inputs.get("adapter").cloned();
         ctx.log(format!("loading {}", base.display()));
         let mut model = load::load(&base, &Device::Cpu).map_err(err)?;
-        let (layout, params) = peft::read_adapter(&adapter, &model.cfg).map_err(err)?;
-        model.merge_lora(&layout, &params).map_err(err)?;
+        let merged_pairs = match &adapter {
+            Some(adapter) => {
+                let (layout, params) = peft::read_adapter(adapter, &model.cfg).map_err(err)?;
+                model.merge_lora(&layout, &params).map_err(err)?;
+                layout.entries.len()
+            }
+            None => 0,
+        };
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(NodeError::io("creating", &out))?;
         let (dtype, name) = match ctx.params.str("dtype") {
@@ -180,7 +187,10 @@ impl NodeKind for Merge {
             .map_err(NodeError::io("writing", &out))?;
         let shard = ctx.params.int("shard_size_mb") as usize * 1_000_000;
         write_weights(&out, model.hf_tensors(), dtype, shard)?;
-        ctx.set_summary(format!("{} adapter pairs merged, {name} weights", layout.entries.len()));
+        ctx.set_summary(match adapter {
+            Some(_) => format!("{merged_pairs} adapter pairs merged, {name} weights"),
+            None => format!("converted to a Hugging Face folder, {name} weights"),
+        });
         Ok(())
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, State};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
-use crate::model::llama::{Batch, LoraStep, Model};
+use crate::model::llama::{splitmix, Batch, LoraStep, Model};
 use crate::model::lora::{Layout, Module};
 
 /// Training hyper-parameters (the tutorial's defaults live in the node's schema).
@@ -77,13 +77,6 @@ pub struct Trained {
     pub log: Vec<String>,
     /// The step a resumed run started from (0 when fresh).
     pub resumed_from: u64,
-}
-
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Optimizer steps per epoch and in total.
@@ -191,4 +184,84 @@ pub fn train(
         }
     }
     Ok(Trained { layout, params, log, resumed_from })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{Arch, Config};
+
+    fn tiny() -> Config {
+        Config {
+            arch: Arch::Llama,
+            vocab_size: 32,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 4,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: true,
+            max_position_embeddings: 64,
+        }
+    }
+
+    fn cfg(max_steps: u64) -> TrainConfig {
+        TrainConfig {
+            r: 2,
+            alpha: 4.0,
+            dropout: 0.1,
+            targets: Module::ALL.to_vec(),
+            lr: 0.01,
+            schedule: Schedule::Linear,
+            warmup_steps: 0,
+            adamw: AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+            batch_size: 2,
+            grad_accum: 2,
+            epochs: 1,
+            max_steps,
+            max_grad_norm: 1.0,
+            seed: 1,
+            checkpointing: true,
+            logging_steps: 1,
+            save_steps: 1,
+            save_total_limit: 1,
+        }
+    }
+
+    fn records() -> Vec<(Vec<u32>, Vec<i64>)> {
+        (0..6u32)
+            .map(|i| {
+                let ids: Vec<u32> = (0..8).map(|j| (i * 3 + j * 5) % 32).collect();
+                let labels = ids.iter().enumerate().map(|(j, &x)| if j < 2 { -100 } else { i64::from(x) }).collect();
+                (ids, labels)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::random_with_std(tiny(), 3, 0.2, &Device::Cpu).unwrap();
+        train(&model, &records(), &cfg(2), dir.path(), &mut |_| {}, &mut |_| {}).unwrap();
+        // 2 steps with save_steps 1 leave checkpoint-1 (the last step is not checkpointed: the
+        // outputs are the result). Poison the weights: the resumed step 2 must fail by name.
+        model.norm = (model.norm.clone() * f64::NAN).unwrap();
+        let err = train(&model, &records(), &cfg(4), dir.path(), &mut |_| {}, &mut |_| {}).err().expect("NaN must stop training");
+        let msg = err.to_string();
+        assert!(msg.contains("at step 2") && msg.contains("step 1"), "{msg}");
+        assert!(dir.path().join("checkpoint-1").join("state.json").exists());
+    }
+
+    #[test]
+    fn tokens_outside_the_vocabulary_are_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = Model::random(tiny(), 3, &Device::Cpu).unwrap();
+        let bad = vec![(vec![1, 99], vec![-100, 99])];
+        let err = train(&model, &bad, &cfg(1), dir.path(), &mut |_| {}, &mut |_| {}).err().unwrap();
+        assert!(err.to_string().contains("token id 99"), "{err}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The real thing: `pipelines/fortune.yaml` end to end on the default model (SmolLM2-135M-Instruct
 //! from its PyPI package), with a small step budget so it fits in CI.
 
-use crate::common::{repo, TestContext};
+use crate::common::{repo, Run, TestContext};
 
 #[test]
 fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
@@ -13,8 +13,14 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     let t = TestContext::new();
     let file = repo().join("pipelines/fortune.yaml");
     let file = file.to_str().unwrap();
-    let budget = ["--set", "train.max_steps=8", "--set", "eval.max_new_tokens=24"];
-    let r = t.run(file, &budget).success();
+    let budget = ["--set", "train.max_steps=8", "--set", "eval.max_new_tokens=16"];
+    // Real training on 2 CPU cores in a test build: minutes, not the harness's default 2.
+    let long = |extra: &[&str]| {
+        let mut args = vec!["run", file, "--json"];
+        args.extend_from_slice(extra);
+        Run::from(t.cmd(args).timeout(std::time::Duration::from_secs(1800)).output().expect("pipe runs"))
+    };
+    let r = long(&budget).success();
     assert_eq!(r.ran_nodes().len(), 6, "{}", r.stderr);
     let report = t.output_path(file, "eval", "report", &budget);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
@@ -24,6 +30,6 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     assert_eq!(first["prompt"], "现在你要扮演我碰到一位神秘的算命大师, 你是谁?今天我的事业运道如何?");
     assert!(!first["tuned"].as_str().unwrap().trim().is_empty());
     // A second run is all fresh.
-    let again = t.run(file, &budget).success();
+    let again = long(&budget).success();
     assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
 }

@@ -1,0 +1,45 @@
+//! Writes a random tiny Llama or Qwen2 Hugging Face folder around a tokenizer, as the tests do.
+//!
+//!     cargo run --example tiny_model -- OUT_DIR TOKENIZER_DIR [llama|qwen2]
+
+use std::collections::HashMap;
+
+use candle_core::Device;
+use pipe::model::config::{Arch, Config};
+use pipe::model::llama::Model;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 3 {
+        eprintln!("usage: tiny_model OUT_DIR TOKENIZER_DIR [llama|qwen2]");
+        std::process::exit(2);
+    }
+    let (out, tok_dir) = (std::path::Path::new(&args[1]), std::path::Path::new(&args[2]));
+    let arch = if args.get(3).map(String::as_str) == Some("qwen2") { Arch::Qwen2 } else { Arch::Llama };
+    let tok = pipe::tokenizer::load::load(&tok_dir.join("tokenizer.json")).expect("tokenizer");
+    let hidden = 32;
+    let cfg = Config {
+        arch,
+        vocab_size: tok.tokenizer.get_vocab_size(true),
+        hidden_size: hidden,
+        intermediate_size: hidden * 2,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: hidden / 4,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: arch == Arch::Llama,
+        max_position_embeddings: 512,
+    };
+    let model = Model::random_with_std(cfg.clone(), 1234, 0.2, &Device::Cpu).expect("model");
+    std::fs::create_dir_all(out).expect("mkdir");
+    let tensors: HashMap<String, candle_core::Tensor> = model.hf_tensors().into_iter().collect();
+    candle_core::safetensors::save(&tensors, out.join("model.safetensors")).expect("save");
+    std::fs::write(out.join("config.json"), cfg.to_hf_json(None, tok.eos.as_ref().map(|e| e.0), "float32").to_string())
+        .expect("config");
+    for f in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(tok_dir.join(f), out.join(f)).expect("copy tokenizer");
+    }
+}
