@@ -110,6 +110,9 @@ pub struct RunArgs {
     /// CPU nodes to run at once [default: number of CPUs]
     #[arg(short, long)]
     pub jobs: Option<usize>,
+    /// CUDA devices GPU nodes may use, e.g. 0,1 [default: all visible ones]
+    #[arg(long, value_delimiter = ',', value_name = "IDS")]
+    pub gpus: Option<Vec<usize>>,
 }
 
 /// `pipe status`.

@@ -15,10 +15,17 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let pipeline = load_pipeline(&args.file, &args.set)?;
     let cache = cache_dir(global, Some(&args.file));
     let reporter = Arc::new(Reporter::new(args.json, global.quiet > 0, global.no_progress));
-    let session = Session::open(pipeline, &cache, reporter.clone())?;
+    let mut session = Session::open(pipeline, &cache, reporter.clone())?;
+    if let Some(ids) = &args.gpus {
+        let visible = session.gpus().to_vec();
+        if let Some(bad) = ids.iter().find(|i| !visible.contains(i)) {
+            anyhow::bail!("--gpus: CUDA device {bad} is not available (visible: {visible:?})");
+        }
+        session = session.with_gpus(ids.clone());
+    }
     let selected = session.select(&args.target)?;
     let force = args.force.iter().map(|f| session.index(f)).collect::<Result<_, _>>()?;
-    let gpus = DevicePool::discover_gpus();
+    let gpus = session.gpus().to_vec();
     let pool = DevicePool::new(1, &gpus);
     for &i in &selected {
         let node = &session.pipeline.nodes[i];

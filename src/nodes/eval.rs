@@ -6,7 +6,6 @@
 //! seeded temperature / top-p sampling) with a KV cache, and stops at the end-of-sentence token
 //! or `max_new_tokens`. Writes `report.md` and `report.json` into the `report` folder.
 
-use candle_core::Device;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
@@ -176,12 +175,15 @@ impl NodeKind for Eval {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn device_sensitive(&self) -> bool {
+        true
+    }
     fn outputs(&self, _params: &Params) -> Vec<OutputSpec> {
         vec![OutputSpec { name: "report", dir: true, doc: "report.md and report.json: loss, perplexity, generations" }]
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let dev = Device::Cpu;
+        let dev = ctx.candle_device()?;
         let base = load::load(ctx.input("base")?, &dev).map_err(err)?;
         let tuned_path = ctx.input("tuned")?.to_path_buf();
         let tuned = load::load(&tuned_path, &dev).map_err(err)?;

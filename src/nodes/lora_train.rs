@@ -10,8 +10,6 @@
 //! tokens; deterministic, so `pipe verify` can compare it; tokens/s goes to the run log), and
 //! `curve` (the loss curve as a PNG).
 
-use candle_core::Device;
-
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
 use crate::model::lora::Module;
@@ -186,6 +184,9 @@ impl NodeKind for LoraTrain {
             OutputSpec { name: "curve", dir: false, doc: "the loss curve as a PNG" },
         ]
     }
+    fn device_sensitive(&self) -> bool {
+        true
+    }
     fn check_params(&self, params: &Params) -> Result<(), (String, String)> {
         train_config(params).map(|_| ())
     }
@@ -208,7 +209,8 @@ impl NodeKind for LoraTrain {
             })
             .collect();
         ctx.log(format!("loading {}", model_path.display()));
-        let model = load::load(&model_path, &Device::Cpu).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let device = ctx.candle_device()?;
+        let model = load::load(&model_path, &device).map_err(|e| NodeError::Failed(e.to_string()))?;
         let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
         ctx.progress.start(Some(total), "steps");
         let progress = ctx.progress.clone();

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::{load, peft};
@@ -145,6 +145,9 @@ impl NodeKind for Merge {
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
     }
+    fn device_sensitive(&self) -> bool {
+        true
+    }
     fn outputs(&self, _params: &Params) -> Vec<OutputSpec> {
         vec![OutputSpec { name: "model", dir: true, doc: "Hugging Face folder: config.json, model.safetensors, tokenizer.json, tokenizer_config.json, generation_config.json" }]
     }
@@ -153,7 +156,7 @@ impl NodeKind for Merge {
         let base = ctx.input("model")?.to_path_buf();
         let adapter = ctx.inputs.get("adapter").cloned();
         ctx.log(format!("loading {}", base.display()));
-        let mut model = load::load(&base, &Device::Cpu).map_err(err)?;
+        let mut model = load::load(&base, &ctx.candle_device()?).map_err(err)?;
         let merged_pairs = match &adapter {
             Some(adapter) => {
                 let (layout, params) = peft::read_adapter(adapter, &model.cfg).map_err(err)?;

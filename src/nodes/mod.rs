@@ -116,6 +116,8 @@ pub struct RunCtx<'a> {
     pub progress: NodeProgress,
     /// A one-line summary for the "Finished" line and the node record.
     pub summary: Option<String>,
+    /// The device slot the scheduler gave this run.
+    pub lease: crate::sched::device::Lease,
 }
 
 impl RunCtx<'_> {
@@ -127,6 +129,11 @@ impl RunCtx<'_> {
     /// Where to write the output called `name`.
     pub fn output(&self, name: &str) -> PathBuf {
         self.staging.join(name)
+    }
+
+    /// The candle device for this run's lease.
+    pub fn candle_device(&self) -> Result<candle_core::Device, NodeError> {
+        self.lease.candle_device().map_err(|e| NodeError::Failed(format!("opening {}: {e}", self.lease)))
     }
 
     /// Sets the one-line summary shown when the node finishes ("334 records, 4 bad").
@@ -174,6 +181,11 @@ pub trait NodeKind: Send + Sync {
     /// Where the node runs when the pipeline does not say; CPU by default.
     fn default_device(&self) -> DeviceReq {
         DeviceReq::Cpu
+    }
+    /// True when the output depends on the device type it ran on (GPU kernels round differently
+    /// from the CPU), so the device type becomes part of the key. Default: false.
+    fn device_sensitive(&self) -> bool {
+        false
     }
     /// Cross-parameter checks after type checks; the error names the parameter.
     fn check_params(&self, _params: &Params) -> Result<(), (String, String)> {

@@ -16,6 +16,16 @@ pub enum Lease {
     Cuda(usize),
 }
 
+impl Lease {
+    /// The candle device for this lease.
+    pub fn candle_device(&self) -> candle_core::Result<candle_core::Device> {
+        match self {
+            Lease::Cpu => Ok(candle_core::Device::Cpu),
+            Lease::Cuda(i) => candle_core::Device::new_cuda(*i),
+        }
+    }
+}
+
 impl std::fmt::Display for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -38,9 +48,26 @@ impl DevicePool {
         DevicePool { cpu_free: cpu_slots.max(1), gpus: gpus.iter().map(|&g| (g, true)).collect() }
     }
 
-    /// CUDA devices this build and machine offer: none without the `cuda` feature.
+    /// CUDA devices this build and machine offer (`CUDA_VISIBLE_DEVICES` applies, as the driver
+    /// reads it): none in a build without the `cuda` feature.
     pub fn discover_gpus() -> Vec<usize> {
-        Vec::new()
+        #[cfg(feature = "cuda")]
+        {
+            (0..64).take_while(|&i| candle_core::Device::new_cuda(i).is_ok()).collect()
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            Vec::new()
+        }
+    }
+
+    /// The device type a request resolves to in this pool (`auto` is CUDA when a GPU exists).
+    pub fn resolves_to_cuda(&self, req: DeviceReq) -> bool {
+        match req {
+            DeviceReq::Cpu => false,
+            DeviceReq::Cuda => true,
+            DeviceReq::Auto => !self.gpus.is_empty(),
+        }
     }
 
     /// Fails when a node needs a GPU the pool does not have.
@@ -60,11 +87,7 @@ impl DevicePool {
 
     /// Takes a slot for `req` if one is free.
     pub fn try_lease(&mut self, req: DeviceReq) -> Option<Lease> {
-        let wants_gpu = match req {
-            DeviceReq::Cpu => false,
-            DeviceReq::Cuda => true,
-            DeviceReq::Auto => !self.gpus.is_empty(),
-        };
+        let wants_gpu = self.resolves_to_cuda(req);
         if wants_gpu {
             let slot = self.gpus.iter_mut().find(|(_, free)| *free)?;
             slot.1 = false;

@@ -50,6 +50,8 @@ pub struct Session {
     stat: Mutex<StatCache>,
     canonical_file: PathBuf,
     last_run: Option<RunRecord>,
+    /// CUDA devices available to this session (decides what `device: auto` means in keys).
+    gpus: Vec<usize>,
 }
 
 /// How to run.
@@ -121,7 +123,19 @@ impl Session {
         let stat = Mutex::new(StatCache::load(&store.stat_cache_path()));
         let canonical_file = pipeline.file.canonicalize().unwrap_or_else(|_| pipeline.file.clone());
         let last_run = store.run_record(&canonical_file);
-        Ok(Session { pipeline, graph, store, reporter, stat, canonical_file, last_run })
+        let gpus = DevicePool::discover_gpus();
+        Ok(Session { pipeline, graph, store, reporter, stat, canonical_file, last_run, gpus })
+    }
+
+    /// Restricts the session to these CUDA devices (`--gpus`).
+    pub fn with_gpus(mut self, gpus: Vec<usize>) -> Session {
+        self.gpus = gpus;
+        self
+    }
+
+    /// CUDA devices this session may use.
+    pub fn gpus(&self) -> &[usize] {
+        &self.gpus
     }
 
     /// Index of a node by name, with "did you mean" when absent.
@@ -191,12 +205,17 @@ impl Session {
         };
         // Extra components are a pure function of kind, version, params and input bytes, so they
         // are memoised under a digest of exactly those (a no-op rerun must not reparse a tokenizer).
+        // A device-sensitive kind's output depends on the device type it runs on.
+        if kind.device_sensitive() && DevicePool::new(1, &self.gpus).resolves_to_cuda(node.device) {
+            parts.extra.insert("device".into(), "cuda".into());
+        }
         // The memo also records every side file the kind read (a tokenizer_config.json beside a
         // tokenizer.json, say) with its digest; a changed side file invalidates the memo.
         let extra_id = parts.key();
         let memo = self.store.extra(&extra_id).filter(|m| {
             m.files.iter().all(|(path, digest)| self.digest(std::path::Path::new(path)).ok().as_deref() == Some(digest.as_str()))
         });
+        let device_extra = parts.extra.remove("device");
         parts.extra = match memo {
             Some(m) => m.values,
             None => {
@@ -206,6 +225,9 @@ impl Session {
                 e.values
             }
         };
+        if let Some(d) = device_extra {
+            parts.extra.insert("device".into(), d);
+        }
         Ok((parts, inputs))
     }
 
@@ -454,6 +476,7 @@ impl Session {
             log: Arc::new(Mutex::new(log_file)),
             progress: NodeProgress::new(&node.name, self.reporter.clone()),
             summary: None,
+            lease,
         };
         ctx.log(format!("node {} ({} v{}) key {key} on {lease}", node.name, kind.name(), kind.version()));
         for (slot, p) in &ctx.inputs {
@@ -536,6 +559,7 @@ impl Session {
             log: Arc::new(Mutex::new(log)),
             progress: NodeProgress::silent(&node.name),
             summary: None,
+            lease: DevicePool::new(1, &self.gpus).try_lease(node.device).unwrap_or(Lease::Cpu),
         };
         let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
         let mut diffs = Vec::new();
