@@ -9,6 +9,11 @@ use pipe::cli::{Cli, Color, Command};
 use pipe::commands::{self, ExitStatus};
 use pipe::spec::validate::SpecError;
 
+// Tokenizing and JSON handling allocate many small strings; mimalloc makes the tokenize node
+// about a third faster than the system allocator (BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "off",

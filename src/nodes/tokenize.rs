@@ -196,7 +196,8 @@ impl NodeKind for Tokenize {
         let p = prepare(params, tok)?;
         let mut extra = Extra::new();
         extra.insert("end token".into(), format!("{} {:?}", p.eos.0, p.eos.1));
-        for f in &p.bundle.files {
+        // The tokenizer input itself is already in the key by content; hash only the side files.
+        for f in p.bundle.files.iter().filter(|f| *f != tok) {
             let name = f.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
             let d = crate::hash::hash_file(f).map_err(NodeError::io("hashing", f))?;
             extra.insert(format!("tokenizer file {name}"), d);

@@ -401,6 +401,17 @@ impl Session {
     }
 
     fn save_run_record(&self, summary: &RunSummary) {
+        // A no-op run (every node's key as recorded) leaves the record alone: no write, no fsync.
+        if let Some(last) = &self.last_run {
+            let unchanged = summary
+                .records
+                .iter()
+                .all(|(&i, r)| last.nodes.get(&self.pipeline.nodes[i].name).is_some_and(|n| n.key == r.key));
+            let same_nodes = last.nodes.keys().all(|k| self.pipeline.nodes.iter().any(|n| &n.name == k));
+            if unchanged && same_nodes && last.pipeline == self.pipeline.name {
+                return;
+            }
+        }
         let mut rec = self.store.run_record(&self.canonical_file).unwrap_or_default();
         rec.pipeline = self.pipeline.name.clone();
         rec.file = self.canonical_file.display().to_string();

@@ -1,0 +1,122 @@
+//! Training throughput and peak memory of lora-train's step.
+//!
+//! Runs the real training step (LoRA r=8 on q,k,v,o,gate,up,down, explicit backward, AdamW) with
+//! random token batches of `BATCH x SEQ` (default 8 x 384, the tutorial's shape) and prints
+//! tokens/s, seconds per step and peak memory (resident on the CPU; device memory on CUDA).
+//!
+//! The model is SmolLM2-135M-Instruct from the GGUF at `PIPE_TEST_GGUF`, or, with
+//! `PIPE_BENCH_MODEL=smollm2-135m|tinyllama-1.1b|deepseek-7b`, random weights of that shape (the
+//! shapes of shared/bench/peft_baseline.py). `PIPE_BENCH_DEVICE=cuda` runs on GPU 0 (a build
+//! with `--features cuda`).
+//!
+//!     PIPE_TEST_GGUF=.../SmolLM2-135M-Instruct.Q4_1.gguf cargo bench --bench train
+//!     PIPE_BENCH_SHAPE=4x128 PIPE_BENCH_CKPT=0 cargo bench --bench train
+
+use std::time::Instant;
+
+use candle_core::Device;
+use pipe::model::config::{Arch, Config};
+use pipe::model::llama::{Batch, LoraStep, Model};
+use pipe::model::lora::{Layout, Module};
+use pipe::train::optim::{AdamW, AdamWConfig};
+
+fn peak_rss_mib() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn shape_config(name: &str) -> Option<Config> {
+    // (hidden, intermediate, layers, heads, kv heads, vocab, tied), as in peft_baseline.py.
+    let (h, i, l, nh, kv, v, tie) = match name {
+        "smollm2-135m" => (576, 1536, 30, 9, 3, 49152, true),
+        "tinyllama-1.1b" => (2048, 5632, 22, 32, 4, 32000, false),
+        "deepseek-7b" => (4096, 11008, 30, 32, 32, 102400, false),
+        _ => return None,
+    };
+    Some(Config {
+        arch: Arch::Llama,
+        vocab_size: v,
+        hidden_size: h,
+        intermediate_size: i,
+        num_layers: l,
+        num_heads: nh,
+        num_kv_heads: kv,
+        head_dim: h / nh,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        rms_norm_eps: 1e-5,
+        tie_word_embeddings: tie,
+        max_position_embeddings: 4096,
+    })
+}
+
+fn main() {
+    let device = match std::env::var("PIPE_BENCH_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("CUDA device 0 (build with --features cuda)"),
+        _ => Device::Cpu,
+    };
+    let named = std::env::var("PIPE_BENCH_MODEL").ok();
+    let gguf = std::env::var_os("PIPE_TEST_GGUF");
+    if named.is_none() && gguf.is_none() {
+        eprintln!("set PIPE_TEST_GGUF to SmolLM2-135M-Instruct.Q4_1.gguf (scripts/test.sh fetches it to target/test-models/) or PIPE_BENCH_MODEL");
+        return;
+    }
+    let shape = std::env::var("PIPE_BENCH_SHAPE").unwrap_or_else(|_| "8x384".into());
+    let (b, t) = shape.split_once('x').map(|(b, t)| (b.parse().unwrap(), t.parse().unwrap())).expect("BxT");
+    let ckpt = std::env::var("PIPE_BENCH_CKPT").map(|v| v != "0").unwrap_or(true);
+    let steps: usize = std::env::var("PIPE_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let t0 = Instant::now();
+    let (model, label) = match &named {
+        Some(n) => {
+            let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: smollm2-135m, tinyllama-1.1b or deepseek-7b");
+            (Model::random(cfg, 0, &device).expect("random model"), format!("{n} (random, f32)"))
+        }
+        None => (
+            pipe::model::load::load(std::path::Path::new(gguf.as_ref().expect("checked")), &device).expect("model loads"),
+            "SmolLM2-135M (Q4_1 GGUF, f32)".to_string(),
+        ),
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let layout = Layout::new(&model.cfg, 8, 32.0, &Module::ALL);
+    let mut params = layout.init(0);
+    let mut opt = AdamW::new(layout.len);
+    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let vocab = model.cfg.vocab_size as u64;
+    let seqs: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
+        .map(|i| {
+            let ids: Vec<u32> = (0..t).map(|j| ((i * 7919 + j * 104729) as u64 % vocab) as u32).collect();
+            let labels = ids.iter().enumerate().map(|(j, &x)| if j < t / 4 { -100 } else { i64::from(x) }).collect();
+            (ids, labels)
+        })
+        .collect();
+    let refs: Vec<(&[u32], Vec<i64>)> = seqs.iter().map(|(i, l)| (i.as_slice(), l.clone())).collect();
+    let batch = Batch::new(&refs, 0, &device).unwrap();
+    let denom = batch.n_targets() as f32;
+    let mut times = Vec::new();
+    for s in 0..steps + 1 {
+        let t1 = Instant::now();
+        let mut grads = vec![0f32; layout.len];
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: s as u64 };
+        let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom, Some(&mut grads), ckpt).unwrap();
+        opt.step(&cfg, &mut params, &grads, 1e-4);
+        device.synchronize().unwrap();
+        let dt = t1.elapsed().as_secs_f64();
+        eprintln!("step {s}: loss {:.4}, {dt:.2}s", loss / f64::from(denom));
+        if s > 0 {
+            times.push(dt);
+        }
+    }
+    let mean = times.iter().sum::<f64>() / times.len() as f64;
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let where_ = if device.is_cuda() { "cuda:0".to_string() } else { format!("cpu, {threads} threads") };
+    println!(
+        "| {label} | {b}x{t} | checkpointing {} | {where_} | {:.1} tok/s | {mean:.2} s/step | peak RSS {:.0} MiB | load {load_s:.1}s |",
+        if ckpt { "on" } else { "off" },
+        (b * t) as f64 / mean,
+        peak_rss_mib()
+    );
+}
