@@ -125,7 +125,7 @@ fn a_changed_tokenizer_file_reruns_tokenize_but_not_fix_json() {
     assert_eq!(r.cached_nodes(), names(&["fix"]));
 }
 
-/// BUG (reported): the memoised key extras (`extra/<id>.json`) are keyed by the input digests
+/// Regression (fixed): the memoised key extras (`extra/<id>.json`) are keyed by the input digests
 /// only, and `tokenizer_config.json` beside the tokenizer is not an input, so after a first run
 /// the config's digest in the key never changes again: editing the chat template (or the end
 /// token) leaves tokenize "fresh" with a dataset built from the old template.

@@ -43,7 +43,7 @@ fn an_unknown_node_kind_is_located_with_did_you_mean() {
     snapshot("unknown_node_kind", &t, &err);
 }
 
-/// BUG (reported): a node whose kind is unknown is dropped before references are checked, so
+/// Regression (fixed): a node whose kind is unknown is dropped before references are checked, so
 /// `fix.records` downstream is reported a second time as "file not found: <dir>/fix.records",
 /// which sends the user looking for a file that was never meant to exist.
 #[test]
@@ -223,7 +223,7 @@ fn device_auto_without_a_gpu_runs_on_the_cpu_with_a_warning() {
     assert_eq!(r.ran_nodes(), names(&["fix", "tokenize"]));
 }
 
-/// BUG (reported): a block mapping's span starts at its first `:` (yaml-rust2's MappingStart
+/// Regression (fixed): a block mapping's span starts at its first `:` (yaml-rust2's MappingStart
 /// marker), so errors about a whole mapping point into the middle of a line: "missing input"
 /// underlines the `:` after `records` (12:14), "missing key `nodes`" the `:` after `name` (1:5).
 #[test]

@@ -95,7 +95,7 @@ fn crlf_line_ends_are_accepted_and_reported() {
     check(Expect { file: "crlf.jsonl", records: GOOD_123, bad: &[], duplicates: &[], flags: (false, true, false) });
 }
 
-/// BUG (reported): a string cut by a newline is reported one line too late with column 0.
+/// Regression (fixed): a string cut by a newline is reported one line too late with column 0.
 #[test]
 fn truncated_records_are_reported_at_their_line_and_their_neighbours_survive() {
     check(Expect {
@@ -107,7 +107,7 @@ fn truncated_records_are_reported_at_their_line_and_their_neighbours_survive() {
     });
 }
 
-/// BUG (reported): see `truncated_records_...`; the raw newline is on line 2, reported as 3:0.
+/// Regression (fixed): see `truncated_records_...`; the raw newline is on line 2, reported as 3:0.
 #[test]
 fn a_raw_newline_inside_a_string_is_a_bad_record_at_its_line() {
     check(Expect {
@@ -119,7 +119,7 @@ fn a_raw_newline_inside_a_string_is_a_bad_record_at_its_line() {
     });
 }
 
-/// BUG (reported): same as the raw newline: reported as 3:0.
+/// Regression (fixed): same as the raw newline: reported as 3:0.
 #[test]
 fn a_missing_closing_quote_costs_only_that_record() {
     check(Expect {
@@ -203,7 +203,7 @@ fn every_kind_of_damage_at_once_is_repaired_and_reported() {
     });
 }
 
-/// BUG (reported): the first bad record of fortune.jsonl is on line 41 (README of the data);
+/// Regression (fixed): the first bad record of fortune.jsonl is on line 41 (README of the data);
 /// fix-json reports `fortune.jsonl:42:0`.
 #[test]
 fn on_error_fail_exits_1_naming_file_line_and_column_of_the_first_bad_record_and_the_log() {
@@ -249,7 +249,7 @@ fn the_tutorial_data_repairs_to_334_records_with_4_bad() {
     assert_eq!(report["bad_records"].as_array().unwrap().len(), 4, "{report:#}");
     assert_eq!(report["duplicates"].as_array().unwrap().len(), 3, "{report:#}");
     let lines: Vec<u64> = report["bad_records"].as_array().unwrap().iter().map(|b| b["line"].as_u64().unwrap()).collect();
-    // BUG (reported): 41 and 116 come out as 42 and 117 (with column 0).
+    // Regression (fixed): 41 and 116 come out as 42 and 117 (with column 0).
     assert_eq!(lines, vec![41, 116, 204, 291], "{report:#}");
 }
 
@@ -301,7 +301,7 @@ fn train_and_eval_outputs_exist_only_with_a_split() {
     assert_eq!(stats["records"], 301, "334 records minus a 10% eval split of 33: {stats:#}");
 }
 
-/// BUG (reported): with `eval_fraction > 0` the report's `split` is a `HashMap`, serialised in
+/// Regression (fixed): with `eval_fraction > 0` the report's `split` is a `HashMap`, serialised in
 /// the process's random hash order, so `report` differs from run to run (`{"train":..,"eval":..}`
 /// or the reverse): fix-json is not reproducible, and `pipe verify` fails half the time on
 /// pipelines/fortune.yaml.

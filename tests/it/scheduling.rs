@@ -114,7 +114,7 @@ fn without_keep_going_no_node_starts_after_a_failure() {
     assert!(stopped_an_independent_node, "neither file order ran `broken` before the good branch");
 }
 
-/// BUG (reported): src/graph.rs documents `order()` as "ties broken by file order", but
+/// Regression (fixed): src/graph.rs documents `order()` as "ties broken by file order", but
 /// petgraph's toposort takes the last root first: this file runs fix, tokenize, broken, broken_tok.
 #[test]
 fn independent_nodes_run_in_file_order() {
@@ -135,7 +135,7 @@ fn force_reruns_a_fresh_node_and_identical_output_keeps_downstream_fresh() {
     assert_eq!(r.cached_nodes(), names(&["tokenize"]));
 }
 
-/// BUG (reported): when a node fails while its key is computed (here: `eos_token` is not a token,
+/// Regression (fixed): when a node fails while its key is computed (here: `eos_token` is not a token,
 /// found by `fingerprint_extra`), `Session::execute` returns through `fail_early` without
 /// emitting `node_failed`: `--json` consumers see `failed: 1` in `run_finished` but no event
 /// naming the node, the human output has no "Failed tokenize" line, and the final

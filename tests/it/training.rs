@@ -191,3 +191,22 @@ fn sigkill_mid_training_then_rerun_ends_bit_identical() {
     assert!(summary.as_str().unwrap().contains("resumed at step"), "{summary}");
     assert_eq!(adapter_digest(&t), want, "killed at step {killed_at}, resumed: adapter differs from an uninterrupted run");
 }
+
+#[test]
+fn merge_without_an_adapter_converts_the_base_unchanged() {
+    let t = TestContext::with_fixtures();
+    tiny_model(&t, "model", Arch::Qwen2, 32);
+    t.write("p.yaml", "name: convert\nnodes:\n  hf:\n    kind: merge\n    inputs: { model: model }\n");
+    let r = t.run("p.yaml", &[]).success();
+    let summary = r.events_of("node_finished")[0]["summary"].as_str().unwrap().to_string();
+    assert!(summary.contains("converted"), "{summary}");
+    let out = t.output_path("p.yaml", "hf", "model", &[]);
+    let a = pipe::model::load::load(&t.path("model"), &Device::Cpu).unwrap();
+    let b = pipe::model::load::load(&out, &Device::Cpu).unwrap();
+    assert_eq!(a.cfg, b.cfg);
+    for ((na, ta), (nb, tb)) in a.hf_tensors().iter().zip(b.hf_tensors().iter()) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(d, 0.0, "{na} changed in conversion");
+    }
+}

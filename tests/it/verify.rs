@@ -15,7 +15,7 @@ fn verify_passes_on_deterministic_nodes() {
     assert!(!r.stdout.contains("ok        fix"), "only the named node is re-executed: {r:?}");
 }
 
-/// BUG (reported): `Session::verify_node` compares the re-executed digest with the digest in the
+/// Regression (fixed): `Session::verify_node` compares the re-executed digest with the digest in the
 /// node record, never with the bytes of the cached object, so a tampered object passes (and
 /// `pipe run` keeps serving it), although the docs say a mismatch catches tampering.
 #[test]
