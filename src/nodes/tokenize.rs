@@ -17,7 +17,7 @@
 //! `tokenizer_config.json` beside a `tokenizer.json` included), and a digest of the template
 //! rendered on a probe conversation, so a change anywhere that alters the text reruns the node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -27,6 +27,7 @@ use serde_json::Value as Json;
 use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::tokenizer::fast::FastBpe;
 use crate::tokenizer::load::{load, Bundle};
 use crate::tokenizer::template::{self, ChatTemplate};
 
@@ -240,8 +241,19 @@ impl NodeKind for Tokenize {
         }
         ctx.progress.start(Some(pairs.len() as u64), "records");
         let tk = &p.bundle.tokenizer;
-        let enc = |s: &String| tk.encode_fast(s.as_str(), false).map(|e| e.get_ids().to_vec());
-        let encoded: Result<Vec<(Vec<u32>, Vec<u32>)>, _> = pairs.par_iter().map(|(a, b)| Ok((enc(a)?, enc(b)?))).collect();
+        // The ids-only byte-level BPE path when the tokenizer has a shape it supports (identical
+        // ids, tested against the general path), else the tokenizers crate's general encode.
+        let fast = FastBpe::from_tokenizer(tk);
+        let encoded: Result<Vec<(Vec<u32>, Vec<u32>)>, _> = pairs
+            .par_iter()
+            .map_init(HashMap::new, |cache, (a, b)| {
+                let mut enc = |s: &String| match fast.as_ref().and_then(|f| f.encode(s, cache)) {
+                    Some(ids) => Ok(ids),
+                    None => tk.encode_fast(s.as_str(), false).map(|e| e.get_ids().to_vec()),
+                };
+                Ok((enc(a)?, enc(b)?))
+            })
+            .collect();
         let encoded = encoded.map_err(|e: tokenizers::Error| NodeError::Failed(format!("tokenizing: {e}")))?;
         let max_len = params.int("max_length") as usize;
         let mut ds = TokenDataset::default();

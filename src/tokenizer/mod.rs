@@ -6,6 +6,7 @@
 //!   metadata that produces the same ids as llama.cpp (byte-level BPE vocabularies).
 //! - [`template`]: prompt formats, the tutorial's and Jinja chat templates.
 
+pub mod fast;
 pub mod gguf;
 pub mod load;
 pub mod template;
