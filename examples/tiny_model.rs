@@ -18,21 +18,7 @@ fn main() {
     let arch = if args.get(3).map(String::as_str) == Some("qwen2") { Arch::Qwen2 } else { Arch::Llama };
     let tok = pipe::tokenizer::load::load(&tok_dir.join("tokenizer.json")).expect("tokenizer");
     let hidden = 32;
-    let cfg = Config {
-        arch,
-        vocab_size: tok.tokenizer.get_vocab_size(true),
-        hidden_size: hidden,
-        intermediate_size: hidden * 2,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: hidden / 4,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        rms_norm_eps: 1e-5,
-        tie_word_embeddings: arch == Arch::Llama,
-        max_position_embeddings: 512,
-    };
+    let cfg = Config::tiny(arch, tok.tokenizer.get_vocab_size(true), hidden);
     let model = Model::random_with_std(cfg.clone(), 1234, 0.2, &Device::Cpu).expect("model");
     std::fs::create_dir_all(out).expect("mkdir");
     let tensors: HashMap<String, candle_core::Tensor> = model.hf_tensors().into_iter().collect();

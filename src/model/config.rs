@@ -90,6 +90,26 @@ impl Config {
         f.into_iter().map(|x| x as f32).collect()
     }
 
+    /// A tiny model shape for tests, examples and benchmarks: 2 layers, 4 query and 2 key/value
+    /// heads (so GQA is exercised), MLP twice the hidden size; embeddings tied for Llama.
+    pub fn tiny(arch: Arch, vocab_size: usize, hidden_size: usize) -> Config {
+        Config {
+            arch,
+            vocab_size,
+            hidden_size,
+            intermediate_size: hidden_size * 2,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: hidden_size / 4,
+            rope_theta: 10000.0,
+            rope_scaling: None,
+            rms_norm_eps: 1e-5,
+            tie_word_embeddings: arch == Arch::Llama,
+            max_position_embeddings: 512,
+        }
+    }
+
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, String> {
         let arch = match v.get("model_type").and_then(|m| m.as_str()) {

@@ -16,21 +16,7 @@ use crate::common::TestContext;
 pub fn tiny_model(t: &TestContext, rel: &str, arch: Arch, hidden: usize) {
     t.copy_tokenizer();
     let tok = pipe::tokenizer::load::load(&t.path("tok/tokenizer.json")).expect("tiny tokenizer loads");
-    let cfg = Config {
-        arch,
-        vocab_size: tok.tokenizer.get_vocab_size(true),
-        hidden_size: hidden,
-        intermediate_size: hidden * 2,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: hidden / 4,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        rms_norm_eps: 1e-5,
-        tie_word_embeddings: arch == Arch::Llama,
-        max_position_embeddings: 512,
-    };
+    let cfg = Config::tiny(arch, tok.tokenizer.get_vocab_size(true), hidden);
     let model = Model::random_with_std(cfg.clone(), 1234, 0.2, &Device::Cpu).expect("random model");
     let dir = t.path(rel);
     std::fs::create_dir_all(&dir).unwrap();
