@@ -682,22 +682,9 @@ impl KvCache {
 mod tests {
     use super::*;
 
+    /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens.
     pub(crate) fn tiny(arch: Arch) -> Config {
-        Config {
-            arch,
-            vocab_size: 40,
-            hidden_size: 16,
-            intermediate_size: 24,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 4,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            rms_norm_eps: 1e-5,
-            tie_word_embeddings: arch == Arch::Llama,
-            max_position_embeddings: 64,
-        }
+        Config { intermediate_size: 24, ..Config::tiny(arch, 40, 16) }
     }
 
     fn batch(dev: &Device) -> Batch {

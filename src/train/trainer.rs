@@ -192,21 +192,7 @@ mod tests {
     use crate::model::config::{Arch, Config};
 
     fn tiny() -> Config {
-        Config {
-            arch: Arch::Llama,
-            vocab_size: 32,
-            hidden_size: 16,
-            intermediate_size: 32,
-            num_layers: 2,
-            num_heads: 4,
-            num_kv_heads: 2,
-            head_dim: 4,
-            rope_theta: 10000.0,
-            rope_scaling: None,
-            rms_norm_eps: 1e-5,
-            tie_word_embeddings: true,
-            max_position_embeddings: 64,
-        }
+        Config::tiny(Arch::Llama, 32, 16)
     }
 
     fn cfg(max_steps: u64) -> TrainConfig {
