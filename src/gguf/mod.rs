@@ -35,6 +35,7 @@
 
 pub mod quant;
 pub mod reader;
+pub mod writer;
 
 pub use reader::{GgufError, GgufFile, TensorInfo};
 

@@ -1,0 +1,265 @@
+//! The GGUF v3 writer: metadata and tensors to a file, streamed.
+//!
+//! The layout is the one [`super`] documents for the reader. The writer knows every tensor's
+//! name, shape and type before it writes a byte, so it can lay out the tensor-info section (with
+//! each tensor's aligned offset) up front and then stream the data one tensor at a time: a caller
+//! quantizes tensor `i` only when the writer asks for it, and a 7B export never holds more than
+//! one tensor's bytes.
+//!
+//! [`write_file`] writes to a temporary name beside the target and renames it into place after
+//! an `fsync`, so a killed export never leaves a truncated `.gguf` under the final name.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use super::{GgmlType, GgufValue, ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUF_MAGIC};
+
+/// A failure while writing a GGUF file.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The file could not be written.
+    #[error("writing {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    /// A tensor's description is impossible to store.
+    #[error("tensor `{name}`: {message}")]
+    BadTensor { name: String, message: String },
+    /// A metadata value cannot be stored (an empty array has no element type).
+    #[error("metadata `{key}`: {message}")]
+    BadValue { key: String, message: String },
+    /// The producer of a tensor's bytes failed.
+    #[error("tensor `{name}`: {message}")]
+    Producer { name: String, message: String },
+    /// The sink of [`write`] failed ([`write_file`] reports [`WriteError::Io`] with the path).
+    #[error("writing: {0}")]
+    Sink(std::io::Error),
+}
+
+/// One tensor to be written: its name, its shape in row-major order (outermost first, as
+/// PyTorch and candle write it; GGUF stores the reverse) and its element type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorPlan {
+    /// GGUF tensor name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Row-major shape, e.g. `[n_vocab, n_embd]` for the embedding.
+    pub shape: Vec<usize>,
+    /// Element type of the stored data.
+    pub ty: GgmlType,
+}
+
+impl TensorPlan {
+    /// Bytes the tensor's data takes, or why it cannot be stored (unknown type, or a row
+    /// length that is not a whole number of blocks).
+    pub fn byte_len(&self) -> Result<u64, WriteError> {
+        let bad = |message: String| WriteError::BadTensor { name: self.name.clone(), message };
+        let (Some(block), Some(size)) = (self.ty.block_size(), self.ty.type_size()) else {
+            return Err(bad(format!("type {} has no known size", self.ty)));
+        };
+        let row = self.shape.last().copied().unwrap_or(1) as u64;
+        if row % block != 0 {
+            return Err(bad(format!("rows of {row} values are not a whole number of {}-value {} blocks", block, self.ty)));
+        }
+        let n: u64 = self.shape.iter().map(|&d| d as u64).product();
+        Ok(n / block * size)
+    }
+}
+
+fn align(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, key: &str, v: &GgufValue) -> Result<(), WriteError> {
+    match v {
+        GgufValue::U8(x) => out.push(*x),
+        GgufValue::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        GgufValue::Bool(x) => out.push(u8::from(*x)),
+        GgufValue::String(s) => put_str(out, s),
+        GgufValue::Array(items) => {
+            let bad = |message: &str| WriteError::BadValue { key: key.to_string(), message: message.to_string() };
+            let first = items.first().ok_or_else(|| bad("an empty array has no element type"))?;
+            let ty = first.type_id();
+            if items.iter().any(|x| x.type_id() != ty) {
+                return Err(bad("array elements have different types"));
+            }
+            out.extend_from_slice(&ty.to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for x in items {
+                put_value(out, key, x)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The header, metadata and tensor infos, padded to the data section, plus each tensor's
+/// offset within the data section and the data section's total length.
+fn layout(kvs: &[(String, GgufValue)], tensors: &[TensorPlan]) -> Result<(Vec<u8>, Vec<u64>, u64), WriteError> {
+    let alignment =
+        kvs.iter().find(|(k, _)| k == ALIGNMENT_KEY).and_then(|(_, v)| v.as_u32()).map_or(DEFAULT_ALIGNMENT, u64::from);
+    if !alignment.is_power_of_two() {
+        return Err(WriteError::BadValue { key: ALIGNMENT_KEY.into(), message: format!("{alignment} is not a power of two") });
+    }
+    let mut head = Vec::with_capacity(1 << 20);
+    head.extend_from_slice(&GGUF_MAGIC);
+    head.extend_from_slice(&3u32.to_le_bytes());
+    head.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    head.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+    for (k, v) in kvs {
+        put_str(&mut head, k);
+        head.extend_from_slice(&v.type_id().to_le_bytes());
+        put_value(&mut head, k, v)?;
+    }
+    let mut offsets = Vec::with_capacity(tensors.len());
+    let mut at = 0u64;
+    for t in tensors {
+        put_str(&mut head, &t.name);
+        head.extend_from_slice(&(t.shape.len() as u32).to_le_bytes());
+        for &d in t.shape.iter().rev() {
+            head.extend_from_slice(&(d as u64).to_le_bytes());
+        }
+        head.extend_from_slice(&t.ty.id().to_le_bytes());
+        head.extend_from_slice(&at.to_le_bytes());
+        offsets.push(at);
+        at = align(at + t.byte_len()?, alignment);
+    }
+    head.resize(align(head.len() as u64, alignment) as usize, 0);
+    Ok((head, offsets, at))
+}
+
+/// Writes a GGUF v3 file to `out`: `kvs` in order, then `tensors`, asking `data(i)` for the
+/// bytes of tensor `i` (exactly [`TensorPlan::byte_len`] of them) in order.
+pub fn write<W: Write + Seek>(
+    out: &mut W,
+    kvs: &[(String, GgufValue)],
+    tensors: &[TensorPlan],
+    mut data: impl FnMut(usize) -> Result<Vec<u8>, String>,
+) -> Result<(), WriteError> {
+    let (head, offsets, total) = layout(kvs, tensors)?;
+    out.write_all(&head).map_err(WriteError::Sink)?;
+    let base = head.len() as u64;
+    let mut written = 0u64;
+    for (i, t) in tensors.iter().enumerate() {
+        let bytes = data(i).map_err(|message| WriteError::Producer { name: t.name.clone(), message })?;
+        let want = t.byte_len()?;
+        if bytes.len() as u64 != want {
+            return Err(WriteError::Producer {
+                name: t.name.clone(),
+                message: format!("produced {} bytes, its type and shape need {want}", bytes.len()),
+            });
+        }
+        let pad = offsets[i] - written;
+        out.write_all(&vec![0u8; pad as usize]).map_err(WriteError::Sink)?;
+        out.write_all(&bytes).map_err(WriteError::Sink)?;
+        written = offsets[i] + want;
+    }
+    out.write_all(&vec![0u8; (total - written) as usize]).map_err(WriteError::Sink)?;
+    debug_assert_eq!(out.stream_position().ok(), Some(base + total));
+    Ok(())
+}
+
+/// Writes a GGUF file at `path` atomically (temporary file, fsync, rename). See [`write`].
+pub fn write_file(
+    path: &Path,
+    kvs: &[(String, GgufValue)],
+    tensors: &[TensorPlan],
+    data: impl FnMut(usize) -> Result<Vec<u8>, String>,
+) -> Result<(), WriteError> {
+    let io = |source| WriteError::Io { path: path.to_path_buf(), source };
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(io)?;
+        let mut w = BufWriter::with_capacity(1 << 22, file);
+        write(&mut w, kvs, tensors, data).map_err(|e| match e {
+            WriteError::Sink(source) => io(source),
+            e => e,
+        })?;
+        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufFile;
+
+    fn f32_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn a_written_file_reads_back_with_metadata_shapes_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.gguf");
+        let kvs = vec![
+            ("general.architecture".to_string(), GgufValue::String("llama".into())),
+            ("llama.block_count".to_string(), GgufValue::U32(2)),
+            ("llama.rope.freq_base".to_string(), GgufValue::F32(10000.0)),
+            ("tokenizer.ggml.add_bos_token".to_string(), GgufValue::Bool(true)),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                GgufValue::Array(vec![GgufValue::String("a".into()), GgufValue::String("好".into())]),
+            ),
+            ("tokenizer.ggml.token_type".to_string(), GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(3)])),
+        ];
+        let a: Vec<f32> = (0..6).map(|x| x as f32).collect();
+        let b: Vec<f32> = vec![0.5; 3];
+        let tensors = vec![
+            TensorPlan { name: "a".into(), shape: vec![2, 3], ty: GgmlType::F32 },
+            TensorPlan { name: "b".into(), shape: vec![3], ty: GgmlType::F32 },
+        ];
+        let data = [f32_bytes(&a), f32_bytes(&b)];
+        write_file(&path, &kvs, &tensors, |i| Ok(data[i].clone())).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        assert_eq!(f.version, 3);
+        assert_eq!(f.metadata, kvs);
+        assert_eq!(f.tensors[0].dims, vec![3, 2], "GGUF dims are innermost first");
+        assert_eq!(f.tensors[1].offset % DEFAULT_ALIGNMENT, 0);
+        assert_eq!(f.tensor_bytes(&f.tensors[0]).unwrap(), data[0]);
+        assert_eq!(f.tensor_bytes(&f.tensors[1]).unwrap(), data[1]);
+        assert!(std::fs::read_dir(dir.path()).unwrap().count() == 1, "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_short_producer_is_an_error_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.gguf");
+        let tensors = vec![TensorPlan { name: "w".into(), shape: vec![4], ty: GgmlType::F32 }];
+        let e = write_file(&path, &[], &tensors, |_| Ok(vec![0u8; 3])).unwrap_err();
+        assert!(e.to_string().contains("tensor `w`: produced 3 bytes"), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn rows_that_are_not_whole_blocks_are_rejected_up_front() {
+        let t = TensorPlan { name: "w".into(), shape: vec![2, 48], ty: GgmlType::Q8_0 };
+        assert!(t.byte_len().unwrap_err().to_string().contains("48 values are not a whole number of 32-value q8_0 blocks"));
+        let t = TensorPlan { name: "w".into(), shape: vec![2, 64], ty: GgmlType::Q8_0 };
+        assert_eq!(t.byte_len().unwrap(), 2 * 2 * 34);
+    }
+
+    #[test]
+    fn empty_and_mixed_arrays_are_rejected() {
+        let mut out = Vec::new();
+        assert!(put_value(&mut out, "k", &GgufValue::Array(vec![])).is_err());
+        assert!(put_value(&mut out, "k", &GgufValue::Array(vec![GgufValue::U8(1), GgufValue::I8(1)])).is_err());
+    }
+}
