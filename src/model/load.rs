@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 
 use super::config::{Arch, Config};
+use super::gguf_names::{hf_name, unpermute};
 use super::llama::Model;
 use crate::gguf::quant::{dequantize, GgmlKind};
 use crate::gguf::GgufFile;
@@ -105,53 +106,6 @@ fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
     })
 }
 
-/// llama.cpp tensor name -> Hugging Face name.
-fn hf_name(gguf: &str) -> Option<String> {
-    let fixed = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(f) = fixed {
-        return Some(f.to_string());
-    }
-    let rest = gguf.strip_prefix("blk.")?;
-    let (layer, tail) = rest.split_once('.')?;
-    let (module, suffix) = tail.rsplit_once('.')?;
-    let hf = match module {
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
-}
-
-/// Undoes llama.cpp's Q/K row permutation: rows grouped `[heads, 2, d/2]` in Hugging Face order
-/// are stored as `[heads, d/2, 2]`.
-fn unpermute(w: Vec<f32>, rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let hd = rows / heads;
-    let half = hd / 2;
-    let mut out = vec![0f32; w.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * hd + i * 2 + j;
-                let dst = h * hd + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    out
-}
-
 fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
     let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
     let cfg = gguf_config(&f, path)?;
@@ -175,9 +129,9 @@ fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
         if cfg.arch == Arch::Llama && shape.len() == 2 {
             if t.name.ends_with("attn_q.weight") {
-                data = unpermute(data, shape[0], shape[1], cfg.num_heads);
+                data = unpermute(&data, shape[0], shape[1], cfg.num_heads);
             } else if t.name.ends_with("attn_k.weight") {
-                data = unpermute(data, shape[0], shape[1], cfg.num_kv_heads);
+                data = unpermute(&data, shape[0], shape[1], cfg.num_kv_heads);
             }
         }
         let tensor = Tensor::from_vec(data, shape, device).map_err(|e| file_err(path, e))?;
@@ -219,25 +173,6 @@ fn load_hf(dir: &Path, device: &Device) -> Result<Model, LoadError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn unpermute_inverts_the_converters_permutation() {
-        // The converter: w.reshape(heads, 2, d/2, cols).swapaxes(1, 2).
-        let (heads, hd, cols) = (2, 4, 3);
-        let rows = heads * hd;
-        let hf: Vec<f32> = (0..rows * cols).map(|x| x as f32).collect();
-        let mut gguf = vec![0f32; hf.len()];
-        for h in 0..heads {
-            for j in 0..2 {
-                for i in 0..hd / 2 {
-                    let src = h * hd + j * (hd / 2) + i;
-                    let dst = h * hd + i * 2 + j;
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
-                }
-            }
-        }
-        assert_eq!(unpermute(gguf, rows, cols, heads), hf);
-    }
-
     /// Our logits for SmolLM2-135M-Instruct (the default model) against an independent numpy
     /// forward pass over the same GGUF (scripts/reference_forward.py, float64, llama.cpp's own
     /// interleaved RoPE on the stored weights, so the un-permutation here is checked too).
@@ -278,13 +213,5 @@ mod tests {
         assert!(max_diff / scale < 1e-3, "max |diff| {max_diff} vs max |logit| {scale}");
         let argmax = |v: &[f32]| v.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
         assert_eq!(argmax(&got), argmax(&want));
-    }
-
-    #[test]
-    fn gguf_names_map_to_hugging_face_names() {
-        assert_eq!(hf_name("blk.3.attn_q.weight").unwrap(), "model.layers.3.self_attn.q_proj.weight");
-        assert_eq!(hf_name("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
-        assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 }

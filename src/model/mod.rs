@@ -5,10 +5,12 @@
 //! | [`config`] | hyper-parameters from config.json or GGUF metadata |
 //! | [`llama`] | the Llama/Qwen2 decoder: LoRA forward, explicit backward, KV-cached inference, merge |
 //! | [`lora`] | the flat LoRA parameter layout and peft-style init |
+//! | [`gguf_names`] | tensor names and Q/K row order in GGUF, both ways |
 //! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
 //! | [`peft`] | reading and writing peft adapter folders |
 
 pub mod config;
+pub mod gguf_names;
 pub mod llama;
 pub mod load;
 pub mod lora;
