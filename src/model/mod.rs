@@ -7,6 +7,7 @@
 //! | [`lora`] | the flat LoRA parameter layout and peft-style init |
 //! | [`gguf_names`] | tensor names and Q/K row order in GGUF, both ways |
 //! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
+//! | [`to_gguf`] | a model as GGUF metadata and tensors (for the export) |
 //! | [`peft`] | reading and writing peft adapter folders |
 
 pub mod config;
@@ -15,3 +16,4 @@ pub mod llama;
 pub mod load;
 pub mod lora;
 pub mod peft;
+pub mod to_gguf;

@@ -1,0 +1,199 @@
+//! A model as llama.cpp expects it in a GGUF file: architecture metadata and f32 tensors under
+//! llama.cpp names, in llama.cpp row order.
+//!
+//! What `convert_hf_to_gguf.py` writes for the Llama and Qwen2 families, key for key:
+//!
+//! | key (`{arch}` is `llama` or `qwen2`) | from |
+//! |---|---|
+//! | `general.architecture` | the family |
+//! | `{arch}.context_length` | `max_position_embeddings` |
+//! | `{arch}.embedding_length` / `feed_forward_length` / `block_count` | hidden / MLP size, layers |
+//! | `{arch}.attention.head_count` / `head_count_kv` | query / key-value heads |
+//! | `{arch}.rope.freq_base` / `rope.dimension_count` | RoPE base, head size |
+//! | `{arch}.attention.layer_norm_rms_epsilon` | RMSNorm epsilon |
+//! | `{arch}.attention.key_length` / `value_length` | head size, only when it is not hidden / heads |
+//! | `{arch}.vocab_size` | vocabulary size |
+//!
+//! Llama 3 RoPE scaling is written as llama.cpp does: a `rope_freqs.weight` tensor of
+//! per-frequency factors, not as metadata. Tied embeddings are written once, as
+//! `token_embd.weight`, with no `output.weight` (llama.cpp ties them back on load).
+
+use candle_core::{Result, Tensor};
+
+use super::config::{Arch, Config};
+use super::gguf_names::{gguf_name, permute};
+use super::llama::Model;
+use crate::gguf::GgufValue;
+
+/// The architecture name llama.cpp uses.
+pub fn arch_name(arch: Arch) -> &'static str {
+    match arch {
+        Arch::Llama => "llama",
+        Arch::Qwen2 => "qwen2",
+    }
+}
+
+/// The `{arch}.*` hyper-parameter metadata (plus `general.architecture`).
+pub fn arch_metadata(cfg: &Config) -> Vec<(String, GgufValue)> {
+    let a = arch_name(cfg.arch);
+    let u = |v: usize| GgufValue::U32(v as u32);
+    let mut kv = vec![
+        ("general.architecture".to_string(), GgufValue::String(a.into())),
+        (format!("{a}.context_length"), u(cfg.max_position_embeddings)),
+        (format!("{a}.embedding_length"), u(cfg.hidden_size)),
+        (format!("{a}.feed_forward_length"), u(cfg.intermediate_size)),
+        (format!("{a}.block_count"), u(cfg.num_layers)),
+        (format!("{a}.attention.head_count"), u(cfg.num_heads)),
+        (format!("{a}.attention.head_count_kv"), u(cfg.num_kv_heads)),
+        (format!("{a}.rope.freq_base"), GgufValue::F32(cfg.rope_theta as f32)),
+        (format!("{a}.rope.dimension_count"), u(cfg.head_dim)),
+        (format!("{a}.attention.layer_norm_rms_epsilon"), GgufValue::F32(cfg.rms_norm_eps as f32)),
+        (format!("{a}.vocab_size"), u(cfg.vocab_size)),
+    ];
+    if cfg.head_dim * cfg.num_heads != cfg.hidden_size {
+        kv.push((format!("{a}.attention.key_length"), u(cfg.head_dim)));
+        kv.push((format!("{a}.attention.value_length"), u(cfg.head_dim)));
+    }
+    kv
+}
+
+/// Llama 3 RoPE frequency factors, computed as `LlamaModel.generate_extra_tensors` in
+/// llama.cpp's converter does (float32 base frequencies, float64 arithmetic).
+pub fn rope_factors(cfg: &Config) -> Option<Vec<f32>> {
+    let s = cfg.rope_scaling?;
+    let dim = cfg.head_dim;
+    let old = s.original_max_position_embeddings as f64;
+    let (low_wavelen, high_wavelen) = (old / s.low_freq_factor, old / s.high_freq_factor);
+    let factors = (0..dim)
+        .step_by(2)
+        .map(|i| {
+            let freq = f64::from(1.0f32 / (cfg.rope_theta as f32).powf(i as f32 / dim as f32));
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                s.factor as f32
+            } else {
+                let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 / ((1.0 - smooth) / s.factor + smooth)) as f32
+            }
+        })
+        .collect();
+    Some(factors)
+}
+
+/// One tensor to export: its GGUF name, row-major shape, and where its values come from.
+#[derive(Debug, Clone)]
+pub struct ExportTensor {
+    /// llama.cpp name.
+    pub name: String,
+    /// Row-major shape (`[out, in]` for projections).
+    pub shape: Vec<usize>,
+    source: Source,
+}
+
+#[derive(Debug, Clone)]
+enum Source {
+    /// A model tensor, with the number of heads when its rows need llama.cpp's Q/K permutation.
+    Model { tensor: Tensor, permute_heads: Option<usize> },
+    /// Values computed here (`rope_freqs.weight`).
+    Values(Vec<f32>),
+}
+
+impl ExportTensor {
+    /// The values in llama.cpp order, as f32.
+    pub fn values(&self) -> Result<Vec<f32>> {
+        match &self.source {
+            Source::Values(v) => Ok(v.clone()),
+            Source::Model { tensor, permute_heads } => {
+                let v: Vec<f32> = tensor.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+                Ok(match permute_heads {
+                    Some(h) => permute(&v, self.shape[0], self.shape[1], *h),
+                    None => v,
+                })
+            }
+        }
+    }
+}
+
+/// Every tensor of `model` under its llama.cpp name, in the converter's order (embedding, the
+/// blocks, final norm, output head), preceded by `rope_freqs.weight` when the model has Llama 3
+/// RoPE scaling.
+pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> {
+    let cfg = &model.cfg;
+    let mut out = Vec::new();
+    if let Some(f) = rope_factors(cfg) {
+        out.push(ExportTensor { name: "rope_freqs.weight".into(), shape: vec![f.len()], source: Source::Values(f) });
+    }
+    for (hf, tensor) in model.hf_tensors() {
+        let name = gguf_name(&hf).ok_or_else(|| format!("tensor `{hf}` has no llama.cpp name"))?;
+        let permute_heads = match (cfg.arch, name.rsplit('.').nth(1)) {
+            (Arch::Llama, Some("attn_q")) if name.ends_with(".weight") => Some(cfg.num_heads),
+            (Arch::Llama, Some("attn_k")) if name.ends_with(".weight") => Some(cfg.num_kv_heads),
+            _ => None,
+        };
+        out.push(ExportTensor { name, shape: tensor.dims().to_vec(), source: Source::Model { tensor, permute_heads } });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::RopeScaling;
+    use candle_core::Device;
+
+    #[test]
+    fn tied_llama_has_no_output_tensor_and_permutes_only_q_and_k_weights() {
+        let cfg = Config::tiny(Arch::Llama, 64, 32);
+        let model = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
+        let t = tensors(&model).unwrap();
+        let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names[0], "token_embd.weight");
+        assert!(!names.contains(&"output.weight"));
+        assert_eq!(*names.last().unwrap(), "output_norm.weight");
+        assert_eq!(names.len(), 1 + cfg.num_layers * 9 + 1);
+        let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+        let hf: Vec<f32> = model.layers[0].q.w.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(q.values().unwrap(), permute(&hf, cfg.q_dim(), cfg.hidden_size, cfg.num_heads));
+        let v = t.iter().find(|t| t.name == "blk.0.attn_v.weight").unwrap();
+        assert_eq!(v.values().unwrap(), model.layers[0].v.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    }
+
+    #[test]
+    fn qwen2_keeps_hugging_face_row_order_and_writes_biases() {
+        let cfg = Config::tiny(Arch::Qwen2, 64, 32);
+        let model = Model::random(cfg, 1, &Device::Cpu).unwrap();
+        let t = tensors(&model).unwrap();
+        assert!(t.iter().any(|t| t.name == "blk.1.attn_q.bias"));
+        assert!(t.iter().any(|t| t.name == "output.weight"));
+        let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+        assert_eq!(q.values().unwrap(), model.layers[0].q.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let meta = arch_metadata(&model.cfg);
+        assert_eq!(meta[0].1, GgufValue::String("qwen2".into()));
+        assert!(meta.iter().any(|(k, v)| k == "qwen2.attention.head_count_kv" && *v == GgufValue::U32(2)));
+    }
+
+    #[test]
+    fn rope_factors_divide_the_scaled_frequencies_back_out() {
+        let mut cfg = Config::tiny(Arch::Llama, 64, 128);
+        cfg.rope_theta = 500000.0;
+        cfg.rope_scaling = Some(RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        });
+        let f = rope_factors(&cfg).unwrap();
+        let scaled = cfg.inv_freq();
+        cfg.rope_scaling = None;
+        let plain = cfg.inv_freq();
+        assert_eq!(f.len(), plain.len());
+        for i in 0..f.len() {
+            let r = plain[i] / f[i];
+            assert!((r - scaled[i]).abs() <= 1e-5 * scaled[i].abs(), "{i}: {r} vs {}", scaled[i]);
+        }
+        assert_eq!(f[0], 1.0);
+        assert_eq!(*f.last().unwrap(), 8.0);
+    }
+}
