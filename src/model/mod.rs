@@ -6,11 +6,13 @@
 //! | [`llama`] | the Llama/Qwen2 decoder: LoRA forward, explicit backward, KV-cached inference, merge |
 //! | [`lora`] | the flat LoRA parameter layout and peft-style init |
 //! | [`gguf_names`] | tensor names and Q/K row order in GGUF, both ways |
+//! | [`generate`] | greedy or sampled decoding with the KV cache |
 //! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
 //! | [`to_gguf`] | a model as GGUF metadata and tensors (for the export) |
 //! | [`peft`] | reading and writing peft adapter folders |
 
 pub mod config;
+pub mod generate;
 pub mod gguf_names;
 pub mod llama;
 pub mod load;

@@ -6,12 +6,12 @@
 //! seeded temperature / top-p sampling) with a KV cache, and stops at the end-of-sentence token
 //! or `max_new_tokens`. Writes `report.md` and `report.json` into the `report` folder.
 
-use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
-use crate::model::llama::{Batch, KvCache, Model};
+use crate::model::generate::generate;
+use crate::model::llama::{Batch, Model};
 use crate::model::load;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, Bundle};
@@ -84,68 +84,6 @@ pub fn dataset_loss(model: &Model, ds: &TokenDataset, batch_size: usize) -> Resu
     Ok((if n == 0 { f64::NAN } else { sum / n as f64 }, n))
 }
 
-/// Generates a continuation of `prompt_ids`.
-pub fn generate(
-    model: &Model,
-    prompt_ids: &[u32],
-    eos: Option<u32>,
-    max_new: usize,
-    temperature: f64,
-    top_p: f64,
-    seed: u64,
-) -> Result<Vec<u32>, NodeError> {
-    let mut cache = KvCache::new(model.cfg.num_layers);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut logits = model.forward_infer(prompt_ids, &mut cache).map_err(err)?;
-    let mut out = Vec::new();
-    for _ in 0..max_new {
-        let last = logits.get(logits.dim(0).map_err(err)? - 1).map_err(err)?;
-        let v: Vec<f32> = last.to_vec1().map_err(err)?;
-        let next = if temperature <= 0.0 { argmax(&v) } else { sample(&v, temperature, top_p, &mut rng) };
-        if Some(next) == eos {
-            break;
-        }
-        out.push(next);
-        logits = model.forward_infer(&[next], &mut cache).map_err(err)?;
-    }
-    Ok(out)
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-fn sample(v: &[f32], temperature: f64, top_p: f64, rng: &mut impl Rng) -> u32 {
-    let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<(usize, f64)> = v.iter().enumerate().map(|(i, x)| (i, (f64::from(x - max) / temperature).exp())).collect();
-    let z: f64 = p.iter().map(|x| x.1).sum();
-    p.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let mut kept = Vec::new();
-    let mut mass = 0.0;
-    for (i, w) in p {
-        kept.push((i, w / z));
-        mass += w / z;
-        if mass >= top_p {
-            break;
-        }
-    }
-    let r: f64 = rng.random::<f64>() * mass;
-    let mut acc = 0.0;
-    for (i, w) in &kept {
-        acc += w;
-        if acc >= r {
-            return *i as u32;
-        }
-    }
-    kept.last().map(|x| x.0 as u32).unwrap_or(0)
-}
-
 fn render_prompt(params: &Params, tk: &Bundle, prompt: &str) -> Result<String, NodeError> {
     if params.str("format") == Some("chat_template") {
         let src =
@@ -206,7 +144,7 @@ impl NodeKind for Eval {
         ctx.progress.update(1, Some(format!("base loss {base_loss:.4}")));
         let (tuned_loss, _) = dataset_loss(&tuned, &ds, bs)?;
         ctx.progress.update(2, Some(format!("tuned loss {tuned_loss:.4}")));
-        let eos = tk.eos.as_ref().map(|e| e.0);
+        let stop: Vec<u32> = tk.eos.iter().map(|e| e.0).collect();
         let (max_new, temp, top_p, seed) = (
             ctx.params.int("max_new_tokens") as usize,
             ctx.params.float("temperature"),
@@ -224,7 +162,7 @@ impl NodeKind for Eval {
                 .to_vec();
             let mut outs = Vec::new();
             for m in [&base, &tuned] {
-                let g = generate(m, &ids, eos, max_new, temp, top_p, seed)?;
+                let g = generate(m, &ids, &stop, max_new, temp, top_p, seed).map_err(err)?;
                 let text = tk.tokenizer.decode(&g, true).map_err(|e| err(format!("decoding: {e}")))?;
                 // A generation cut at max_new_tokens can end inside a multi-byte character.
                 outs.push(text.trim_end_matches('\u{FFFD}').to_string());
