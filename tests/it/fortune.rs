@@ -21,7 +21,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
         Run::from(t.cmd(args).timeout(std::time::Duration::from_secs(1800)).output().expect("pipe runs"))
     };
     let r = long(&budget).success();
-    assert_eq!(r.ran_nodes().len(), 6, "{}", r.stderr);
+    assert_eq!(r.ran_nodes().len(), 7, "{}", r.stderr);
     let report = t.output_path(file, "eval", "report", &budget);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     let (base, tuned) = (v["base"]["loss"].as_f64().unwrap(), v["tuned"]["loss"].as_f64().unwrap());
@@ -32,4 +32,26 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     // A second run is all fresh.
     let again = long(&budget).success();
     assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
+
+    // The export passes its gate in F16, Q8_0 (the pipeline's) and Q4_K_M; with llama.cpp
+    // (scripts/test.sh builds it) that includes llama.cpp's tokenizer, greedy answers and perplexity.
+    for ty in ["F16", "Q8_0", "Q4_K_M"] {
+        let set = format!("export.type={ty}");
+        let mut extra = budget.to_vec();
+        extra.extend(["--set", set.as_str()]);
+        let r = long(&extra).success();
+        assert!(r.ran_nodes().len() <= 1, "only the export reruns: {:?}", r.ran_nodes());
+        let dir = t.output_path(file, "export", "report", &extra);
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+        let status = |c: &str| v["checks"].as_array().unwrap().iter().find(|x| x["name"] == c).map(|x| x["status"].clone());
+        for c in ["metadata", "tensors", "tokenizer"] {
+            assert_eq!(status(c), Some("pass".into()), "{ty} {c}: {v:#}");
+        }
+        if std::env::var_os("PIPE_REQUIRE_LLAMA_CPP").is_some() {
+            let (greedy, ppl) = if ty == "Q4_K_M" { ("skipped", "pass") } else { ("pass", "skipped") };
+            assert_eq!(status("llama.cpp tokenizer"), Some("pass".into()), "{ty}: {v:#}");
+            assert_eq!(status("llama.cpp greedy"), Some(greedy.into()), "{ty}: {v:#}");
+            assert_eq!(status("llama.cpp perplexity"), Some(ppl.into()), "{ty}: {v:#}");
+        }
+    }
 }

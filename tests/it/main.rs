@@ -40,5 +40,9 @@ mod verify;
 /// SIGKILL mid-training resumes bit-identically.
 mod training;
 
+/// export-gguf on tiny random models: every file type through the gate, gguf-py reads it back,
+/// the Modelfile, clear errors.
+mod export;
+
 /// `pipelines/fortune.yaml` end to end on the default model with a small step budget.
 mod fortune;

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Builds a real llama.cpp (the tools the export-gguf gate and its tests use) from the sources
+# vendored in the llama-cpp-python sdist on PyPI: no prebuilt binaries, no git clone.
+# 2 cores: about 4 minutes. Idempotent: a finished build is reused.
+# Usage: scripts/install-llamacpp.sh [DIR]   (default target/llamacpp); prints the bin folder,
+# which is what PIPE_LLAMA_CPP takes.
+set -euo pipefail
+VERSION=0.3.36
+DIR=${1:-target/llamacpp}
+mkdir -p "$DIR" && cd "$DIR"
+BIN="$PWD/build/bin"
+TOOLS="llama-tokenize llama-simple llama-perplexity llama-quantize"
+done_marker="$PWD/.built-$VERSION"
+if [ -f "$done_marker" ]; then echo "$BIN"; exit 0; fi
+PY=${PYTHON:-python3}
+if ! command -v cmake >/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check cmake >&2
+fi
+SRC="llama_cpp_python-$VERSION"
+if [ ! -d "$SRC/vendor/llama.cpp" ]; then
+  "$PY" -m pip download -q --disable-pip-version-check --no-cache-dir --no-deps --no-binary llama-cpp-python \
+    "llama-cpp-python==$VERSION" -d . >&2
+  tar xzf "$SRC.tar.gz"
+fi
+cmake -S "$SRC/vendor/llama.cpp" -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_CURL=OFF -DGGML_CCACHE=OFF >cmake-configure.log 2>&1 || { tail -20 cmake-configure.log >&2; exit 1; }
+# shellcheck disable=SC2086
+cmake --build build -j"$(nproc)" --target $TOOLS >cmake-build.log 2>&1 || { tail -30 cmake-build.log >&2; exit 1; }
+touch "$done_marker"
+echo "$BIN"

@@ -1,0 +1,119 @@
+//! Export to llama.cpp and Ollama: a model and its tokenizer to one GGUF file plus a Modelfile,
+//! then a gate that checks the file before anyone serves it.
+//!
+//! | file | |
+//! |---|---|
+//! | [`mod@self`] | [`write_gguf`]: metadata (architecture, tokenizer, chat template) and tensors, quantized per llama.cpp's rules |
+//! | [`gate`] | the verification gate: re-read, tokenizer equality, and llama.cpp's own tokenizer, greedy decoding and perplexity |
+//! | [`llamacpp`] | running llama.cpp's command-line tools |
+//!
+//! The model code ([`crate::model::to_gguf`]) says what the tensors are called and how their rows
+//! are ordered; the tokenizer code ([`crate::tokenizer::to_gguf`]) says what the vocabulary
+//! looks like to llama.cpp; the quantizers ([`crate::gguf::quantize`]) say which type each
+//! tensor gets and produce its bytes. This module puts them together.
+
+pub mod gate;
+pub mod llamacpp;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::gguf::quant::GgmlKind;
+use crate::gguf::quantize::{self, FileType};
+use crate::gguf::writer::{self, TensorPlan};
+use crate::gguf::{GgmlType, GgufValue};
+use crate::model::llama::Model;
+use crate::model::to_gguf;
+
+/// An export failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Writing the file failed.
+    #[error(transparent)]
+    Write(#[from] writer::WriteError),
+    /// The model or tokenizer cannot be expressed in GGUF.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// What was written.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// Every metadata pair, in file order (the gate checks they read back equal).
+    pub metadata: Vec<(String, GgufValue)>,
+    /// Tensor count per type name (`q4_K: 120`).
+    pub types: BTreeMap<String, usize>,
+    /// File size in bytes.
+    pub bytes: u64,
+}
+
+/// Token texts llama.cpp treats as end of generation when they are in the vocabulary
+/// (`llama_vocab::impl::load`, the `special_eog_ids` scan), besides the EOS/EOT ids.
+pub const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// The ids and texts of the end-of-generation tokens of a vocabulary: the EOS id plus every
+/// token llama.cpp's EOG scan would add. Sorted by id.
+pub fn eog_tokens(tokenizer: &tokenizers::Tokenizer, eos: Option<u32>) -> Vec<(u32, String)> {
+    let mut out: Vec<(u32, String)> =
+        EOG_TEXTS.iter().filter_map(|t| tokenizer.token_to_id(t).map(|id| (id, t.to_string()))).collect();
+    if let Some(id) = eos {
+        if let Some(t) = tokenizer.id_to_token(id) {
+            out.push((id, t));
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Writes `model` with the tokenizer metadata `tokenizer_kv` to `path` as `file_type`.
+///
+/// Metadata order: `general.*`, the architecture keys, then the tokenizer keys, as llama.cpp's
+/// converter writes them. Each tensor is quantized only when the writer reaches it.
+pub fn write_gguf(
+    model: &Model,
+    tokenizer_kv: Vec<(String, GgufValue)>,
+    file_type: FileType,
+    name: &str,
+    path: &Path,
+) -> Result<Written, ExportError> {
+    let tensors = to_gguf::tensors(model).map_err(ExportError::Unsupported)?;
+    let n_layers = model.cfg.num_layers;
+    let kinds: Vec<GgmlKind> = tensors.iter().map(|t| quantize::tensor_type(file_type, &t.name, &t.shape, n_layers)).collect();
+    let mut metadata = vec![("general.architecture".to_string(), GgufValue::String(to_gguf::arch_name(model.cfg.arch).into()))];
+    metadata.push(("general.type".into(), GgufValue::String("model".into())));
+    metadata.push(("general.name".into(), GgufValue::String(name.into())));
+    metadata.extend(to_gguf::arch_metadata(&model.cfg).into_iter().filter(|(k, _)| k != "general.architecture"));
+    metadata.push(("general.file_type".into(), GgufValue::U32(file_type.id())));
+    if file_type.is_quantized() {
+        metadata.push(("general.quantization_version".into(), GgufValue::U32(quantize::QUANTIZATION_VERSION)));
+    }
+    metadata.extend(tokenizer_kv);
+    let plans: Vec<TensorPlan> = tensors
+        .iter()
+        .zip(&kinds)
+        .map(|(t, k)| TensorPlan { name: t.name.clone(), shape: t.shape.clone(), ty: GgmlType::from_id(k.id()) })
+        .collect();
+    writer::write_file(path, &metadata, &plans, |i| {
+        let values = tensors[i].values().map_err(|e| e.to_string())?;
+        let row = *tensors[i].shape.last().unwrap_or(&1);
+        quantize::quantize(kinds[i], &values, row).map_err(|e| e.to_string())
+    })?;
+    let mut types = BTreeMap::new();
+    for k in &kinds {
+        *types.entry(k.name().to_string()).or_insert(0) += 1;
+    }
+    let bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok(Written { metadata, types, bytes })
+}
