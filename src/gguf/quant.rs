@@ -240,7 +240,7 @@ impl TryFrom<u32> for GgmlKind {
     }
 }
 
-/// Why a tensor could not be dequantized.
+/// Why a tensor could not be dequantized (or quantized).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
     /// The ggml type id is not one of [`GgmlKind`].
@@ -270,6 +270,35 @@ pub enum QuantError {
         expected: usize,
         /// Bytes given.
         actual: usize,
+    },
+    /// A row length that is not a positive multiple of the block size (only
+    /// [`quantize`](super::quantize::quantize) has rows).
+    #[error("{kind}: rows of {row_len} values do not split into blocks of {block_size}")]
+    RowLength {
+        /// The element type.
+        kind: GgmlKind,
+        /// Values per row asked for.
+        row_len: usize,
+        /// Elements per block of `kind`.
+        block_size: usize,
+    },
+    /// The values to quantize are not whole rows.
+    #[error("{kind}: {n_values} values are not whole rows of {row_len}")]
+    PartialRow {
+        /// The element type.
+        kind: GgmlKind,
+        /// Values given.
+        n_values: usize,
+        /// Values per row.
+        row_len: usize,
+    },
+    /// A NaN or infinite value given to a block quantizer.
+    #[error("{kind}: value {index} is NaN or infinite; only f32, f16 and bf16 can store it")]
+    NonFinite {
+        /// The element type.
+        kind: GgmlKind,
+        /// Position of the first such value in the input.
+        index: usize,
     },
     /// The byte size of the tensor does not fit in `usize`.
     #[error("{kind}: {n_elements} elements is too large a tensor")]
