@@ -426,3 +426,159 @@ fn fallback(kind: GgmlKind, row_len: u64) -> GgmlKind {
         GgmlKind::F16
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn smollm2_135m() -> ModelInfo {
+        ModelInfo::new(Arch::Llama, 30, 9, 3).with_tied_embeddings(true)
+    }
+
+    #[test]
+    fn names_and_ids_match_llama_cpp() {
+        let table = [
+            ("F32", 0),
+            ("F16", 1),
+            ("Q4_0", 2),
+            ("Q4_1", 3),
+            ("Q8_0", 7),
+            ("Q5_0", 8),
+            ("Q5_1", 9),
+            ("Q4_K_S", 14),
+            ("Q4_K_M", 15),
+            ("Q5_K_S", 16),
+            ("Q5_K_M", 17),
+            ("Q6_K", 18),
+            ("BF16", 32),
+        ];
+        assert_eq!(table.len(), FileType::ALL.len());
+        for (name, id) in table {
+            let t: FileType = name.parse().unwrap();
+            assert_eq!((t.name(), t.id(), t.to_string()), (name, id, name.to_string()));
+            assert_eq!(name.to_lowercase().parse::<FileType>(), Ok(t));
+        }
+        let err = "Q3_K_M".parse::<FileType>().unwrap_err();
+        assert_eq!(err, FileTypeError { name: "Q3_K_M".into() });
+        assert!(err.to_string().starts_with("unknown GGUF file type `Q3_K_M`: supported are F32"));
+    }
+
+    /// SmolLM2-135M in Q4_K_M, by hand from the rules: 576-wide rows send
+    /// Q4_K to Q5_0 and Q6_K to Q8_0; ffn_down rows (1536) are whole
+    /// super-blocks; the tied embedding follows the output rule.
+    #[test]
+    fn smollm2_q4_k_m_by_hand() {
+        let m = smollm2_135m();
+        let kind = |name: &str, dims: &[u64]| tensor_kind(FileType::Q4_K_M, &m, name, dims);
+        assert_eq!(kind("token_embd.weight", &[576, 49152]), GgmlKind::Q8_0);
+        assert_eq!(kind("output_norm.weight", &[576]), GgmlKind::F32);
+        assert_eq!(kind("blk.0.attn_norm.weight", &[576]), GgmlKind::F32);
+        assert_eq!(kind("blk.4.attn_q.weight", &[576, 576]), GgmlKind::Q5_0);
+        // use_more_bits(i, 30): i < 3, i >= 26, or (i - 3) % 3 == 2.
+        let more = [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29];
+        for i in 0..30 {
+            let (v, down) = if more.contains(&i) { (GgmlKind::Q8_0, GgmlKind::Q6_K) } else { (GgmlKind::Q5_0, GgmlKind::Q4_K) };
+            assert_eq!(kind(&format!("blk.{i}.attn_v.weight"), &[576, 192]), v, "layer {i}");
+            assert_eq!(kind(&format!("blk.{i}.ffn_down.weight"), &[1536, 576]), down, "layer {i}");
+        }
+        // Untied, the embedding is an ordinary matrix and output.weight gets the rule.
+        let untied = m.with_tied_embeddings(false);
+        assert_eq!(tensor_kind(FileType::Q4_K_M, &untied, "token_embd.weight", &[576, 49152]), GgmlKind::Q5_0);
+        assert_eq!(tensor_kind(FileType::Q4_K_M, &untied, "output.weight", &[576, 49152]), GgmlKind::Q8_0);
+        assert_eq!(tensor_kind(FileType::Q4_0, &untied, "output.weight", &[2048, 32000]), GgmlKind::Q6_K);
+        assert_eq!(tensor_kind(FileType::Q8_0, &untied, "output.weight", &[2048, 32000]), GgmlKind::Q8_0);
+    }
+
+    #[test]
+    fn only_matrices_named_weight_are_quantized() {
+        let m = smollm2_135m();
+        let q = |name: &str, dims: &[u64]| tensor_kind(FileType::Q8_0, &m, name, dims);
+        assert_eq!(q("blk.0.attn_q.bias", &[576]), GgmlKind::F32);
+        assert_eq!(q("blk.0.attn_q.bias", &[576, 2]), GgmlKind::F32); // not "...weight"
+        assert_eq!(q("blk.0.ffn_gate.weight", &[576, 1]), GgmlKind::F32); // 1-D once trailing 1s go
+        assert_eq!(q("blk.0.ffn_gate.weight", &[576, 1536, 1]), GgmlKind::Q8_0);
+        assert_eq!(q("blk.0.attn_q_norm.weight", &[64, 2]), GgmlKind::F32);
+        assert_eq!(q("position_embd.weight", &[576, 512]), GgmlKind::F32);
+        assert_eq!(q("rope_freqs.weight", &[32]), GgmlKind::F32);
+        assert_eq!(tensor_kind(FileType::F16, &m, "blk.0.ffn_gate.weight", &[100, 7]), GgmlKind::F16);
+        assert_eq!(tensor_kind(FileType::BF16, &m, "output_norm.weight", &[576]), GgmlKind::F32);
+    }
+
+    #[test]
+    fn fallback_table() {
+        let m = smollm2_135m();
+        // 32-value rows: K-quants fall back; 80-value rows fit nothing but F16.
+        for (ftype, w32, w80) in [
+            (FileType::Q4_K_S, GgmlKind::Q5_0, GgmlKind::F16),
+            (FileType::Q5_K_S, GgmlKind::Q5_1, GgmlKind::F16),
+            (FileType::Q6_K, GgmlKind::Q8_0, GgmlKind::F16),
+            (FileType::Q4_0, GgmlKind::Q4_0, GgmlKind::F16),
+            (FileType::Q8_0, GgmlKind::Q8_0, GgmlKind::F16),
+        ] {
+            assert_eq!(tensor_kind(ftype, &m, "blk.9.ffn_up.weight", &[96, 64]), w32, "{ftype}");
+            assert_eq!(tensor_kind(ftype, &m, "blk.9.ffn_up.weight", &[80, 64]), w80, "{ftype}");
+        }
+    }
+
+    #[test]
+    fn the_70b_rule() {
+        let q = |m: &ModelInfo, i: u32| tensor_kind(FileType::Q4_K_M, m, &format!("blk.{i}.attn_v.weight"), &[8192, 1024]);
+        let gqa = ModelInfo::new(Arch::Llama, 80, 64, 8);
+        assert_eq!((q(&gqa, 0), q(&gqa, 11)), (GgmlKind::Q6_K, GgmlKind::Q5_K));
+        let mha = ModelInfo::new(Arch::Llama, 80, 64, 64); // LLaMA-1 65B
+        assert_eq!(q(&mha, 11), GgmlKind::Q4_K);
+        let qwen = ModelInfo::new(Arch::Qwen2, 80, 64, 64);
+        assert_eq!(q(&qwen, 11), GgmlKind::Q5_K);
+        assert_eq!(q(&ModelInfo::new(Arch::Qwen2, 64, 40, 8), 11), GgmlKind::Q4_K);
+    }
+
+    /// Every tensor of eight model shapes in every file type: what
+    /// `llama-quantize --dry-run` printed (`tests/data/quantize/ftype_reference.txt`,
+    /// written by `scripts/ftype_reference.py`).
+    #[test]
+    fn matches_llama_quantize_dry_runs() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/quantize/ftype_reference.txt");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let mut model: Option<(String, ModelInfo)> = None;
+        let (mut checked, mut models) = (0, 0);
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields[0] == "model" {
+                let num = |i: usize| fields[i].split_once('=').unwrap().1.parse::<u32>().unwrap();
+                let arch = match fields[2] {
+                    "llama" => Arch::Llama,
+                    "qwen2" => Arch::Qwen2,
+                    other => panic!("arch {other}"),
+                };
+                let info = ModelInfo::new(arch, num(3), num(4), num(5)).with_tied_embeddings(num(6) == 1);
+                model = Some((fields[1].to_string(), info));
+                models += 1;
+                continue;
+            }
+            let (name, info) = model.as_ref().expect("a model line first");
+            let ftype: FileType = fields[0].parse().unwrap();
+            let dims: Vec<u64> = fields[2].split(',').map(|d| d.parse().unwrap()).collect();
+            let want: Vec<&str> = fields[3..]
+                .iter()
+                .flat_map(|t| match t.split_once('*') {
+                    Some((t, n)) => std::iter::repeat_n(t, n.parse().unwrap()),
+                    None => std::iter::repeat_n(*t, 1),
+                })
+                .collect();
+            let tensors: Vec<String> = if fields[1].starts_with("blk.N.") {
+                assert_eq!(want.len(), info.n_layer as usize, "{line}");
+                (0..info.n_layer).map(|i| fields[1].replace("blk.N.", &format!("blk.{i}."))).collect()
+            } else {
+                vec![fields[1].to_string()]
+            };
+            for (tensor, want) in tensors.iter().zip(want) {
+                let got = tensor_kind(ftype, info, tensor, &dims);
+                assert_eq!(got.name(), want, "{name} {ftype} {tensor} {dims:?}");
+                checked += 1;
+            }
+        }
+        assert_eq!(models, 8);
+        assert!(checked > 20_000, "{checked}");
+    }
+}

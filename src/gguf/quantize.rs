@@ -725,15 +725,20 @@ mod tests {
         (0..n).map(|_| (uniform() + uniform() + uniform() + uniform() - 2.0) * 1.7 * scale).collect()
     }
 
-    /// Every type, every case of `tests/data/quantize/input.f32`: the bytes of
-    /// llama.cpp's `ggml_quantize_chunk`, written by `scripts/quantize_reference.sh`.
+    /// Every block type, every case of `tests/data/quantize/input.f32`: the
+    /// bytes of llama.cpp's `ggml_quantize_chunk`, written by
+    /// `scripts/quantize_reference.sh`. (F16 and BF16 have their own file.)
     #[test]
     fn matches_llama_cpp_reference_bytes() {
         let input = read_f32("input.f32");
         let cases = case_of_row();
         assert_eq!(input.len(), cases.len() * ROW);
         for kind in GgmlKind::ALL {
-            let want = if kind == GgmlKind::F32 { read("input.f32") } else { read(&format!("{}.bin", kind.name())) };
+            let want = match kind {
+                GgmlKind::F32 => read("input.f32"),
+                GgmlKind::F16 | GgmlKind::BF16 => continue,
+                _ => read(&format!("{}.bin", kind.name())),
+            };
             let got = quantize(kind, &input, ROW).unwrap();
             assert_eq!(got.len(), want.len(), "{kind}");
             let row_bytes = kind.byte_len(ROW).unwrap();
