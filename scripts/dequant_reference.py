@@ -8,9 +8,9 @@ Two modes:
   `gguf.quants.dequantize` gives for them, little-endian f32) into
   `tests/data/dequant/`. Blocks come from `gguf.quants.quantize` of random
   normal data where gguf-py can quantize the type (f16, bf16, q4_0, q4_1,
-  q8_0), plus blocks of random bytes (valid for every one of these formats
+  q5_0, q5_1, q8_0), plus blocks of random bytes (valid for every one of these formats
   once the f16 scale fields are finite), which exercise every bit pattern.
-  Deterministic (fixed seed); about 40 KB in all.
+  Deterministic (fixed seed); about 90 KB in all.
 
 * Model dump (`--model FILE.gguf --dump-dir DIR`): write every tensor of a
   GGUF file, dequantized by gguf-py, to `DIR/<tensor name>.f32`, for the
@@ -52,12 +52,17 @@ TYPES: dict[str, T] = {
     "q4_K": T.Q4_K,
     "q5_K": T.Q5_K,
     "q6_K": T.Q6_K,
+    # Added later: last, so the earlier types' random draws (and files) stay the same.
+    "q5_0": T.Q5_0,
+    "q5_1": T.Q5_1,
 }
 
 # Byte offsets of the f16 scale fields inside one block, per type.
 F16_FIELDS: dict[T, tuple[int, ...]] = {
     T.Q4_0: (0,),
     T.Q4_1: (0, 2),
+    T.Q5_0: (0,),
+    T.Q5_1: (0, 2),
     T.Q8_0: (0,),
     T.Q4_K: (0, 2),
     T.Q5_K: (0, 2),
@@ -65,7 +70,7 @@ F16_FIELDS: dict[T, tuple[int, ...]] = {
 }
 
 # gguf-py has quantize() for these.
-QUANTIZABLE = {T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q8_0}
+QUANTIZABLE = {T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0}
 
 
 def random_blocks(rng: np.random.Generator, qtype: T, n_blocks: int) -> np.ndarray:

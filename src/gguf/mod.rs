@@ -33,7 +33,9 @@
 //! * Arrays are stored as `Vec<GgufValue>`, not typed vectors: simple, and
 //!   fast enough for 150k-entry token lists, but about 32 bytes per element.
 
+pub mod ftype;
 pub mod quant;
+pub mod quantize;
 pub mod reader;
 pub mod writer;
 

@@ -5,7 +5,7 @@
 //! [`dequantize`] turns the raw bytes of one GGUF tensor into `f32` values,
 //! for the element types that llama.cpp's converters and quantizers write
 //! for Llama-family models ([`GgmlKind`]): the plain floats F32, F16 and
-//! BF16; the 32-element block quants Q4_0, Q4_1 and Q8_0; and the
+//! BF16; the 32-element block quants Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0; and the
 //! 256-element "K-quant" super-blocks Q4_K, Q5_K and Q6_K.
 //!
 //! # How
@@ -18,6 +18,8 @@
 //! ```text
 //! Q4_0   18 B / 32:  d: f16, qs: [u8; 16]      x[j] = (lo(qs[j]) - 8) * d,  x[j+16] = (hi(qs[j]) - 8) * d
 //! Q4_1   20 B / 32:  d: f16, m: f16, qs: [u8; 16]   x[j] = lo(qs[j]) * d + m, x[j+16] = hi(qs[j]) * d + m
+//! Q5_0   22 B / 32:  d: f16, qh: u32, qs: [u8; 16]  as Q4_0 with bit j of qh as bit 4 of value j, offset 16
+//! Q5_1   24 B / 32:  d: f16, m: f16, qh: u32, qs: [u8; 16]  as Q4_1 with the fifth bit from qh
 //! Q8_0   34 B / 32:  d: f16, qs: [i8; 32]       x[j] = qs[j] * d
 //! Q4_K  144 B / 256: d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]
 //! Q5_K  176 B / 256: d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128]
@@ -87,6 +89,10 @@ pub enum GgmlKind {
     Q4_0,
     /// 4-bit, `f16` scale and min per 32 values (id 3).
     Q4_1,
+    /// 5-bit, one `f16` scale per 32 values, offset 16 (id 6).
+    Q5_0,
+    /// 5-bit, `f16` scale and min per 32 values (id 7).
+    Q5_1,
     /// 8-bit signed, one `f16` scale per 32 values (id 8).
     Q8_0,
     /// K-quant 4-bit: 256-value super-blocks, 6-bit sub-block scales and mins (id 12).
@@ -99,11 +105,13 @@ pub enum GgmlKind {
 
 impl GgmlKind {
     /// Every supported kind, in ggml id order.
-    pub const ALL: [GgmlKind; 9] = [
+    pub const ALL: [GgmlKind; 11] = [
         GgmlKind::F32,
         GgmlKind::F16,
         GgmlKind::Q4_0,
         GgmlKind::Q4_1,
+        GgmlKind::Q5_0,
+        GgmlKind::Q5_1,
         GgmlKind::Q8_0,
         GgmlKind::Q4_K,
         GgmlKind::Q5_K,
@@ -118,6 +126,8 @@ impl GgmlKind {
             1 => GgmlKind::F16,
             2 => GgmlKind::Q4_0,
             3 => GgmlKind::Q4_1,
+            6 => GgmlKind::Q5_0,
+            7 => GgmlKind::Q5_1,
             8 => GgmlKind::Q8_0,
             12 => GgmlKind::Q4_K,
             13 => GgmlKind::Q5_K,
@@ -134,6 +144,8 @@ impl GgmlKind {
             GgmlKind::F16 => 1,
             GgmlKind::Q4_0 => 2,
             GgmlKind::Q4_1 => 3,
+            GgmlKind::Q5_0 => 6,
+            GgmlKind::Q5_1 => 7,
             GgmlKind::Q8_0 => 8,
             GgmlKind::Q4_K => 12,
             GgmlKind::Q5_K => 13,
@@ -150,6 +162,8 @@ impl GgmlKind {
             GgmlKind::BF16 => "bf16",
             GgmlKind::Q4_0 => "q4_0",
             GgmlKind::Q4_1 => "q4_1",
+            GgmlKind::Q5_0 => "q5_0",
+            GgmlKind::Q5_1 => "q5_1",
             GgmlKind::Q8_0 => "q8_0",
             GgmlKind::Q4_K => "q4_K",
             GgmlKind::Q5_K => "q5_K",
@@ -161,7 +175,7 @@ impl GgmlKind {
     pub fn block_size(self) -> usize {
         match self {
             GgmlKind::F32 | GgmlKind::F16 | GgmlKind::BF16 => 1,
-            GgmlKind::Q4_0 | GgmlKind::Q4_1 | GgmlKind::Q8_0 => 32,
+            GgmlKind::Q4_0 | GgmlKind::Q4_1 | GgmlKind::Q5_0 | GgmlKind::Q5_1 | GgmlKind::Q8_0 => 32,
             GgmlKind::Q4_K | GgmlKind::Q5_K | GgmlKind::Q6_K => QK_K,
         }
     }
@@ -173,6 +187,8 @@ impl GgmlKind {
             GgmlKind::F16 | GgmlKind::BF16 => 2,
             GgmlKind::Q4_0 => 18,
             GgmlKind::Q4_1 => 20,
+            GgmlKind::Q5_0 => 22,
+            GgmlKind::Q5_1 => 24,
             GgmlKind::Q8_0 => 34,
             GgmlKind::Q4_K => 144,
             GgmlKind::Q5_K => 176,
@@ -200,6 +216,8 @@ impl GgmlKind {
             GgmlKind::BF16 => block_bf16,
             GgmlKind::Q4_0 => block_q4_0,
             GgmlKind::Q4_1 => block_q4_1,
+            GgmlKind::Q5_0 => block_q5_0,
+            GgmlKind::Q5_1 => block_q5_1,
             GgmlKind::Q8_0 => block_q8_0,
             GgmlKind::Q4_K => block_q4_k,
             GgmlKind::Q5_K => block_q5_k,
@@ -222,11 +240,11 @@ impl TryFrom<u32> for GgmlKind {
     }
 }
 
-/// Why a tensor could not be dequantized.
+/// Why a tensor could not be dequantized (or quantized).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
     /// The ggml type id is not one of [`GgmlKind`].
-    #[error("cannot dequantize ggml type id {id}: supported are f32, f16, bf16, q4_0, q4_1, q8_0, q4_K, q5_K, q6_K")]
+    #[error("cannot dequantize ggml type id {id}: supported are f32, f16, bf16, q4_0, q4_1, q5_0, q5_1, q8_0, q4_K, q5_K, q6_K")]
     UnsupportedType {
         /// The ggml type id.
         id: u32,
@@ -252,6 +270,35 @@ pub enum QuantError {
         expected: usize,
         /// Bytes given.
         actual: usize,
+    },
+    /// A row length that is not a positive multiple of the block size (only
+    /// [`quantize`](super::quantize::quantize) has rows).
+    #[error("{kind}: rows of {row_len} values do not split into blocks of {block_size}")]
+    RowLength {
+        /// The element type.
+        kind: GgmlKind,
+        /// Values per row asked for.
+        row_len: usize,
+        /// Elements per block of `kind`.
+        block_size: usize,
+    },
+    /// The values to quantize are not whole rows.
+    #[error("{kind}: {n_values} values are not whole rows of {row_len}")]
+    PartialRow {
+        /// The element type.
+        kind: GgmlKind,
+        /// Values given.
+        n_values: usize,
+        /// Values per row.
+        row_len: usize,
+    },
+    /// A NaN or infinite value given to a block quantizer.
+    #[error("{kind}: value {index} is NaN or infinite; only f32, f16 and bf16 can store it")]
+    NonFinite {
+        /// The element type.
+        kind: GgmlKind,
+        /// Position of the first such value in the input.
+        index: usize,
     },
     /// The byte size of the tensor does not fit in `usize`.
     #[error("{kind}: {n_elements} elements is too large a tensor")]
@@ -350,6 +397,40 @@ fn block_q4_1(b: &[u8], y: &mut [f32]) {
     for j in 0..16 {
         lo[j] = (qs[j] & 0x0F) as f32 * d + m;
         hi[j] = (qs[j] >> 4) as f32 * d + m;
+    }
+}
+
+/// The fifth bits of a Q5_0 / Q5_1 block: bit `j` of the little-endian
+/// `u32` at `b[i..i + 4]` belongs to value `j`.
+#[inline]
+fn qh_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
+fn block_q5_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let qh = qh_at(b, 2);
+    let qs = &b[6..22];
+    let (lo, hi) = y[..32].split_at_mut(16);
+    for j in 0..16 {
+        let h0 = ((qh >> j) << 4) & 0x10;
+        let h1 = (qh >> (j + 12)) & 0x10;
+        lo[j] = (((qs[j] & 0x0F) as u32 | h0) as i32 - 16) as f32 * d;
+        hi[j] = (((qs[j] >> 4) as u32 | h1) as i32 - 16) as f32 * d;
+    }
+}
+
+fn block_q5_1(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 0);
+    let m = f16_at(b, 2);
+    let qh = qh_at(b, 4);
+    let qs = &b[8..24];
+    let (lo, hi) = y[..32].split_at_mut(16);
+    for j in 0..16 {
+        let h0 = ((qh >> j) << 4) & 0x10;
+        let h1 = (qh >> (j + 12)) & 0x10;
+        lo[j] = ((qs[j] & 0x0F) as u32 | h0) as f32 * d + m;
+        hi[j] = ((qs[j] >> 4) as u32 | h1) as f32 * d + m;
     }
 }
 
@@ -462,6 +543,8 @@ mod tests {
             (1, 1, 2, "f16"),
             (2, 32, 18, "q4_0"),
             (3, 32, 20, "q4_1"),
+            (6, 32, 22, "q5_0"),
+            (7, 32, 24, "q5_1"),
             (8, 32, 34, "q8_0"),
             (12, 256, 144, "q4_K"),
             (13, 256, 176, "q5_K"),
@@ -472,7 +555,7 @@ mod tests {
             let k = GgmlKind::from_id(id).unwrap();
             assert_eq!((k.block_size(), k.type_size(), k.to_string()), (bs, ts, name.to_string()));
         }
-        for id in [4, 5, 6, 7, 9, 10, 11, 15, 16, 31, 39, u32::MAX] {
+        for id in [4, 5, 9, 10, 11, 15, 16, 31, 39, u32::MAX] {
             assert_eq!(GgmlKind::from_id(id), None);
         }
     }
@@ -549,6 +632,30 @@ mod tests {
         let want: Vec<f32> = nib.iter().map(|&q| q as f32 * 0.25 - 1.0).collect();
         assert_eq!(got, want);
         assert_eq!((got[0], got[31]), (2.75, -1.0));
+    }
+
+    #[test]
+    fn q5_0_and_q5_1_blocks_use_the_high_bits() {
+        let q: [u8; 32] = std::array::from_fn(|i| ((i * 11 + 3) % 32) as u8);
+        let nib: [u8; 32] = std::array::from_fn(|i| q[i] & 15);
+        let qh = (0..32).fold(0u32, |acc, i| acc | (((q[i] >> 4) as u32) << i));
+        let mut block = h(0.5).to_vec();
+        block.extend(qh.to_le_bytes());
+        block.extend(pack_nibbles_32(&nib));
+        let got = dequantize(GgmlKind::Q5_0, &block, 32).unwrap();
+        let want: Vec<f32> = q.iter().map(|&v| (v as f32 - 16.0) * 0.5).collect();
+        assert_eq!(got, want);
+        // i = 1: q = 14 -> -1.0; i = 2: q = 25 (high bit set) -> 4.5.
+        assert_eq!((got[1], got[2]), (-1.0, 4.5));
+
+        let mut block = h(0.25).to_vec();
+        block.extend(h(-2.0));
+        block.extend(qh.to_le_bytes());
+        block.extend(pack_nibbles_32(&nib));
+        let got = dequantize(GgmlKind::Q5_1, &block, 32).unwrap();
+        let want: Vec<f32> = q.iter().map(|&v| v as f32 * 0.25 - 2.0).collect();
+        assert_eq!(got, want);
+        assert_eq!(got[2], 25.0 * 0.25 - 2.0);
     }
 
     #[test]
