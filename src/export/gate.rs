@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::llamacpp::LlamaCpp;
 use super::Written;
 use crate::gguf::quant::GgmlKind;
-use crate::gguf::quantize::FileType;
+use crate::gguf::ftype::FileType;
 use crate::gguf::GgufFile;
 use crate::model::generate::{argmax, decode};
 use crate::model::gguf_names::gguf_name;
@@ -60,7 +60,7 @@ pub fn error_bound(kind: GgmlKind) -> f64 {
         GgmlKind::BF16 => 8e-3,
         GgmlKind::Q8_0 => 1.5e-2,
         GgmlKind::Q6_K => 4e-2,
-        GgmlKind::Q5_0 | GgmlKind::Q5_K => 8e-2,
+        GgmlKind::Q5_0 | GgmlKind::Q5_1 | GgmlKind::Q5_K => 8e-2,
         GgmlKind::Q4_0 | GgmlKind::Q4_1 | GgmlKind::Q4_K => 1.6e-1,
     }
 }

@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::gguf::quant::GgmlKind;
-use crate::gguf::quantize::{self, FileType};
+use crate::gguf::ftype::{self, FileType, ModelInfo};
+use crate::gguf::quantize;
 use crate::gguf::writer::{self, TensorPlan};
 use crate::gguf::{GgmlType, GgufValue};
 use crate::model::llama::Model;
@@ -89,15 +90,28 @@ pub fn write_gguf(
     path: &Path,
 ) -> Result<Written, ExportError> {
     let tensors = to_gguf::tensors(model).map_err(ExportError::Unsupported)?;
-    let n_layers = model.cfg.num_layers;
-    let kinds: Vec<GgmlKind> = tensors.iter().map(|t| quantize::tensor_type(file_type, &t.name, &t.shape, n_layers)).collect();
+    let c = &model.cfg;
+    let arch = match c.arch {
+        crate::model::config::Arch::Llama => ftype::Arch::Llama,
+        crate::model::config::Arch::Qwen2 => ftype::Arch::Qwen2,
+    };
+    let info = ModelInfo::new(arch, c.num_layers as u32, c.num_heads as u32, c.num_kv_heads as u32)
+        .with_tied_embeddings(c.tie_word_embeddings);
+    let kinds: Vec<GgmlKind> = tensors
+        .iter()
+        .map(|t| {
+            let dims: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
+            ftype::tensor_kind(file_type, &info, &t.name, &dims)
+        })
+        .collect();
     let mut metadata = vec![("general.architecture".to_string(), GgufValue::String(to_gguf::arch_name(model.cfg.arch).into()))];
     metadata.push(("general.type".into(), GgufValue::String("model".into())));
     metadata.push(("general.name".into(), GgufValue::String(name.into())));
     metadata.extend(to_gguf::arch_metadata(&model.cfg).into_iter().filter(|(k, _)| k != "general.architecture"));
     metadata.push(("general.file_type".into(), GgufValue::U32(file_type.id())));
-    if file_type.is_quantized() {
-        metadata.push(("general.quantization_version".into(), GgufValue::U32(quantize::QUANTIZATION_VERSION)));
+    if !matches!(file_type, FileType::F32 | FileType::F16 | FileType::BF16) {
+        // GGML_QNT_VERSION: the block layouts of today's quantized types.
+        metadata.push(("general.quantization_version".into(), GgufValue::U32(2)));
     }
     metadata.extend(tokenizer_kv);
     let plans: Vec<TensorPlan> = tensors

@@ -15,7 +15,7 @@ use super::{Accepts, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx}
 use crate::export::gate::{Check, Gate};
 use crate::export::llamacpp::{self, LlamaCpp};
 use crate::export::{eog_tokens, write_gguf};
-use crate::gguf::quantize::FileType;
+use crate::gguf::ftype::FileType;
 use crate::model::load;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, Bundle};
@@ -191,8 +191,7 @@ impl NodeKind for ExportGguf {
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let file_type = FileType::from_name(ctx.params.str("type").unwrap_or("Q8_0"))
-            .ok_or_else(|| err(format!("param `type`: unknown file type {:?}", ctx.params.str("type"))))?;
+        let file_type: FileType = ctx.params.str("type").unwrap_or("Q8_0").parse().map_err(|e| err(format!("param `type`: {e}")))?;
         let llama = if ctx.params.bool("verify") { llama_cpp(ctx.params)? } else { None };
         let src = ctx.input("model")?.to_path_buf();
         ctx.progress.start(Some(3), "steps");
