@@ -681,7 +681,8 @@ impl SpecialVocab {
                                     let mut add_sep = false;
                                     if let Some(entry) = piece_id(&middle[0], "SpecialToken") {
                                         let entry = Json::String(entry.to_string());
-                                        if is_one_of(&entry, special_sep.as_ref(), special_eos.as_ref()) && special_last.is_none() {
+                                        if is_one_of(&entry, special_sep.as_ref(), special_eos.as_ref()) && special_last.is_none()
+                                        {
                                             add_sep = true;
                                         }
                                     }
@@ -731,7 +732,10 @@ impl SpecialVocab {
                     },
                     _ => continue,
                 };
-                let id = added_tokens.iter().find(|t| t.get("content").and_then(Json::as_str) == Some(content)).and_then(|t| t.get("id"));
+                let id = added_tokens
+                    .iter()
+                    .find(|t| t.get("content").and_then(Json::as_str) == Some(content))
+                    .and_then(|t| t.get("id"));
                 sv.set_special_token(hf, typ, id, n_vocab)?;
             }
         }
@@ -894,7 +898,8 @@ fn merges_of(hf: &HfTokenizer) -> Result<Vec<String>, ToGgufError> {
         .map(|m| match m {
             Json::String(s) => Ok(s.clone()),
             Json::Array(pair) if pair.len() == 2 => {
-                let enc = |p: &Json| p.as_str().map(|s| s.chars().map(|c| if c == ' ' { '\u{120}' } else { c }).collect::<String>());
+                let enc =
+                    |p: &Json| p.as_str().map(|s| s.chars().map(|c| if c == ' ' { '\u{120}' } else { c }).collect::<String>());
                 match (enc(&pair[0]), enc(&pair[1])) {
                     (Some(a), Some(b)) => Ok(format!("{a} {b}")),
                     _ => Err(bad()),
@@ -958,7 +963,11 @@ fn check_pre_name(hf: &HfTokenizer, name: &str) -> Result<(), ToGgufError> {
         return Ok(());
     }
     let suggestion = known().min_by_key(|n| edit_distance(n, name)).unwrap_or("gpt-2");
-    Err(ToGgufError::UnknownPreName { tokenizer: hf.source.clone(), name: name.to_string(), suggestion: format!("\"{suggestion}\"") })
+    Err(ToGgufError::UnknownPreName {
+        tokenizer: hf.source.clone(),
+        name: name.to_string(),
+        suggestion: format!("\"{suggestion}\""),
+    })
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -1050,7 +1059,9 @@ fn set_vocab_gpt2(hf: &HfTokenizer, pre: Option<&str>, meta: &mut TokenizerMetad
         let mut token = token.to_string();
         if added_vocab.contains(token.as_str()) {
             let Some(added) = decoder.get(&i) else {
-                return Err(hf.inconsistent(format!("added token {token:?} has id {i} in the vocabulary but another id as an added token")));
+                return Err(hf.inconsistent(format!(
+                    "added token {token:?} has id {i} in the vocabulary but another id as an added token"
+                )));
             };
             if !added.normalized {
                 // The converter's "pre-normalization": llama.cpp matches these tokens in raw text.
@@ -1104,8 +1115,12 @@ fn set_vocab_llama_hf(hf: &HfTokenizer, pre: Option<&str>, meta: &mut TokenizerM
         reverse.insert(*id, tok.as_str());
     }
     // Added tokens beyond the base vocabulary, by id.
-    let mut added: Vec<(u32, String)> =
-        hf.added_tokens_decoder().into_iter().filter(|(id, _)| *id as usize >= base_size).map(|(id, t)| (id, t.content)).collect();
+    let mut added: Vec<(u32, String)> = hf
+        .added_tokens_decoder()
+        .into_iter()
+        .filter(|(id, _)| *id as usize >= base_size)
+        .map(|(id, t)| (id, t.content))
+        .collect();
     added.sort_unstable_by_key(|(id, _)| *id);
 
     // transformers' all_special_tokens: the named special tokens and additional_special_tokens.
@@ -1173,4 +1188,285 @@ fn token_content(v: Option<&Json>) -> Option<String> {
 fn is_byte_token(text: &str) -> bool {
     let b = text.as_bytes();
     b.len() == 6 && text.starts_with("<0x") && b[5] == b'>' && b[3].is_ascii_hexdigit() && b[4].is_ascii_hexdigit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::reader::{parse, test_writer::gguf_bytes};
+    use crate::gguf::GgufFile;
+    use crate::tokenizer::gguf::from_gguf;
+    use std::io::Cursor;
+
+    fn fixture_dir(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/to-gguf").join(name)
+    }
+
+    /// gguf-py's name of a value's type, as scripts/gguf_tokenizer_reference.py prints it.
+    fn py_type(v: &GgufValue) -> &'static str {
+        match v {
+            GgufValue::String(_) => "STRING",
+            GgufValue::U32(_) => "UINT32",
+            GgufValue::I32(_) => "INT32",
+            GgufValue::F32(_) => "FLOAT32",
+            GgufValue::Bool(_) => "BOOL",
+            GgufValue::Array(_) => "ARRAY",
+            _ => "OTHER",
+        }
+    }
+
+    /// A scalar as Python's `json.dumps` writes it.
+    fn py_json(v: &GgufValue) -> String {
+        match v {
+            GgufValue::String(s) => serde_json::to_string(s).expect("json"),
+            GgufValue::F32(f) if f.fract() == 0.0 => format!("{f:.1}"),
+            GgufValue::F32(f) => f.to_string(),
+            GgufValue::Bool(b) => if *b { "true" } else { "false" }.into(),
+            other => other.as_int().map(|i| i.to_string()).unwrap_or_default(),
+        }
+    }
+
+    /// The reference script's summary of a value: arrays over 64 elements as `{len, sha256}` of
+    /// Python's `json.dumps(list, ensure_ascii=False)`.
+    fn summary(v: &GgufValue) -> Json {
+        match v {
+            GgufValue::Array(items) if items.len() > 64 => {
+                let text = format!("[{}]", items.iter().map(py_json).collect::<Vec<_>>().join(", "));
+                serde_json::json!({"len": items.len(), "sha256": sha256_hex(text.as_bytes())})
+            }
+            GgufValue::Array(items) => {
+                Json::Array(items.iter().map(|i| serde_json::from_str(&py_json(i)).expect("json")).collect())
+            }
+            other => serde_json::from_str(&py_json(other)).expect("json"),
+        }
+    }
+
+    /// `to_gguf` on a fixture folder equals the converter's output (tests/data/to-gguf/NAME/expected.json,
+    /// from scripts/make_to_gguf_fixtures.py): same keys, order, types and values.
+    fn check_against_converter(name: &str, pre: Option<&str>) -> (HfTokenizer, TokenizerMetadata) {
+        let (dir, expected) = match name {
+            "tiny" => (tiny_dir(), fixture_dir("tiny-expected.json")),
+            _ => (fixture_dir(name), fixture_dir(name).join("expected.json")),
+        };
+        let hf = HfTokenizer::from_dir(&dir).expect("load fixture");
+        let meta = to_gguf(&hf, pre).expect("to_gguf");
+        assert_matches_reference(&hf, &meta, &expected);
+        (hf, meta)
+    }
+
+    fn tiny_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-tokenizer")
+    }
+
+    /// `meta` equals the output of scripts/gguf_tokenizer_reference.py saved at `expected`.
+    fn assert_matches_reference(hf: &HfTokenizer, meta: &TokenizerMetadata, expected: &Path) {
+        let name = expected.display();
+        let expected: Json = serde_json::from_str(&std::fs::read_to_string(expected).expect("read")).expect("json");
+        if let Some(h) = expected["chkhsh"].as_str() {
+            assert_eq!(hf.chkhsh().expect("chkhsh").0, h, "{name}: chkhsh");
+        }
+        let want: Vec<(String, Json, String)> = expected["kv"]
+            .as_array()
+            .expect("kv")
+            .iter()
+            .map(|e| (e[0].as_str().expect("key").to_string(), e[1].clone(), e[2].as_str().expect("type").to_string()))
+            .collect();
+        let got: Vec<(String, Json, String)> =
+            meta.kv.iter().map(|(k, v)| (k.clone(), summary(v), py_type(v).to_string())).collect();
+        assert_eq!(got.iter().map(|g| &g.0).collect::<Vec<_>>(), want.iter().map(|w| &w.0).collect::<Vec<_>>(), "{name}: keys");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g, w, "{name}: {}", g.0);
+        }
+    }
+
+    fn gguf_of(meta: &TokenizerMetadata) -> GgufFile {
+        let kv: Vec<(&str, GgufValue)> = meta.kv.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let bytes = gguf_bytes(&kv, &[], 32);
+        parse(Cursor::new(&bytes), "exported.gguf".into(), bytes.len() as u64).expect("parse exported metadata")
+    }
+
+    const SAMPLES: &[&str] = &[
+        "Hello, world! It's a dog's life, isn't it? WE'LL see.",
+        "你今年的运势很好，事业上会有贵人相助。",
+        "2024年3月14日，圆周率约为3.14159。 12345",
+        "  leading spaces\n\n\ttabs and\r\nnewlines   ",
+        "emoji 🚀😶\u{200d}🌫️ and ✅",
+        "<|im_start|>user\n算命<|im_end|>\n<|im_start|>assistant\n",
+        "<|endoftext|>text<|im_end|><|im_end|>",
+    ];
+
+    /// `from_gguf` on the exported metadata encodes `texts` like the Hugging Face tokenizer.
+    fn check_encodes_like_hf(hf: &HfTokenizer, meta: &TokenizerMetadata, texts: &[&str]) {
+        let back = from_gguf(&gguf_of(meta)).expect("from_gguf on exported metadata");
+        for text in texts {
+            let want = hf.tokenizer().encode(*text, false).expect("encode").get_ids().to_vec();
+            assert_eq!(back.encode(text, false).expect("encode"), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn matches_the_converter_on_the_tiny_tokenizer() {
+        let (hf, meta) = check_against_converter("tiny", Some("gpt-2"));
+        check_encodes_like_hf(&hf, &meta, SAMPLES);
+    }
+
+    #[test]
+    fn matches_the_converter_on_a_llama3_shaped_tokenizer() {
+        let (hf, meta) = check_against_converter("llama3ish", Some("llama-bpe"));
+        // Unused ids up to config.json's vocab_size, user-defined tokens with ▁ as spaces.
+        let tokens = meta.get(keys::TOKENS).and_then(GgufValue::as_array).expect("tokens");
+        assert_eq!(tokens.last().and_then(GgufValue::as_str), Some("[PAD1011]"));
+        assert!(tokens.iter().any(|t| t.as_str() == Some(" x ")));
+        let mut texts = SAMPLES.to_vec();
+        texts.push("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<tool>你好<|eot_id|>");
+        check_encodes_like_hf(&hf, &meta, &texts);
+        let back = from_gguf(&gguf_of(&meta)).expect("from_gguf");
+        assert!(back.add_bos);
+        assert_eq!(back.encode("hi", true).expect("encode")[0], 1000);
+    }
+
+    #[test]
+    fn matches_the_converter_on_a_sentencepiece_style_bpe() {
+        let (_, meta) = check_against_converter("spmbpe", None);
+        let types = meta.get(keys::TOKEN_TYPE).and_then(GgufValue::as_array).expect("types");
+        let ty = |id: usize| types[id].as_i32().expect("i32");
+        assert_eq!(
+            (ty(0), ty(1), ty(3), ty(3 + 255)),
+            (token_type::CONTROL, token_type::CONTROL, token_type::BYTE, token_type::BYTE)
+        );
+        assert_eq!(ty(types.len() - 2), token_type::CONTROL, "<|user|> is an additional special token");
+        assert_eq!(ty(types.len() - 1), token_type::USER_DEFINED, "<|assistant|> is not");
+    }
+
+    #[test]
+    fn an_unknown_pre_tokenizer_is_an_error_naming_the_hash_and_the_tokenizer() {
+        let hf = HfTokenizer::from_dir(&tiny_dir()).expect("load");
+        let e = to_gguf(&hf, None).unwrap_err();
+        let hash = "4308a7e053c997e458d932f62135ba6331f5db7029bf7a8633fb607dd5695b38";
+        assert!(matches!(&e, ToGgufError::UnknownPreTokenizer { hash: h, .. } if h == hash), "{e}");
+        let msg = e.to_string();
+        assert!(msg.contains(hash) && msg.contains("tiny-tokenizer") && msg.contains("llama-bpe"), "{msg}");
+    }
+
+    #[test]
+    fn an_explicit_pre_tokenizer_llama_cpp_does_not_know_is_an_error() {
+        let hf = HfTokenizer::from_dir(&tiny_dir()).expect("load");
+        let e = to_gguf(&hf, Some("gpt2")).unwrap_err();
+        assert!(matches!(&e, ToGgufError::UnknownPreName { name, .. } if name == "gpt2"), "{e}");
+        assert!(e.to_string().contains("\"gpt-2\""), "{e}");
+        let spm = HfTokenizer::from_dir(&fixture_dir("spmbpe")).expect("load");
+        assert!(matches!(to_gguf(&spm, Some("llama-bpe")), Err(ToGgufError::Inconsistent { .. })));
+    }
+
+    #[test]
+    fn pre_for_hash_takes_the_last_of_duplicate_entries_as_the_converter_does() {
+        assert_eq!(pre_for_hash("b6dc8df998e1cfbdc4eac8243701a65afe638679230920b50d6f17d81c098166"), Some("olmo"));
+        assert_eq!(pre_for_hash("855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249"), Some("smollm"));
+        assert_eq!(pre_for_hash("0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5"), Some("llama-bpe"));
+        assert_eq!(pre_for_hash("e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea"), Some("qwen2"));
+        assert_eq!(pre_for_hash("049ecf7629871e3041641907f3de7c733e4dbfdc736f57d882ba0b0845599754"), Some("deepseek-llm"));
+        assert_eq!(pre_for_hash("b3f499bb4255f8ca19fccd664443283318f2fd2414d5e0b040fbdd0cc195d6c5"), Some("deepseek-r1-qwen"));
+        assert_eq!(pre_for_hash("0"), None);
+        assert_eq!(python_list_str(&[1, 22, 333]), "[1, 22, 333]");
+        assert_eq!(python_list_str(&[]), "[]");
+    }
+
+    #[test]
+    fn merges_in_pair_form_write_spaces_as_u0120() {
+        let mut json: Json =
+            serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("tokenizer.json")).expect("read")).expect("json");
+        json["model"]["merges"] = serde_json::json!([["a b", "c"], ["d", "e"]]);
+        let hf = HfTokenizer { json, ..HfTokenizer::from_dir(&tiny_dir()).expect("load") };
+        assert_eq!(merges_of(&hf).expect("merges"), vec!["a\u{120}b c".to_string(), "d e".to_string()]);
+    }
+
+    /// The default model's GGUF (`PIPE_TEST_GGUF`), or `None` (the test is skipped) when unset.
+    fn default_gguf() -> Option<GgufFile> {
+        let Some(path) = std::env::var_os("PIPE_TEST_GGUF") else {
+            // scripts/test.sh (and so CI) always provides the model and sets PIPE_REQUIRE_MODELS.
+            assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
+            eprintln!("skipping: PIPE_TEST_GGUF is not set");
+            return None;
+        };
+        Some(GgufFile::open(Path::new(&path)).expect("open GGUF"))
+    }
+
+    fn tokenizer_kv(file: &GgufFile) -> Vec<(String, GgufValue)> {
+        let mut kv: Vec<_> = file.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect();
+        kv.sort_by(|a, b| a.0.cmp(&b.0));
+        kv
+    }
+
+    fn sorted(meta: &TokenizerMetadata) -> Vec<(String, GgufValue)> {
+        let mut kv = meta.kv.clone();
+        kv.sort_by(|a, b| a.0.cmp(&b.0));
+        kv
+    }
+
+    fn assert_same_keys(got: &[(String, GgufValue)], want: &[(String, GgufValue)]) {
+        let names = |kv: &[(String, GgufValue)]| kv.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>();
+        assert_eq!(names(got), names(want));
+        for ((k, a), (_, b)) in got.iter().zip(want) {
+            assert!(a == b, "{k} differs: {} vs {}", summary(a), summary(b));
+        }
+    }
+
+    /// GGUF -> from_gguf -> Hugging Face tokenizer (with SmolLM2-135M-Instruct's own
+    /// tokenizer_config.json and config.json fields) -> to_gguf gives back the GGUF's tokenizer
+    /// metadata key for key, and the exported metadata tokenizes like llama.cpp.
+    #[test]
+    fn smollm2_round_trip_gives_back_the_gguf_tokenizer_metadata() {
+        let Some(file) = default_gguf() else { return };
+        let original = from_gguf(&file).expect("from_gguf");
+        let hf = HfTokenizer::from_json("SmolLM2-135M-Instruct (from GGUF)", &original.to_tokenizer_json())
+            .expect("tokenizer.json")
+            .with_tokenizer_config(serde_json::json!({
+                "add_prefix_space": false,
+                "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|im_end|>",
+                "unk_token": "<|endoftext|>",
+                "clean_up_tokenization_spaces": false,
+                "tokenizer_class": "GPT2Tokenizer",
+                "chat_template": original.chat_template.clone().expect("chat template"),
+            }))
+            .with_model_config(serde_json::json!({
+                "architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2,
+            }));
+        let meta = to_gguf(&hf, None).expect("to_gguf");
+        assert_eq!(meta.get(keys::PRE).and_then(GgufValue::as_str), Some("smollm"));
+        assert_same_keys(&sorted(&meta), &tokenizer_kv(&file));
+
+        let json = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm2_tokens.json")).expect("read");
+        let samples: Vec<Json> = serde_json::from_str(&json).expect("json");
+        let texts: Vec<&str> = samples.iter().map(|s| s["text"].as_str().expect("text")).chain(SAMPLES.iter().copied()).collect();
+        check_encodes_like_hf(&hf, &meta, &texts);
+        let back = from_gguf(&gguf_of(&meta)).expect("from_gguf");
+        for s in &samples {
+            let want: Vec<u32> = s["ids"].as_array().expect("ids").iter().map(|v| v.as_u64().expect("id") as u32).collect();
+            assert_eq!(back.encode(s["text"].as_str().expect("text"), false).expect("encode"), want, "llama.cpp ids of {s}");
+        }
+        assert_eq!(meta.end_of_generation_tokens(), vec!["<|endoftext|>".to_string(), "<|im_end|>".to_string()]);
+    }
+
+    /// The folder the `merge` node writes for a GGUF base exports with two keys fewer than the
+    /// GGUF had: merge's tokenizer_config.json carries neither `unk_token` nor `add_prefix_space`.
+    /// The converter itself gives the same on that folder (smollm2-merge-expected.json: its output
+    /// on a merge node's folder, from scripts/gguf_tokenizer_reference.py --arch LlamaForCausalLM).
+    #[test]
+    fn smollm2_merge_folder_exports_all_but_unk_and_space_prefix() {
+        let Some(file) = default_gguf() else { return };
+        let dir = tempfile::tempdir().expect("tempdir");
+        crate::nodes::merge::write_tokenizer(file.path(), dir.path()).expect("write_tokenizer");
+        let config =
+            serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2});
+        std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
+        let hf = HfTokenizer::from_dir(dir.path()).expect("load");
+        let meta = to_gguf(&hf, None).expect("to_gguf");
+        assert_matches_reference(&hf, &meta, &fixture_dir("smollm2-merge-expected.json"));
+        let want: Vec<_> =
+            tokenizer_kv(&file).into_iter().filter(|(k, _)| k != keys::UNK_ID && k != extra_keys::ADD_SPACE_PREFIX).collect();
+        assert_same_keys(&sorted(&meta), &want);
+    }
 }
