@@ -486,6 +486,17 @@ pub const SUPPORTED_PRE_NAMES: &[&str] = &{
     names
 };
 
+/// Pre-tokenizer names llama.cpp knows but [`from_gguf`] does not implement.
+pub const UNSUPPORTED_PRE_NAMES: &[&str] = &{
+    let mut names = [""; UNSUPPORTED_PRE.len()];
+    let mut i = 0;
+    while i < UNSUPPORTED_PRE.len() {
+        names[i] = UNSUPPORTED_PRE[i].0;
+        i += 1;
+    }
+    names
+};
+
 /// Rewrites a llama.cpp regex for Oniguruma so it matches what llama.cpp matches.
 ///
 /// llama.cpp runs these regexes on text where each non-ASCII code point is

@@ -5,8 +5,11 @@
 //! - [`gguf`]: a Hugging Face [`tokenizers::Tokenizer`] built from GGUF `tokenizer.ggml.*`
 //!   metadata that produces the same ids as llama.cpp (byte-level BPE vocabularies).
 //! - [`template`]: prompt formats, the tutorial's and Jinja chat templates.
+//! - [`to_gguf`]: the inverse of [`gguf`]: GGUF `tokenizer.*` metadata from a Hugging Face
+//!   tokenizer, as llama.cpp's `convert_hf_to_gguf.py` writes it.
 
 pub mod fast;
 pub mod gguf;
 pub mod load;
 pub mod template;
+pub mod to_gguf;
