@@ -235,6 +235,26 @@ fn c_to_i32(x: f32) -> i32 {
     }
 }
 
+/// `roundf` (halves away from zero) then [`c_to_i32`], without the libm
+/// call `f32::round` makes on baseline x86-64.
+#[inline]
+fn c_round_to_i32(x: f32) -> i32 {
+    if x.is_nan() || !(-2_147_483_648.0..2_147_483_648.0).contains(&x) {
+        return i32::MIN;
+    }
+    let t = x as i32;
+    // Exact: below 2^24 the difference of x and its truncation is exact
+    // (Sterbenz), above it x is an integer.
+    let frac = x - t as f32;
+    if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    }
+}
+
 /// ggml's `MAX(a, b)` for floats: `a > b ? a : b` (so NaN in `a` loses).
 #[inline]
 fn c_max(a: f32, b: f32) -> f32 {
@@ -383,7 +403,7 @@ fn run_q8_0(x: &[f32], y: &mut [u8]) {
         let id = inverse_or_zero(d);
         put_f16(y, 0, d);
         for (q, &v) in y[2..34].iter_mut().zip(x) {
-            *q = c_to_i32((v * id).round()) as u8;
+            *q = c_round_to_i32(v * id) as u8;
         }
     }
 }
@@ -1049,6 +1069,15 @@ mod tests {
             assert_eq!(c_to_i32(x), i32::MIN, "{x}");
         }
         assert_eq!(c_to_i32(300.0) as i8, 44); // C narrows to the low byte
+                                               // c_round_to_i32 is roundf + c_to_i32.
+        let mut xs =
+            vec![0.5f32, -0.5, 1.5, -1.5, 2.5, 0.49999997, -0.49999997, 8388607.5, 16777217.0, 2147483520.0, -2147483648.0];
+        xs.extend([f32::NAN, f32::INFINITY, -f32::INFINITY, 2147483648.0, -2147483904.0, 0.0, -0.0, 1e-40]);
+        xs.extend(pseudo_normal(100_000, 3, 100.0));
+        xs.extend((0..100_000).map(|i| (i as f32 - 50_000.0) * 0.25));
+        for x in xs {
+            assert_eq!(c_round_to_i32(x), c_to_i32(x.round()), "{x}");
+        }
     }
 
     #[test]
