@@ -39,6 +39,14 @@
 //!    scales around `-32 / m`); 8-bit signed scales relative to
 //!    `d = -(largest |scale|, signed) / 128`; values requantized against them.
 //!
+//! The K-quant fits are chains of dependent float additions, slow when run one
+//! sub-block at a time as the C does. `make_qkx2_quants_x8` and
+//! `make_qx_quants_x16` run the independent sub-blocks of a super-block
+//! interleaved instead, each lane doing exactly the C's operations, which is
+//! about twice as fast and SIMD-friendly. SmolLM2-135M to Q4_K_M (135M values)
+//! takes about 0.8-1.2 s on 2 cores, 1.3-2.4 s on one, a little faster than
+//! `llama-quantize` itself.
+//!
 //! # Bit-exactness
 //!
 //! * Each float operation is the C one, in the C order (`(w * x) * l`, not
@@ -51,7 +59,7 @@
 //!   as is, including what it gives for values past its `2^22` range.
 //! * C converts a float to `int8_t`/`uint8_t` through a 32-bit `cvttss2si` on
 //!   x86-64, which gives `0x8000_0000` (low byte 0) for NaN and out-of-range
-//!   values, where Rust's `as` saturates; [`c_to_i32`] does what x86-64 does.
+//!   values, where Rust's `as` saturates; `c_to_i32` does what x86-64 does.
 //!   This matters when `1 / d` overflows to infinity (values below about
 //!   `1e-36`), a case the tests cover.
 //!
