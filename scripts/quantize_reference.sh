@@ -9,8 +9,8 @@
 #                  ggml/include/ggml.h is read when GGML_LIB_DIR is given.
 #   GGML_LIB_DIR   a folder holding libggml-base.so built from that tree (or set
 #                  $GGML_LIB_DIR). Without it, ggml-base is built from
-#                  LLAMA_CPP_DIR/ggml with cmake (Release, GGML_NATIVE=OFF, as
-#                  llama.cpp's own builds compile ggml-base) in a temporary folder.
+#                  LLAMA_CPP_DIR with cmake (Release, GGML_NATIVE=OFF; ggml-base
+#                  gets no -march flags either way) in a temporary folder.
 #   $OUT_DIR       where the files go (default: tests/data/quantize in this repo).
 #
 # scripts/quantize_reference.c holds the inputs and the list of types; it calls
@@ -20,7 +20,8 @@
 #   scripts/quantize_reference.sh \
 #       /work/llamacpp/llama_cpp_python-0.3.36/vendor/llama.cpp /work/llamacpp/build/bin
 # i.e. the llama.cpp vendored by llama-cpp-python 0.3.36 (ggml 0.25.3), whose
-# libggml-base.so is a Release build with GGML_NATIVE=OFF. Note: ggml-base is
+# libggml-base.so is a Release build with GGML_NATIVE=OFF; building ggml-base
+# from that tree (no GGML_LIB_DIR) gives the same files. Note: ggml-base is
 # compiled without -march flags, so on x86-64 no multiply-add is fused; an
 # aarch64 build (where gcc fuses a*b+c by default) can differ in the last bit
 # of K-quant scales.
@@ -40,9 +41,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 if [[ -z "$lib" ]]; then
-    echo "building ggml-base from $src/ggml ..." >&2
-    cmake -S "$src/ggml" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
-        -DBUILD_SHARED_LIBS=ON -DGGML_OPENMP=OFF >/dev/null
+    echo "building ggml-base of $src ..." >&2
+    # The whole tree, everything but ggml switched off: llama.cpp's vendored
+    # ggml/ does not configure on its own.
+    cmake -S "$src" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF -DBUILD_SHARED_LIBS=ON \
+        -DLLAMA_BUILD_COMMON=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
     cmake --build "$tmp/build" --target ggml-base -j "$(nproc)" >/dev/null
     lib=$(dirname "$(find "$tmp/build" -name 'libggml-base.so' | head -n 1)")
 fi

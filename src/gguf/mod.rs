@@ -7,6 +7,11 @@
 //! reader ([`GgufFile`], in [`reader`]). A future writer belongs next to the
 //! reader as `writer.rs` and reuses these types.
 //!
+//! Tensor data: [`quant`] decodes the element types to `f32`, [`quantize`]
+//! encodes `f32` to them byte for byte as llama.cpp does, and [`ftype`] picks
+//! the type of each tensor for a file type (`Q4_K_M`...) as `llama-quantize`
+//! does.
+//!
 //! # Layout of a GGUF file (v2 and v3, little-endian)
 //!
 //! ```text
