@@ -28,6 +28,7 @@ pub mod cache;
 pub mod cli;
 pub mod commands;
 pub mod dataset;
+pub mod export;
 pub mod gguf;
 pub mod graph;
 pub mod hash;

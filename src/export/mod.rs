@@ -48,36 +48,6 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// Token texts llama.cpp treats as end of generation when they are in the vocabulary
-/// (`llama_vocab::impl::load`, the `special_eog_ids` scan), besides the EOS/EOT ids.
-pub const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "<|end_of_text|>",
-    "<｜end▁of▁sentence｜>",
-];
-
-/// The ids and texts of the end-of-generation tokens of a vocabulary: the EOS id plus every
-/// token llama.cpp's EOG scan would add. Sorted by id.
-pub fn eog_tokens(tokenizer: &tokenizers::Tokenizer, eos: Option<u32>) -> Vec<(u32, String)> {
-    let mut out: Vec<(u32, String)> =
-        EOG_TEXTS.iter().filter_map(|t| tokenizer.token_to_id(t).map(|id| (id, t.to_string()))).collect();
-    if let Some(id) = eos {
-        if let Some(t) = tokenizer.id_to_token(id) {
-            out.push((id, t));
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
 /// Writes `model` with the tokenizer metadata `tokenizer_kv` to `path` as `file_type`.
 ///
 /// Metadata order: `general.*`, the architecture keys, then the tokenizer keys, as llama.cpp's

@@ -17,6 +17,7 @@
 //! after `run` returns `Ok`, so a kind never needs to care about partial writes or kills.
 
 pub mod eval;
+pub mod export_gguf;
 pub mod fix_json;
 pub mod lora_train;
 pub mod merge;
@@ -201,7 +202,7 @@ pub trait NodeKind: Send + Sync {
 
 /// Every node kind this build knows.
 pub fn registry() -> &'static [&'static dyn NodeKind] {
-    &[&fix_json::FixJson, &tokenize::Tokenize, &lora_train::LoraTrain, &merge::Merge, &eval::Eval]
+    &[&fix_json::FixJson, &tokenize::Tokenize, &lora_train::LoraTrain, &merge::Merge, &eval::Eval, &export_gguf::ExportGguf]
 }
 
 /// Looks a kind up by its YAML name.

@@ -37,6 +37,24 @@ pub struct FastBpe {
     ignore_merges: bool,
 }
 
+/// The bytes a token stands for, as llama.cpp's `llama_token_to_piece` prints them: byte-level
+/// BPE tokens mapped back through the GPT-2 byte alphabet; SentencePiece tokens with `▁` as a
+/// space and `<0xNN>` as one byte. Added tokens (`<|im_end|>`) are their own text either way.
+pub fn token_bytes(tok: &Tokenizer, id: u32) -> Option<Vec<u8>> {
+    static TABLE: std::sync::OnceLock<HashMap<char, u8>> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| bytes_to_unicode().iter().enumerate().map(|(b, c)| (*c, b as u8)).collect());
+    let text = tok.id_to_token(id)?;
+    if let Some(bytes) = text.chars().map(|c| table.get(&c).copied()).collect::<Option<Vec<u8>>>() {
+        return Some(bytes);
+    }
+    if let Some(hex) = text.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+        if let Ok(b) = u8::from_str_radix(hex, 16) {
+            return Some(vec![b]);
+        }
+    }
+    Some(text.replace('\u{2581}', " ").into_bytes())
+}
+
 fn bytes_to_unicode() -> [char; 256] {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
