@@ -43,6 +43,10 @@
 use minijinja::{context, Environment, ErrorKind};
 use serde::Serialize;
 
+use super::gguf::keys;
+use super::to_gguf::TokenizerMetadata;
+use crate::gguf::GgufValue;
+
 /// Writing a Modelfile failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelfileError {
@@ -76,6 +80,11 @@ pub enum ModelfileError {
         /// Why.
         reason: String,
     },
+    /// The GGUF's tokenizer metadata has no `tokenizer.chat_template` to translate.
+    #[error(
+        "the tokenizer has no chat template (tokenizer.chat_template) to translate into a TEMPLATE; pass the TEMPLATE explicitly"
+    )]
+    NoChatTemplate,
     /// A parameter name Ollama's parser does not accept.
     #[error("'{name}' is not a valid Modelfile parameter name (letters, digits and '_')")]
     InvalidParameter {
@@ -303,6 +312,21 @@ impl Modelfile {
             template: None,
             parameters: Vec::new(),
         }
+    }
+
+    /// A Modelfile for a GGUF with `meta` as its tokenizer metadata: its chat template, BOS and
+    /// EOS texts, whether the tokenizer adds BOS, and llama.cpp's end-of-generation tokens as
+    /// stops ([`TokenizerMetadata::end_of_generation_tokens`]).
+    pub fn for_tokenizer(gguf_file_name: impl Into<String>, meta: &TokenizerMetadata) -> Result<Self, ModelfileError> {
+        let template = meta.get(keys::CHAT_TEMPLATE).and_then(GgufValue::as_str).ok_or(ModelfileError::NoChatTemplate)?;
+        let text = |key: &str| {
+            let id = meta.get(key).and_then(GgufValue::as_u32)?;
+            meta.get(keys::TOKENS)?.as_array()?.get(id as usize)?.as_str().map(str::to_string)
+        };
+        let add_bos = meta.get(keys::ADD_BOS).and_then(GgufValue::as_bool).unwrap_or(false);
+        Ok(Modelfile::new(gguf_file_name, template)
+            .with_special_tokens(text(keys::BOS_ID).unwrap_or_default(), text(keys::EOS_ID).unwrap_or_default(), add_bos)
+            .with_stop_tokens(meta.end_of_generation_tokens()))
     }
 
     /// The BOS and EOS texts the Jinja template renders `bos_token`/`eos_token` as, and whether
@@ -958,6 +982,24 @@ mod tests {
         assert!(e.to_string().contains("U+200B"), "{e}");
         assert!(matches!(base().with_parameter("top-k", "1").render(), Err(ModelfileError::InvalidParameter { .. })));
         assert!(matches!(Modelfile::new("a\nb.gguf", PLAIN_CHATML).render(), Err(ModelfileError::Unrepresentable { .. })));
+    }
+
+    #[test]
+    fn for_tokenizer_takes_template_special_tokens_and_stops_from_the_gguf_metadata() {
+        use crate::tokenizer::to_gguf::{to_gguf, HfTokenizer};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-tokenizer");
+        let mut meta = to_gguf(&HfTokenizer::from_dir(&dir).expect("load"), Some("gpt-2")).expect("to_gguf");
+        let text = Modelfile::for_tokenizer("tiny.gguf", &meta).expect("modelfile").render().expect("render");
+        assert!(text.contains("{{ range .Messages }}{{ if eq .Role \"user\" }}<|im_start|>user\n"), "{text}");
+        assert!(text.ends_with("PARAMETER stop <|endoftext|>\nPARAMETER stop <|im_end|>\n"), "{text}");
+        // A model trained with the seed format carries the seed template.
+        let seed = crate::tokenizer::template::seed_chat_template("<|im_end|>");
+        meta.kv.iter_mut().find(|(k, _)| k == keys::CHAT_TEMPLATE).expect("template").1 = GgufValue::String(seed.clone());
+        let m = Modelfile::for_tokenizer("tiny.gguf", &meta).expect("modelfile");
+        assert_eq!(translate(&seed, &m.bos, &m.eos, m.add_bos).expect("translate").family, TemplateFamily::Seed);
+        assert!(m.render().expect("render").contains("Assistant: {{ .Content }}<|im_end|>"));
+        meta.kv.retain(|(k, _)| k != keys::CHAT_TEMPLATE);
+        assert!(matches!(Modelfile::for_tokenizer("tiny.gguf", &meta), Err(ModelfileError::NoChatTemplate)));
     }
 
     #[test]
