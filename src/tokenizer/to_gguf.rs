@@ -297,6 +297,7 @@ pub enum ToGgufError {
 #[derive(Clone)]
 pub struct HfTokenizer {
     source: PathBuf,
+    files: Vec<PathBuf>,
     tokenizer: Tokenizer,
     json: Json,
     tokenizer_config: Option<Json>,
@@ -338,11 +339,22 @@ impl HfTokenizer {
             });
         }
         let mut t = HfTokenizer::from_json(dir, &read_text(&json_path)?)?;
-        t.tokenizer_config = read_json_if_exists(&dir.join("tokenizer_config.json"))?;
-        t.model_config = read_json_if_exists(&dir.join("config.json"))?;
-        t.special_tokens_map = read_json_if_exists(&dir.join("special_tokens_map.json"))?;
+        t.files.push(json_path);
+        let mut optional = |name: &str| -> Result<Option<Json>, ToGgufError> {
+            let path = dir.join(name);
+            let json = read_json_if_exists(&path)?;
+            if json.is_some() {
+                t.files.push(path);
+            }
+            Ok(json)
+        };
+        let tokenizer_config = optional("tokenizer_config.json")?;
+        let model_config = optional("config.json")?;
+        let special_tokens_map = optional("special_tokens_map.json")?;
+        (t.tokenizer_config, t.model_config, t.special_tokens_map) = (tokenizer_config, model_config, special_tokens_map);
         let jinja = dir.join("chat_template.jinja");
         if jinja.is_file() {
+            t.files.push(jinja.clone());
             let default = read_text(&jinja)?;
             let mut extra: Vec<PathBuf> = match std::fs::read_dir(dir.join("additional_chat_templates")) {
                 Ok(entries) => entries
@@ -357,12 +369,14 @@ impl HfTokenizer {
             } else {
                 let mut list = vec![serde_json::json!({"name": "default", "template": default})];
                 for p in extra {
+                    t.files.push(p.clone());
                     let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     list.push(serde_json::json!({"name": name, "template": read_text(&p)?}));
                 }
                 Json::Array(list)
             });
         } else if let Some(j) = read_json_if_exists(&dir.join("chat_template.json"))? {
+            t.files.push(dir.join("chat_template.json"));
             t.chat_template_file = j.get("chat_template").cloned();
         }
         Ok(t)
@@ -377,6 +391,7 @@ impl HfTokenizer {
         let tokenizer: Tokenizer = tokenizer_json.parse().map_err(|e| invalid(format!("tokenizer.json: {e}")))?;
         Ok(HfTokenizer {
             source,
+            files: Vec::new(),
             tokenizer,
             json,
             tokenizer_config: None,
@@ -396,6 +411,11 @@ impl HfTokenizer {
     pub fn with_model_config(mut self, config: Json) -> Self {
         self.model_config = Some(config);
         self
+    }
+
+    /// Every file [`Self::from_dir`] read, for the caller's cache key.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// The folder or file this tokenizer was read from.
@@ -1550,6 +1570,8 @@ mod tests {
             serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2});
         std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
         let hf = HfTokenizer::from_dir(dir.path()).expect("load");
+        let names: Vec<_> = hf.files().iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["tokenizer.json", "tokenizer_config.json", "config.json"]);
         let meta = to_gguf(&hf, None).expect("to_gguf");
         assert_matches_reference(&hf, &meta, &fixture_dir("smollm2-merge-expected.json"));
         let want: Vec<_> =
