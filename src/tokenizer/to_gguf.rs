@@ -36,7 +36,14 @@
 //!    (SmolLM/Granite); both are reproduced. Other architectures get no extras.
 //!
 //! Keys are in the order the converter writes them; a key written twice keeps its first position
-//! and its last value, as gguf-py's writer does.
+//! and its last value, as gguf-py's writer does. [`to_gguf_with`] takes [`ExportOptions`].
+//!
+//! # Checked against the converter
+//!
+//! `scripts/gguf_tokenizer_reference.py` runs the converter's own methods (taken from its source,
+//! no torch needed) on a folder; the tests compare every key, its position, type and value with
+//! that output for the fixtures under `tests/data/to-gguf/` (made by
+//! `scripts/make_to_gguf_fixtures.py`) and for the `merge` node's SmolLM2 folder.
 //!
 //! # Limits
 //!
