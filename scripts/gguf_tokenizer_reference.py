@@ -18,6 +18,9 @@ to disk). `_set_vocab_sentencepiece` is replaced by one that raises FileNotFound
 the real one does when there is no tokenizer.model (without needing sentencepiece).
 With --pre, get_vocab_base_pre returns NAME instead of failing on an unknown hash.
 
+With --write-gguf PATH it also writes a vocab-only GGUF (tokenizer keys plus the few llama
+hyperparameters llama.cpp reads) that `llama-tokenize --vocab-only`-style tools can load.
+
 Needs: transformers, numpy, and gguf-py (LLAMA_CPP_DIR/gguf-py is put on sys.path).
 The values must come from llama.cpp's code, never from pipe: this file is the oracle.
 """
@@ -52,6 +55,10 @@ def main() -> None:
     ap.add_argument("model_dir", type=Path)
     ap.add_argument("--pre")
     ap.add_argument("--arch", default="")
+    ap.add_argument("--write-gguf", type=Path, help="also write a vocab-only GGUF (for llama-tokenize)")
+    ap.add_argument("--merge-rank-scores", action="store_true",
+                    help="in the written GGUF, replace the converter's -1000.0 scores by -(rank of the merge making "
+                         "the token), 0.0 for tokens no merge makes (what pipe writes by default)")
     args = ap.parse_args()
     sys.path.insert(0, str(args.llama_cpp_dir / "gguf-py"))
     import gguf  # noqa: E402
@@ -107,6 +114,27 @@ def main() -> None:
             model._set_vocab_llama_hf()
         except (FileNotFoundError, TypeError):
             model._set_vocab_gpt2()
+
+    if args.write_gguf:
+        w = model.gguf_writer
+        if args.merge_rank_scores and "tokenizer.ggml.scores" in w.kv_data[0]:
+            merges = json.loads((args.model_dir / "tokenizer.json").read_text())["model"]["merges"]
+            rank = {}
+            for i, m in enumerate(merges):
+                a, b = m.split(" ", 1) if isinstance(m, str) else m
+                rank.setdefault(a + b, i)
+            toks = w.kv_data[0]["tokenizer.ggml.tokens"].value
+            toks = [t.decode("utf-8") if isinstance(t, (bytes, bytearray)) else t for t in toks]
+            w.kv_data[0]["tokenizer.ggml.scores"].value = [-float(rank[t]) if t in rank else 0.0 for t in toks]
+        w.add_context_length(2048)
+        w.add_embedding_length(64)
+        w.add_block_count(1)
+        w.add_feed_forward_length(128)
+        w.add_head_count(1)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.write_header_to_file(path=args.write_gguf)
+        w.write_kv_data_to_file()
+        w.close()
 
     kv = []
     for key, val in model.gguf_writer.kv_data[0].items():

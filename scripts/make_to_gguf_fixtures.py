@@ -103,7 +103,10 @@ def spmbpe() -> None:
         vocab[f"<0x{b:02X}>"] = len(vocab)
     for c in "\u2581abcdefghijklmnopqrstuvwxyz,.!?":
         vocab[c] = len(vocab)
-    merges = [("\u2581", "t"), ("h", "e"), ("\u2581t", "he"), ("i", "n"), ("\u2581", "a"), ("\u2581", "w"), ("o", "r")]
+    # Merges whose rank order differs from left-to-right order ("bc" before "ab", "er" before
+    # "we"), where llama.cpp's SentencePiece merging depends on the scores.
+    merges = [("b", "c"), ("e", "r"), ("\u2581", "t"), ("h", "e"), ("\u2581t", "he"), ("i", "n"), ("\u2581", "a"),
+              ("\u2581", "w"), ("o", "r"), ("a", "b"), ("w", "e")]
     for a, b in merges:
         vocab[a + b] = len(vocab)
     tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))

@@ -4,6 +4,7 @@
 //!   Hugging Face model folder, or a GGUF file.
 //! - [`gguf`]: a Hugging Face [`tokenizers::Tokenizer`] built from GGUF `tokenizer.ggml.*`
 //!   metadata that produces the same ids as llama.cpp (byte-level BPE vocabularies).
+//! - [`modelfile`]: Ollama Modelfiles, with the Jinja chat template translated to a Go TEMPLATE.
 //! - [`template`]: prompt formats, the tutorial's and Jinja chat templates.
 //! - [`to_gguf`]: the inverse of [`gguf`]: GGUF `tokenizer.*` metadata from a Hugging Face
 //!   tokenizer, as llama.cpp's `convert_hf_to_gguf.py` writes it.
@@ -11,5 +12,6 @@
 pub mod fast;
 pub mod gguf;
 pub mod load;
+pub mod modelfile;
 pub mod template;
 pub mod to_gguf;

@@ -23,6 +23,51 @@ pub struct Message {
     pub content: String,
 }
 
+/// A Jinja chat template that renders the seed's format, for a GGUF's `tokenizer.chat_template`.
+///
+/// A conversation renders as the seed's training text: each user message as
+/// `User: {content}\n\n`, each assistant message as `Assistant: {content}{eos}` (so one exchange
+/// is exactly `User: {instruction}{input}\n\nAssistant: {output}{eos}`, what [`seed`] plus the end
+/// token gives). The generation prompt is `Assistant:` without the trailing space: training
+/// tokenized the completion `Assistant: {output}` on its own, so the model learned to produce
+/// ` {output}` (space included) after `Assistant:`. The seed has no system role; a system
+/// message renders as its text and a blank line. Other roles raise an error.
+///
+/// `eos` is written into the template as a literal, so the template does not depend on the
+/// renderer passing `eos_token`.
+pub fn seed_chat_template(eos: &str) -> String {
+    let eos = jinja_string_literal(eos);
+    [
+        "{%- for message in messages -%}",
+        "{%- if message['role'] == 'system' -%}{{ message['content'] + '\\n\\n' }}",
+        "{%- elif message['role'] == 'user' -%}{{ 'User: ' + message['content'] + '\\n\\n' }}",
+        &format!("{{%- elif message['role'] == 'assistant' -%}}{{{{ 'Assistant: ' + message['content'] + {eos} }}}}"),
+        "{%- else -%}{{ raise_exception('the seed format has no role ' + message['role']) }}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- if add_generation_prompt -%}{{ 'Assistant:' }}{%- endif -%}",
+    ]
+    .concat()
+}
+
+/// `s` as a single-quoted Jinja string literal.
+fn jinja_string_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
 /// The seed's format: (prompt, completion without the end token).
 pub fn seed(instruction: &str, input: &str, output: &str) -> (String, String) {
     (format!("User: {instruction}{input}\n\n"), format!("Assistant: {output}"))
@@ -99,6 +144,26 @@ mod tests {
     fn raise_exception_is_an_error() {
         let t = ChatTemplate::new("{{ raise_exception('nope') }}", "", "").unwrap();
         assert!(t.render(&[], false).unwrap_err().to_string().contains("nope"));
+    }
+
+    fn msg(role: &str, content: &str) -> Message {
+        Message { role: role.into(), content: content.into() }
+    }
+
+    #[test]
+    fn the_seed_chat_template_renders_the_seed_training_text() {
+        for eos in ["<|im_end|>", "</s>", "it's \\ odd\n"] {
+            let t = ChatTemplate::new(&seed_chat_template(eos), "<s>", "unused").unwrap();
+            let (prompt, answer) = seed("算命", "：明年", "财运亨通");
+            let full = t.render(&[msg("user", "算命：明年"), msg("assistant", "财运亨通")], false).unwrap();
+            assert_eq!(full, format!("{prompt}{answer}{eos}"));
+            let gen = t.render(&[msg("user", "算命：明年")], true).unwrap();
+            assert_eq!(gen, format!("{prompt}Assistant:"));
+            assert!(full.starts_with(&gen), "the generation prompt is a prefix of the answered conversation");
+            let sys = t.render(&[msg("system", "S"), msg("user", "q")], true).unwrap();
+            assert_eq!(sys, "S\n\nUser: q\n\nAssistant:");
+            assert!(t.render(&[msg("tool", "x")], false).unwrap_err().to_string().contains("no role tool"));
+        }
     }
 
     #[test]

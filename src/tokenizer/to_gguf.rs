@@ -36,16 +36,27 @@
 //!    (SmolLM/Granite); both are reproduced. Other architectures get no extras.
 //!
 //! Keys are in the order the converter writes them; a key written twice keeps its first position
-//! and its last value, as gguf-py's writer does.
+//! and its last value, as gguf-py's writer does. [`to_gguf_with`] takes [`ExportOptions`].
+//!
+//! # Checked against the converter
+//!
+//! `scripts/gguf_tokenizer_reference.py` runs the converter's own methods (taken from its source,
+//! no torch needed) on a folder; the tests compare every key, its position, type and value with
+//! that output for the fixtures under `tests/data/to-gguf/` (made by
+//! `scripts/make_to_gguf_fixtures.py`) and for the `merge` node's SmolLM2 folder.
 //!
 //! # Limits
 //!
 //! * Only the `tokenizer.json` route: a `tokenizer.model` (SentencePiece protobuf), tiktoken
 //!   vocabularies (`_set_vocab_qwen` for the original Qwen) and Mistral's `tekken.json` are not read.
-//! * For `"llama"` the scores are the converter's placeholder, `-1000.0` for every token
-//!   (`LlamaHfVocab.get_token_score`), and no merges are written; llama.cpp's SentencePiece
-//!   tokenizer then merges by position rather than by rank, so ids can differ from Hugging Face's.
-//!   The converter has the same limit; a `tokenizer.model` beside the folder avoids it there.
+//! * **Deliberate difference: `"llama"` scores.** The converter writes its placeholder `-1000.0`
+//!   for every token (`LlamaHfVocab.get_token_score`) and no merges. llama.cpp's SentencePiece
+//!   tokenizer merges the adjacent pair with the highest score, the leftmost on ties, so with
+//!   equal scores it merges by position, not by rank, and tokenizes differently from Hugging Face
+//!   wherever merge order matters. Here a token made by merge `r` scores `-r` (others `0.0`), which
+//!   makes llama.cpp merge in rank order: on tests/data/to-gguf/spmbpe, random texts
+//!   (scripts/spm_scores_check.py) differ from Hugging Face in 4 of 300 with the converter's scores
+//!   and 0 of 300 with these. [`ExportOptions::with_converter_scores`] restores the converter's.
 //! * `AutoTokenizer` is emulated on `tokenizer.json` alone: transformers' own rewriting of the
 //!   post-processor from `add_bos_token` (Llama, Gemma tokenizer classes) is not done, so a
 //!   `tokenizer.json` whose post-processor disagrees with its config hashes the way the file says.
@@ -293,6 +304,7 @@ pub enum ToGgufError {
 #[derive(Clone)]
 pub struct HfTokenizer {
     source: PathBuf,
+    files: Vec<PathBuf>,
     tokenizer: Tokenizer,
     json: Json,
     tokenizer_config: Option<Json>,
@@ -334,11 +346,22 @@ impl HfTokenizer {
             });
         }
         let mut t = HfTokenizer::from_json(dir, &read_text(&json_path)?)?;
-        t.tokenizer_config = read_json_if_exists(&dir.join("tokenizer_config.json"))?;
-        t.model_config = read_json_if_exists(&dir.join("config.json"))?;
-        t.special_tokens_map = read_json_if_exists(&dir.join("special_tokens_map.json"))?;
+        t.files.push(json_path);
+        let mut optional = |name: &str| -> Result<Option<Json>, ToGgufError> {
+            let path = dir.join(name);
+            let json = read_json_if_exists(&path)?;
+            if json.is_some() {
+                t.files.push(path);
+            }
+            Ok(json)
+        };
+        let tokenizer_config = optional("tokenizer_config.json")?;
+        let model_config = optional("config.json")?;
+        let special_tokens_map = optional("special_tokens_map.json")?;
+        (t.tokenizer_config, t.model_config, t.special_tokens_map) = (tokenizer_config, model_config, special_tokens_map);
         let jinja = dir.join("chat_template.jinja");
         if jinja.is_file() {
+            t.files.push(jinja.clone());
             let default = read_text(&jinja)?;
             let mut extra: Vec<PathBuf> = match std::fs::read_dir(dir.join("additional_chat_templates")) {
                 Ok(entries) => entries
@@ -353,12 +376,14 @@ impl HfTokenizer {
             } else {
                 let mut list = vec![serde_json::json!({"name": "default", "template": default})];
                 for p in extra {
+                    t.files.push(p.clone());
                     let name = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     list.push(serde_json::json!({"name": name, "template": read_text(&p)?}));
                 }
                 Json::Array(list)
             });
         } else if let Some(j) = read_json_if_exists(&dir.join("chat_template.json"))? {
+            t.files.push(dir.join("chat_template.json"));
             t.chat_template_file = j.get("chat_template").cloned();
         }
         Ok(t)
@@ -373,6 +398,7 @@ impl HfTokenizer {
         let tokenizer: Tokenizer = tokenizer_json.parse().map_err(|e| invalid(format!("tokenizer.json: {e}")))?;
         Ok(HfTokenizer {
             source,
+            files: Vec::new(),
             tokenizer,
             json,
             tokenizer_config: None,
@@ -392,6 +418,11 @@ impl HfTokenizer {
     pub fn with_model_config(mut self, config: Json) -> Self {
         self.model_config = Some(config);
         self
+    }
+
+    /// Every file [`Self::from_dir`] read, for the caller's cache key.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
 
     /// The folder or file this tokenizer was read from.
@@ -910,6 +941,25 @@ fn merges_of(hf: &HfTokenizer) -> Result<Vec<String>, ToGgufError> {
         .collect()
 }
 
+/// `tokenizer.json`'s merges as `(left, right)` pairs, in rank order.
+fn merge_pairs(hf: &HfTokenizer) -> Result<Vec<(String, String)>, ToGgufError> {
+    let Some(merges) = hf.json.get("model").and_then(|m| m.get("merges")).and_then(Json::as_array) else {
+        return Ok(Vec::new());
+    };
+    let bad = || hf.inconsistent("tokenizer.json: model.merges is neither \"left right\" strings nor [left, right] pairs".into());
+    merges
+        .iter()
+        .map(|m| match m {
+            Json::String(s) => s.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(bad),
+            Json::Array(pair) if pair.len() == 2 => match (pair[0].as_str(), pair[1].as_str()) {
+                (Some(a), Some(b)) => Ok((a.to_string(), b.to_string())),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
 /// `does_token_look_special`: added tokens that some models forget to mark special.
 fn looks_special(token: &str) -> bool {
     matches!(token, "<pad>" | "<mask>" | "<2mass>" | "[@BOS@]")
@@ -983,11 +1033,45 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// Choices [`to_gguf_with`] makes where the converter's output is not the only sensible one.
+#[derive(Debug, Clone, Default)]
+pub struct ExportOptions {
+    pre: Option<String>,
+    converter_scores: bool,
+}
+
+impl ExportOptions {
+    /// Sets `tokenizer.ggml.pre` instead of detecting it (a name llama.cpp knows).
+    pub fn with_pre(mut self, pre: impl Into<String>) -> Self {
+        self.pre = Some(pre.into());
+        self
+    }
+
+    /// For a `"llama"` vocabulary, writes the converter's placeholder scores (`-1000.0` for every
+    /// token) instead of merge-rank scores. Only for comparing with the converter: llama.cpp then
+    /// merges by position and tokenizes differently from Hugging Face (see the module docs).
+    pub fn with_converter_scores(mut self, yes: bool) -> Self {
+        self.converter_scores = yes;
+        self
+    }
+}
+
 /// The GGUF `tokenizer.*` metadata `convert_hf_to_gguf.py` writes for `hf`.
 ///
 /// `pre` overrides the pre-tokenizer detection (for a `"gpt2"` model); it must be a name llama.cpp
 /// knows. Without it, an unrecognized pre-tokenizer is [`ToGgufError::UnknownPreTokenizer`].
+/// Same as [`to_gguf_with`] with only the pre-tokenizer set.
 pub fn to_gguf(hf: &HfTokenizer, pre: Option<&str>) -> Result<TokenizerMetadata, ToGgufError> {
+    let mut opts = ExportOptions::default();
+    if let Some(p) = pre {
+        opts = opts.with_pre(p);
+    }
+    to_gguf_with(hf, &opts)
+}
+
+/// The GGUF `tokenizer.*` metadata for `hf`, with [`ExportOptions`].
+pub fn to_gguf_with(hf: &HfTokenizer, opts: &ExportOptions) -> Result<TokenizerMetadata, ToGgufError> {
+    let pre = opts.pre.as_deref();
     let model = tokenizer_model(hf)?;
     let mut meta = TokenizerMetadata { kv: Vec::new() };
     let llama_arch = hf.architecture() == Some("LlamaForCausalLM");
@@ -998,7 +1082,7 @@ pub fn to_gguf(hf: &HfTokenizer, pre: Option<&str>) -> Result<TokenizerMetadata,
     }
     match model {
         "gpt2" => set_vocab_gpt2(hf, pre, &mut meta)?,
-        _ => set_vocab_llama_hf(hf, pre, &mut meta)?,
+        _ => set_vocab_llama_hf(hf, pre, opts.converter_scores, &mut meta)?,
     }
     if llama_arch && hf.config_vocab_size() == Some(49152) {
         meta.set(keys::ADD_BOS, GgufValue::Bool(false));
@@ -1102,7 +1186,15 @@ fn set_vocab_gpt2(hf: &HfTokenizer, pre: Option<&str>, meta: &mut TokenizerMetad
 }
 
 /// `_set_vocab_llama_hf` (gguf-py's `LlamaHfVocab`): a SentencePiece-style BPE `tokenizer.json`.
-fn set_vocab_llama_hf(hf: &HfTokenizer, pre: Option<&str>, meta: &mut TokenizerMetadata) -> Result<(), ToGgufError> {
+///
+/// Scores: the converter writes `-1000.0` for every token; unless `converter_scores`, a token made
+/// by merge `r` (its first, lowest-ranked one) scores `-r` and every other token `0.0`.
+fn set_vocab_llama_hf(
+    hf: &HfTokenizer,
+    pre: Option<&str>,
+    converter_scores: bool,
+    meta: &mut TokenizerMetadata,
+) -> Result<(), ToGgufError> {
     if let Some(name) = pre.filter(|n| *n != "default") {
         return Err(hf.inconsistent(format!(
             "pre-tokenizer '{name}' was given, but this is a SentencePiece-style (\"llama\") vocabulary, whose pre-tokenizer is always \"default\""
@@ -1166,10 +1258,20 @@ fn set_vocab_llama_hf(hf: &HfTokenizer, pre: Option<&str>, meta: &mut TokenizerM
     }
     let n_vocab = tokens.len();
 
+    let scores = if converter_scores {
+        vec![GgufValue::F32(-1000.0); n_vocab]
+    } else {
+        let mut rank: HashMap<String, usize> = HashMap::new();
+        for (r, (a, b)) in merge_pairs(hf)?.into_iter().enumerate() {
+            rank.entry(a + &b).or_insert(r);
+        }
+        tokens.iter().map(|t| GgufValue::F32(rank.get(t).map_or(0.0, |&r| -(r as f32)))).collect()
+    };
+
     meta.set(keys::MODEL, GgufValue::String("llama".into()));
     meta.set(keys::PRE, GgufValue::String("default".into()));
     meta.set(keys::TOKENS, strings(tokens));
-    meta.set(extra_keys::SCORES, GgufValue::Array(vec![GgufValue::F32(-1000.0); n_vocab]));
+    meta.set(extra_keys::SCORES, GgufValue::Array(scores));
     meta.set(keys::TOKEN_TYPE, ints(&types));
     SpecialVocab::load(hf, false, Some(n_vocab))?.add_to(meta);
     Ok(())
@@ -1243,13 +1345,13 @@ mod tests {
 
     /// `to_gguf` on a fixture folder equals the converter's output (tests/data/to-gguf/NAME/expected.json,
     /// from scripts/make_to_gguf_fixtures.py): same keys, order, types and values.
-    fn check_against_converter(name: &str, pre: Option<&str>) -> (HfTokenizer, TokenizerMetadata) {
+    fn check_against_converter(name: &str, opts: ExportOptions) -> (HfTokenizer, TokenizerMetadata) {
         let (dir, expected) = match name {
             "tiny" => (tiny_dir(), fixture_dir("tiny-expected.json")),
             _ => (fixture_dir(name), fixture_dir(name).join("expected.json")),
         };
         let hf = HfTokenizer::from_dir(&dir).expect("load fixture");
-        let meta = to_gguf(&hf, pre).expect("to_gguf");
+        let meta = to_gguf_with(&hf, &opts).expect("to_gguf");
         assert_matches_reference(&hf, &meta, &expected);
         (hf, meta)
     }
@@ -1306,13 +1408,13 @@ mod tests {
 
     #[test]
     fn matches_the_converter_on_the_tiny_tokenizer() {
-        let (hf, meta) = check_against_converter("tiny", Some("gpt-2"));
+        let (hf, meta) = check_against_converter("tiny", ExportOptions::default().with_pre("gpt-2"));
         check_encodes_like_hf(&hf, &meta, SAMPLES);
     }
 
     #[test]
     fn matches_the_converter_on_a_llama3_shaped_tokenizer() {
-        let (hf, meta) = check_against_converter("llama3ish", Some("llama-bpe"));
+        let (hf, meta) = check_against_converter("llama3ish", ExportOptions::default().with_pre("llama-bpe"));
         // Unused ids up to config.json's vocab_size, user-defined tokens with ▁ as spaces.
         let tokens = meta.get(keys::TOKENS).and_then(GgufValue::as_array).expect("tokens");
         assert_eq!(tokens.last().and_then(GgufValue::as_str), Some("[PAD1011]"));
@@ -1326,8 +1428,20 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_converter_on_a_sentencepiece_style_bpe() {
-        let (_, meta) = check_against_converter("spmbpe", None);
+    fn matches_the_converter_on_a_sentencepiece_style_bpe_but_for_the_scores() {
+        let (hf, meta) = check_against_converter("spmbpe", ExportOptions::default().with_converter_scores(true));
+        let ours = to_gguf(&hf, None).expect("to_gguf");
+        let without_scores =
+            |m: &TokenizerMetadata| m.kv.iter().filter(|(k, _)| k != extra_keys::SCORES).cloned().collect::<Vec<_>>();
+        assert_eq!(without_scores(&ours), without_scores(&meta));
+        // Merge-rank scores: "bc" is merge 0, "ab" merge 9 (see scripts/make_to_gguf_fixtures.py).
+        let tokens = ours.get(keys::TOKENS).and_then(GgufValue::as_array).expect("tokens");
+        let scores = ours.get(extra_keys::SCORES).and_then(GgufValue::as_array).expect("scores");
+        let score = |text: &str| scores[tokens.iter().position(|t| t.as_str() == Some(text)).expect("token")].as_f32();
+        assert_eq!(
+            (score("bc"), score("er"), score("ab"), score("a"), score("<s>")),
+            (Some(-0.0), Some(-1.0), Some(-9.0), Some(0.0), Some(0.0))
+        );
         let types = meta.get(keys::TOKEN_TYPE).and_then(GgufValue::as_array).expect("types");
         let ty = |id: usize| types[id].as_i32().expect("i32");
         assert_eq!(
@@ -1463,6 +1577,8 @@ mod tests {
             serde_json::json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2});
         std::fs::write(dir.path().join("config.json"), config.to_string()).expect("write config");
         let hf = HfTokenizer::from_dir(dir.path()).expect("load");
+        let names: Vec<_> = hf.files().iter().map(|p| p.file_name().expect("name").to_string_lossy().into_owned()).collect();
+        assert_eq!(names, ["tokenizer.json", "tokenizer_config.json", "config.json"]);
         let meta = to_gguf(&hf, None).expect("to_gguf");
         assert_matches_reference(&hf, &meta, &fixture_dir("smollm2-merge-expected.json"));
         let want: Vec<_> =
