@@ -18,8 +18,8 @@ use serde::Serialize;
 
 use super::llamacpp::LlamaCpp;
 use super::Written;
-use crate::gguf::quant::GgmlKind;
 use crate::gguf::ftype::FileType;
+use crate::gguf::quant::GgmlKind;
 use crate::gguf::GgufFile;
 use crate::model::generate::{argmax, decode};
 use crate::model::gguf_names::gguf_name;
@@ -125,7 +125,9 @@ impl Gate<'_> {
         push(self.tensors(&file, &loaded));
         push(self.tokenizer(&file));
         match &self.llama {
-            None => push(Check::skipped("llama.cpp", format!("llama.cpp not found in {}", super::llamacpp::search_description()))),
+            None => {
+                push(Check::skipped("llama.cpp", format!("llama.cpp not found in {}", super::llamacpp::search_description())))
+            }
             Some(l) => {
                 push(self.llama_tokenizer(l));
                 push(self.llama_greedy(l, &loaded));
@@ -195,7 +197,11 @@ impl Gate<'_> {
             match (want, got) {
                 (Ok(w), Ok(g)) if w == g => {}
                 (Ok(w), Ok(g)) => {
-                    return Check::new(NAME, false, format!("{s:?}: the file's tokenizer gives {g:?}, the training tokenizer {w:?}"))
+                    return Check::new(
+                        NAME,
+                        false,
+                        format!("{s:?}: the file's tokenizer gives {g:?}, the training tokenizer {w:?}"),
+                    )
                 }
                 (Err(e), _) => return Check::new(NAME, false, format!("{s:?}: {e}")),
                 (_, Err(e)) => return Check::new(NAME, false, format!("{s:?}: {e}")),
@@ -213,11 +219,17 @@ impl Gate<'_> {
             };
             match l.tokenize(self.gguf, s, &self.scratch) {
                 Ok(g) if g == want => {}
-                Ok(g) => return Check::new(NAME, false, format!("{s:?}: llama.cpp gives {g:?}, the training tokenizer {want:?}")),
+                Ok(g) => {
+                    return Check::new(NAME, false, format!("{s:?}: llama.cpp gives {g:?}, the training tokenizer {want:?}"))
+                }
                 Err(e) => return Check::new(NAME, false, e.to_string()),
             }
         }
-        Check::new(NAME, true, format!("llama-tokenize gives the training tokenizer's ids on {} sample texts", self.samples.len()))
+        Check::new(
+            NAME,
+            true,
+            format!("llama-tokenize gives the training tokenizer's ids on {} sample texts", self.samples.len()),
+        )
     }
 
     /// `exported` is the file as pipe loads it: llama.cpp and pipe decode the same weights, so

@@ -52,7 +52,11 @@ pub fn search_description() -> String {
 impl LlamaCpp {
     /// The tools, or `None` when `llama-tokenize` or `llama-simple` is missing.
     pub fn find() -> Option<LlamaCpp> {
-        Some(LlamaCpp { tokenize: find_tool("llama-tokenize")?, simple: find_tool("llama-simple")?, perplexity: find_tool("llama-perplexity") })
+        Some(LlamaCpp {
+            tokenize: find_tool("llama-tokenize")?,
+            simple: find_tool("llama-simple")?,
+            perplexity: find_tool("llama-perplexity"),
+        })
     }
 
     /// Token ids of `text` as llama.cpp's tokenizer gives them (`parse_special` on, no BOS).
@@ -61,12 +65,12 @@ impl LlamaCpp {
         let file = scratch.join("llama-tokenize-input.txt");
         std::fs::write(&file, text).map_err(|source| ToolError::Spawn { tool: self.tokenize.clone(), source })?;
         let out = run(
-            Command::new(&self.tokenize)
-                .arg("-m")
-                .arg(model)
-                .arg("-f")
-                .arg(&file)
-                .args(["--ids", "--log-disable", "--no-bos", "--no-escape"]),
+            Command::new(&self.tokenize).arg("-m").arg(model).arg("-f").arg(&file).args([
+                "--ids",
+                "--log-disable",
+                "--no-bos",
+                "--no-escape",
+            ]),
             &self.tokenize,
         )?;
         parse_ids(&out).ok_or_else(|| ToolError::Output { tool: self.tokenize.clone(), output: out.clone() })
@@ -122,7 +126,11 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 fn failed(tool: &Path, out: &std::process::Output) -> ToolError {
-    ToolError::Failed { tool: tool.to_path_buf(), status: out.status.to_string(), stderr: tail(&String::from_utf8_lossy(&out.stderr), 800) }
+    ToolError::Failed {
+        tool: tool.to_path_buf(),
+        status: out.status.to_string(),
+        stderr: tail(&String::from_utf8_lossy(&out.stderr), 800),
+    }
 }
 
 fn run(cmd: &mut Command, tool: &Path) -> Result<String, ToolError> {

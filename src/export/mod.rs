@@ -18,8 +18,8 @@ pub mod llamacpp;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::gguf::quant::GgmlKind;
 use crate::gguf::ftype::{self, FileType, ModelInfo};
+use crate::gguf::quant::GgmlKind;
 use crate::gguf::quantize;
 use crate::gguf::writer::{self, TensorPlan};
 use crate::gguf::{GgmlType, GgufValue};
