@@ -152,7 +152,15 @@ impl Gate<'_> {
 
     fn tensors(&self, file: &GgufFile, loaded: &Model) -> Check {
         const NAME: &str = "tensors";
-        if loaded.cfg != self.source.cfg {
+        // GGUF stores the float hyper-parameters as f32, and Llama 3 RoPE scaling as the
+        // `rope_freqs.weight` tensor rather than as config.
+        let stored = |c: &crate::model::config::Config| crate::model::config::Config {
+            rms_norm_eps: f64::from(c.rms_norm_eps as f32),
+            rope_theta: f64::from(c.rope_theta as f32),
+            rope_scaling: None,
+            ..c.clone()
+        };
+        if stored(&loaded.cfg) != stored(&self.source.cfg) {
             return Check::new(NAME, false, format!("config reads back as {:?}, source is {:?}", loaded.cfg, self.source.cfg));
         }
         let (a, b) = (self.source.hf_tensors(), loaded.hf_tensors());

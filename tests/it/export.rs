@@ -19,7 +19,7 @@ nodes:
   export:
     kind: export-gguf
     inputs: {{ model: model, prompts: prompts.txt }}
-    params: {{ pre: gpt2, format: chat_template{params} }}
+    params: {{ pre: gpt-2, format: chat_template{params} }}
 "#
     )
 }
@@ -104,7 +104,7 @@ fn the_python_gguf_package_reads_the_export() {
     assert_eq!(meta["llama.embedding_length"], HIDDEN);
     assert_eq!(meta["llama.block_count"], 2);
     assert_eq!(meta["tokenizer.ggml.model"], "gpt2");
-    assert_eq!(meta["tokenizer.ggml.pre"], "gpt2");
+    assert_eq!(meta["tokenizer.ggml.pre"], "gpt-2");
     assert_eq!(meta["tokenizer.ggml.eos_token_id"], 2);
     assert!(meta["tokenizer.chat_template"].as_str().unwrap().contains("<|im_start|>"));
     let tensors = v["tensors"].as_object().unwrap();
@@ -122,8 +122,8 @@ fn the_modelfile_has_the_template_and_every_stop_token() {
     assert!(mf.starts_with("FROM ./model.gguf\n"), "{mf}");
     assert!(mf.contains("TEMPLATE"), "{mf}");
     assert!(mf.contains("<|im_start|>"), "{mf}");
-    assert!(mf.contains("PARAMETER stop \"<|im_end|>\""), "{mf}");
-    assert!(mf.contains("PARAMETER stop \"<|endoftext|>\""), "{mf}");
+    assert!(mf.contains("PARAMETER stop <|im_end|>\n"), "{mf}");
+    assert!(mf.contains("PARAMETER stop <|endoftext|>\n"), "{mf}");
     assert!(mf.contains("SYSTEM"), "{mf}");
     assert!(mf.contains("You are a fortune teller."), "{mf}");
 }
@@ -141,7 +141,7 @@ fn the_seed_format_becomes_the_gguf_chat_template() {
 #[test]
 fn an_unknown_pre_tokenizer_is_a_clear_error() {
     let t = project(Arch::Llama, "");
-    t.write("p.yaml", pipeline("").replace("pre: gpt2, ", ""));
+    t.write("p.yaml", pipeline("").replace("pre: gpt-2, ", ""));
     let r = t.run("p.yaml", &[]).code(1);
     assert!(r.stderr.contains("pre-tokenizer"), "{}", r.stderr);
     assert!(r.stderr.contains("`pre`"), "the error says how to override: {}", r.stderr);
