@@ -327,6 +327,8 @@ impl NodeKind for ExportGguf {
                     let _ = writeln!(f, "gate: {}: {}: {}", c.name, c.status, c.detail);
                 }
             });
+            // The F16 reference and the held-out text are only for the gate.
+            let _ = std::fs::remove_dir_all(&gate.scratch);
         }
         ctx.progress.update(3, Some("verified".into()));
 
