@@ -48,6 +48,7 @@ fn shape_config(name: &str) -> Option<Config> {
         head_dim: h / nh,
         rope_theta: 10000.0,
         rope_scaling: None,
+        rope_freq_factors: None,
         rms_norm_eps: 1e-5,
         tie_word_embeddings: tie,
         max_position_embeddings: 4096,
