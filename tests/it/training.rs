@@ -175,6 +175,10 @@ fn training_in_bf16_lowers_the_loss_and_saves_an_f32_adapter() {
     let (f32_first, f32_last) = first_and_last_loss(&train_log(&f32_run));
     assert!((first - f32_first).abs() < 0.05 * f32_first, "bf16 starts at {first:.4}, f32 at {f32_first:.4}");
     assert!((last - f32_last).abs() < 0.1 * f32_last, "bf16 ends at {last:.4}, f32 at {f32_last:.4}");
+    // The dtype is in the node key (the two projects differ in nothing else).
+    let (a, b) = (t.show("p.yaml", "train", &[]), f32_run.show("p.yaml", "train", &[]));
+    assert_eq!((a["params"]["dtype"].as_str(), b["params"]["dtype"].as_str()), (Some("bf16"), Some("f32")));
+    assert_ne!(a["record"]["key"], b["record"]["key"]);
     let dtypes = adapter_dtypes(&t);
     assert_eq!(dtypes.len(), 28);
     assert!(dtypes.iter().all(|(_, d)| *d == candle_core::DType::F32), "{dtypes:?}");
