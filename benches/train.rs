@@ -6,15 +6,18 @@
 //!
 //! The model is SmolLM2-135M-Instruct from the GGUF at `PIPE_TEST_GGUF`, or, with
 //! `PIPE_BENCH_MODEL=smollm2-135m|tinyllama-1.1b|deepseek-7b`, random weights of that shape (the
-//! shapes of shared/bench/peft_baseline.py). `PIPE_BENCH_DEVICE=cuda` runs on GPU 0 (a build
-//! with `--features cuda`).
+//! shapes of shared/bench/peft_baseline.py), or `PIPE_BENCH_MODEL=tiny` (`Config::tiny`, hidden
+//! 64, vocab 512). `PIPE_BENCH_DEVICE=cuda` runs on GPU 0 (a build with `--features cuda`).
+//! `PIPE_BENCH_DTYPE=bf16|f16` stores the frozen weights and computes in that dtype (LoRA weights,
+//! gradients and AdamW stay f32, as in lora-train; f16 with a fixed loss scale of 2^16, no
+//! overflow handling: a timing, not a training run).
 //!
 //!     PIPE_TEST_GGUF=.../SmolLM2-135M-Instruct.Q4_1.gguf cargo bench --bench train
 //!     PIPE_BENCH_SHAPE=4x128 PIPE_BENCH_CKPT=0 cargo bench --bench train
 
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use pipe::model::config::{Arch, Config};
 use pipe::model::llama::{Batch, LoraStep, Model};
 use pipe::model::lora::{Layout, Module};
@@ -31,6 +34,9 @@ fn peak_rss_mib() -> f64 {
 
 fn shape_config(name: &str) -> Option<Config> {
     // (hidden, intermediate, layers, heads, kv heads, vocab, tied), as in peft_baseline.py.
+    if name == "tiny" {
+        return Some(Config::tiny(Arch::Llama, 512, 64));
+    }
     let (h, i, l, nh, kv, v, tie) = match name {
         "smollm2-135m" => (576, 1536, 30, 9, 3, 49152, true),
         "tinyllama-1.1b" => (2048, 5632, 22, 32, 4, 32000, false),
@@ -48,6 +54,7 @@ fn shape_config(name: &str) -> Option<Config> {
         head_dim: h / nh,
         rope_theta: 10000.0,
         rope_scaling: None,
+        rope_freq_factors: None,
         rms_norm_eps: 1e-5,
         tie_word_embeddings: tie,
         max_position_embeddings: 4096,
@@ -69,15 +76,22 @@ fn main() {
     let (b, t) = shape.split_once('x').map(|(b, t)| (b.parse().unwrap(), t.parse().unwrap())).expect("BxT");
     let ckpt = std::env::var("PIPE_BENCH_CKPT").map(|v| v != "0").unwrap_or(true);
     let steps: usize = std::env::var("PIPE_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let (dtype, dtype_name) = match std::env::var("PIPE_BENCH_DTYPE").as_deref() {
+        Ok("bf16") => (DType::BF16, "bf16"),
+        Ok("f16") => (DType::F16, "f16"),
+        _ => (DType::F32, "f32"),
+    };
     let t0 = Instant::now();
     let (model, label) = match &named {
         Some(n) => {
-            let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: smollm2-135m, tinyllama-1.1b or deepseek-7b");
-            (Model::random(cfg, 0, &device).expect("random model"), format!("{n} (random, f32)"))
+            let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: tiny, smollm2-135m, tinyllama-1.1b or deepseek-7b");
+            let model = Model::random(cfg, 0, &device).and_then(|m| m.to_dtype(dtype)).expect("random model");
+            (model, format!("{n} (random, {dtype_name})"))
         }
         None => (
-            pipe::model::load::load(std::path::Path::new(gguf.as_ref().expect("checked")), &device).expect("model loads"),
-            "SmolLM2-135M (Q4_1 GGUF, f32)".to_string(),
+            pipe::model::load::load_as(std::path::Path::new(gguf.as_ref().expect("checked")), &device, dtype)
+                .expect("model loads"),
+            format!("SmolLM2-135M (Q4_1 GGUF, {dtype_name})"),
         ),
     };
     let load_s = t0.elapsed().as_secs_f64();
@@ -96,12 +110,14 @@ fn main() {
     let refs: Vec<(&[u32], Vec<i64>)> = seqs.iter().map(|(i, l)| (i.as_slice(), l.clone())).collect();
     let batch = Batch::new(&refs, 0, &device).unwrap();
     let denom = batch.n_targets() as f32;
+    let scale = if dtype == DType::F16 { 65536.0 } else { 1.0 };
     let mut times = Vec::new();
     for s in 0..steps + 1 {
         let t1 = Instant::now();
         let mut grads = vec![0f32; layout.len];
         let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: s as u64 };
-        let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom, Some(&mut grads), ckpt).unwrap();
+        let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom / scale, Some(&mut grads), ckpt).unwrap();
+        grads.iter_mut().for_each(|g| *g /= scale);
         opt.step(&cfg, &mut params, &grads, 1e-4);
         device.synchronize().unwrap();
         let dt = t1.elapsed().as_secs_f64();

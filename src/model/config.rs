@@ -49,6 +49,11 @@ pub struct Config {
     pub rope_theta: f64,
     /// Optional Llama 3 scaling.
     pub rope_scaling: Option<RopeScaling>,
+    /// Per-dimension RoPE frequency divisors (`head_dim / 2` of them), as GGUF files of Llama 3.1
+    /// style models store them in `rope_freqs.weight`; each inverse frequency is divided by its
+    /// factor, as llama.cpp's `ggml_rope_ext` does with `freq_factors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_freq_factors: Option<Vec<f32>>,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f64,
     /// The output projection shares the embedding matrix.
@@ -67,7 +72,8 @@ impl Config {
         self.num_kv_heads * self.head_dim
     }
 
-    /// RoPE inverse frequencies (head_dim / 2 of them), Llama 3 scaling applied.
+    /// RoPE inverse frequencies (head_dim / 2 of them), Llama 3 scaling and frequency factors
+    /// applied.
     pub fn inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
         let mut f: Vec<f64> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f64 / d as f64)).collect();
@@ -87,7 +93,72 @@ impl Config {
                 };
             }
         }
+        if let Some(ff) = &self.rope_freq_factors {
+            // llama.cpp: theta = p * base^(-2i/d) / freq_factors[i].
+            for (x, &d) in f.iter_mut().zip(ff) {
+                *x /= f64::from(d);
+            }
+        }
         f.into_iter().map(|x| x as f32).collect()
+    }
+
+    /// The RoPE scaling to write into a Hugging Face config.json. Frequency factors (from a GGUF)
+    /// have no field there, but the ones llama.cpp's converter writes come from `llama3` scaling,
+    /// and that is recovered exactly: with `s = (1/f - 1/factor) / (1 - 1/factor)` per pair
+    /// (`f` its factor), the pairs between the two wavelength bounds have `s` linear in
+    /// `1/wavelength`, which two of them pin down (taking `low_freq_factor = 1`, which leaves the
+    /// frequencies unchanged). Errors when the factors do not fit that shape to 1e-5.
+    pub fn hf_rope_scaling(&self) -> Result<Option<RopeScaling>, String> {
+        let Some(ff) = &self.rope_freq_factors else { return Ok(self.rope_scaling) };
+        let base = Config { rope_freq_factors: None, ..self.clone() };
+        if ff.iter().all(|&f| f == 1.0) {
+            return Ok(base.rope_scaling);
+        }
+        let refuse = |why: &str| {
+            Err(format!("the GGUF's RoPE frequency factors (`rope_freqs.weight`) cannot be written to config.json: {why}"))
+        };
+        if self.rope_scaling.is_some() {
+            return refuse("the model has both frequency factors and `rope_scaling`");
+        }
+        let factor = f64::from(ff.iter().cloned().fold(f32::MIN, f32::max));
+        if factor <= 1.0 {
+            return refuse("they are not a llama3 scaling (a llama3 scaling divides by at least 1)");
+        }
+        let inv = base.inv_freq();
+        let two_pi = 2.0 * std::f64::consts::PI;
+        // (1/wavelength, s) of the pairs strictly between the unchanged and the fully scaled ones.
+        let s_of = |f: f32| (1.0 / f64::from(f) - 1.0 / factor) / (1.0 - 1.0 / factor);
+        let smooth: Vec<(f64, f64)> = ff
+            .iter()
+            .zip(&inv)
+            .map(|(&f, &x)| (f64::from(x) / two_pi, s_of(f)))
+            .filter(|(_, s)| *s > 1e-4 && *s < 1.0 - 1e-4)
+            .collect();
+        let (Some(&(x0, s0)), Some(&(x1, s1))) = (smooth.first(), smooth.last()) else {
+            return refuse("fewer than two factors lie between 1 and the largest, so the llama3 bounds are not determined");
+        };
+        if x0 == x1 {
+            return refuse("the smooth region has one frequency");
+        }
+        // s = a * (1/wavelength) + b; llama3: a = orig / (high - low), b = -low / (high - low).
+        let a = (s1 - s0) / (x1 - x0);
+        let b = s0 - a * x0;
+        if b >= 0.0 {
+            return refuse("they do not rise towards low frequencies as llama3's do");
+        }
+        let orig = (-a / b).round();
+        let fit = RopeScaling {
+            factor,
+            low_freq_factor: 1.0,
+            high_freq_factor: 1.0 - 1.0 / b,
+            original_max_position_embeddings: orig as usize,
+        };
+        let want = self.inv_freq();
+        let got = Config { rope_scaling: Some(fit), ..base }.inv_freq();
+        match want.iter().zip(&got).map(|(w, g)| f64::from((w - g).abs() / w.abs())).fold(0.0, f64::max) {
+            e if e <= 1e-5 => Ok(Some(fit)),
+            e => refuse(&format!("the closest llama3 scaling is off by {e:.1e} relative")),
+        }
     }
 
     /// A tiny model shape for tests, examples and benchmarks: 2 layers, 4 query and 2 key/value
@@ -104,6 +175,7 @@ impl Config {
             head_dim: hidden_size / 4,
             rope_theta: 10000.0,
             rope_scaling: None,
+            rope_freq_factors: None,
             rms_norm_eps: 1e-5,
             tie_word_embeddings: arch == Arch::Llama,
             max_position_embeddings: 512,
@@ -144,13 +216,15 @@ impl Config {
             head_dim: u("head_dim").unwrap_or(hidden / heads),
             rope_theta: v.get("rope_theta").and_then(|x| x.as_f64()).unwrap_or(10000.0),
             rope_scaling,
+            rope_freq_factors: None,
             rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
             tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
             max_position_embeddings: u("max_position_embeddings").unwrap_or(4096),
         })
     }
 
-    /// Writes a Hugging Face `config.json` for this model.
+    /// Writes a Hugging Face `config.json` for this model (check [`Config::hf_rope_scaling`]
+    /// first when the model may carry RoPE frequency factors).
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, dtype: &str) -> serde_json::Value {
         let (arch, model_type) = match self.arch {
             Arch::Llama => ("LlamaForCausalLM", "llama"),
@@ -176,7 +250,7 @@ impl Config {
             "bos_token_id": bos,
             "eos_token_id": eos,
         });
-        if let Some(s) = self.rope_scaling {
+        if let Ok(Some(s)) = self.hf_rope_scaling() {
             v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": s.factor, "low_freq_factor": s.low_freq_factor,
                 "high_freq_factor": s.high_freq_factor, "original_max_position_embeddings": s.original_max_position_embeddings});
         }

@@ -3,7 +3,12 @@
 //! GGUF: hyper-parameters from `{arch}.*` metadata; every tensor dequantized to f32; llama.cpp
 //! tensor names mapped to Hugging Face names; and for the Llama architecture the Q/K rows are
 //! un-permuted (llama.cpp's converter reorders them for its interleaved RoPE), so the weights,
-//! and every LoRA adapter trained on them, are in Hugging Face order and load in peft.
+//! and every LoRA adapter trained on them, are in Hugging Face order and load in peft. A
+//! `rope_freqs.weight` tensor (Llama 3.1 style frequency factors) goes into
+//! [`Config::rope_freq_factors`].
+//!
+//! [`load_as`] stores the weights in a narrower dtype (bf16, f16) for mixed-precision training,
+//! converting tensor by tensor so the f32 copy of the whole model never exists at once.
 //!
 //! Hugging Face folder: `config.json` plus `model.safetensors` or a sharded
 //! `model.safetensors.index.json`.
@@ -11,7 +16,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::config::{Arch, Config};
 use super::gguf_names::{hf_name, unpermute};
@@ -34,12 +39,17 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> LoadError {
     LoadError::File { path: path.to_path_buf(), message: message.to_string() }
 }
 
-/// Loads a model from a GGUF file or a Hugging Face folder.
+/// Loads a model from a GGUF file or a Hugging Face folder, in f32.
 pub fn load(path: &Path, device: &Device) -> Result<Model, LoadError> {
+    load_as(path, device, DType::F32)
+}
+
+/// Loads a model with its weights stored in `dtype` (f32, bf16 or f16).
+pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
     if path.is_dir() {
-        load_hf(path, device)
+        load_hf(path, device, dtype)
     } else {
-        load_gguf(path, device)
+        load_gguf(path, device, dtype)
     }
 }
 
@@ -100,21 +110,37 @@ fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
         head_dim,
         rope_theta: f64::from(f.get_f32(&key("rope.freq_base")).unwrap_or(10000.0)),
         rope_scaling,
+        rope_freq_factors: rope_freq_factors(f, path, head_dim)?,
         rms_norm_eps: f64::from(f.get_f32(&key("attention.layer_norm_rms_epsilon")).unwrap_or(1e-5)),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
         max_position_embeddings: f.get_u32(&key("context_length")).map(|x| x as usize).unwrap_or(2048),
     })
 }
 
-fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
+/// The per-dimension RoPE frequency factors of a Llama 3.1 style GGUF (`rope_freqs.weight`, one
+/// f32 per rotated pair; llama.cpp's converter computes them from the Llama 3 scaling of
+/// config.json and leaves `rope.scaling.type` unset). llama.cpp divides each pair's base frequency
+/// by its factor ([`Config::inv_freq`] does the same) and reads only the first `head_dim / 2`.
+fn rope_freq_factors(f: &GgufFile, path: &Path, head_dim: usize) -> Result<Option<Vec<f32>>, LoadError> {
+    let Some(t) = f.tensor("rope_freqs.weight") else { return Ok(None) };
+    let kind = GgmlKind::from_id(t.ggml_type.id())
+        .ok_or_else(|| file_err(path, format!("`rope_freqs.weight` has type {}, which pipe cannot read", t.ggml_type)))?;
+    let n = t.n_elements() as usize;
+    if n < head_dim / 2 {
+        return Err(file_err(path, format!("`rope_freqs.weight` has {n} factors, the model rotates {} pairs", head_dim / 2)));
+    }
+    let bytes = f.tensor_bytes(t).map_err(|e| file_err(path, e))?;
+    let mut factors = dequantize(kind, &bytes, n).map_err(|e| file_err(path, format!("`rope_freqs.weight`: {e}")))?;
+    factors.truncate(head_dim / 2);
+    if let Some(bad) = factors.iter().find(|x| !x.is_finite() || **x <= 0.0) {
+        return Err(file_err(path, format!("`rope_freqs.weight` holds {bad}, a frequency factor must be positive")));
+    }
+    Ok(Some(factors))
+}
+
+fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
     let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
     let cfg = gguf_config(&f, path)?;
-    if f.tensor("rope_freqs.weight").is_some() {
-        return Err(LoadError::Unsupported {
-            path: path.to_path_buf(),
-            message: "per-dimension RoPE frequency factors (`rope_freqs.weight`, Llama 3.1 style) are not supported yet".into(),
-        });
-    }
     let mut tensors = HashMap::new();
     for t in &f.tensors {
         let Some(name) = hf_name(&t.name) else { continue };
@@ -134,13 +160,13 @@ fn load_gguf(path: &Path, device: &Device) -> Result<Model, LoadError> {
                 data = unpermute(&data, shape[0], shape[1], cfg.num_kv_heads);
             }
         }
-        let tensor = Tensor::from_vec(data, shape, device).map_err(|e| file_err(path, e))?;
+        let tensor = Tensor::from_vec(data, shape, device).and_then(|t| t.to_dtype(dtype)).map_err(|e| file_err(path, e))?;
         tensors.insert(name, tensor);
     }
-    Model::from_hf_tensors(cfg, tensors, device).map_err(|m| file_err(path, m))
+    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(path, m))
 }
 
-fn load_hf(dir: &Path, device: &Device) -> Result<Model, LoadError> {
+fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
     let cfg = config(dir)?;
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
@@ -166,12 +192,122 @@ fn load_hf(dir: &Path, device: &Device) -> Result<Model, LoadError> {
     for f in files {
         tensors.extend(candle_core::safetensors::load(&f, device).map_err(|e| file_err(&f, e))?);
     }
-    Model::from_hf_tensors(cfg, tensors, device).map_err(|m| file_err(dir, m))
+    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(dir, m))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::gguf::writer::{write_file, TensorPlan};
+    use crate::gguf::{GgmlType, GgufValue};
+    use crate::model::gguf_names::{gguf_name, permute};
+
+    /// Writes `model` as an f32 llama GGUF the way llama.cpp's converter would (names, Q/K row
+    /// order, metadata), with `rope_freqs.weight` when `factors` is given.
+    fn write_tiny_gguf(path: &Path, model: &Model, factors: Option<&[f32]>) {
+        let c = &model.cfg;
+        let u = |x: usize| GgufValue::U32(x as u32);
+        let kvs: Vec<(String, GgufValue)> = vec![
+            ("general.architecture".into(), GgufValue::String("llama".into())),
+            ("llama.vocab_size".into(), u(c.vocab_size)),
+            ("llama.embedding_length".into(), u(c.hidden_size)),
+            ("llama.feed_forward_length".into(), u(c.intermediate_size)),
+            ("llama.block_count".into(), u(c.num_layers)),
+            ("llama.attention.head_count".into(), u(c.num_heads)),
+            ("llama.attention.head_count_kv".into(), u(c.num_kv_heads)),
+            ("llama.rope.dimension_count".into(), u(c.head_dim)),
+            ("llama.context_length".into(), u(c.max_position_embeddings)),
+            ("llama.rope.freq_base".into(), GgufValue::F32(c.rope_theta as f32)),
+            ("llama.attention.layer_norm_rms_epsilon".into(), GgufValue::F32(c.rms_norm_eps as f32)),
+        ];
+        let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
+            .hf_tensors()
+            .into_iter()
+            .map(|(name, t)| {
+                let shape = t.dims().to_vec();
+                let mut data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                if name.ends_with("q_proj.weight") {
+                    data = permute(&data, shape[0], shape[1], c.num_heads);
+                } else if name.ends_with("k_proj.weight") {
+                    data = permute(&data, shape[0], shape[1], c.num_kv_heads);
+                }
+                (gguf_name(&name).unwrap(), shape, data)
+            })
+            .collect();
+        if let Some(f) = factors {
+            tensors.push(("rope_freqs.weight".into(), vec![f.len()], f.to_vec()));
+        }
+        let plans: Vec<TensorPlan> = tensors
+            .iter()
+            .map(|(name, shape, _)| TensorPlan { name: name.clone(), shape: shape.clone(), ty: GgmlType::F32 })
+            .collect();
+        write_file(path, &kvs, &plans, |i| Ok(tensors[i].2.iter().flat_map(|x| x.to_le_bytes()).collect())).unwrap();
+    }
+
+    fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {
+        let mut cache = crate::model::llama::KvCache::new(model.cfg.num_layers);
+        model.forward_infer(ids, &mut cache).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// Llama 3.1's factors as llama.cpp's converter computes them (`LlamaModel.generate_extra_tensors`).
+    fn llama31_factors(cfg: &Config) -> Vec<f32> {
+        let (factor, low, high, orig) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+        (0..cfg.head_dim / 2)
+            .map(|i| {
+                let freq = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < orig / high {
+                    1.0
+                } else if wavelen > orig / low {
+                    factor as f32
+                } else {
+                    let smooth = (orig / wavelen - low) / (high - low);
+                    (1.0 / ((1.0 - smooth) / factor + smooth)) as f32
+                }
+            })
+            .collect()
+    }
+
+    /// A GGUF with `rope_freqs.weight` loads (it used to be refused): factors of 1.0 give exactly
+    /// the logits of no factors, Llama 3.1's factors reach the config and change the logits, and
+    /// `merge` can express them in config.json as the llama3 scaling they came from.
+    #[test]
+    fn gguf_rope_freq_factors_load_and_all_ones_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // head_dim 64, theta 500000 (Llama 3.1's): 32 pairs with wavelengths from 6 to ~1.6e6,
+        // three of them between Llama 3.1's bounds 2048 and 8192.
+        let cfg = Config { rope_theta: 500000.0, ..Config::tiny(Arch::Llama, 40, 128) };
+        let cfg = Config { num_heads: 2, num_kv_heads: 1, head_dim: 64, ..cfg };
+        let model = Model::random_with_std(cfg.clone(), 5, 0.3, &Device::Cpu).unwrap();
+        let ids: Vec<u32> = (0..24).map(|i| (i * 7 % 40) as u32).collect();
+        let (none, ones, l31) = (dir.path().join("a.gguf"), dir.path().join("b.gguf"), dir.path().join("c.gguf"));
+        write_tiny_gguf(&none, &model, None);
+        write_tiny_gguf(&ones, &model, Some(&[1.0; 32]));
+        let factors = llama31_factors(&cfg);
+        assert!(factors.iter().any(|&f| f > 1.0 && f < 8.0), "some pairs must be in the smooth region: {factors:?}");
+        write_tiny_gguf(&l31, &model, Some(&factors));
+        let (a, b, c) =
+            (load(&none, &Device::Cpu).unwrap(), load(&ones, &Device::Cpu).unwrap(), load(&l31, &Device::Cpu).unwrap());
+        assert_eq!(a.cfg.rope_freq_factors, None);
+        assert_eq!(c.cfg.rope_freq_factors.as_deref(), Some(&factors[..]));
+        assert_eq!(config(&l31).unwrap(), c.cfg, "config() reads the factors too");
+        assert_eq!(logits(&a, &ids), logits(&model, &ids), "the GGUF round trip is exact");
+        assert_eq!(logits(&b, &ids), logits(&a, &ids), "factors of 1.0 must equal no factors");
+        let (la, lc) = (logits(&a, &ids), logits(&c, &ids));
+        assert!(la.iter().zip(&lc).any(|(x, y)| (x - y).abs() > 1e-3), "Llama 3.1 factors must change the logits");
+        // For a Hugging Face config.json: the llama3 scaling the factors came from.
+        let fit = c.cfg.hf_rope_scaling().unwrap().expect("a llama3 scaling");
+        assert_eq!((fit.factor, fit.original_max_position_embeddings), (8.0, 8192));
+        assert!((fit.low_freq_factor - 1.0).abs() < 1e-9 && (fit.high_freq_factor - 4.0).abs() < 1e-3, "{fit:?}");
+        let hf = Config { rope_freq_factors: None, rope_scaling: Some(fit), ..c.cfg.clone() };
+        for (x, y) in hf.inv_freq().iter().zip(c.cfg.inv_freq()) {
+            assert!((x - y).abs() <= 1e-6 * y, "{x} vs {y}");
+        }
+        assert_eq!(b.cfg.hf_rope_scaling().unwrap(), None);
+        let odd = Config { rope_freq_factors: Some((0..32).map(|i| 1.0 + (i % 3) as f32).collect()), ..cfg };
+        assert!(odd.hf_rope_scaling().is_err(), "factors that are no llama3 scaling cannot go into config.json");
+    }
 
     /// Our logits for SmolLM2-135M-Instruct (the default model) against an independent numpy
     /// forward pass over the same GGUF (scripts/reference_forward.py, float64, llama.cpp's own

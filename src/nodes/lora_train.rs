@@ -7,8 +7,18 @@
 //! checkpoint. On success the work folder is removed with the rest of the staging.
 //!
 //! Outputs: `adapter` (peft format), `log` (JSON lines: step, epoch, loss, lr, grad_norm,
-//! tokens; deterministic, so `pipe verify` can compare it; tokens/s goes to the run log), and
-//! `curve` (the loss curve as a PNG).
+//! tokens, and with `dtype: f16` loss_scale and skipped; deterministic, so `pipe verify` can
+//! compare it; tokens/s goes to the run log), and `curve` (the loss curve as a PNG).
+//!
+//! `dtype` picks the compute dtype: the model is loaded with its frozen weights in it (bf16 and
+//! f16 halve the weights' memory) while the LoRA weights, their gradients and the AdamW moments
+//! stay f32 (see [`crate::model::llama`] for the full split); f16 adds dynamic loss scaling
+//! ([`crate::train::scaler`]). The adapter is written in f32 whatever the dtype, as peft saves
+//! adapters trained on a bf16/f16 base (peft's default `autocast_adapter_dtype=True` upcasts the
+//! adapter weights to f32). The dtype is a param, so it is in the node key, and the node is
+//! device-sensitive, so the device type is too.
+
+use candle_core::DType;
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
@@ -16,6 +26,7 @@ use crate::model::lora::Module;
 use crate::model::{load, peft};
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::train::optim::{AdamWConfig, Schedule};
+use crate::train::scaler::ScalerConfig;
 use crate::train::trainer::{train, TrainConfig};
 
 /// The `lora-train` kind.
@@ -96,7 +107,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "dtype",
         ty: ParamType::Enum(&["f32", "bf16", "f16"]),
         default: Default::Str("f32"),
-        doc: "compute dtype (the CPU trains in f32)",
+        doc: "compute dtype: f32, or bf16/f16 mixed precision (frozen weights and activations in it; LoRA weights, gradients and AdamW state in f32; f16 with dynamic loss scaling). On the CPU bf16/f16 work but are slower than f32",
     },
     ParamSpec {
         name: "gradient_checkpointing",
@@ -154,6 +165,7 @@ pub fn train_config(params: &Params) -> Result<TrainConfig, (String, String)> {
         logging_steps: params.int("logging_steps") as u64,
         save_steps: params.int("save_steps") as u64,
         save_total_limit: params.int("save_total_limit") as usize,
+        loss_scaler: ScalerConfig::default(),
     })
 }
 
@@ -180,7 +192,11 @@ impl NodeKind for LoraTrain {
                 dir: true,
                 doc: "the LoRA adapter in peft's format (adapter_model.safetensors, adapter_config.json)",
             },
-            OutputSpec { name: "log", dir: false, doc: "training log, JSON lines: step, epoch, loss, lr, grad_norm, tokens" },
+            OutputSpec {
+                name: "log",
+                dir: false,
+                doc: "training log, JSON lines: step, epoch, loss, lr, grad_norm, tokens (f16 adds loss_scale and skipped)",
+            },
             OutputSpec { name: "curve", dir: false, doc: "the loss curve as a PNG" },
         ]
     }
@@ -193,12 +209,11 @@ impl NodeKind for LoraTrain {
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let cfg = train_config(ctx.params).map_err(|(p, m)| NodeError::Failed(format!("param `{p}`: {m}")))?;
-        if ctx.params.str("dtype") != Some("f32") {
-            return Err(NodeError::Failed(format!(
-                "param `dtype`: {} training needs a CUDA device; on the CPU use `dtype: f32`",
-                ctx.params.str("dtype").unwrap_or("?")
-            )));
-        }
+        let dtype = match ctx.params.str("dtype") {
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            _ => DType::F32,
+        };
         let model_path = ctx.input("model")?.to_path_buf();
         let data_path = ctx.input("dataset")?.to_path_buf();
         let ds = TokenDataset::read(&data_path).map_err(|e| NodeError::Failed(e.to_string()))?;
@@ -210,7 +225,7 @@ impl NodeKind for LoraTrain {
             .collect();
         ctx.log(format!("loading {}", model_path.display()));
         let device = ctx.candle_device()?;
-        let model = load::load(&model_path, &device).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let model = load::load_as(&model_path, &device, dtype).map_err(|e| NodeError::Failed(e.to_string()))?;
         let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
         ctx.progress.start(Some(total), "steps");
         let progress = ctx.progress.clone();
@@ -219,9 +234,14 @@ impl NodeKind for LoraTrain {
             progress.update(r.step, Some(format!("loss {:.4} · {:.0} tok/s", r.loss, r.tokens_per_sec)));
             if let Ok(mut f) = log_file.lock() {
                 use std::io::Write;
+                let scale = match (r.loss_scale, r.skipped) {
+                    (Some(s), true) => format!(" loss_scale {s} (gradients overflowed: step skipped)"),
+                    (Some(s), false) => format!(" loss_scale {s}"),
+                    (None, _) => String::new(),
+                };
                 let _ = writeln!(
                     f,
-                    "step {}/{} loss {:.5} lr {:.3e} grad_norm {:.4} tokens {} tokens/s {:.1}",
+                    "step {}/{} loss {:.5} lr {:.3e} grad_norm {:.4} tokens {} tokens/s {:.1}{scale}",
                     r.step, r.total, r.loss, r.lr, r.grad_norm, r.tokens, r.tokens_per_sec
                 );
             }
@@ -255,7 +275,9 @@ impl NodeKind for LoraTrain {
         let loss = last.as_ref().and_then(|v| v.get("loss")).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
         let resumed =
             if trained.resumed_from > 0 { format!(", resumed at step {}", trained.resumed_from) } else { String::new() };
-        ctx.set_summary(format!("{total} steps, final loss {loss:.4}{resumed}"));
+        let skipped = trained.log.iter().filter(|l| l.contains("\"skipped\":true")).count();
+        let skipped = if skipped > 0 { format!(", {skipped} skipped for f16 overflow") } else { String::new() };
+        ctx.set_summary(format!("{total} steps, final loss {loss:.4}{skipped}{resumed}"));
         Ok(())
     }
 }

@@ -157,6 +157,8 @@ impl NodeKind for Merge {
         let adapter = ctx.inputs.get("adapter").cloned();
         ctx.log(format!("loading {}", base.display()));
         let mut model = load::load(&base, &ctx.candle_device()?).map_err(err)?;
+        // A Hugging Face config cannot hold every RoPE variant a GGUF can: refuse before working.
+        model.cfg.hf_rope_scaling().map_err(err)?;
         let merged_pairs = match &adapter {
             Some(adapter) => {
                 let (layout, params) = peft::read_adapter(adapter, &model.cfg).map_err(err)?;

@@ -4,7 +4,9 @@
 //! (raw little-endian f32) and `state.json`. It is written as `.tmp-checkpoint-<step>`, each
 //! file fsynced, then renamed, so a kill leaves either a whole checkpoint or none. Nothing else
 //! (RNG state, data position) needs saving: the data order and every dropout mask are pure
-//! functions of (seed, step), so the step alone says where to continue.
+//! functions of (seed, step), so the step alone says where to continue. f16 training adds the
+//! loss scaler's state, and the count of optimizer updates actually applied (steps skipped for
+//! overflow do not count, and the learning-rate schedule follows that count).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
+use super::scaler::ScalerState;
 
 /// What a checkpoint holds besides the arrays.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +27,13 @@ pub struct State {
     pub n_params: usize,
     /// Training-log lines written so far.
     pub log: Vec<String>,
+    /// Optimizer updates applied (AdamW's step count); absent in older checkpoints, where it
+    /// equals `step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimizer_steps: Option<u64>,
+    /// The f16 loss scaler's state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<ScalerState>,
 }
 
 fn write_f32(path: &Path, v: &[f32]) -> std::io::Result<()> {
@@ -102,7 +112,7 @@ pub fn latest(dir: &Path, n_params: usize) -> Option<(State, Vec<f32>, AdamW)> {
         ) else {
             continue;
         };
-        let t = state.step;
+        let t = state.optimizer_steps.unwrap_or(state.step);
         return Some((state, params, AdamW { m, v, t }));
     }
     None
@@ -117,7 +127,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let opt = AdamW { m: vec![1.0, 2.0], v: vec![3.0, 4.0], t: 0 };
         for step in 1..=3u64 {
-            let st = State { version: 1, step, n_params: 2, log: vec![format!("{step}")] };
+            let st =
+                State { version: 1, step, n_params: 2, log: vec![format!("{step}")], optimizer_steps: None, loss_scaler: None };
             save(t.path(), &st, &[step as f32, 0.5], &opt, 2).unwrap();
         }
         assert_eq!(list(t.path()).len(), 2, "save_total_limit 2 keeps two");
@@ -126,5 +137,16 @@ mod tests {
         let (st, params, o) = latest(t.path(), 2).unwrap();
         assert_eq!((st.step, params, o.m, o.t), (3, vec![3.0, 0.5], vec![1.0, 2.0], 3));
         assert!(latest(t.path(), 5).is_none(), "a different parameter count never resumes");
+    }
+
+    #[test]
+    fn the_applied_step_count_and_the_loss_scaler_round_trip() {
+        let t = tempfile::tempdir().unwrap();
+        let opt = AdamW { m: vec![0.0], v: vec![0.0], t: 3 };
+        let scaler = ScalerState { scale: 8192.0, growth_tracker: 12 };
+        let st = State { version: 1, step: 5, n_params: 1, log: vec![], optimizer_steps: Some(3), loss_scaler: Some(scaler) };
+        save(t.path(), &st, &[1.0], &opt, 1).unwrap();
+        let (back, _, o) = latest(t.path(), 1).unwrap();
+        assert_eq!((back.loss_scaler, o.t), (Some(scaler), 3), "two skipped steps: AdamW has taken 3 of 5");
     }
 }

@@ -6,17 +6,25 @@
 //! micro-batch `k`'s dropout masks are seeded by (seed, k). Given the step count of a checkpoint,
 //! a resumed run does exactly the arithmetic an uninterrupted run would, so on the CPU the final
 //! adapter is bit-identical.
+//!
+//! Precision follows the model's dtype ([`Model::dtype`]): the LoRA weights, gradients and AdamW
+//! moments are f32 whatever it is. An f16 model trains with dynamic loss scaling
+//! ([`super::scaler`]): a step whose scaled gradients overflow is skipped (its micro-batches are
+//! still consumed, as in transformers' Trainer, and the learning-rate schedule does not advance)
+//! and logged with `"skipped": true`. A non-finite *loss* is never an overflow of the scaling: it
+//! stops training in every dtype.
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, State};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use super::scaler::{LossScaler, ScalerConfig, StepOutcome};
 use crate::model::llama::{splitmix, Batch, LoraStep, Model};
 use crate::model::lora::{Layout, Module};
 
@@ -42,6 +50,8 @@ pub struct TrainConfig {
     pub logging_steps: u64,
     pub save_steps: u64,
     pub save_total_limit: usize,
+    /// Dynamic loss scaling, used when the model computes in f16 (GradScaler's defaults).
+    pub loss_scaler: ScalerConfig,
 }
 
 /// One optimizer step, for progress reporting.
@@ -54,6 +64,10 @@ pub struct StepReport {
     pub grad_norm: f64,
     pub tokens: usize,
     pub tokens_per_sec: f64,
+    /// The f16 loss scale this step ran with (`None` without loss scaling).
+    pub loss_scale: Option<f64>,
+    /// The scaled gradients overflowed and the optimizer step was skipped.
+    pub skipped: bool,
 }
 
 /// Training failed.
@@ -73,7 +87,8 @@ pub enum TrainError {
 pub struct Trained {
     pub layout: Layout,
     pub params: Vec<f32>,
-    /// JSON lines: step, epoch, loss, lr, grad_norm, tokens.
+    /// JSON lines: step, epoch, loss, lr, grad_norm, tokens; with loss scaling also loss_scale
+    /// and skipped.
     pub log: Vec<String>,
     /// The step a resumed run started from (0 when fresh).
     pub resumed_from: u64,
@@ -115,12 +130,16 @@ pub fn train(
     }
     let layout = Layout::new(&model.cfg, cfg.r, cfg.alpha, &cfg.targets);
     let (per_epoch, total) = plan(records.len(), cfg);
-    let (mut step, mut params, mut opt, mut log) = match checkpoint::latest(work, layout.len) {
+    let scaler = match model.dtype {
+        DType::F16 => LossScaler::dynamic(cfg.loss_scaler),
+        _ => LossScaler::disabled(),
+    };
+    let (mut step, mut params, mut opt, mut log, mut scaler) = match checkpoint::latest(work, layout.len) {
         Some((state, params, opt)) if state.step <= total => {
             note(&format!("resuming from checkpoint at step {} of {total}", state.step));
-            (state.step, params, opt, state.log)
+            (state.step, params, opt, state.log, scaler.with_state(state.loss_scaler))
         }
-        _ => (0, layout.init(cfg.seed), AdamW::new(layout.len), Vec::new()),
+        _ => (0, layout.init(cfg.seed), AdamW::new(layout.len), Vec::new(), scaler),
     };
     let resumed_from = step;
     let bs = cfg.batch_size.max(1);
@@ -145,6 +164,9 @@ pub fn train(
             })
             .collect::<Result<_, _>>()?;
         let denom: usize = batches.iter().map(Batch::n_targets).sum();
+        let loss_scale = scaler.scale();
+        // Dividing by denom / scale multiplies the loss gradient by the scale, exactly (a power of two).
+        let grad_denom = denom.max(1) as f32 / loss_scale;
         let mut grads = vec![0f32; layout.len];
         let mut loss_sum = 0f64;
         let mut tokens = 0usize;
@@ -152,32 +174,62 @@ pub fn train(
             let micro = epoch * n_batches as u64 + (first + k) as u64;
             let st =
                 LoraStep { layout: &layout, params: &params, dropout: cfg.dropout, seed: splitmix(cfg.seed ^ splitmix(micro)) };
-            let (l, _) = model.loss_and_grad(b, Some(&st), denom.max(1) as f32, Some(&mut grads), cfg.checkpointing)?;
+            let (l, _) = model.loss_and_grad(b, Some(&st), grad_denom, Some(&mut grads), cfg.checkpointing)?;
             loss_sum += l;
             tokens += b.b * b.t;
         }
         let loss = loss_sum / denom.max(1) as f64;
-        if !loss.is_finite() || grads.iter().any(|g| !g.is_finite()) {
+        // Without loss scaling a non-finite gradient is as fatal as a non-finite loss; with it, a
+        // non-finite gradient (of a finite loss) is an overflow of the scale.
+        if !loss.is_finite() || (!scaler.enabled() && grads.iter().any(|g| !g.is_finite())) {
             return Err(TrainError::NonFinite { step: step + 1, loss, last_good: last_saved });
         }
-        let grad_norm = clip_grad_norm(&mut grads, cfg.max_grad_norm);
-        let lr = cfg.schedule.lr(cfg.lr, step, total, cfg.warmup_steps);
-        opt.step(&cfg.adamw, &mut params, &grads, lr);
+        // The schedule follows the updates applied (skipped steps do not advance it, as in
+        // transformers' Trainer); without skips that is `step`.
+        let lr = cfg.schedule.lr(cfg.lr, opt.t, total, cfg.warmup_steps);
+        let skipped = scaler.unscale_and_update(&mut grads) == StepOutcome::Skip;
+        let grad_norm = if skipped {
+            f64::NAN
+        } else {
+            let n = clip_grad_norm(&mut grads, cfg.max_grad_norm);
+            opt.step(&cfg.adamw, &mut params, &grads, lr);
+            n
+        };
         step += 1;
         let secs = t0.elapsed().as_secs_f64();
-        let report = StepReport { step, total, loss, lr, grad_norm, tokens, tokens_per_sec: tokens as f64 / secs.max(1e-9) };
-        if step % cfg.logging_steps.max(1) == 0 || step == total || step == 1 {
-            log.push(
-                serde_json::json!({
-                    "step": step, "epoch": (step as f64 / per_epoch as f64), "loss": loss, "lr": lr,
-                    "grad_norm": grad_norm, "tokens": tokens,
-                })
-                .to_string(),
-            );
+        let loss_scale = scaler.enabled().then_some(f64::from(loss_scale));
+        let report = StepReport {
+            step,
+            total,
+            loss,
+            lr,
+            grad_norm,
+            tokens,
+            tokens_per_sec: tokens as f64 / secs.max(1e-9),
+            loss_scale,
+            skipped,
+        };
+        if step % cfg.logging_steps.max(1) == 0 || step == total || step == 1 || skipped {
+            let mut line = serde_json::json!({
+                "step": step, "epoch": (step as f64 / per_epoch as f64), "loss": loss, "lr": lr,
+                "grad_norm": grad_norm, "tokens": tokens,
+            });
+            if let Some(s) = loss_scale {
+                line["loss_scale"] = s.into();
+                line["skipped"] = skipped.into();
+            }
+            log.push(line.to_string());
         }
         on_step(&report);
         if cfg.save_steps > 0 && step % cfg.save_steps == 0 && step < total {
-            let state = State { version: 1, step, n_params: layout.len, log: log.clone() };
+            let state = State {
+                version: 1,
+                step,
+                n_params: layout.len,
+                log: log.clone(),
+                optimizer_steps: Some(opt.t),
+                loss_scaler: scaler.state(),
+            };
             checkpoint::save(work, &state, &params, &opt, cfg.save_total_limit)
                 .map_err(|source| TrainError::Checkpoint { path: work.to_path_buf(), source })?;
             last_saved = step;
@@ -215,6 +267,7 @@ mod tests {
             logging_steps: 1,
             save_steps: 1,
             save_total_limit: 1,
+            loss_scaler: ScalerConfig::default(),
         }
     }
 
@@ -240,6 +293,51 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("at step 2") && msg.contains("step 1"), "{msg}");
         assert!(dir.path().join("checkpoint-1").join("state.json").exists());
+    }
+
+    fn log_values(t: &Trained, key: &str) -> Vec<serde_json::Value> {
+        t.log.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[key].clone()).collect()
+    }
+
+    /// f16 with a loss scale far too large: the first steps overflow and are skipped, each
+    /// halving the scale, without advancing the schedule; then training proceeds, the scale grows
+    /// after `growth_interval` clean steps, and a run killed midway resumes (scale and count from
+    /// the checkpoint) to the same bits as an uninterrupted one.
+    #[test]
+    fn f16_overflow_skips_steps_backs_off_and_a_killed_run_resumes_exactly() {
+        let model = Model::random_with_std(tiny(), 3, 0.2, &Device::Cpu).unwrap().to_dtype(DType::F16).unwrap();
+        let mut c = cfg(12);
+        c.schedule = Schedule::Constant;
+        c.warmup_steps = 3;
+        c.loss_scaler = ScalerConfig { init_scale: 2f32.powi(21), growth_interval: 3, ..ScalerConfig::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let full = train(&model, &records(), &c, dir.path(), &mut |_| {}, &mut |_| {}).unwrap();
+        let skipped: Vec<bool> = log_values(&full, "skipped").iter().map(|v| v.as_bool().unwrap()).collect();
+        let scales: Vec<f64> = log_values(&full, "loss_scale").iter().map(|v| v.as_f64().unwrap()).collect();
+        let lrs: Vec<f64> = log_values(&full, "lr").iter().map(|v| v.as_f64().unwrap()).collect();
+        assert_eq!(full.log.len(), 12);
+        let first_clean = skipped.iter().position(|s| !s).expect("some step must apply");
+        assert!(first_clean >= 1 && skipped[..first_clean].iter().all(|&s| s), "{skipped:?}");
+        for i in 1..scales.len() {
+            let want = if skipped[i - 1] { scales[i - 1] / 2.0 } else { scales[i] };
+            assert_eq!(scales[i], want, "step {}: a skipped step halves the scale ({scales:?})", i + 1);
+        }
+        assert!(log_values(&full, "grad_norm")[0].is_null(), "a skipped step has no gradient norm");
+        // Warmup counts applied updates: the first applied step still runs at lr 0.
+        assert_eq!(lrs[first_clean], 0.0, "{lrs:?}");
+        assert!(scales.windows(2).any(|w| w[1] == 2.0 * w[0]), "3 clean steps in a row grow the scale: {scales:?}");
+        // Kill (a panic in the progress callback, before that step's checkpoint) after the skips.
+        let dir = tempfile::tempdir().unwrap();
+        let kill_at = first_clean as u64 + 3;
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut on_step = |r: &StepReport| assert!(r.step < kill_at, "killed");
+            train(&model, &records(), &c, dir.path(), &mut on_step, &mut |_| {})
+        }));
+        assert!(killed.is_err());
+        let resumed = train(&model, &records(), &c, dir.path(), &mut |_| {}, &mut |_| {}).unwrap();
+        assert_eq!(resumed.resumed_from, kill_at - 1);
+        assert!(resumed.log == full.log, "resumed log differs:\n{}\nvs\n{}", resumed.log.join("\n"), full.log.join("\n"));
+        assert!(resumed.params == full.params, "the resumed adapter differs from the uninterrupted one");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! lora-train, merge and eval on a tiny random model the tests make themselves: training lowers
-//! the loss, the adapter is in peft's format, a SIGKILL mid-training resumes to a bit-identical
-//! adapter, and the merged model evaluates.
+//! the loss (in f32, and in bf16/f16 mixed precision), the adapter is in peft's format (f32
+//! tensors whatever the compute dtype), a SIGKILL mid-training resumes to a bit-identical
+//! adapter (f32 and bf16), and the merged model evaluates.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -28,7 +29,7 @@ pub fn tiny_model(t: &TestContext, rel: &str, arch: Arch, hidden: usize) {
     }
 }
 
-fn pipeline(steps: u32, save_steps: u32) -> String {
+fn pipeline(steps: u32, save_steps: u32, dtype: &str, lr: f64) -> String {
     format!(
         r#"name: tiny-train
 nodes:
@@ -47,7 +48,7 @@ nodes:
   train:
     kind: lora-train
     inputs: {{ model: model, dataset: tok.dataset }}
-    params: {{ max_steps: {steps}, batch_size: 4, grad_accum: 2, lr: 0.05, save_steps: {save_steps}, logging_steps: 1, r: 4 }}
+    params: {{ max_steps: {steps}, batch_size: 4, grad_accum: 2, lr: {lr}, save_steps: {save_steps}, logging_steps: 1, r: 4, dtype: {dtype} }}
   merge:
     kind: merge
     inputs: {{ model: model, adapter: train.adapter }}
@@ -60,23 +61,50 @@ nodes:
 }
 
 fn project(steps: u32, save_steps: u32) -> TestContext {
+    project_in(steps, save_steps, "f32")
+}
+
+fn project_in(steps: u32, save_steps: u32, dtype: &str) -> TestContext {
+    project_with(steps, save_steps, dtype, 0.05)
+}
+
+fn project_with(steps: u32, save_steps: u32, dtype: &str, lr: f64) -> TestContext {
     let t = TestContext::with_fixtures();
     tiny_model(&t, "model", Arch::Llama, 32);
     t.write("prompts.txt", "现在你要扮演我碰到一位神秘的算命大师, 你是谁?\nWhat does my future hold?\n");
-    t.write("p.yaml", pipeline(steps, save_steps));
+    t.write("p.yaml", pipeline(steps, save_steps, dtype, lr));
     t
+}
+
+/// The training log's lines as JSON.
+fn train_log(t: &TestContext) -> Vec<serde_json::Value> {
+    let log = std::fs::read_to_string(t.output_path("p.yaml", "train", "log", &[])).unwrap();
+    log.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Mean of the first three and of the last three logged losses.
+fn first_and_last_loss(log: &[serde_json::Value]) -> (f64, f64) {
+    let losses: Vec<f64> = log.iter().map(|l| l["loss"].as_f64().unwrap()).collect();
+    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
+    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    (first, last)
+}
+
+/// The adapter's tensors and their dtypes as safetensors stores them.
+fn adapter_dtypes(t: &TestContext) -> Vec<(String, candle_core::DType)> {
+    let adapter = t.output_path("p.yaml", "train", "adapter", &[]);
+    let tensors = candle_core::safetensors::load(adapter.join("adapter_model.safetensors"), &Device::Cpu).unwrap();
+    tensors.into_iter().map(|(n, t)| (n, t.dtype())).collect()
 }
 
 #[test]
 fn training_lowers_the_loss_and_eval_reports_base_and_tuned() {
     let t = project(16, 0);
     t.run("p.yaml", &[]).success();
-    let log = std::fs::read_to_string(t.output_path("p.yaml", "train", "log", &[])).unwrap();
-    let losses: Vec<f64> =
-        log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect();
-    assert_eq!(losses.len(), 16, "logging_steps 1 logs every step: {log}");
-    let first: f64 = losses[..3].iter().sum::<f64>() / 3.0;
-    let last: f64 = losses[losses.len() - 3..].iter().sum::<f64>() / 3.0;
+    let log = train_log(&t);
+    assert_eq!(log.len(), 16, "logging_steps 1 logs every step: {log:?}");
+    assert!(log.iter().all(|l| l.get("loss_scale").is_none()), "f32 has no loss scaling: {:?}", log[0]);
+    let (first, last) = first_and_last_loss(&log);
     assert!(last < first - 0.3, "training should lower the loss: first {first:.3}, last {last:.3}");
     let report = t.output_path("p.yaml", "eval", "report", &[]);
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
@@ -131,18 +159,90 @@ with safe_open(sys.argv[1], "np") as f:
     }
 }
 
+/// bf16 compute (frozen weights bf16, LoRA weights and optimizer f32) trains like f32: the loss
+/// falls by as much, close to the f32 run's curve, and the adapter is saved in f32 as peft saves
+/// one trained on a bf16 base.
+#[test]
+fn training_in_bf16_lowers_the_loss_and_saves_an_f32_adapter() {
+    let t = project_in(16, 0, "bf16");
+    t.run("p.yaml", &["--target", "train"]).success();
+    let log = train_log(&t);
+    assert_eq!(log.len(), 16);
+    let (first, last) = first_and_last_loss(&log);
+    assert!(last < first - 0.3, "bf16 training should lower the loss: first {first:.3}, last {last:.3}");
+    let f32_run = project_in(16, 0, "f32");
+    f32_run.run("p.yaml", &["--target", "train"]).success();
+    let (f32_first, f32_last) = first_and_last_loss(&train_log(&f32_run));
+    assert!((first - f32_first).abs() < 0.05 * f32_first, "bf16 starts at {first:.4}, f32 at {f32_first:.4}");
+    assert!((last - f32_last).abs() < 0.1 * f32_last, "bf16 ends at {last:.4}, f32 at {f32_last:.4}");
+    // The dtype is in the node key (the two projects differ in nothing else).
+    let (a, b) = (t.show("p.yaml", "train", &[]), f32_run.show("p.yaml", "train", &[]));
+    assert_eq!((a["params"]["dtype"].as_str(), b["params"]["dtype"].as_str()), (Some("bf16"), Some("f32")));
+    assert_ne!(a["record"]["key"], b["record"]["key"]);
+    let dtypes = adapter_dtypes(&t);
+    assert_eq!(dtypes.len(), 28);
+    assert!(dtypes.iter().all(|(_, d)| *d == candle_core::DType::F32), "{dtypes:?}");
+}
+
+/// f16 trains with dynamic loss scaling: every log line carries the scale (GradScaler's initial
+/// 2^16 at first) and whether the step was skipped; a skipped step halves the scale for the next
+/// one and is counted in the node summary; and the loss falls.
+#[test]
+fn training_in_f16_logs_the_loss_scale_and_lowers_the_loss() {
+    let t = project_in(16, 0, "f16");
+    let r = t.run("p.yaml", &["--target", "train"]).success();
+    let log = train_log(&t);
+    assert_eq!(log.len(), 16, "logging_steps 1 logs every step");
+    let scales: Vec<f64> = log.iter().map(|l| l["loss_scale"].as_f64().expect("f16 logs the loss scale")).collect();
+    let skipped: Vec<bool> = log.iter().map(|l| l["skipped"].as_bool().expect("f16 logs whether it skipped")).collect();
+    assert_eq!(scales[0], 65536.0);
+    for i in 1..log.len() {
+        let want = if skipped[i - 1] { scales[i - 1] / 2.0 } else { scales[i - 1] };
+        assert_eq!(scales[i], want, "step {}: {scales:?} {skipped:?}", i + 1);
+        assert_eq!(log[i]["grad_norm"].is_null(), skipped[i], "a skipped step has no gradient norm");
+    }
+    let n_skipped = skipped.iter().filter(|&&s| s).count();
+    assert!(n_skipped < 4, "{n_skipped} of 16 steps overflowed");
+    let (first, last) = first_and_last_loss(&log);
+    assert!(last < first - 0.3, "f16 training should lower the loss: first {first:.3}, last {last:.3}");
+    assert!(adapter_dtypes(&t).iter().all(|(_, d)| *d == candle_core::DType::F32));
+    let train = r.events_of("node_finished").into_iter().find(|e| e["node"] == "train").expect("train ran");
+    let summary = train["summary"].as_str().unwrap();
+    assert_eq!(summary.contains(&format!("{n_skipped} skipped for f16 overflow")), n_skipped > 0, "{summary}");
+}
+
 fn adapter_digest(t: &TestContext) -> String {
     t.show("p.yaml", "train", &[])["outputs"]["adapter"]["digest"].as_str().unwrap().to_string()
 }
 
 #[test]
 fn sigkill_mid_training_then_rerun_ends_bit_identical() {
+    kill_mid_training_and_rerun("f32", 0.05);
+}
+
+#[test]
+fn sigkill_mid_bf16_training_then_rerun_ends_bit_identical() {
+    kill_mid_training_and_rerun("bf16", 0.05);
+}
+
+/// At lr 0.05 this random model's residual stream outgrows f16's range (65504) near step 28: a
+/// genuine NaN loss, which stops training by name. At 0.03 it stays below 1e4 and one step (18,
+/// on the machine this was written on) overflows its scaled gradients and is skipped, so a kill
+/// after it also checks that the loss scaler's state and the applied-update count resume.
+#[test]
+fn sigkill_mid_f16_training_then_rerun_ends_bit_identical() {
+    kill_mid_training_and_rerun("f16", 0.03);
+}
+
+/// Trains 40 steps uninterrupted, then again with a SIGKILL at a step that varies from run to
+/// run and a rerun; the rerun must resume and end with the same adapter bytes.
+fn kill_mid_training_and_rerun(dtype: &str, lr: f64) {
     let steps = 40;
-    let reference = project(steps, 1);
+    let reference = project_with(steps, 1, dtype, lr);
     reference.run("p.yaml", &["--target", "train"]).success();
     let want = adapter_digest(&reference);
 
-    let t = project(steps, 1);
+    let t = project_with(steps, 1, dtype, lr);
     // Kill at a step that varies from run to run.
     let kill_at = 5 + (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 25) as u64;
     let mut child =
@@ -175,7 +275,11 @@ fn sigkill_mid_training_then_rerun_ends_bit_identical() {
     let r = t.run("p.yaml", &["--target", "train"]).success();
     let summary = r.events_of("node_finished").into_iter().find(|e| e["node"] == "train").expect("train ran")["summary"].clone();
     assert!(summary.as_str().unwrap().contains("resumed at step"), "{summary}");
-    assert_eq!(adapter_digest(&t), want, "killed at step {killed_at}, resumed: adapter differs from an uninterrupted run");
+    assert_eq!(
+        adapter_digest(&t),
+        want,
+        "{dtype}: killed at step {killed_at}, resumed: adapter differs from an uninterrupted run"
+    );
 }
 
 #[test]
