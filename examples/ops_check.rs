@@ -249,6 +249,38 @@ impl Check {
         }
         Ok(())
     }
+    fn attention(&mut self, dims: (usize, usize, usize, usize, usize), dt: DType, time: bool) -> Result<()> {
+        let (b, hq, hkv, t, d) = dims;
+        let shape = format!("{b}x{hq}/{hkv}x{t}x{d}");
+        let scale = 1.0 / (d as f64).sqrt();
+        // Projection layouts [B, T, heads, D], read as [B, heads, T, D] views on the GPU.
+        let (q, qg) = self.randn(&[b, t, hq, d], dt, 2.0)?;
+        let (k, kg) = self.randn(&[b, t, hkv, d], dt, 2.0)?;
+        let (v, vg) = self.randn(&[b, t, hkv, d], dt, 2.0)?;
+        let (dout, doutg) = self.randn(&[b, t, hq, d], dt, 1.0)?;
+        let view = |x: &Tensor| x.transpose(1, 2);
+        let (q, k, v, dout) =
+            (view(&q)?.contiguous()?, view(&k)?.contiguous()?, view(&v)?.contiguous()?, view(&dout)?.contiguous()?);
+        let (qg, kg, vg, doutg) = (view(&qg)?, view(&kg)?, view(&vg)?, view(&doutg)?);
+        let (o, lse) = ops::attention_fwd(&q, &k, &v, scale)?;
+        let (og, lseg) = ops::attention_fwd(&qg, &kg, &vg, scale)?;
+        self.report("attention_fwd o", &shape, dt, err(&og, &o)?, tol(dt));
+        self.report("attention_fwd lse", &shape, dt, err(&lseg, &lse)?, 1e-5);
+        let (dq, dk, dv) = ops::attention_bwd(&dout, &q, &k, &v, &o, &lse, scale)?;
+        let (dqg, dkg, dvg) = ops::attention_bwd(&doutg, &qg, &kg, &vg, &og, &lseg, scale)?;
+        self.report("attention_bwd dq", &shape, dt, err(&dqg, &dq)?, tol(dt));
+        self.report("attention_bwd dk", &shape, dt, err(&dkg, &dk)?, tol(dt));
+        self.report("attention_bwd dv", &shape, dt, err(&dvg, &dv)?, tol(dt));
+        if time {
+            let k = self.time(|| ops::attention_fwd(&qg, &kg, &vg, scale).map(drop))?;
+            let g = self.time(|| generic::attention_fwd(&qg, &kg, &vg, scale).map(drop))?;
+            self.timing("attention_fwd", &shape, dt, k, g, None);
+            let k = self.time(|| ops::attention_bwd(&doutg, &qg, &kg, &vg, &og, &lseg, scale).map(drop))?;
+            let g = self.time(|| generic::attention_bwd(&doutg, &qg, &kg, &vg, &og, &lseg, scale).map(drop))?;
+            self.timing("attention_bwd", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
 }
 
 fn main() -> Result<()> {
@@ -282,6 +314,17 @@ fn main() -> Result<()> {
         for (n, d, tm) in [(3072, 576, true), (3072, 1536, true), (7, 13, false)] {
             c.dropout(n, d, dt, tm && timed)?;
         }
+        // (B, Hq, Hkv, T, D); head dim 32 runs the generic fallback on the GPU.
+        for (b, hq, hkv, t, d, tm) in [
+            (8, 9, 3, 384, 64, true),
+            (8, 32, 32, 384, 128, true),
+            (2, 4, 2, 37, 64, false),
+            (3, 6, 2, 70, 128, false),
+            (1, 2, 1, 1, 64, false),
+            (1, 2, 2, 17, 32, false),
+        ] {
+            c.attention((b, hq, hkv, t, d), dt, tm && timed)?;
+        }
     }
     // f16: correctness only, small shapes.
     c.rms_norm(7, 576, DType::F16, false)?;
@@ -289,6 +332,7 @@ fn main() -> Result<()> {
     c.swiglu(7, 1536, DType::F16, false)?;
     c.cross_entropy(37, 1000, DType::F16, false)?;
     c.dropout(7, 13, DType::F16, false)?;
+    c.attention((2, 4, 2, 37, 64), DType::F16, false)?;
     let verdict = if c.failed == 0 { "all PASS".to_string() } else { format!("{} FAIL", c.failed) };
     println!("ops_check: {verdict} in {:.1}s", t0.elapsed().as_secs_f64());
     std::process::exit(if c.failed == 0 { 0 } else { 1 })

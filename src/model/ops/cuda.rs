@@ -25,6 +25,7 @@ const ROPE: (&str, &str) = ("pipe_rope", include_str!(concat!(env!("OUT_DIR"), "
 const SWIGLU: (&str, &str) = ("pipe_swiglu", include_str!(concat!(env!("OUT_DIR"), "/swiglu.ptx")));
 const CROSS_ENTROPY: (&str, &str) = ("pipe_cross_entropy", include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx")));
 const DROPOUT: (&str, &str) = ("pipe_dropout", include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx")));
+const ATTENTION: (&str, &str) = ("pipe_attention", include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")));
 
 /// A kernel argument.
 enum Arg {
@@ -34,6 +35,7 @@ enum Arg {
     U32(u32),
     U64(u64),
     F32(f32),
+    Strides(Strides),
 }
 
 fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
@@ -63,6 +65,7 @@ fn launch(dev: &CudaDevice, module: (&str, &str), name: &str, cfg: LaunchConfig,
             Arg::I64(v) => b.arg(v),
             Arg::U32(v) => b.arg(v),
             Arg::F32(v) => b.arg(v),
+            Arg::Strides(v) => b.arg(v),
         };
     }
     // SAFETY: each launcher passes the kernel's parameter list in order, pointers to buffers of
@@ -355,4 +358,128 @@ pub(super) fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
         launch(&dev, DROPOUT, &name, grid(n.div_ceil(2), 256), &args)?;
     }
     Ok(tensor(y, x.shape()))
+}
+
+/// (batch, head, position) strides of a logical `[B, H, T, D]` tensor: the kernels' `Strides`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Strides {
+    b: i64,
+    h: i64,
+    t: i64,
+}
+
+// SAFETY: plain old data with the layout of the kernels' `struct Strides { long long b, h, t; }`.
+unsafe impl DeviceRepr for Strides {}
+
+fn strides(t: &Tensor) -> Strides {
+    let s = t.stride();
+    Strides { b: s[0] as i64, h: s[1] as i64, t: s[2] as i64 }
+}
+
+/// Strides of a `[B, T, H, D]` buffer seen as `[B, H, T, D]`.
+fn token_major(t_len: usize, h: usize, d: usize) -> Strides {
+    Strides { b: (t_len * h * d) as i64, h: d as i64, t: (h * d) as i64 }
+}
+
+fn unit_last(t: &Tensor) -> Result<Tensor> {
+    if t.stride()[3] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// A `[B, T, H, D]` buffer as a `[B, H, T, D]` view.
+fn bhtd_view(s: CudaStorage, b: usize, h: usize, t: usize, d: usize) -> Result<Tensor> {
+    tensor(s, (b, t, h, d)).transpose(1, 2)
+}
+
+/// Eight query (or key) rows per block, one warp each, as `WARPS` in attention.cu.
+fn attention_grid(t: usize, heads: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (t.div_ceil(8) as u32, heads as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// See [`super::attention_fwd`].
+pub(super) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(q)?;
+    let stream = dev.cuda_stream();
+    let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
+    let (b, hq, t, d) = q.dims4()?;
+    let hkv = k.dim(1)?;
+    let mut o = alloc(&dev, q.dtype(), q.elem_count())?;
+    let mut lse = alloc(&dev, DType::F32, b * hq * t)?;
+    if q.elem_count() > 0 {
+        let name = format!("attn_fwd_{}_d{d}", suffix(q.dtype())?);
+        let (qr, kr, vr) = (Read::new(&q), Read::new(&k), Read::new(&v));
+        let (qp, _qg) = qr.ptr(&stream)?;
+        let (kp, _kg) = kr.ptr(&stream)?;
+        let (vp, _vg) = vr.ptr(&stream)?;
+        let (op, _og) = ptr_mut(&mut o, &stream)?;
+        let (lp, _lg) = ptr_mut(&mut lse, &stream)?;
+        let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(op), Arg::Ptr(lp)];
+        args.extend([Arg::I32(hq as i32), Arg::I32(hkv as i32), Arg::I32(i32_of(t, "seq")?)]);
+        args.extend([strides(&q), strides(&k), strides(&v), token_major(t, hq, d)].map(Arg::Strides));
+        args.push(Arg::F32(scale as f32));
+        launch(&dev, ATTENTION, &name, attention_grid(t, b * hq), &args)?;
+    }
+    Ok((bhtd_view(o, b, hq, t, d)?, tensor(lse, (b, hq, t))))
+}
+
+/// See [`super::attention_bwd`].
+pub(super) fn attention_bwd(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = cuda_device(q)?;
+    let stream = dev.cuda_stream();
+    let (q, k, v, o, dout) = (unit_last(q)?, unit_last(k)?, unit_last(v)?, unit_last(o)?, unit_last(dout)?);
+    let lse = lse.to_dtype(DType::F32)?.contiguous()?;
+    let (b, hq, t, d) = q.dims4()?;
+    let hkv = k.dim(1)?;
+    let mut dq = alloc(&dev, q.dtype(), q.elem_count())?;
+    let mut dk = alloc(&dev, q.dtype(), k.elem_count())?;
+    let mut dv = alloc(&dev, q.dtype(), k.elem_count())?;
+    let mut delta = alloc(&dev, DType::F32, b * hq * t)?;
+    if q.elem_count() > 0 {
+        let sfx = suffix(q.dtype())?;
+        let sizes = || [Arg::I32(hq as i32), Arg::I32(hkv as i32), Arg::I32(t as i32)];
+        let (qr, kr, vr, or, dor, lr) =
+            (Read::new(&q), Read::new(&k), Read::new(&v), Read::new(&o), Read::new(&dout), Read::new(&lse));
+        let (qp, _qg) = qr.ptr(&stream)?;
+        let (kp, _kg) = kr.ptr(&stream)?;
+        let (vp, _vg) = vr.ptr(&stream)?;
+        let (op, _og) = or.ptr(&stream)?;
+        let (dop, _dog) = dor.ptr(&stream)?;
+        let (lp, _lg) = lr.ptr(&stream)?;
+        {
+            let (dp, _dg) = ptr_mut(&mut delta, &stream)?;
+            let (dqp, _dqg) = ptr_mut(&mut dq, &stream)?;
+            let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(op), Arg::Ptr(dop), Arg::Ptr(lp)];
+            args.extend([Arg::Ptr(dp), Arg::Ptr(dqp)]);
+            args.extend(sizes());
+            let st = [strides(&q), strides(&k), strides(&v), strides(&o), strides(&dout), token_major(t, hq, d)];
+            args.extend(st.map(Arg::Strides));
+            args.push(Arg::F32(scale as f32));
+            launch(&dev, ATTENTION, &format!("attn_bwd_dq_{sfx}_d{d}"), attention_grid(t, b * hq), &args)?;
+        }
+        let delta = tensor(delta, (b, hq, t));
+        let dr = Read::new(&delta);
+        let (dp, _dg) = dr.ptr(&stream)?;
+        let (dkp, _dkg) = ptr_mut(&mut dk, &stream)?;
+        let (dvp, _dvg) = ptr_mut(&mut dv, &stream)?;
+        let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(dop), Arg::Ptr(lp), Arg::Ptr(dp)];
+        args.extend([Arg::Ptr(dkp), Arg::Ptr(dvp)]);
+        args.extend(sizes());
+        let st = [strides(&q), strides(&k), strides(&v), strides(&dout), token_major(t, hkv, d), token_major(t, hkv, d)];
+        args.extend(st.map(Arg::Strides));
+        args.push(Arg::F32(scale as f32));
+        launch(&dev, ATTENTION, &format!("attn_bwd_dkv_{sfx}_d{d}"), attention_grid(t, b * hkv), &args)?;
+    }
+    Ok((bhtd_view(dq, b, hq, t, d)?, bhtd_view(dk, b, hkv, t, d)?, bhtd_view(dv, b, hkv, t, d)?))
 }

@@ -157,3 +157,69 @@ pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
     let mask = Tensor::from_vec(dropout_mask(seed, x.elem_count(), p), x.shape(), x.device())?;
     (x.to_dtype(cdt)? * mask.to_dtype(cdt)?)?.to_dtype(x.dtype())
 }
+
+/// `[B, Hkv, T, D] -> [B, Hkv * rep, T, D]`, each KV head repeated for its group of query heads.
+fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return x.contiguous();
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.unsqueeze(2)?.expand((b, h, rep, t, d))?.reshape((b, h * rep, t, d))
+}
+
+/// The transpose of [`repeat_kv`]: sums each group of query heads.
+fn unrepeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(x.clone());
+    }
+    let (b, h, t, d) = x.dims4()?;
+    x.reshape((b, h / rep, rep, t, d))?.sum(2)
+}
+
+/// Causal scores `scale * q k^T` with `-inf` above the diagonal, `[B, Hq, T, T]`.
+fn causal_scores(q: &Tensor, k: &Tensor, scale: f64) -> Result<Tensor> {
+    let t = q.dim(2)?;
+    let mask: Vec<f32> = (0..t).flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    let mask = Tensor::from_vec(mask, (t, t), q.device())?.to_dtype(q.dtype())?;
+    (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)
+}
+
+/// See [`super::attention_fwd`]: materializes the `[B, Hq, T, T]` scores and probabilities.
+pub fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    let rep = q.dim(1)? / k.dim(1)?;
+    let cdt = compute_dtype(q.dtype());
+    let qf = q.to_dtype(cdt)?.contiguous()?;
+    let (kf, vf) = (repeat_kv(&k.to_dtype(cdt)?, rep)?, repeat_kv(&v.to_dtype(cdt)?, rep)?);
+    let s = causal_scores(&qf, &kf, scale)?;
+    let max = s.max_keepdim(D::Minus1)?;
+    let lse = (s.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+    let p = s.broadcast_sub(&lse)?.exp()?;
+    let o = p.matmul(&vf)?.to_dtype(q.dtype())?;
+    Ok((o, lse.squeeze(D::Minus1)?))
+}
+
+/// See [`super::attention_bwd`]: recomputes the probabilities from `lse`.
+pub fn attention_bwd(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let rep = q.dim(1)? / k.dim(1)?;
+    let cdt = compute_dtype(q.dtype());
+    let (qf, of, dof) = (q.to_dtype(cdt)?.contiguous()?, o.to_dtype(cdt)?, dout.to_dtype(cdt)?.contiguous()?);
+    let (kf, vf) = (repeat_kv(&k.to_dtype(cdt)?, rep)?, repeat_kv(&v.to_dtype(cdt)?, rep)?);
+    let s = causal_scores(&qf, &kf, scale)?;
+    let p = s.broadcast_sub(&lse.to_dtype(cdt)?.unsqueeze(D::Minus1)?)?.exp()?;
+    let dv = p.t()?.matmul(&dof)?;
+    let dp = dof.matmul(&vf.t()?)?;
+    let delta = (&dof * &of)?.sum_keepdim(D::Minus1)?;
+    let ds = (&p * dp.broadcast_sub(&delta)?)?;
+    let dq = (ds.matmul(&kf)? * scale)?;
+    let dk = (ds.t()?.matmul(&qf)? * scale)?;
+    let dt = q.dtype();
+    Ok((dq.to_dtype(dt)?, unrepeat_kv(&dk, rep)?.to_dtype(dt)?, unrepeat_kv(&dv, rep)?.to_dtype(dt)?))
+}

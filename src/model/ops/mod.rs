@@ -1,10 +1,10 @@
 //! Fused forward/backward ops for the decoder's explicit backward: RMS norm, RoPE, SwiGLU,
-//! cross-entropy and LoRA dropout.
+//! cross-entropy, LoRA dropout and causal attention.
 //!
 //! Each op is one function on candle [`Tensor`]s that dispatches on the device:
 //!
 //! 1. **CPU**: a composition of candle's generic tensor ops ([`generic`]); this is the reference.
-//! 2. **CUDA** (`--features cuda`): one hand-written kernel per op (two for cross-entropy), from
+//! 2. **CUDA** (`--features cuda`): one hand-written kernel per op (two for cross-entropy and the attention backward), from
 //!    `kernels/*.cu`, compiled to PTX by `build.rs` and loaded once per device. The same
 //!    [`generic`] compositions also run on CUDA, as the baseline the kernels are timed against
 //!    (`examples/ops_check.rs`).
@@ -233,6 +233,71 @@ pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
         return cuda::lora_dropout(x, seed, p);
     }
     generic::lora_dropout(x, seed, p)
+}
+
+fn check_attention(what: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+    check_float(what, q)?;
+    let (b, hq, t, d) = q.dims4()?;
+    let (bk, hkv, tk, dk) = k.dims4()?;
+    if (bk, tk, dk) != (b, t, d) || hkv == 0 || hq % hkv != 0 {
+        bail!("{what}: q {:?} and k {:?} do not fit (k/v heads must divide q heads)", q.dims(), k.dims());
+    }
+    check_same(&format!("{what} k/v"), k, v)?;
+    if q.dtype() != k.dtype() || !q.device().same_device(k.device()) {
+        bail!("{what}: q and k/v differ in dtype or device");
+    }
+    Ok(())
+}
+
+/// Whether the CUDA attention kernels take this head dim (others run [`generic`] on the GPU).
+fn attention_kernel_fits(q: &Tensor) -> bool {
+    matches!(q.dims().last(), Some(64 | 128))
+}
+
+/// Causal self-attention (training: queries and keys are the same `T` positions), flash-style
+/// on CUDA: no `[T, T]` matrix per head in global memory.
+///
+/// `q: [B, Hq, T, D]`, `k`, `v: [B, Hkv, T, D]` with `Hkv` dividing `Hq` (grouped-query
+/// attention: query head `h` reads KV head `h / (Hq / Hkv)`, without repeating K/V), any strides
+/// with a unit last stride. `scale` is usually `1 / sqrt(D)`. Returns `o: [B, Hq, T, D]` in
+/// q's dtype and `lse: [B, Hq, T]` (f32: each row's log-sum-exp of scaled scores), which
+/// [`attention_bwd`] takes. On CUDA, `o` is a transposed view of a contiguous `[B, T, Hq, D]`
+/// buffer, so `o.transpose(1, 2)?.reshape((B * T, Hq * D))` (the output projection's input)
+/// copies nothing. The kernels take `D` = 64 or 128; other head dims run the generic
+/// composition on the GPU.
+pub fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    check_attention("attention_fwd", q, k, v)?;
+    if is_cuda(q) && attention_kernel_fits(q) {
+        #[cfg(feature = "cuda")]
+        return cuda::attention_fwd(q, k, v, scale);
+    }
+    generic::attention_fwd(q, k, v, scale)
+}
+
+/// The gradients `(dq, dk, dv)` of [`attention_fwd`] given `dout` (the gradient of `o`), from
+/// the forward's inputs, output and `lse`; probabilities are recomputed tile by tile. Shapes as
+/// in [`attention_fwd`]; `dk`, `dv` are summed over each KV head's group of query heads. On
+/// CUDA all three are transposed views of contiguous `[B, T, heads, D]` buffers (the
+/// projections' gradient layout; [`rope_bwd_tokens`] reads `dq`, `dk` as they are).
+pub fn attention_bwd(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    check_attention("attention_bwd", q, k, v)?;
+    check_same("attention_bwd dout/o", dout, o)?;
+    if o.dims() != q.dims() || lse.dims() != &q.dims()[..3] {
+        bail!("attention_bwd: q {:?} with o {:?} and lse {:?}", q.dims(), o.dims(), lse.dims());
+    }
+    if is_cuda(q) && attention_kernel_fits(q) {
+        #[cfg(feature = "cuda")]
+        return cuda::attention_bwd(dout, q, k, v, o, lse, scale);
+    }
+    generic::attention_bwd(dout, q, k, v, o, lse, scale)
 }
 
 #[cfg(test)]
@@ -590,5 +655,82 @@ mod tests {
         }
         let xt = t(&x, &[n, d], DType::F32);
         assert_close("p = 0", &vals(&lora_dropout(&xt, 42, 0.0).unwrap()), &vals(&xt), 0.0);
+    }
+
+    // ---- attention ----
+
+    /// Naive causal attention on `[B, H, T, D]` flattened tensors: (o, lse).
+    fn ref_attention(
+        q: &[f64],
+        k: &[f64],
+        v: &[f64],
+        dims: (usize, usize, usize, usize, usize),
+        scale: f64,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let (b, hq, hkv, t, d) = dims;
+        let (mut o, mut lse) = (vec![0.0; q.len()], vec![0.0; b * hq * t]);
+        for bi in 0..b {
+            for h in 0..hq {
+                let hk = h / (hq / hkv);
+                let qa = |i: usize| (bi * hq + h) * t * d + i * d;
+                let ka = |j: usize| (bi * hkv + hk) * t * d + j * d;
+                for i in 0..t {
+                    let s: Vec<f64> = (0..=i).map(|j| scale * dot(&q[qa(i)..qa(i) + d], &k[ka(j)..ka(j) + d])).collect();
+                    let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let l = m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+                    lse[(bi * hq + h) * t + i] = l;
+                    for (j, sj) in s.iter().enumerate() {
+                        let p = (sj - l).exp();
+                        for x in 0..d {
+                            o[qa(i) + x] += p * v[ka(j) + x];
+                        }
+                    }
+                }
+            }
+        }
+        (o, lse)
+    }
+
+    #[test]
+    fn attention_matches_f64_reference() {
+        for (b, hq, hkv, tl, d) in [(2, 4, 2, 5, 8), (1, 3, 3, 9, 64), (1, 2, 1, 1, 4)] {
+            let scale = 1.0 / (d as f64).sqrt();
+            for dt in DTYPES {
+                let (q, k, v) = (
+                    rounded(&randn(b * hq * tl * d, 30), dt),
+                    rounded(&randn(b * hkv * tl * d, 31), dt),
+                    rounded(&randn(b * hkv * tl * d, 32), dt),
+                );
+                let (qt, kt, vt) = (t(&q, &[b, hq, tl, d], dt), t(&k, &[b, hkv, tl, d], dt), t(&v, &[b, hkv, tl, d], dt));
+                let (o, lse) = attention_fwd(&qt, &kt, &vt, scale).unwrap();
+                assert_eq!(
+                    (o.dims(), o.dtype(), lse.dims(), lse.dtype()),
+                    (&[b, hq, tl, d][..], dt, &[b, hq, tl][..], DType::F32)
+                );
+                let (want_o, want_lse) = ref_attention(&q, &k, &v, (b, hq, hkv, tl, d), scale);
+                assert_close("o", &vals(&o), &want_o, tol(dt));
+                assert_close("lse", &vals(&lse), &want_lse, 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn attention_bwd_matches_finite_differences() {
+        let (b, hq, hkv, tl, d) = (1, 4, 2, 5, 4);
+        let scale = 0.7;
+        let f = DType::F64;
+        let (qs, ks) = ([b, hq, tl, d], [b, hkv, tl, d]);
+        let (q, k, v, r) =
+            (randn(b * hq * tl * d, 33), randn(b * hkv * tl * d, 34), randn(b * hkv * tl * d, 35), randn(b * hq * tl * d, 36));
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| {
+            dot(&vals(&attention_fwd(&t(q, &qs, f), &t(k, &ks, f), &t(v, &ks, f), scale).unwrap().0), &r)
+        };
+        let (qt, kt, vt) = (t(&q, &qs, f), t(&k, &ks, f), t(&v, &ks, f));
+        let (o, lse) = attention_fwd(&qt, &kt, &vt, scale).unwrap();
+        let (dq, dk, dv) = attention_bwd(&t(&r, &qs, f), &qt, &kt, &vt, &o, &lse, scale).unwrap();
+        assert_eq!((dq.dims(), dk.dims(), dv.dims()), (&qs[..], &ks[..], &ks[..]));
+        check_fd("attention dq", |x| loss(x, &k, &v), &q, &vals(&dq));
+        check_fd("attention dk", |x| loss(&q, x, &v), &k, &vals(&dk));
+        check_fd("attention dv", |x| loss(&q, &k, x), &v, &vals(&dv));
     }
 }
