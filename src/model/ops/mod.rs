@@ -20,6 +20,14 @@
 //! are f32: RMS norm's `rstd`, the cross-entropy loss. RoPE tables may come in any float dtype;
 //! they are used in f32.
 //!
+//! # Testing
+//! - Unit tests (CPU, in CI): each op against a plain f64 reference in f32/bf16/f16, and each
+//!   backward against central finite differences of its forward, in f64.
+//! - `scripts/kernel-emu/run.sh`: the CUDA kernels themselves on the CPU (a thread per CUDA
+//!   thread), against naive f64 loops; no GPU or nvcc needed.
+//! - `examples/ops_check.rs` (GPU): every op's kernel against the CPU reference on SmolLM2-135M,
+//!   7B-like and odd shapes in f32/bf16/f16, and timings against the generic composition.
+//!
 //! # Limits
 //! - The kernels index rows and hidden sizes with 32-bit integers (element counts are 64-bit).
 //! - A cross-entropy label outside `[0, V)` other than [`IGNORE_INDEX`] is an error on the CPU
