@@ -4,10 +4,10 @@
 //! Each op is one function on candle [`Tensor`]s that dispatches on the device:
 //!
 //! 1. **CPU**: a composition of candle's generic tensor ops ([`generic`]); this is the reference.
-//! 2. **CUDA** (`--features cuda`): one hand-written kernel per op (two for cross-entropy and the attention backward), from
-//!    `kernels/*.cu`, compiled to PTX by `build.rs` and loaded once per device. The same
-//!    [`generic`] compositions also run on CUDA, as the baseline the kernels are timed against
-//!    (`examples/ops_check.rs`).
+//! 2. **CUDA** (`--features cuda`): one hand-written kernel per op (two for cross-entropy and
+//!    for the attention backward), from `kernels/*.cu`, compiled to PTX by `build.rs` and
+//!    loaded once per device. The same [`generic`] compositions also run on CUDA, as the
+//!    baseline the kernels are timed against (`examples/ops_check.rs`).
 //!
 //! The ops are in explicit-backward style: a forward returns what its backward needs (RMS norm's
 //! `rstd`), and backwards recompute cheap intermediates (SwiGLU's sigmoid) instead of taking them
@@ -27,6 +27,17 @@
 //!   thread), against naive f64 loops; no GPU or nvcc needed.
 //! - `examples/ops_check.rs` (GPU): every op's kernel against the CPU reference on SmolLM2-135M,
 //!   7B-like and odd shapes in f32/bf16/f16, and timings against the generic composition.
+//!
+//! # Wiring into llama.rs (not done here)
+//! Forward: `rms_norm_fwd` for `rms` + weight (cache `x`, `rstd` instead of `n`); `rope_fwd` on
+//! the `[B, T, heads, D]` projection viewed through `transpose(1, 2)` (no `contiguous`);
+//! `attention_fwd` with K/V un-repeated (cache `q`, `k`, `v`, `o`, `lse` instead of `k_rep`,
+//! `v_rep` and the `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`, not `sig`);
+//! `lora_dropout` instead of the host-built mask. Backward: `swiglu_bwd`; `rms_norm_bwd` (needs
+//! the block's `x` / `x2`); `attention_bwd` on `dout` viewed as `[B, H, T, D]`; then
+//! `rope_bwd_tokens` on `dq`, `dk`, which yields the projections' `[B * T, heads * D]` gradient
+//! by a reshape; the LoRA dropout backward is `lora_dropout` on the gradient with the same seed.
+//! Loss: `cross_entropy_fwd_bwd` per chunk of selected rows, summing `loss_sum` on the device.
 //!
 //! # Limits
 //! - The kernels index rows and hidden sizes with 32-bit integers (element counts are 64-bit).
