@@ -10,6 +10,7 @@
 //! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
 //! | [`to_gguf`] | a model as GGUF metadata and tensors (for the export) |
 //! | [`peft`] | reading and writing peft adapter folders |
+//! | [`ops`] | fused forward/backward ops (norm, RoPE, SwiGLU, cross-entropy, dropout): CPU reference, CUDA kernels |
 
 pub mod config;
 pub mod generate;
@@ -17,5 +18,6 @@ pub mod gguf_names;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod ops;
 pub mod peft;
 pub mod to_gguf;

@@ -1,0 +1,359 @@
+//! GPU check of the fused ops in `pipe::model::ops`: correctness of each CUDA kernel against the
+//! CPU reference, and its speed against candle's generic composition of the same op on the GPU.
+//!
+//! For every op, shape and dtype it draws random inputs, runs the op on the CPU (the reference)
+//! and on CUDA (the kernel), and prints the max absolute error, the error relative to the largest
+//! reference value, and PASS/FAIL against the dtype's tolerance. On the larger shapes (SmolLM2-135M
+//! and 7B-like) it then times the kernel, the generic composition (`ops::generic`, what a candle
+//! decoder would run without the kernels) and, where candle has one, candle's own fused
+//! forward-only kernel: the median over samples of the wall time of back-to-back calls divided
+//! by their number, with the device synchronized around each sample (so launch overhead counts).
+//! Exits 1 if any check fails (an op that errors counts as failed; the others still run).
+//!
+//!     CUDA_COMPUTE_CAP=90 cargo build --release --features cuda --example ops_check
+//!     ops_check [--samples 15] [--reps 10] [--no-time]
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use pipe::model::ops::{self, generic, IGNORE_INDEX};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+struct Opts {
+    samples: usize,
+    reps: usize,
+    time: bool,
+}
+
+struct Check {
+    cpu: Device,
+    gpu: Device,
+    opts: Opts,
+    rng: ChaCha8Rng,
+    failed: usize,
+}
+
+fn tol(dt: DType) -> f64 {
+    match dt {
+        DType::F32 => 1e-5,
+        DType::F16 => 2e-3,
+        _ => 1e-2,
+    }
+}
+
+fn name(dt: DType) -> &'static str {
+    match dt {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        _ => "?",
+    }
+}
+
+fn vals(t: &Tensor) -> Result<Vec<f64>> {
+    t.to_device(&Device::Cpu)?.to_dtype(DType::F64)?.flatten_all()?.to_vec1()
+}
+
+/// (max |a - b|, max |a - b| / max |b|).
+fn err(got: &Tensor, want: &Tensor) -> Result<(f64, f64)> {
+    let (a, b) = (vals(got)?, vals(want)?);
+    assert_eq!(a.len(), b.len(), "output sizes differ");
+    let scale = b.iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let abs = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    // A NaN anywhere must fail.
+    let abs = if a.iter().any(|x| x.is_nan()) != b.iter().any(|x| x.is_nan()) { f64::NAN } else { abs };
+    Ok((abs, abs / scale))
+}
+
+impl Check {
+    fn randn(&mut self, shape: &[usize], dt: DType, amp: f32) -> Result<(Tensor, Tensor)> {
+        let n = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-amp..amp)).collect();
+        let cpu = Tensor::from_vec(v, shape, &self.cpu)?.to_dtype(dt)?;
+        let gpu = cpu.to_device(&self.gpu)?;
+        Ok((cpu, gpu))
+    }
+
+    fn report(&mut self, op: &str, shape: &str, dt: DType, (abs, rel): (f64, f64), tol: f64) {
+        let ok = rel <= tol;
+        if !ok {
+            self.failed += 1;
+        }
+        println!(
+            "{:<22} {:<20} {:<5} max abs {:>10.3e}  rel {:>10.3e}  tol {:>7.0e}  {}",
+            op,
+            shape,
+            name(dt),
+            abs,
+            rel,
+            tol,
+            if ok { "PASS" } else { "FAIL" }
+        );
+    }
+
+    /// Counts an op whose check stopped on an error as a failure, and carries on with the rest.
+    fn guard(&mut self, op: &str, r: Result<()>) {
+        if let Err(e) = r {
+            self.failed += 1;
+            println!("{op:<22} ERROR {e}");
+        }
+    }
+
+    /// Median microseconds per call of `f` on the GPU.
+    fn time(&self, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        for _ in 0..3 {
+            f()?;
+        }
+        self.gpu.synchronize()?;
+        let mut us = Vec::with_capacity(self.opts.samples);
+        for _ in 0..self.opts.samples {
+            self.gpu.synchronize()?;
+            let t0 = Instant::now();
+            for _ in 0..self.opts.reps {
+                f()?;
+            }
+            self.gpu.synchronize()?;
+            us.push(t0.elapsed().as_secs_f64() * 1e6 / self.opts.reps as f64);
+        }
+        us.sort_by(|a, b| a.total_cmp(b));
+        Ok(us[us.len() / 2])
+    }
+
+    fn timing(&self, op: &str, shape: &str, dt: DType, kernel: f64, generic: f64, candle: Option<f64>) {
+        let candle = candle.map(|c| format!("{c:>10.1}")).unwrap_or_else(|| format!("{:>10}", "-"));
+        println!(
+            "TIME {:<17} {:<20} {:<5} kernel {:>9.1} us  generic {:>9.1} us  speedup {:>6.2}x  candle fused fwd {} us",
+            op,
+            shape,
+            name(dt),
+            kernel,
+            generic,
+            generic / kernel,
+            candle
+        );
+    }
+
+    fn rms_norm(&mut self, n: usize, h: usize, dt: DType, time: bool) -> Result<()> {
+        let shape = format!("{n}x{h}");
+        let (x, xg) = self.randn(&[n, h], dt, 2.0)?;
+        let (w, wg) = self.randn(&[h], dt, 1.5)?;
+        let (dy, dyg) = self.randn(&[n, h], dt, 1.0)?;
+        let (y, rstd) = ops::rms_norm_fwd(&x, &w, 1e-5)?;
+        let (yg, rstdg) = ops::rms_norm_fwd(&xg, &wg, 1e-5)?;
+        self.report("rms_norm_fwd y", &shape, dt, err(&yg, &y)?, tol(dt));
+        self.report("rms_norm_fwd rstd", &shape, dt, err(&rstdg, &rstd)?, 1e-5);
+        let dx = ops::rms_norm_bwd(&dy, &x, &w, &rstd)?;
+        let dxg = ops::rms_norm_bwd(&dyg, &xg, &wg, &rstdg)?;
+        self.report("rms_norm_bwd dx", &shape, dt, err(&dxg, &dx)?, tol(dt));
+        if time {
+            let k = self.time(|| ops::rms_norm_fwd(&xg, &wg, 1e-5).map(drop))?;
+            let g = self.time(|| generic::rms_norm_fwd(&xg, &wg, 1e-5).map(drop))?;
+            let c = self.time(|| candle_nn::ops::rms_norm(&xg, &wg, 1e-5).map(drop))?;
+            self.timing("rms_norm_fwd", &shape, dt, k, g, Some(c));
+            let k = self.time(|| ops::rms_norm_bwd(&dyg, &xg, &wg, &rstdg).map(drop))?;
+            let g = self.time(|| generic::rms_norm_bwd(&dyg, &xg, &wg, &rstdg).map(drop))?;
+            self.timing("rms_norm_bwd", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
+
+    fn rope(&mut self, b: usize, heads: usize, t: usize, d: usize, dt: DType, time: bool) -> Result<()> {
+        let shape = format!("{b}x{heads}x{t}x{d}");
+        let half = d / 2;
+        let ang: Vec<f32> =
+            (0..t).flat_map(|p| (0..half).map(move |i| p as f32 * 10000f32.powf(-(i as f32) / half as f32))).collect();
+        let cos = Tensor::from_vec(ang.iter().map(|a| a.cos()).collect::<Vec<_>>(), (t, half), &self.cpu)?;
+        let sin = Tensor::from_vec(ang.iter().map(|a| a.sin()).collect::<Vec<_>>(), (t, half), &self.cpu)?;
+        let (cosg, sing) = (cos.to_device(&self.gpu)?, sin.to_device(&self.gpu)?);
+        // The projection layout [B, T, heads, D]; the op reads it as a transposed view.
+        let (p, pg) = self.randn(&[b, t, heads, d], dt, 2.0)?;
+        let (x, xg) = (p.transpose(1, 2)?.contiguous()?, pg.transpose(1, 2)?.contiguous()?);
+        let y = ops::rope_fwd(&x, &cos, &sin)?;
+        self.report("rope_fwd", &shape, dt, err(&ops::rope_fwd(&xg, &cosg, &sing)?, &y)?, tol(dt));
+        let strided = ops::rope_fwd(&pg.transpose(1, 2)?, &cosg, &sing)?;
+        self.report("rope_fwd (strided in)", &shape, dt, err(&strided, &y)?, tol(dt));
+        let dx = ops::rope_bwd(&x, &cos, &sin)?;
+        self.report("rope_bwd", &shape, dt, err(&ops::rope_bwd(&xg, &cosg, &sing)?, &dx)?, tol(dt));
+        let dxt = ops::rope_bwd_tokens(&xg, &cosg, &sing)?;
+        self.report("rope_bwd_tokens", &shape, dt, err(&dxt, &dx.transpose(1, 2)?.contiguous()?)?, tol(dt));
+        if time {
+            let (cosd, sind) = (cosg.to_dtype(dt)?, sing.to_dtype(dt)?);
+            let k = self.time(|| ops::rope_fwd(&xg, &cosg, &sing).map(drop))?;
+            let g = self.time(|| generic::rope_fwd(&xg, &cosg, &sing).map(drop))?;
+            let c = self.time(|| candle_nn::rotary_emb::rope(&xg, &cosd, &sind).map(drop))?;
+            self.timing("rope_fwd", &shape, dt, k, g, Some(c));
+            // As llama.rs would use it: from the projection's layout, through a copy for candle.
+            let k = self.time(|| ops::rope_fwd(&pg.transpose(1, 2)?, &cosg, &sing).map(drop))?;
+            let g = self.time(|| generic::rope_fwd(&pg.transpose(1, 2)?.contiguous()?, &cosg, &sing).map(drop))?;
+            let c = self.time(|| candle_nn::rotary_emb::rope(&pg.transpose(1, 2)?.contiguous()?, &cosd, &sind).map(drop))?;
+            self.timing("rope_fwd from [B,T,H,D]", &shape, dt, k, g, Some(c));
+            let k = self.time(|| ops::rope_bwd_tokens(&xg, &cosg, &sing).map(drop))?;
+            let g = self.time(|| generic::rope_bwd_tokens(&xg, &cosg, &sing).map(drop))?;
+            self.timing("rope_bwd_tokens", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
+
+    fn swiglu(&mut self, n: usize, i: usize, dt: DType, time: bool) -> Result<()> {
+        let shape = format!("{n}x{i}");
+        let (g, gg) = self.randn(&[n, i], dt, 4.0)?;
+        let (u, ug) = self.randn(&[n, i], dt, 2.0)?;
+        let (dy, dyg) = self.randn(&[n, i], dt, 1.0)?;
+        let y = ops::swiglu_fwd(&g, &u)?;
+        self.report("swiglu_fwd", &shape, dt, err(&ops::swiglu_fwd(&gg, &ug)?, &y)?, tol(dt));
+        let (dg, du) = ops::swiglu_bwd(&dy, &g, &u)?;
+        let (dgg, dug) = ops::swiglu_bwd(&dyg, &gg, &ug)?;
+        self.report("swiglu_bwd dgate", &shape, dt, err(&dgg, &dg)?, tol(dt));
+        self.report("swiglu_bwd dup", &shape, dt, err(&dug, &du)?, tol(dt));
+        if time {
+            let k = self.time(|| ops::swiglu_fwd(&gg, &ug).map(drop))?;
+            let c = self.time(|| generic::swiglu_fwd(&gg, &ug).map(drop))?;
+            self.timing("swiglu_fwd", &shape, dt, k, c, None);
+            let k = self.time(|| ops::swiglu_bwd(&dyg, &gg, &ug).map(drop))?;
+            let c = self.time(|| generic::swiglu_bwd(&dyg, &gg, &ug).map(drop))?;
+            self.timing("swiglu_bwd", &shape, dt, k, c, None);
+        }
+        Ok(())
+    }
+
+    fn cross_entropy(&mut self, n: usize, v: usize, dt: DType, time: bool) -> Result<()> {
+        let shape = format!("{n}x{v}");
+        let (z, zg) = self.randn(&[n, v], dt, 8.0)?;
+        let labels: Vec<i64> = (0..n)
+            .map(|_| if self.rng.random_range(0..4) == 0 { IGNORE_INDEX } else { self.rng.random_range(0..v as i64) })
+            .collect();
+        let lab = Tensor::from_vec(labels, n, &self.cpu)?;
+        let labg = lab.to_device(&self.gpu)?;
+        let scale = 1.0 / n as f64;
+        let want = ops::cross_entropy_fwd_bwd(&z, &lab, scale)?;
+        let got = ops::cross_entropy_fwd_bwd(&zg, &labg, scale)?;
+        let count_ok = want.count.to_scalar::<u32>()? == got.count.to_device(&self.cpu)?.to_scalar::<u32>()?;
+        let loss_err = err(&got.loss_sum, &want.loss_sum)?;
+        self.report("ce loss_sum", &shape, dt, if count_ok { loss_err } else { (f64::NAN, f64::NAN) }, 1e-5);
+        let (dl, dlg) = (want.dlogits.expect("gradient"), got.dlogits.expect("gradient"));
+        self.report("ce dlogits", &shape, dt, err(&dlg, &dl)?, tol(dt));
+        let eval = ops::cross_entropy_loss(&zg, &labg)?;
+        self.report("ce loss (no grad)", &shape, dt, err(&eval.loss_sum, &want.loss_sum)?, 1e-5);
+        if time {
+            let k = self.time(|| ops::cross_entropy_fwd_bwd(&zg, &labg, scale).map(drop))?;
+            let g = self.time(|| generic::cross_entropy_fwd_bwd(&zg, &labg, scale).map(drop))?;
+            self.timing("ce fwd+bwd", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
+
+    fn dropout(&mut self, n: usize, d: usize, dt: DType, time: bool) -> Result<()> {
+        let shape = format!("{n}x{d}");
+        let (x, xg) = self.randn(&[n, d], dt, 2.0)?;
+        let seed = self.rng.random::<u64>();
+        let want = ops::lora_dropout(&x, seed, 0.1)?;
+        // Bit-identical masks: the result must match exactly in every dtype.
+        self.report("lora_dropout", &shape, dt, err(&ops::lora_dropout(&xg, seed, 0.1)?, &want)?, 0.0);
+        if time {
+            let k = self.time(|| ops::lora_dropout(&xg, seed, 0.1).map(drop))?;
+            let g = self.time(|| generic::lora_dropout(&xg, seed, 0.1).map(drop))?;
+            self.timing("lora_dropout", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
+    fn attention(&mut self, dims: (usize, usize, usize, usize, usize), dt: DType, time: bool) -> Result<()> {
+        let (b, hq, hkv, t, d) = dims;
+        let shape = format!("{b}x{hq}/{hkv}x{t}x{d}");
+        let scale = 1.0 / (d as f64).sqrt();
+        // Projection layouts [B, T, heads, D], read as [B, heads, T, D] views on the GPU.
+        let (q, qg) = self.randn(&[b, t, hq, d], dt, 2.0)?;
+        let (k, kg) = self.randn(&[b, t, hkv, d], dt, 2.0)?;
+        let (v, vg) = self.randn(&[b, t, hkv, d], dt, 2.0)?;
+        let (dout, doutg) = self.randn(&[b, t, hq, d], dt, 1.0)?;
+        let view = |x: &Tensor| x.transpose(1, 2);
+        let (q, k, v, dout) =
+            (view(&q)?.contiguous()?, view(&k)?.contiguous()?, view(&v)?.contiguous()?, view(&dout)?.contiguous()?);
+        let (qg, kg, vg, doutg) = (view(&qg)?, view(&kg)?, view(&vg)?, view(&doutg)?);
+        let (o, lse) = ops::attention_fwd(&q, &k, &v, scale)?;
+        let (og, lseg) = ops::attention_fwd(&qg, &kg, &vg, scale)?;
+        self.report("attention_fwd o", &shape, dt, err(&og, &o)?, tol(dt));
+        self.report("attention_fwd lse", &shape, dt, err(&lseg, &lse)?, 1e-5);
+        let (dq, dk, dv) = ops::attention_bwd(&dout, &q, &k, &v, &o, &lse, scale)?;
+        let (dqg, dkg, dvg) = ops::attention_bwd(&doutg, &qg, &kg, &vg, &og, &lseg, scale)?;
+        self.report("attention_bwd dq", &shape, dt, err(&dqg, &dq)?, tol(dt));
+        self.report("attention_bwd dk", &shape, dt, err(&dkg, &dk)?, tol(dt));
+        self.report("attention_bwd dv", &shape, dt, err(&dvg, &dv)?, tol(dt));
+        if time {
+            let k = self.time(|| ops::attention_fwd(&qg, &kg, &vg, scale).map(drop))?;
+            let g = self.time(|| generic::attention_fwd(&qg, &kg, &vg, scale).map(drop))?;
+            self.timing("attention_fwd", &shape, dt, k, g, None);
+            let k = self.time(|| ops::attention_bwd(&doutg, &qg, &kg, &vg, &og, &lseg, scale).map(drop))?;
+            let g = self.time(|| generic::attention_bwd(&doutg, &qg, &kg, &vg, &og, &lseg, scale).map(drop))?;
+            self.timing("attention_bwd", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |flag: &str, default: usize| {
+        args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
+    };
+    let opts = Opts { samples: arg("--samples", 15), reps: arg("--reps", 10), time: !args.iter().any(|a| a == "--no-time") };
+    let gpu = Device::new_cuda(0).unwrap_or_else(|e| {
+        eprintln!("ops_check needs a CUDA device and a build with --features cuda: {e}");
+        std::process::exit(2)
+    });
+    let mut c = Check { cpu: Device::Cpu, gpu, opts, rng: ChaCha8Rng::seed_from_u64(7), failed: 0 };
+    let t0 = Instant::now();
+    let timed = c.opts.time;
+    // (shape, timed) per op: SmolLM2-135M (H 576, I 1536, 9 heads / 3 kv x 64, V 49152, 8 x 384
+    // tokens), a 7B-like shape (H 4096, I 11008, 32 x 128, V 102400), and odd sizes.
+    for dt in [DType::F32, DType::BF16] {
+        for (n, h, tm) in [(3072, 576, true), (3072, 4096, true), (7, 33, false), (1, 3, false)] {
+            let r = c.rms_norm(n, h, dt, tm && timed);
+            c.guard("rms_norm", r);
+        }
+        for (b, hh, t, d, tm) in [(8, 9, 384, 64, true), (8, 3, 384, 64, false), (8, 32, 384, 128, true), (2, 3, 5, 6, false)] {
+            let r = c.rope(b, hh, t, d, dt, tm && timed);
+            c.guard("rope", r);
+        }
+        for (n, i, tm) in [(3072, 1536, true), (3072, 11008, true), (7, 13, false)] {
+            let r = c.swiglu(n, i, dt, tm && timed);
+            c.guard("swiglu", r);
+        }
+        for (n, v, tm) in [(1024, 49152, true), (1024, 102400, true), (37, 1000, false), (3, 1, false)] {
+            let r = c.cross_entropy(n, v, dt, tm && timed);
+            c.guard("cross_entropy", r);
+        }
+        for (n, d, tm) in [(3072, 576, true), (3072, 1536, true), (7, 13, false)] {
+            let r = c.dropout(n, d, dt, tm && timed);
+            c.guard("dropout", r);
+        }
+        // (B, Hq, Hkv, T, D); head dim 32 runs the generic fallback on the GPU.
+        for (b, hq, hkv, t, d, tm) in [
+            (8, 9, 3, 384, 64, true),
+            (8, 32, 32, 384, 128, true),
+            (2, 4, 2, 37, 64, false),
+            (3, 6, 2, 70, 128, false),
+            (1, 2, 1, 2, 64, false),
+            (1, 2, 2, 17, 32, false),
+        ] {
+            let r = c.attention((b, hq, hkv, t, d), dt, tm && timed);
+            c.guard("attention", r);
+        }
+    }
+    // f16: correctness only, small shapes.
+    let r = c.rms_norm(7, 576, DType::F16, false);
+    c.guard("rms_norm", r);
+    let r = c.rope(2, 3, 7, 64, DType::F16, false);
+    c.guard("rope", r);
+    let r = c.swiglu(7, 1536, DType::F16, false);
+    c.guard("swiglu", r);
+    let r = c.cross_entropy(37, 1000, DType::F16, false);
+    c.guard("cross_entropy", r);
+    let r = c.dropout(7, 13, DType::F16, false);
+    c.guard("dropout", r);
+    let r = c.attention((2, 4, 2, 37, 64), DType::F16, false);
+    c.guard("attention", r);
+    let verdict = if c.failed == 0 { "all PASS".to_string() } else { format!("{} FAIL", c.failed) };
+    println!("ops_check: {verdict} in {:.1}s", t0.elapsed().as_secs_f64());
+    std::process::exit(if c.failed == 0 { 0 } else { 1 })
+}

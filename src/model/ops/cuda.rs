@@ -1,0 +1,485 @@
+//! CUDA launchers for the fused ops: the kernels in `kernels/*.cu`, compiled to PTX by `build.rs`
+//! and loaded once per device through candle's custom-module cache.
+//!
+//! Tensors are passed to kernels as raw device pointers (with the storage offset applied), so one
+//! launcher serves every dtype; the kernel name carries the dtype (`rms_norm_fwd_bf16_f32`).
+//! Inputs are made contiguous first, except RoPE's, which reads through strides. Outputs are
+//! fresh, uninitialized allocations that every kernel writes in full.
+
+use std::mem::size_of;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
+use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
+use candle_core::op::BackpropOp;
+use candle_core::{bail, CudaDevice, CudaStorage, DType, Device, Layout, Shape, Storage, StorageRef, Tensor, D};
+use half::{bf16, f16};
+
+use super::CrossEntropy;
+use candle_core::Result;
+
+const RMS_NORM: (&str, &str) = ("pipe_rms_norm", include_str!(concat!(env!("OUT_DIR"), "/rms_norm.ptx")));
+const ROPE: (&str, &str) = ("pipe_rope", include_str!(concat!(env!("OUT_DIR"), "/rope.ptx")));
+const SWIGLU: (&str, &str) = ("pipe_swiglu", include_str!(concat!(env!("OUT_DIR"), "/swiglu.ptx")));
+const CROSS_ENTROPY: (&str, &str) = ("pipe_cross_entropy", include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx")));
+const DROPOUT: (&str, &str) = ("pipe_dropout", include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx")));
+const ATTENTION: (&str, &str) = ("pipe_attention", include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")));
+
+/// A kernel argument.
+enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    U32(u32),
+    U64(u64),
+    F32(f32),
+    Strides(Strides),
+}
+
+fn cuda_device(t: &Tensor) -> Result<CudaDevice> {
+    match t.device() {
+        Device::Cuda(d) => Ok(d.clone()),
+        d => bail!("expected a CUDA tensor, got one on {d:?}"),
+    }
+}
+
+/// The dtype suffix of kernel names.
+fn suffix(dt: DType) -> Result<&'static str> {
+    Ok(match dt {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        dt => bail!("the CUDA fused ops take f32, bf16 or f16, not {dt:?}"),
+    })
+}
+
+fn launch(dev: &CudaDevice, module: (&str, &str), name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    let func = dev.get_or_load_custom_func(name, module.0, module.1)?;
+    let mut b = func.builder();
+    for a in args {
+        match a {
+            Arg::Ptr(v) | Arg::U64(v) => b.arg(v),
+            Arg::I32(v) => b.arg(v),
+            Arg::I64(v) => b.arg(v),
+            Arg::U32(v) => b.arg(v),
+            Arg::F32(v) => b.arg(v),
+            Arg::Strides(v) => b.arg(v),
+        };
+    }
+    // SAFETY: each launcher passes the kernel's parameter list in order, pointers to buffers of
+    // the sizes the kernel indexes, and a grid that covers (only) its index range.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(())
+}
+
+fn grid(n: usize, block: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(block as usize) as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// A read lock on a CUDA tensor's storage.
+struct Read<'a> {
+    guard: StorageRef<'a>,
+    layout: &'a Layout,
+}
+
+impl<'a> Read<'a> {
+    fn new(t: &'a Tensor) -> Read<'a> {
+        let (guard, layout) = t.storage_and_layout();
+        Read { guard, layout }
+    }
+
+    /// The device pointer of the tensor's first element, and the guard that orders this read
+    /// after earlier writes; keep it alive until the launch is issued.
+    fn ptr<'s>(&'s self, stream: &'s CudaStream) -> Result<(u64, SyncOnDrop<'s>)> {
+        let Storage::Cuda(s) = &*self.guard else { bail!("expected CUDA storage") };
+        let lo = self.layout.start_offset();
+        fn at<'s, T>(v: &'s CudaSlice<T>, lo: usize, stream: &'s CudaStream) -> (u64, SyncOnDrop<'s>) {
+            let (p, g) = v.device_ptr(stream);
+            (p + (lo * size_of::<T>()) as u64, g)
+        }
+        Ok(match &s.slice {
+            CudaStorageSlice::F32(v) => at(v, lo, stream),
+            CudaStorageSlice::BF16(v) => at(v, lo, stream),
+            CudaStorageSlice::F16(v) => at(v, lo, stream),
+            CudaStorageSlice::I64(v) => at(v, lo, stream),
+            CudaStorageSlice::U32(v) => at(v, lo, stream),
+            _ => bail!("unexpected dtype {:?} for a fused-op kernel", s.dtype()),
+        })
+    }
+}
+
+/// A fresh output buffer of `n` elements.
+fn alloc(dev: &CudaDevice, dt: DType, n: usize) -> Result<CudaStorage> {
+    fn a<T: DeviceRepr + CudaDType>(dev: &CudaDevice, n: usize) -> Result<CudaStorage> {
+        // SAFETY: every launcher's kernel writes all `n` elements before anything reads them.
+        let s = unsafe { dev.alloc::<T>(n.max(1))? };
+        Ok(CudaStorage::wrap_cuda_slice(s, dev.clone()))
+    }
+    match dt {
+        DType::F32 => a::<f32>(dev, n),
+        DType::BF16 => a::<bf16>(dev, n),
+        DType::F16 => a::<f16>(dev, n),
+        DType::U32 => a::<u32>(dev, n),
+        dt => bail!("unexpected output dtype {dt:?}"),
+    }
+}
+
+/// The device pointer of an output buffer, and the guard that orders this write after earlier
+/// uses and records it for later ones.
+fn ptr_mut<'s>(s: &'s mut CudaStorage, stream: &'s CudaStream) -> Result<(u64, SyncOnDrop<'s>)> {
+    Ok(match &mut s.slice {
+        CudaStorageSlice::F32(v) => v.device_ptr_mut(stream),
+        CudaStorageSlice::BF16(v) => v.device_ptr_mut(stream),
+        CudaStorageSlice::F16(v) => v.device_ptr_mut(stream),
+        CudaStorageSlice::U32(v) => v.device_ptr_mut(stream),
+        _ => bail!("unexpected output storage"),
+    })
+}
+
+fn tensor(s: CudaStorage, shape: impl Into<Shape>) -> Tensor {
+    Tensor::from_storage(Storage::Cuda(s), shape, BackpropOp::none(), false)
+}
+
+fn i32_of(n: usize, what: &str) -> Result<i32> {
+    i32::try_from(n).or_else(|_| bail!("{what} = {n} is too large for the fused-op kernels"))
+}
+
+/// See [`super::rms_norm_fwd`].
+pub(super) fn rms_norm_fwd(x: &Tensor, w: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(x)?;
+    let stream = dev.cuda_stream();
+    let x = x.contiguous()?;
+    let w = norm_weight(w, x.dtype())?;
+    let h = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / h.max(1);
+    let mut y = alloc(&dev, x.dtype(), x.elem_count())?;
+    let mut rstd = alloc(&dev, DType::F32, rows)?;
+    if x.elem_count() > 0 {
+        let name = format!("rms_norm_fwd_{}_{}", suffix(x.dtype())?, suffix(w.dtype())?);
+        let (xr, wr) = (Read::new(&x), Read::new(&w));
+        let (xp, _xg) = xr.ptr(&stream)?;
+        let (wp, _wg) = wr.ptr(&stream)?;
+        let (yp, _yg) = ptr_mut(&mut y, &stream)?;
+        let (rp, _rg) = ptr_mut(&mut rstd, &stream)?;
+        let (rows_, h_) = (Arg::I32(i32_of(rows, "rows")?), Arg::I32(i32_of(h, "hidden")?));
+        let args = [Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(yp), Arg::Ptr(rp), rows_, h_, Arg::F32(eps as f32)];
+        launch(&dev, RMS_NORM, &name, rows_per_warp(rows), &args)?;
+    }
+    let rshape = x.dims()[..x.rank() - 1].to_vec();
+    Ok((tensor(y, x.shape()), tensor(rstd, rshape)))
+}
+
+/// See [`super::rms_norm_bwd`].
+pub(super) fn rms_norm_bwd(dy: &Tensor, x: &Tensor, w: &Tensor, rstd: &Tensor) -> Result<Tensor> {
+    let dev = cuda_device(x)?;
+    let stream = dev.cuda_stream();
+    let (dy, x) = (dy.contiguous()?, x.contiguous()?);
+    let w = norm_weight(w, x.dtype())?;
+    let rstd = rstd.to_dtype(DType::F32)?.contiguous()?;
+    let h = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / h.max(1);
+    let mut dx = alloc(&dev, x.dtype(), x.elem_count())?;
+    if x.elem_count() > 0 {
+        let name = format!("rms_norm_bwd_{}_{}", suffix(x.dtype())?, suffix(w.dtype())?);
+        let (dyr, xr, wr, rr) = (Read::new(&dy), Read::new(&x), Read::new(&w), Read::new(&rstd));
+        let (dyp, _dyg) = dyr.ptr(&stream)?;
+        let (xp, _xg) = xr.ptr(&stream)?;
+        let (wp, _wg) = wr.ptr(&stream)?;
+        let (rp, _rg) = rr.ptr(&stream)?;
+        let (dxp, _dxg) = ptr_mut(&mut dx, &stream)?;
+        let (rows_, h_) = (Arg::I32(i32_of(rows, "rows")?), Arg::I32(i32_of(h, "hidden")?));
+        let args = [Arg::Ptr(dyp), Arg::Ptr(xp), Arg::Ptr(wp), Arg::Ptr(rp), Arg::Ptr(dxp), rows_, h_];
+        launch(&dev, RMS_NORM, &name, rows_per_warp(rows), &args)?;
+    }
+    Ok(tensor(dx, x.shape()))
+}
+
+/// One warp per row, four rows per block.
+fn rows_per_warp(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.div_ceil(4) as u32, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The norm weight, contiguous, in the activations' dtype or f32 (the kernels' two variants).
+fn norm_weight(w: &Tensor, dt: DType) -> Result<Tensor> {
+    let w = if w.dtype() == dt || w.dtype() == DType::F32 { w.clone() } else { w.to_dtype(DType::F32)? };
+    w.contiguous()
+}
+
+/// RoPE with `sin` times `sign`; the output is `[B, heads, T, D]`, or `[B, T, heads, D]` with
+/// `tokens_out`, contiguous either way.
+pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32, tokens_out: bool) -> Result<Tensor> {
+    let dev = cuda_device(x)?;
+    let stream = dev.cuda_stream();
+    let x = if x.stride()[3] == 1 { x.clone() } else { x.contiguous()? };
+    let (b, h, t, d) = x.dims4()?;
+    let table = |c: &Tensor| c.narrow(0, 0, t)?.to_dtype(DType::F32)?.contiguous();
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let mut y = alloc(&dev, x.dtype(), x.elem_count())?;
+    let (shape, ys) = if tokens_out { ((b, t, h, d), [t * h * d, d, h * d]) } else { ((b, h, t, d), [h * t * d, t * d, d]) };
+    let total = b * h * t * (d / 2);
+    if total > 0 {
+        let name = format!("rope_{}", suffix(x.dtype())?);
+        let xs = x.stride();
+        let (xr, cr, sr) = (Read::new(&x), Read::new(&cos), Read::new(&sin));
+        let (xp, _xg) = xr.ptr(&stream)?;
+        let (cp, _cg) = cr.ptr(&stream)?;
+        let (sp, _sg) = sr.ptr(&stream)?;
+        let (yp, _yg) = ptr_mut(&mut y, &stream)?;
+        let mut args = vec![Arg::Ptr(xp), Arg::Ptr(cp), Arg::Ptr(sp), Arg::Ptr(yp)];
+        args.extend([h, t, d].map(|v| Arg::I32(v as i32)));
+        args.extend([xs[0], xs[1], xs[2], ys[0], ys[1], ys[2]].map(|v| Arg::I64(v as i64)));
+        args.extend([Arg::U64(total as u64), Arg::F32(sign)]);
+        launch(&dev, ROPE, &name, grid(total, 256), &args)?;
+    }
+    Ok(tensor(y, shape))
+}
+
+/// See [`super::swiglu_fwd`].
+pub(super) fn swiglu_fwd(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let dev = cuda_device(gate)?;
+    let stream = dev.cuda_stream();
+    let (g, u) = (gate.contiguous()?, up.contiguous()?);
+    let n = g.elem_count();
+    let mut y = alloc(&dev, g.dtype(), n)?;
+    if n > 0 {
+        let name = format!("swiglu_fwd_{}", suffix(g.dtype())?);
+        let (gr, ur) = (Read::new(&g), Read::new(&u));
+        let (gp, _gg) = gr.ptr(&stream)?;
+        let (up_, _ug) = ur.ptr(&stream)?;
+        let (yp, _yg) = ptr_mut(&mut y, &stream)?;
+        launch(&dev, SWIGLU, &name, grid(n, 256), &[Arg::Ptr(gp), Arg::Ptr(up_), Arg::Ptr(yp), Arg::U64(n as u64)])?;
+    }
+    Ok(tensor(y, g.shape()))
+}
+
+/// See [`super::swiglu_bwd`].
+pub(super) fn swiglu_bwd(dy: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(gate)?;
+    let stream = dev.cuda_stream();
+    let (dy, g, u) = (dy.contiguous()?, gate.contiguous()?, up.contiguous()?);
+    let n = g.elem_count();
+    let mut dg = alloc(&dev, g.dtype(), n)?;
+    let mut du = alloc(&dev, g.dtype(), n)?;
+    if n > 0 {
+        let name = format!("swiglu_bwd_{}", suffix(g.dtype())?);
+        let (dr, gr, ur) = (Read::new(&dy), Read::new(&g), Read::new(&u));
+        let (dp, _dg) = dr.ptr(&stream)?;
+        let (gp, _gg) = gr.ptr(&stream)?;
+        let (up_, _ug) = ur.ptr(&stream)?;
+        let (dgp, _dgg) = ptr_mut(&mut dg, &stream)?;
+        let (dup, _dug) = ptr_mut(&mut du, &stream)?;
+        let args = [Arg::Ptr(dp), Arg::Ptr(gp), Arg::Ptr(up_), Arg::Ptr(dgp), Arg::Ptr(dup), Arg::U64(n as u64)];
+        launch(&dev, SWIGLU, &name, grid(n, 256), &args)?;
+    }
+    Ok((tensor(dg, g.shape()), tensor(du, g.shape())))
+}
+
+/// See [`super::cross_entropy_fwd_bwd`]; `scale: None` skips the gradient.
+pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, scale: Option<f64>) -> Result<CrossEntropy> {
+    let dev = cuda_device(logits)?;
+    let stream = dev.cuda_stream();
+    let (z, labels) = (logits.contiguous()?, labels.contiguous()?);
+    let (n, v) = z.dims2()?;
+    if n == 0 {
+        let dev = z.device();
+        let dlogits = scale.map(|_| Tensor::zeros((0, v), z.dtype(), dev)).transpose()?;
+        return Ok(CrossEntropy {
+            loss_sum: Tensor::zeros((), DType::F32, dev)?,
+            count: Tensor::zeros((), DType::U32, dev)?,
+            dlogits,
+        });
+    }
+    let mut row_loss = alloc(&dev, DType::F32, n)?;
+    let mut grad = scale.map(|_| alloc(&dev, z.dtype(), n * v)).transpose()?;
+    let mut loss = alloc(&dev, DType::F32, 1)?;
+    let mut count = alloc(&dev, DType::U32, 1)?;
+    {
+        let name = format!("ce_fwd_bwd_{}", suffix(z.dtype())?);
+        let (zr, lr) = (Read::new(&z), Read::new(&labels));
+        let (zp, _zg) = zr.ptr(&stream)?;
+        let (lp, _lg) = lr.ptr(&stream)?;
+        let (rp, _rg) = ptr_mut(&mut row_loss, &stream)?;
+        let (gp, _gg) = match grad.as_mut() {
+            Some(g) => {
+                let (p, guard) = ptr_mut(g, &stream)?;
+                (p, Some(guard))
+            }
+            None => (0, None),
+        };
+        let block = if v >= 16384 {
+            1024
+        } else if v >= 2048 {
+            256
+        } else {
+            64
+        };
+        let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (block, 1, 1), shared_mem_bytes: 0 };
+        let args = [
+            Arg::Ptr(zp),
+            Arg::Ptr(lp),
+            Arg::Ptr(gp),
+            Arg::Ptr(rp),
+            Arg::I32(i32_of(v, "vocab")?),
+            Arg::F32(scale.unwrap_or(0.0) as f32),
+        ];
+        launch(&dev, CROSS_ENTROPY, &name, cfg, &args)?;
+    }
+    {
+        let row_loss = tensor(row_loss, n);
+        let rr = Read::new(&row_loss);
+        let lr = Read::new(&labels);
+        let (rp, _rg) = rr.ptr(&stream)?;
+        let (lp, _lg) = lr.ptr(&stream)?;
+        let (op, _og) = ptr_mut(&mut loss, &stream)?;
+        let (cp, _cg) = ptr_mut(&mut count, &stream)?;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        let args = [Arg::Ptr(rp), Arg::Ptr(lp), Arg::I32(i32_of(n, "rows")?), Arg::Ptr(op), Arg::Ptr(cp)];
+        launch(&dev, CROSS_ENTROPY, "ce_reduce", cfg, &args)?;
+    }
+    Ok(CrossEntropy { loss_sum: tensor(loss, ()), count: tensor(count, ()), dlogits: grad.map(|g| tensor(g, (n, v))) })
+}
+
+/// See [`super::lora_dropout`].
+pub(super) fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
+    let dev = cuda_device(x)?;
+    let stream = dev.cuda_stream();
+    let x = x.contiguous()?;
+    let n = x.elem_count();
+    let mut y = alloc(&dev, x.dtype(), n)?;
+    if n > 0 {
+        let (threshold, keep) = super::generic::dropout_params(p);
+        let name = format!("dropout_{}", suffix(x.dtype())?);
+        let xr = Read::new(&x);
+        let (xp, _xg) = xr.ptr(&stream)?;
+        let (yp, _yg) = ptr_mut(&mut y, &stream)?;
+        let args = [Arg::Ptr(xp), Arg::Ptr(yp), Arg::U64(n as u64), Arg::U64(seed), Arg::U32(threshold), Arg::F32(keep)];
+        launch(&dev, DROPOUT, &name, grid(n.div_ceil(2), 256), &args)?;
+    }
+    Ok(tensor(y, x.shape()))
+}
+
+/// (batch, head, position) strides of a logical `[B, H, T, D]` tensor: the kernels' `Strides`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Strides {
+    b: i64,
+    h: i64,
+    t: i64,
+}
+
+// SAFETY: plain old data with the layout of the kernels' `struct Strides { long long b, h, t; }`.
+unsafe impl DeviceRepr for Strides {}
+
+fn strides(t: &Tensor) -> Strides {
+    let s = t.stride();
+    Strides { b: s[0] as i64, h: s[1] as i64, t: s[2] as i64 }
+}
+
+/// Strides of a `[B, T, H, D]` buffer seen as `[B, H, T, D]`.
+fn token_major(t_len: usize, h: usize, d: usize) -> Strides {
+    Strides { b: (t_len * h * d) as i64, h: d as i64, t: (h * d) as i64 }
+}
+
+fn unit_last(t: &Tensor) -> Result<Tensor> {
+    if t.stride()[3] == 1 {
+        Ok(t.clone())
+    } else {
+        t.contiguous()
+    }
+}
+
+/// A `[B, T, H, D]` buffer as a `[B, H, T, D]` view.
+fn bhtd_view(s: CudaStorage, b: usize, h: usize, t: usize, d: usize) -> Result<Tensor> {
+    tensor(s, (b, t, h, d)).transpose(1, 2)
+}
+
+/// Eight query (or key) rows per block, one warp each, as `WARPS` in attention.cu.
+fn attention_grid(t: usize, heads: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (t.div_ceil(8) as u32, heads as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// See [`super::attention_fwd`].
+pub(super) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+    let dev = cuda_device(q)?;
+    let stream = dev.cuda_stream();
+    let (q, k, v) = (unit_last(q)?, unit_last(k)?, unit_last(v)?);
+    let (b, hq, t, d) = q.dims4()?;
+    let hkv = k.dim(1)?;
+    let mut o = alloc(&dev, q.dtype(), q.elem_count())?;
+    let mut lse = alloc(&dev, DType::F32, b * hq * t)?;
+    if q.elem_count() > 0 {
+        let name = format!("attn_fwd_{}_d{d}", suffix(q.dtype())?);
+        let (qr, kr, vr) = (Read::new(&q), Read::new(&k), Read::new(&v));
+        let (qp, _qg) = qr.ptr(&stream)?;
+        let (kp, _kg) = kr.ptr(&stream)?;
+        let (vp, _vg) = vr.ptr(&stream)?;
+        let (op, _og) = ptr_mut(&mut o, &stream)?;
+        let (lp, _lg) = ptr_mut(&mut lse, &stream)?;
+        let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(op), Arg::Ptr(lp)];
+        args.extend([Arg::I32(hq as i32), Arg::I32(hkv as i32), Arg::I32(i32_of(t, "seq")?)]);
+        args.extend([strides(&q), strides(&k), strides(&v), token_major(t, hq, d)].map(Arg::Strides));
+        args.push(Arg::F32(scale as f32));
+        launch(&dev, ATTENTION, &name, attention_grid(t, b * hq), &args)?;
+    }
+    Ok((bhtd_view(o, b, hq, t, d)?, tensor(lse, (b, hq, t))))
+}
+
+/// See [`super::attention_bwd`].
+pub(super) fn attention_bwd(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let dev = cuda_device(q)?;
+    let stream = dev.cuda_stream();
+    let (q, k, v, o, dout) = (unit_last(q)?, unit_last(k)?, unit_last(v)?, unit_last(o)?, unit_last(dout)?);
+    let lse = lse.to_dtype(DType::F32)?.contiguous()?;
+    let (b, hq, t, d) = q.dims4()?;
+    let hkv = k.dim(1)?;
+    let mut dq = alloc(&dev, q.dtype(), q.elem_count())?;
+    let mut dk = alloc(&dev, q.dtype(), k.elem_count())?;
+    let mut dv = alloc(&dev, q.dtype(), k.elem_count())?;
+    let mut delta = alloc(&dev, DType::F32, b * hq * t)?;
+    if q.elem_count() > 0 {
+        let sfx = suffix(q.dtype())?;
+        let sizes = || [Arg::I32(hq as i32), Arg::I32(hkv as i32), Arg::I32(t as i32)];
+        let (qr, kr, vr, or, dor, lr) =
+            (Read::new(&q), Read::new(&k), Read::new(&v), Read::new(&o), Read::new(&dout), Read::new(&lse));
+        let (qp, _qg) = qr.ptr(&stream)?;
+        let (kp, _kg) = kr.ptr(&stream)?;
+        let (vp, _vg) = vr.ptr(&stream)?;
+        let (op, _og) = or.ptr(&stream)?;
+        let (dop, _dog) = dor.ptr(&stream)?;
+        let (lp, _lg) = lr.ptr(&stream)?;
+        {
+            let (dp, _dg) = ptr_mut(&mut delta, &stream)?;
+            let (dqp, _dqg) = ptr_mut(&mut dq, &stream)?;
+            let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(op), Arg::Ptr(dop), Arg::Ptr(lp)];
+            args.extend([Arg::Ptr(dp), Arg::Ptr(dqp)]);
+            args.extend(sizes());
+            let st = [strides(&q), strides(&k), strides(&v), strides(&o), strides(&dout), token_major(t, hq, d)];
+            args.extend(st.map(Arg::Strides));
+            args.push(Arg::F32(scale as f32));
+            launch(&dev, ATTENTION, &format!("attn_bwd_dq_{sfx}_d{d}"), attention_grid(t, b * hq), &args)?;
+        }
+        let delta = tensor(delta, (b, hq, t));
+        let dr = Read::new(&delta);
+        let (dp, _dg) = dr.ptr(&stream)?;
+        let (dkp, _dkg) = ptr_mut(&mut dk, &stream)?;
+        let (dvp, _dvg) = ptr_mut(&mut dv, &stream)?;
+        let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(dop), Arg::Ptr(lp), Arg::Ptr(dp)];
+        args.extend([Arg::Ptr(dkp), Arg::Ptr(dvp)]);
+        args.extend(sizes());
+        let st = [strides(&q), strides(&k), strides(&v), strides(&dout), token_major(t, hkv, d), token_major(t, hkv, d)];
+        args.extend(st.map(Arg::Strides));
+        args.push(Arg::F32(scale as f32));
+        launch(&dev, ATTENTION, &format!("attn_bwd_dkv_{sfx}_d{d}"), attention_grid(t, b * hkv), &args)?;
+    }
+    Ok((bhtd_view(dq, b, hq, t, d)?, bhtd_view(dk, b, hkv, t, d)?, bhtd_view(dv, b, hkv, t, d)?))
+}
