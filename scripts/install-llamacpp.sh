@@ -7,12 +7,13 @@
 set -euo pipefail
 VERSION=0.3.36
 DIR=${1:-target/llamacpp}
+PY=${PYTHON:-python3}
+if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
 mkdir -p "$DIR" && cd "$DIR"
 BIN="$PWD/build/bin"
 TOOLS="llama-tokenize llama-simple llama-perplexity llama-quantize"
 done_marker="$PWD/.built-$VERSION"
 if [ -f "$done_marker" ]; then echo "$BIN"; exit 0; fi
-PY=${PYTHON:-python3}
 if ! command -v cmake >/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check cmake >&2
 fi

@@ -28,6 +28,7 @@ fi
 export PIPE_TEST_GGUF="$PWD/$GGUF"
 # A real llama.cpp, built from the sources in the llama-cpp-python sdist (about 4 minutes on 2
 # cores, reused once built), for export-gguf's gate: llama.cpp must read our GGUF files as we do.
-export PIPE_LLAMA_CPP="$(PYTHON="$PY/bin/python3" scripts/install-llamacpp.sh target/llamacpp)"
+PIPE_LLAMA_CPP="$(PYTHON="$PWD/$PY/bin/python3" scripts/install-llamacpp.sh target/llamacpp)"
+export PIPE_LLAMA_CPP
 export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1
 cargo test --locked "$@"
