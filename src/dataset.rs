@@ -102,6 +102,59 @@ impl TokenDataset {
         f.flush()
     }
 
+    /// Writes records given as parts without building a [`TokenDataset`]: each part is
+    /// `(records, ids)`, a record being `(length, untrained)`: `length` ids of `ids`, in order,
+    /// the first `untrained` of them with label -100 and the rest trained (the shape of every
+    /// record `tokenize` makes). The bytes are those [`TokenDataset::write`] writes for the same
+    /// records.
+    pub fn write_parts(path: &Path, parts: &[(&[(u32, u32)], &[u32])]) -> std::io::Result<()> {
+        let n_records: usize = parts.iter().map(|p| p.0.len()).sum();
+        let n_tokens: usize = parts.iter().map(|p| p.1.len()).sum();
+        debug_assert!(parts.iter().all(|(r, ids)| r.iter().map(|x| x.0 as usize).sum::<usize>() == ids.len()));
+        let mut f = std::fs::File::create(path)?;
+        // One reused buffer: the file is written in blocks of about this size.
+        const BLOCK: usize = 1 << 18;
+        let mut buf: Vec<u8> = Vec::with_capacity(BLOCK + 64);
+        fn flush(buf: &mut Vec<u8>, f: &mut std::fs::File, force: bool) -> std::io::Result<()> {
+            if force || buf.len() >= BLOCK {
+                f.write_all(buf)?;
+                buf.clear();
+            }
+            Ok(())
+        }
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&VERSION.to_le_bytes());
+        buf.extend_from_slice(&0u32.to_le_bytes());
+        buf.extend_from_slice(&(n_records as u64).to_le_bytes());
+        buf.extend_from_slice(&(n_tokens as u64).to_le_bytes());
+        let mut at = 0u64;
+        buf.extend_from_slice(&at.to_le_bytes());
+        for (recs, _) in parts {
+            for &(len, _) in *recs {
+                at += u64::from(len);
+                buf.extend_from_slice(&at.to_le_bytes());
+                flush(&mut buf, &mut f, false)?;
+            }
+        }
+        for (_, ids) in parts {
+            for block in ids.chunks(BLOCK / 4) {
+                for id in block {
+                    buf.extend_from_slice(&id.to_le_bytes());
+                }
+                flush(&mut buf, &mut f, false)?;
+            }
+        }
+        for (recs, _) in parts {
+            for &(len, untrained) in *recs {
+                let untrained = untrained.min(len) as usize;
+                buf.resize(buf.len() + untrained, 0);
+                buf.resize(buf.len() + (len as usize - untrained), 1);
+                flush(&mut buf, &mut f, false)?;
+            }
+        }
+        flush(&mut buf, &mut f, true)
+    }
+
     /// Reads and validates a file.
     pub fn read(path: &Path) -> Result<TokenDataset, DatasetError> {
         let b = std::fs::read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
@@ -153,5 +206,23 @@ mod tests {
         bytes.pop();
         std::fs::write(&p, &bytes).unwrap();
         assert!(TokenDataset::read(&p).is_err());
+    }
+
+    #[test]
+    fn writing_parts_gives_the_bytes_of_the_dataset() {
+        let t = tempfile::tempdir().unwrap();
+        let mut d = TokenDataset::default();
+        let ids: Vec<u32> = (0..300_000).map(|i| i * 7 % 50_000).collect();
+        let recs: Vec<(u32, u32)> = (0..1000u32).map(|i| (300, i % 301)).collect();
+        for (r, &(len, untrained)) in recs.iter().enumerate() {
+            let flags: Vec<u8> = (0..len).map(|i| u8::from(i >= untrained)).collect();
+            d.push(&ids[r * 300..(r + 1) * 300], &flags);
+        }
+        let p = t.path().join("parts.bin");
+        let (a, b) = ids.split_at(123 * 300);
+        TokenDataset::write_parts(&p, &[(&recs[..123], a), (&[], &[]), (&recs[123..], b)]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), d.to_bytes());
+        TokenDataset::write_parts(&p, &[]).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), TokenDataset::default().to_bytes());
     }
 }

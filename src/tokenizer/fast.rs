@@ -6,34 +6,192 @@
 //! builds and the common Hugging Face byte-level ones:
 //!
 //! 1. added tokens (special or not, none with lstrip/rstrip/single_word) are split out first,
-//!    leftmost-longest, as `tokenizers`' added vocabulary does;
+//!    leftmost-longest, in the two passes `tokenizers`' added vocabulary makes: tokens with
+//!    `normalized: false` on the text, then tokens with `normalized: true` on what is left;
 //! 2. each remaining segment is split by the pre-tokenizer's regexes (`Split`, `Isolated`, not
 //!    inverted; or `ByteLevel` with its built-in GPT-2 regex), in order;
 //! 3. each piece's bytes are mapped to GPT-2's printable alphabet and run through BPE merges
 //!    (lowest rank first, leftmost among equals), with a per-thread cache of piece -> ids.
 //!
-//! [`FastBpe::from_tokenizer`] returns `None` for any other shape (a normalizer, a post-processor
-//! that adds tokens when asked not to, byte fallback, dropout, ...), and the caller keeps the
-//! general path. Equality with the general path is tested on real and random text.
+//! Two regexes are so common that they have hand-written splitters: `\p{N}` (every digit on its
+//! own) and the GPT-2 pattern (also in the variant without the final `|\s+`, which gives the
+//! same pieces). They classify characters (letter, number, space, other) by asking Oniguruma
+//! itself once per character and remembering the answer, so the classes are exactly the
+//! regex engine's; the tests compare both splitters with Oniguruma on real and random text.
+//! Every other pattern runs on Oniguruma, as `tokenizers` does.
+//!
+//! [`FastBpe::from_json`] builds the encoder straight from a `tokenizer.json` (no general
+//! tokenizer, no JSON round trip); [`FastBpe::from_tokenizer`] from an already built tokenizer
+//! (the GGUF path). Both return `None` for any other shape (a normalizer, truncation or
+//! padding, byte fallback, dropout, added tokens with surprising ids, ...), and the caller keeps
+//! the general path. Equality with the general path is tested on real and random text.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use onig::Regex;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
 
 /// The GPT-2 regex `ByteLevel` uses when `use_regex` is true.
 const GPT2_REGEX: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// The GPT-2 regex without its final `|\s+` (SmolLM, StarCoder): the same pieces, since a lone
+/// whitespace character it leaves unmatched becomes a piece of its own anyway.
+const GPT2_REGEX_NO_TAIL: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// Each numeric character on its own (SmolLM, Qwen 2 style digit splitting).
+const EACH_NUMBER_REGEX: &str = r"\p{N}";
+
+/// The cache of pieces is cleared when it holds this many, to bound memory on huge inputs.
+const CACHE_LIMIT: usize = 1 << 20;
+
+/// FxHash (rustc's): a fast, non-keyed hash for the encoder's maps, whose keys are the
+/// tokenizer's own strings and pieces of the text being encoded, not attacker-chosen lookups.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut b = [0u8; 8];
+            b[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Character classes of the GPT-2 pattern; 0 means "not asked yet".
+const LETTER: u8 = 1;
+const NUMBER: u8 = 2;
+const SPACE: u8 = 3;
+const OTHER: u8 = 4;
+
+/// How one pre-tokenizer regex splits a piece (`Isolated`: matches and the gaps between them
+/// both become pieces).
+enum Splitter {
+    /// `\p{N}`.
+    EachNumber,
+    /// The GPT-2 pattern, with or without its final `|\s+`.
+    Gpt2,
+    /// Any other pattern, on Oniguruma.
+    Onig(Regex),
+}
+
+/// The regexes that classify characters (`\p{L}`, `\p{N}`, `\s`), asked once per character.
+struct Classes {
+    letter: Regex,
+    number: Regex,
+    space: Regex,
+    ascii: [u8; 128],
+}
+
+impl Classes {
+    fn new() -> Option<Classes> {
+        let mut c = Classes {
+            letter: Regex::new(r"\A\p{L}\z").ok()?,
+            number: Regex::new(r"\A\p{N}\z").ok()?,
+            space: Regex::new(r"\A\s\z").ok()?,
+            ascii: [0; 128],
+        };
+        for b in 0..128u8 {
+            c.ascii[b as usize] = c.ask(b as char);
+        }
+        Some(c)
+    }
+
+    fn ask(&self, ch: char) -> u8 {
+        let mut buf = [0u8; 4];
+        let s = ch.encode_utf8(&mut buf);
+        if self.letter.find(s).is_some() {
+            LETTER
+        } else if self.number.find(s).is_some() {
+            NUMBER
+        } else if self.space.find(s).is_some() {
+            SPACE
+        } else {
+            OTHER
+        }
+    }
+}
+
+/// Per-thread working memory for [`FastBpe::encode_into`]: the piece cache, the remembered
+/// character classes, and buffers reused from one text to the next. Cheap to create; make one
+/// per thread (rayon's `map_init`) and keep it for many texts.
+#[derive(Default)]
+pub struct Scratch {
+    /// piece -> range of its ids in `arena`.
+    cache: FxMap<Box<str>, (u32, u32)>,
+    arena: Vec<u32>,
+    /// Classes of the Basic Multilingual Plane, 0 where not asked yet (64 KiB, made on first use).
+    bmp: Vec<u8>,
+    astral: FxMap<u32, u8>,
+    pieces: Vec<(usize, usize)>,
+    next: Vec<(usize, usize)>,
+    prefixed: String,
+}
+
+impl Scratch {
+    /// A fresh scratch.
+    pub fn new() -> Scratch {
+        Scratch::default()
+    }
+}
 
 /// An ids-only byte-level BPE encoder.
 pub struct FastBpe {
-    added: Option<(AhoCorasick, Vec<u32>)>,
-    regexes: Vec<Regex>,
+    /// Added tokens: `[normalized: false, normalized: true]`, each an automaton and the ids of
+    /// its patterns.
+    added: [Option<(AhoCorasick, Vec<u32>)>; 2],
+    /// Every added token's text and id, for [`FastBpe::token_to_id`].
+    added_ids: FxMap<String, u32>,
+    splitters: Vec<Splitter>,
+    classes: Classes,
     add_prefix_space: bool,
     byte_char: [char; 256],
-    vocab: HashMap<String, u32>,
-    merges: HashMap<(u32, u32), (u32, u32)>,
+    vocab: FxMap<Box<str>, u32>,
+    merges: FxMap<(u32, u32), (u32, u32)>,
     ignore_merges: bool,
 }
 
@@ -73,42 +231,250 @@ fn bytes_to_unicode() -> [char; 256] {
     out
 }
 
-impl FastBpe {
-    /// Builds the encoder when `tok` has a supported shape.
-    pub fn from_tokenizer(tok: &Tokenizer) -> Option<FastBpe> {
-        let v: Json = serde_json::from_str(&tok.to_string(false).ok()?).ok()?;
-        if !v.get("normalizer").is_none_or(Json::is_null) {
-            return None;
+// ---------------------------------------------------------------------------------------------
+// Reading a tokenizer.json: only the parts the encoder needs, strings borrowed from the file.
+
+/// A JSON string, borrowed from the input where it has no escapes.
+struct Str<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(s.to_string())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Str(Cow::Owned(s)))
+            }
         }
-        let model = v.get("model")?;
-        if model.get("type")?.as_str()? != "BPE"
-            || !model.get("dropout").is_none_or(Json::is_null)
-            || model.get("byte_fallback").and_then(Json::as_bool).unwrap_or(false)
-            || !model.get("continuing_subword_prefix").is_none_or(Json::is_null)
-            || !model.get("end_of_word_suffix").is_none_or(Json::is_null)
+        d.deserialize_str(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct FileJson<'a> {
+    #[serde(default, borrow)]
+    version: Option<Str<'a>>,
+    #[serde(default)]
+    truncation: Option<IgnoredAny>,
+    #[serde(default)]
+    padding: Option<IgnoredAny>,
+    #[serde(default, borrow)]
+    added_tokens: Vec<AddedJson<'a>>,
+    #[serde(default)]
+    normalizer: Option<IgnoredAny>,
+    #[serde(default)]
+    pre_tokenizer: Option<Json>,
+    #[serde(default)]
+    post_processor: Option<Json>,
+    #[serde(default)]
+    decoder: Option<Json>,
+    #[serde(borrow)]
+    model: ModelJson<'a>,
+}
+
+/// `tokenizers`' `AddedToken` (every field required, as there).
+#[derive(Deserialize)]
+struct AddedJson<'a> {
+    id: u32,
+    #[serde(borrow)]
+    content: Str<'a>,
+    single_word: bool,
+    lstrip: bool,
+    rstrip: bool,
+    normalized: bool,
+    #[allow(dead_code)]
+    special: bool,
+}
+
+#[derive(Deserialize)]
+struct ModelJson<'a> {
+    #[serde(rename = "type", default, borrow)]
+    kind: Option<Str<'a>>,
+    #[serde(default)]
+    dropout: Option<IgnoredAny>,
+    #[serde(default)]
+    continuing_subword_prefix: Option<IgnoredAny>,
+    #[serde(default)]
+    end_of_word_suffix: Option<IgnoredAny>,
+    #[serde(default)]
+    byte_fallback: Option<bool>,
+    #[serde(default)]
+    ignore_merges: Option<bool>,
+    vocab: VocabJson,
+    #[serde(borrow)]
+    merges: MergesJson<'a>,
+}
+
+struct VocabJson(FxMap<Box<str>, u32>);
+
+impl<'de> Deserialize<'de> for VocabJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = VocabJson;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of token -> id")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut vocab = FxMap::with_capacity_and_hasher(m.size_hint().unwrap_or(1 << 16), Default::default());
+                // Later duplicates win, as in `tokenizers`' map.
+                while let Some((k, id)) = m.next_entry::<Str<'de>, u32>()? {
+                    vocab.insert(Box::<str>::from(k.0.as_ref()), id);
+                }
+                Ok(VocabJson(vocab))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// The merges, as `["a b", ...]` (legacy) or `[["a", "b"], ...]`; mixing both is an error in
+/// `tokenizers`, so it is `mixed` here.
+struct MergesJson<'a> {
+    pairs: Vec<(Str<'a>, Str<'a>)>,
+    lines: Vec<Str<'a>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MergesJson<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        enum One<'a> {
+            Pair(Str<'a>, Str<'a>),
+            Line(Str<'a>),
+        }
+        impl<'de> Deserialize<'de> for One<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = One<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a merge: \"a b\" or [\"a\", \"b\"]")
+                    }
+                    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                        Ok(One::Line(Str(Cow::Borrowed(s))))
+                    }
+                    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                        Ok(One::Line(Str(Cow::Owned(s.to_string()))))
+                    }
+                    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                        let a = s.next_element::<Str<'de>>()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                        let b = s.next_element::<Str<'de>>()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                        if s.next_element::<IgnoredAny>()?.is_some() {
+                            return Err(de::Error::invalid_length(3, &self));
+                        }
+                        Ok(One::Pair(a, b))
+                    }
+                }
+                d.deserialize_any(V)
+            }
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = MergesJson<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of merges")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut m = MergesJson { pairs: Vec::with_capacity(1 << 16), lines: Vec::new() };
+                while let Some(one) = s.next_element::<One<'de>>()? {
+                    match one {
+                        One::Pair(a, b) => m.pairs.push((a, b)),
+                        One::Line(l) => m.lines.push(l),
+                    }
+                }
+                if !m.pairs.is_empty() && !m.lines.is_empty() {
+                    return Err(de::Error::custom("merges mix strings and pairs"));
+                }
+                Ok(m)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
+fn is_null(v: &Option<Json>) -> bool {
+    v.as_ref().is_none_or(Json::is_null)
+}
+
+impl FastBpe {
+    /// Builds the encoder straight from the bytes of a `tokenizer.json`, when the tokenizer has
+    /// a supported shape and `tokenizers` would load it with the same ids. `None` means: use
+    /// the general tokenizer (which also reports whatever is wrong with the file).
+    pub fn from_json(bytes: &[u8]) -> Option<FastBpe> {
+        Self::from_json_with(bytes, false)
+    }
+
+    /// Builds the encoder when `tok` has a supported shape (through its JSON form: `tokenizers`
+    /// keeps the merges private).
+    pub fn from_tokenizer(tok: &Tokenizer) -> Option<FastBpe> {
+        // The serialized added tokens carry the ids the tokenizer really uses.
+        Self::from_json_with(tok.to_string(false).ok()?.as_bytes(), true)
+    }
+
+    fn from_json_with(bytes: &[u8], trust_added_ids: bool) -> Option<FastBpe> {
+        let f: FileJson = serde_json::from_slice(bytes).ok()?;
+        if f.version.as_ref().is_some_and(|v| v.0 != "1.0")
+            || f.truncation.is_some()
+            || f.padding.is_some()
+            || f.normalizer.is_some()
         {
             return None;
         }
-        let ignore_merges = model.get("ignore_merges").and_then(Json::as_bool).unwrap_or(false);
-        let vocab: HashMap<String, u32> = model
-            .get("vocab")?
-            .as_object()?
-            .iter()
-            .map(|(k, id)| Some((k.clone(), id.as_u64()? as u32)))
-            .collect::<Option<_>>()?;
-        let mut merges = HashMap::new();
-        for (rank, m) in model.get("merges")?.as_array()?.iter().enumerate() {
-            let (a, b) = match m {
-                Json::String(s) => s.split_once(' ')?,
-                Json::Array(p) if p.len() == 2 => (p[0].as_str()?, p[1].as_str()?),
-                _ => return None,
-            };
-            let (ia, ib) = (*vocab.get(a)?, *vocab.get(b)?);
-            let joined = *vocab.get(&format!("{a}{b}"))?;
-            merges.entry((ia, ib)).or_insert((rank as u32, joined));
+        // The parts the encoder does not use must still be what `tokenizers` accepts, so that
+        // a file it would refuse is not tokenized here.
+        if !is_null(&f.post_processor) {
+            tokenizers::PostProcessorWrapper::deserialize(f.post_processor.as_ref()?).ok()?;
         }
+        if !is_null(&f.decoder) {
+            tokenizers::DecoderWrapper::deserialize(f.decoder.as_ref()?).ok()?;
+        }
+        let pre = f.pre_tokenizer.as_ref().filter(|p| !p.is_null())?;
+        tokenizers::PreTokenizerWrapper::deserialize(pre).ok()?;
+
+        let model = f.model;
+        if model.kind.as_ref().map(|k| k.0.as_ref()) != Some("BPE")
+            || model.dropout.is_some()
+            || model.byte_fallback.unwrap_or(false)
+            || model.continuing_subword_prefix.is_some()
+            || model.end_of_word_suffix.is_some()
+        {
+            return None;
+        }
+        let ignore_merges = model.ignore_merges.unwrap_or(false);
+        let vocab = model.vocab.0;
+        let mut merges = FxMap::with_capacity_and_hasher(model.merges.pairs.len() + model.merges.lines.len(), Default::default());
+        let mut joined = String::new();
+        let mut add_merge = |rank: usize, a: &str, b: &str| -> Option<()> {
+            let (ia, ib) = (*vocab.get(a)?, *vocab.get(b)?);
+            joined.clear();
+            joined.push_str(a);
+            joined.push_str(b);
+            let new = *vocab.get(joined.as_str())?;
+            // Later duplicates win, as in `tokenizers`' merge map.
+            merges.insert((ia, ib), (rank as u32, new));
+            Some(())
+        };
+        for (rank, (a, b)) in model.merges.pairs.iter().enumerate() {
+            add_merge(rank, &a.0, &b.0)?;
+        }
+        for (rank, line) in model.merges.lines.iter().filter(|l| !l.0.starts_with("#version")).enumerate() {
+            let mut parts = line.0.split(' ');
+            let (a, b) = (parts.next()?, parts.next()?);
+            if parts.next().is_some() {
+                return None;
+            }
+            add_merge(rank, a, b)?;
+        }
+
         // Pre-tokenizer: regex splits, then a ByteLevel without its own regex; or a lone ByteLevel.
-        let pre = v.get("pre_tokenizer")?;
         let steps: Vec<&Json> = match pre.get("type")?.as_str()? {
             "Sequence" => pre.get("pretokenizers")?.as_array()?.iter().collect(),
             _ => vec![pre],
@@ -117,7 +483,13 @@ impl FastBpe {
         if last.get("type")?.as_str()? != "ByteLevel" {
             return None;
         }
-        let mut regexes = Vec::new();
+        let add_prefix_space = last.get("add_prefix_space").and_then(Json::as_bool).unwrap_or(false);
+        // ByteLevel adds its prefix space to each piece the earlier splits made; only the lone
+        // ByteLevel (one piece per segment) is supported.
+        if add_prefix_space && !splits.is_empty() {
+            return None;
+        }
+        let mut splitters = Vec::new();
         for s in splits {
             if s.get("type")?.as_str()? != "Split"
                 || s.get("behavior")?.as_str()? != "Isolated"
@@ -131,96 +503,173 @@ impl FastBpe {
                 (None, Some(lit)) => onig_escape(lit),
                 _ => return None,
             };
-            regexes.push(Regex::new(&re).ok()?);
+            splitters.push(Splitter::new(&re)?);
         }
         if last.get("use_regex").and_then(Json::as_bool).unwrap_or(true) {
-            regexes.push(Regex::new(GPT2_REGEX).ok()?);
+            splitters.push(Splitter::new(GPT2_REGEX)?);
         }
-        let add_prefix_space = last.get("add_prefix_space").and_then(Json::as_bool).unwrap_or(false);
-        // Added tokens.
-        let mut patterns = Vec::new();
-        let mut ids = Vec::new();
-        for t in v.get("added_tokens")?.as_array()? {
-            if t.get("lstrip").and_then(Json::as_bool).unwrap_or(false)
-                || t.get("rstrip").and_then(Json::as_bool).unwrap_or(false)
-                || t.get("single_word").and_then(Json::as_bool).unwrap_or(false)
-            {
+
+        // Added tokens, with the ids `tokenizers` gives them: the vocabulary's id for a text
+        // already in it, else the next id after the vocabulary, in file order.
+        let mut patterns: [(Vec<&str>, Vec<u32>); 2] = Default::default();
+        let mut added_ids = FxMap::default();
+        let mut next_id = vocab.len() as u32;
+        for t in &f.added_tokens {
+            if t.lstrip || t.rstrip || t.single_word || t.content.0.is_empty() {
                 return None;
             }
-            patterns.push(t.get("content")?.as_str()?.to_string());
-            ids.push(t.get("id")?.as_u64()? as u32);
+            let content: &str = &t.content.0;
+            if added_ids.contains_key(content) {
+                return None;
+            }
+            let id = if trust_added_ids {
+                t.id
+            } else {
+                match vocab.get(content) {
+                    Some(&id) => id,
+                    None => {
+                        next_id += 1;
+                        next_id - 1
+                    }
+                }
+            };
+            if id != t.id {
+                return None;
+            }
+            added_ids.insert(content.to_string(), id);
+            let stage = &mut patterns[usize::from(t.normalized)];
+            stage.0.push(content);
+            stage.1.push(id);
         }
-        let added = if patterns.is_empty() {
-            None
-        } else {
-            Some((AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&patterns).ok()?, ids))
-        };
-        Some(FastBpe { added, regexes, add_prefix_space, byte_char: bytes_to_unicode(), vocab, merges, ignore_merges })
+        let mut added: [Option<(AhoCorasick, Vec<u32>)>; 2] = [None, None];
+        for (slot, (pats, ids)) in added.iter_mut().zip(patterns) {
+            if !pats.is_empty() {
+                *slot = Some((AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&pats).ok()?, ids));
+            }
+        }
+        Some(FastBpe {
+            added,
+            added_ids,
+            splitters,
+            classes: Classes::new()?,
+            add_prefix_space,
+            byte_char: bytes_to_unicode(),
+            vocab,
+            merges,
+            ignore_merges,
+        })
+    }
+
+    /// The id of a token's text (added tokens first, then the vocabulary), as
+    /// `Tokenizer::token_to_id`.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.added_ids.get(token).copied().or_else(|| self.vocab.get(token).copied())
+    }
+
+    /// The text of a token id, as `Tokenizer::id_to_token` (a linear search; for the odd lookup).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        let added = self.added_ids.iter().find(|(_, &i)| i == id).map(|(t, _)| t.clone());
+        added.or_else(|| self.vocab.iter().find(|(_, &i)| i == id).map(|(t, _)| t.to_string()))
     }
 
     /// The ids of `text` (no special tokens added), or `None` where a character is outside the
     /// vocabulary (the caller then uses the general path).
-    pub fn encode(&self, text: &str, cache: &mut HashMap<String, Vec<u32>>) -> Option<Vec<u32>> {
+    pub fn encode(&self, text: &str, scratch: &mut Scratch) -> Option<Vec<u32>> {
         let mut out = Vec::new();
-        let mut at = 0;
-        if let Some((ac, ids)) = &self.added {
-            for m in ac.find_iter(text) {
-                self.encode_segment(&text[at..m.start()], cache, &mut out)?;
-                out.push(ids[m.pattern().as_usize()]);
-                at = m.end();
-            }
-        }
-        self.encode_segment(&text[at..], cache, &mut out)?;
+        self.encode_into(text, scratch, &mut out)?;
         Some(out)
     }
 
-    fn encode_segment(&self, seg: &str, cache: &mut HashMap<String, Vec<u32>>, out: &mut Vec<u32>) -> Option<()> {
+    /// Appends the ids of `text` to `out`. On `None` (a character outside the vocabulary) `out`
+    /// may hold part of them; the caller truncates it and uses the general path.
+    pub fn encode_into(&self, text: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Option<()> {
+        if scratch.cache.len() > CACHE_LIMIT {
+            scratch.cache.clear();
+            scratch.arena.clear();
+        }
+        self.encode_added(0, text, scratch, out)
+    }
+
+    fn encode_added(&self, stage: usize, text: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Option<()> {
+        let Some(level) = self.added.get(stage) else {
+            return self.encode_segment(text, scratch, out);
+        };
+        let Some((ac, ids)) = level else {
+            return self.encode_added(stage + 1, text, scratch, out);
+        };
+        let mut at = 0;
+        for m in ac.find_iter(text) {
+            if m.start() > at {
+                self.encode_added(stage + 1, &text[at..m.start()], scratch, out)?;
+            }
+            out.push(ids[m.pattern().as_usize()]);
+            at = m.end();
+        }
+        if at < text.len() {
+            self.encode_added(stage + 1, &text[at..], scratch, out)?;
+        }
+        Some(())
+    }
+
+    fn encode_segment(&self, seg: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Option<()> {
         if seg.is_empty() {
             return Some(());
         }
-        let owned;
+        let mut prefixed = std::mem::take(&mut scratch.prefixed);
         let seg = if self.add_prefix_space && !seg.starts_with(' ') {
-            owned = format!(" {seg}");
-            owned.as_str()
+            prefixed.clear();
+            prefixed.push(' ');
+            prefixed.push_str(seg);
+            prefixed.as_str()
         } else {
             seg
         };
-        let mut pieces: Vec<&str> = vec![seg];
-        for re in &self.regexes {
-            let mut next = Vec::with_capacity(pieces.len() * 2);
-            for p in pieces {
-                let mut last = 0;
-                for (s, e) in re.find_iter(p) {
-                    if s > last {
-                        next.push(&p[last..s]);
-                    }
-                    if e > s {
-                        next.push(&p[s..e]);
-                    }
-                    last = e;
-                }
-                if last < p.len() {
-                    next.push(&p[last..]);
-                }
+        let r = self.encode_pieces(seg, scratch, out);
+        scratch.prefixed = prefixed;
+        r
+    }
+
+    fn encode_pieces(&self, seg: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Option<()> {
+        let mut pieces = std::mem::take(&mut scratch.pieces);
+        let mut next = std::mem::take(&mut scratch.next);
+        pieces.clear();
+        pieces.push((0, seg.len()));
+        for sp in &self.splitters {
+            next.clear();
+            for &(a, b) in &pieces {
+                sp.split(seg, a, b, &self.classes, scratch, &mut next);
             }
-            pieces = next;
+            std::mem::swap(&mut pieces, &mut next);
         }
-        for p in pieces {
-            if let Some(ids) = cache.get(p) {
-                out.extend_from_slice(ids);
-                continue;
+        let mut r = Some(());
+        for &(a, b) in &pieces {
+            if self.encode_piece(&seg[a..b], scratch, out).is_none() {
+                r = None;
+                break;
             }
-            let ids = self.bpe(p)?;
-            out.extend_from_slice(&ids);
-            cache.insert(p.to_string(), ids);
         }
+        scratch.pieces = pieces;
+        scratch.next = next;
+        r
+    }
+
+    fn encode_piece(&self, piece: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Option<()> {
+        if let Some(&(at, n)) = scratch.cache.get(piece) {
+            out.extend_from_slice(&scratch.arena[at as usize..(at + n) as usize]);
+            return Some(());
+        }
+        let ids = self.bpe(piece)?;
+        out.extend_from_slice(&ids);
+        let at = scratch.arena.len() as u32;
+        scratch.arena.extend_from_slice(&ids);
+        scratch.cache.insert(piece.into(), (at, ids.len() as u32));
         Some(())
     }
 
     fn bpe(&self, piece: &str) -> Option<Vec<u32>> {
         let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
         if self.ignore_merges {
-            if let Some(&id) = self.vocab.get(&mapped) {
+            if let Some(&id) = self.vocab.get(mapped.as_str()) {
                 return Some(vec![id]);
             }
         }
@@ -229,24 +678,22 @@ impl FastBpe {
         for c in mapped.chars() {
             syms.push(*self.vocab.get(c.encode_utf8(&mut buf) as &str)?);
         }
+        let mut merged = Vec::with_capacity(syms.len());
         loop {
-            let mut best: Option<(u32, usize, u32)> = None;
-            for i in 0..syms.len().saturating_sub(1) {
-                if let Some(&(rank, new)) = self.merges.get(&(syms[i], syms[i + 1])) {
-                    if best.is_none_or(|(r, _, _)| rank < r) {
-                        best = Some((rank, i, new));
+            let mut best: Option<(u32, u32)> = None;
+            for w in syms.windows(2) {
+                if let Some(&(rank, new)) = self.merges.get(&(w[0], w[1])) {
+                    if best.is_none_or(|(r, _)| rank < r) {
+                        best = Some((rank, new));
                     }
                 }
             }
-            let Some((rank, _, new)) = best else { break };
+            let Some((rank, new)) = best else { break };
             // Merge every leftmost-first, non-overlapping occurrence of this pair, left to right,
             // as a rank-ordered heap processes equal ranks by position.
-            let pair = syms
-                .iter()
-                .enumerate()
-                .find(|(i, _)| self.merges.get(&(syms[*i], *syms.get(*i + 1).unwrap_or(&u32::MAX))).is_some_and(|m| m.0 == rank))
-                .map(|(i, _)| (syms[i], syms[i + 1]))?;
-            let mut merged = Vec::with_capacity(syms.len());
+            let pair =
+                syms.windows(2).find(|w| self.merges.get(&(w[0], w[1])).is_some_and(|m| m.0 == rank)).map(|w| (w[0], w[1]))?;
+            merged.clear();
             let mut i = 0;
             while i < syms.len() {
                 if i + 1 < syms.len() && (syms[i], syms[i + 1]) == pair {
@@ -257,9 +704,148 @@ impl FastBpe {
                     i += 1;
                 }
             }
-            syms = merged;
+            std::mem::swap(&mut syms, &mut merged);
         }
         Some(syms)
+    }
+}
+
+impl Splitter {
+    fn new(pattern: &str) -> Option<Splitter> {
+        Some(match pattern {
+            EACH_NUMBER_REGEX => Splitter::EachNumber,
+            GPT2_REGEX | GPT2_REGEX_NO_TAIL => Splitter::Gpt2,
+            _ => Splitter::Onig(Regex::new(pattern).ok()?),
+        })
+    }
+
+    /// Splits `seg[a..b]`, pushing the pieces (as ranges of `seg`) to `out`.
+    fn split(&self, seg: &str, a: usize, b: usize, classes: &Classes, scratch: &mut Scratch, out: &mut Vec<(usize, usize)>) {
+        let text = &seg[a..b];
+        match self {
+            Splitter::Onig(re) => {
+                let mut last = 0;
+                for (s, e) in re.find_iter(text) {
+                    if s > last {
+                        out.push((a + last, a + s));
+                    }
+                    if e > s {
+                        out.push((a + s, a + e));
+                    }
+                    last = e;
+                }
+                if last < text.len() {
+                    out.push((a + last, b));
+                }
+            }
+            Splitter::EachNumber => {
+                let mut last = 0;
+                for (i, c) in text.char_indices() {
+                    if class_of(c, classes, scratch) == NUMBER {
+                        if i > last {
+                            out.push((a + last, a + i));
+                        }
+                        let e = i + c.len_utf8();
+                        out.push((a + i, a + e));
+                        last = e;
+                    }
+                }
+                if last < text.len() {
+                    out.push((a + last, b));
+                }
+            }
+            Splitter::Gpt2 => gpt2_split(text, a, classes, scratch, out),
+        }
+    }
+}
+
+/// The class of `c` as Oniguruma sees it, remembered in `scratch`.
+#[inline]
+fn class_of(c: char, classes: &Classes, scratch: &mut Scratch) -> u8 {
+    let u = c as u32;
+    if u < 128 {
+        return classes.ascii[u as usize];
+    }
+    if u < 0x10000 {
+        if scratch.bmp.is_empty() {
+            scratch.bmp = vec![0; 0x10000];
+        }
+        let k = &mut scratch.bmp[u as usize];
+        if *k == 0 {
+            *k = classes.ask(c);
+        }
+        return *k;
+    }
+    *scratch.astral.entry(u).or_insert_with(|| classes.ask(c))
+}
+
+/// The GPT-2 pattern `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
+/// by hand: at each position the first alternative that matches, as a backtracking engine
+/// tries them. Pieces are pushed as ranges of the segment (`text` starts at `base`).
+fn gpt2_split(text: &str, base: usize, classes: &Classes, scratch: &mut Scratch, out: &mut Vec<(usize, usize)>) {
+    let b = text.as_bytes();
+    let n = b.len();
+    let char_at = |i: usize| text[i..].chars().next().expect("a char boundary inside the text");
+    let mut i = 0;
+    while i < n {
+        let c = char_at(i);
+        if c == '\'' {
+            let rest = &b[i + 1..];
+            let k = if rest.starts_with(b"s") || rest.starts_with(b"t") || rest.starts_with(b"m") || rest.starts_with(b"d") {
+                2
+            } else if rest.starts_with(b"re") || rest.starts_with(b"ve") || rest.starts_with(b"ll") {
+                3
+            } else {
+                0
+            };
+            if k > 0 {
+                out.push((base + i, base + i + k));
+                i += k;
+                continue;
+            }
+        }
+        let cls = class_of(c, classes, scratch);
+        // ` ?X+` for X in letters, numbers, others: the optional space first.
+        let run = if c == ' ' && i + 1 < n {
+            let d = char_at(i + 1);
+            match class_of(d, classes, scratch) {
+                SPACE => None,
+                k => Some((i + 1, k)),
+            }
+        } else if cls != SPACE {
+            Some((i, cls))
+        } else {
+            None
+        };
+        if let Some((start, k)) = run {
+            let mut j = start;
+            while j < n {
+                let d = char_at(j);
+                if class_of(d, classes, scratch) != k {
+                    break;
+                }
+                j += d.len_utf8();
+            }
+            out.push((base + i, base + j));
+            i = j;
+            continue;
+        }
+        // Whitespace: `\s+(?!\S)` takes the run but its last character when a non-space follows;
+        // a lone whitespace character before a non-space is a piece on its own (`\s+`, or the
+        // gap the pattern without `|\s+` leaves).
+        let mut j = i;
+        let mut last = i;
+        while j < n {
+            let d = char_at(j);
+            if class_of(d, classes, scratch) != SPACE {
+                break;
+            }
+            last = j;
+            j += d.len_utf8();
+        }
+        let end = if j == n || last == i { j } else { last };
+        out.push((base + i, base + end));
+        i = end;
     }
 }
 
@@ -279,8 +865,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const TINY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-tokenizer/tokenizer.json");
+
     fn tiny() -> Tokenizer {
-        Tokenizer::from_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/tiny-tokenizer/tokenizer.json")).unwrap()
+        Tokenizer::from_file(TINY).unwrap()
     }
 
     fn general(t: &Tokenizer, s: &str) -> Vec<u32> {
@@ -299,17 +887,19 @@ mod tests {
             .collect()
     }
 
-    fn check(t: &Tokenizer, texts: &[String]) {
-        let f = FastBpe::from_tokenizer(t).expect("supported shape");
-        let mut cache = HashMap::new();
+    fn check(t: &Tokenizer, f: &FastBpe, texts: &[String]) {
+        let mut scratch = Scratch::new();
         for s in texts {
-            assert_eq!(f.encode(s, &mut cache).unwrap(), general(t, s), "text {s:?}");
+            assert_eq!(f.encode(s, &mut scratch).unwrap(), general(t, s), "text {s:?}");
         }
     }
 
     #[test]
     fn matches_the_general_path_on_the_tiny_tokenizer() {
-        check(&tiny(), &fortune_texts());
+        let t = tiny();
+        check(&t, &FastBpe::from_tokenizer(&t).expect("supported shape"), &fortune_texts());
+        let f = FastBpe::from_json(&std::fs::read(TINY).unwrap()).expect("supported shape");
+        check(&t, &f, &fortune_texts());
     }
 
     #[test]
@@ -320,7 +910,9 @@ mod tests {
         };
         let file = crate::gguf::GgufFile::open(std::path::Path::new(&gguf)).unwrap();
         let t = crate::tokenizer::gguf::from_gguf(&file).unwrap().tokenizer;
-        check(&t, &fortune_texts());
+        check(&t, &FastBpe::from_tokenizer(&t).expect("supported shape"), &fortune_texts());
+        let f = FastBpe::from_json(t.to_string(true).unwrap().as_bytes()).expect("supported shape");
+        check(&t, &f, &fortune_texts());
     }
 
     fn default_model() -> Option<&'static (Tokenizer, FastBpe)> {
@@ -329,7 +921,7 @@ mod tests {
             let gguf = std::env::var_os("PIPE_TEST_GGUF")?;
             let file = crate::gguf::GgufFile::open(std::path::Path::new(&gguf)).unwrap();
             let t = crate::tokenizer::gguf::from_gguf(&file).unwrap().tokenizer;
-            let f = FastBpe::from_tokenizer(&t).unwrap();
+            let f = FastBpe::from_json(t.to_string(false).unwrap().as_bytes()).unwrap();
             Some((t, f))
         })
         .as_ref()
@@ -340,19 +932,181 @@ mod tests {
         let Some((_, f)) = default_model() else { return };
         let json = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm2_tokens.json")).unwrap();
         let samples: Vec<Json> = serde_json::from_str(&json).unwrap();
-        let mut cache = HashMap::new();
+        let mut scratch = Scratch::new();
         for s in &samples {
             let want: Vec<u32> = s["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-            assert_eq!(f.encode(s["text"].as_str().unwrap(), &mut cache).unwrap(), want, "{s}");
+            assert_eq!(f.encode(s["text"].as_str().unwrap(), &mut scratch).unwrap(), want, "{s}");
+        }
+    }
+
+    /// The tiny tokenizer with `edit` applied to its JSON.
+    fn tiny_edited(edit: impl FnOnce(&mut Json)) -> (Tokenizer, Vec<u8>) {
+        let mut v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
+        edit(&mut v);
+        let bytes = serde_json::to_vec(&v).unwrap();
+        (Tokenizer::from_bytes(&bytes).unwrap(), bytes)
+    }
+
+    #[test]
+    fn shapes_the_encoder_does_not_cover_are_left_to_the_general_path() {
+        let cases: [(&str, Box<dyn Fn(&mut Json)>); 5] = [
+            (
+                "truncation",
+                Box::new(|v| {
+                    v["truncation"] =
+                        serde_json::json!({"max_length": 4, "strategy": "LongestFirst", "stride": 0, "direction": "Right"})
+                }),
+            ),
+            ("normalizer", Box::new(|v| v["normalizer"] = serde_json::json!({"type": "Lowercase"}))),
+            ("dropout", Box::new(|v| v["model"]["dropout"] = serde_json::json!(0.5))),
+            ("byte fallback", Box::new(|v| v["model"]["byte_fallback"] = serde_json::json!(true))),
+            ("lstrip", Box::new(|v| v["added_tokens"][0]["lstrip"] = serde_json::json!(true))),
+        ];
+        for (what, edit) in cases {
+            let (_, bytes) = tiny_edited(edit);
+            assert!(FastBpe::from_json(&bytes).is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_file_tokenizers_refuses_is_not_taken_by_the_fast_path() {
+        let mut v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
+        v["decoder"] = serde_json::json!({"type": "NoSuchDecoder"});
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert!(Tokenizer::from_bytes(&bytes).is_err());
+        assert!(FastBpe::from_json(&bytes).is_none());
+    }
+
+    #[test]
+    fn added_token_passes_follow_the_normalized_flag() {
+        // `cd` (normalized: false) is split out before `abcdef` (normalized: true) is looked
+        // for, so it wins inside it although leftmost-longest over both would pick `abcdef`.
+        let (t, bytes) = tiny_edited(|v| {
+            let mk = |id: u64, content: &str, normalized: bool| serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false, "normalized": normalized, "special": false});
+            let toks = v["added_tokens"].as_array_mut().unwrap();
+            toks.push(mk(1000, "abcdef", true));
+            toks.push(mk(1001, "cd", false));
+        });
+        let texts = ["xxabcdefyy".to_string(), "abcdef".to_string(), "cd abcdef cd".to_string()];
+        assert!(general(&t, "abcdef").contains(&1001), "the general path splits `cd` out first");
+        check(&t, &FastBpe::from_json(&bytes).expect("supported shape"), &texts);
+        check(&t, &FastBpe::from_tokenizer(&t).expect("supported shape"), &texts);
+    }
+
+    #[test]
+    fn added_tokens_with_ids_tokenizers_would_not_give_are_left_to_the_general_path() {
+        let (_, bytes) = tiny_edited(|v| {
+            v["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({"id": 1500, "content": "zzz", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+        });
+        assert!(FastBpe::from_json(&bytes).is_none());
+    }
+
+    #[test]
+    fn token_lookups_match_the_general_tokenizer() {
+        let t = tiny();
+        let f = FastBpe::from_json(&std::fs::read(TINY).unwrap()).unwrap();
+        for (text, id) in t.get_vocab(true) {
+            assert_eq!(f.token_to_id(&text), Some(id), "{text}");
+            assert_eq!(f.id_to_token(id), t.id_to_token(id), "{id}");
+        }
+        assert_eq!(f.token_to_id("no such token at all"), None);
+    }
+
+    /// Pieces of `text` from a splitter and from Oniguruma with the same pattern.
+    fn both_splits(pattern: &str, text: &str) -> (Vec<String>, Vec<String>) {
+        let classes = Classes::new().unwrap();
+        let mut scratch = Scratch::new();
+        let fast = Splitter::new(pattern).unwrap();
+        assert!(!matches!(fast, Splitter::Onig(_)), "{pattern} has a hand-written splitter");
+        let slow = Splitter::Onig(Regex::new(pattern).unwrap());
+        let run = |s: &Splitter, scratch: &mut Scratch| {
+            let mut out = Vec::new();
+            s.split(text, 0, text.len(), &classes, scratch, &mut out);
+            out.into_iter().map(|(a, b)| text[a..b].to_string()).collect::<Vec<_>>()
+        };
+        (run(&fast, &mut scratch), run(&slow, &mut scratch))
+    }
+
+    #[test]
+    fn hand_written_splitters_match_oniguruma_on_the_fortune_data() {
+        for text in fortune_texts() {
+            for pattern in [GPT2_REGEX, GPT2_REGEX_NO_TAIL, EACH_NUMBER_REGEX] {
+                let (fast, slow) = both_splits(pattern, &text);
+                assert_eq!(fast, slow, "{pattern} on {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn hand_written_splitters_match_oniguruma_on_tricky_text() {
+        let texts = [
+            "",
+            " ",
+            "  ",
+            " 's",
+            "''s",
+            "'S",
+            "x'll'd're've'm't's",
+            "a  \n\n b",
+            "\t\tx",
+            "\n",
+            "x\n",
+            "x \u{a0}y",
+            "\u{a0}\u{a0}",
+            "1 2  3   x",
+            " 1",
+            "  1",
+            "½ Ⅻ ٣",
+            "é é",
+            "e\u{301}",
+            "😀 😀😀",
+            "a\r\n\r\nb",
+            "\u{3000}中文\u{3000}",
+            "end   ",
+            "end \n",
+            "?? !!",
+            " ?!",
+            "x\u{2028}y",
+            "\u{85}a",
+        ];
+        for text in texts {
+            for pattern in [GPT2_REGEX, GPT2_REGEX_NO_TAIL, EACH_NUMBER_REGEX] {
+                let (fast, slow) = both_splits(pattern, text);
+                assert_eq!(fast, slow, "{pattern} on {text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn character_classes_match_oniguruma_on_every_plane() {
+        let classes = Classes::new().unwrap();
+        let mut scratch = Scratch::new();
+        let letter = Regex::new(r"\p{L}").unwrap();
+        let space = Regex::new(r"\s").unwrap();
+        // Every 7th code point (all of them takes a while unoptimised) plus the whole Latin-1 range.
+        for u in (0..0x11_0000u32).step_by(7).chain(0..0x100) {
+            let Some(c) = char::from_u32(u) else { continue };
+            let s = c.to_string();
+            let k = class_of(c, &classes, &mut scratch);
+            assert_eq!(k == LETTER, letter.find(&s).is_some(), "{u:#x}");
+            assert_eq!(k == SPACE, space.find(&s).is_some(), "{u:#x}");
         }
     }
 
     proptest! {
         #[test]
+        fn hand_written_splitters_match_oniguruma(s in "[a-zA-Z0-9 '\\n\\t\\r.,!?一-龥😀-😆<|>_\u{a0}\u{85}\u{2028}\u{3000}\u{300}\u{660}-\u{669}\u{2160}\u{bd}sdtmlrev]{0,40}") {
+            for pattern in [GPT2_REGEX, GPT2_REGEX_NO_TAIL, EACH_NUMBER_REGEX] {
+                let (fast, slow) = both_splits(pattern, &s);
+                prop_assert_eq!(fast, slow, "{}", pattern);
+            }
+        }
+
+        #[test]
         fn random_text_encodes_like_the_general_path_on_the_default_model(s in "[a-zA-Z0-9 '\\n\\t.,!?一-龥😀-😆<|>_]{0,60}") {
             let Some((t, f)) = default_model() else { return Ok(()) };
-            let mut cache = HashMap::new();
-            if let Some(ids) = f.encode(&s, &mut cache) {
+            let mut scratch = Scratch::new();
+            if let Some(ids) = f.encode(&s, &mut scratch) {
                 prop_assert_eq!(ids, general(t, &s));
             }
         }
@@ -360,9 +1114,9 @@ mod tests {
         #[test]
         fn random_text_encodes_like_the_general_path(s in "[a-zA-Z0-9 '\\n\\t.,!?一-龥😀-😆<|>_]{0,60}") {
             let t = tiny();
-            let f = FastBpe::from_tokenizer(&t).unwrap();
-            let mut cache = HashMap::new();
-            if let Some(ids) = f.encode(&s, &mut cache) {
+            let f = FastBpe::from_json(&std::fs::read(TINY).unwrap()).unwrap();
+            let mut scratch = Scratch::new();
+            if let Some(ids) = f.encode(&s, &mut scratch) {
                 prop_assert_eq!(ids, general(&t, &s));
             }
         }
