@@ -329,7 +329,8 @@ enum ChunkError {
     Tokenize(tokenizers::Error),
 }
 
-/// Per-thread state of the encode loop.
+/// Per-thread state of the encode loop. One per pool thread for the whole run (rayon's
+/// `map_init` would make one per split job, and each would start with an empty piece cache).
 #[derive(Default)]
 struct Worker {
     scratch: Scratch,
@@ -413,8 +414,24 @@ impl NodeKind for Tokenize {
         let system = params.str("system");
         let encoder = &p.bundle.encoder;
         let eos = p.eos.0;
-        let encode_chunk = |w: &mut Worker, (c, chunk): (usize, &[Record])| -> Result<Part, ChunkError> {
-            let mut part = Part { ids: Vec::with_capacity(chunk.len() * 128), ..Part::default() };
+        let workers: Vec<std::sync::Mutex<Worker>> =
+            (0..rayon::current_num_threads() + 1).map(|_| std::sync::Mutex::new(Worker::default())).collect();
+        let encode_chunk = |(c, chunk): (usize, &[Record])| -> Result<Part, ChunkError> {
+            // Each pool thread takes its own worker (the last one serves a caller outside the pool).
+            let i = rayon::current_thread_index().unwrap_or(workers.len() - 1).min(workers.len() - 1);
+            let mut w = workers[i].lock().unwrap_or_else(|e| e.into_inner());
+            let w = &mut *w;
+            // Room for the chunk's ids, guessed from its text (about 2 bytes a token, at most
+            // max_length a record), so the buffer rarely grows.
+            let guess: usize = chunk
+                .iter()
+                .map(|r| {
+                    let bytes =
+                        [&r.instruction, &r.input, &r.output].iter().map(|f| f.as_ref().map_or(0, |t| t.len())).sum::<usize>();
+                    (bytes / 2 + 16).min(max_len)
+                })
+                .sum();
+            let mut part = Part { ids: Vec::with_capacity(guess + max_len), ..Part::default() };
             for (k, r) in chunk.iter().enumerate() {
                 let n = c * CHUNK + k + 1;
                 let (Some(ins), Some(out)) = (r.instruction.as_deref(), r.output.as_deref()) else {
@@ -456,8 +473,7 @@ impl NodeKind for Tokenize {
             }
             Ok(part)
         };
-        let parts: Vec<Result<Part, ChunkError>> =
-            records.par_chunks(CHUNK).enumerate().map_init(Worker::default, encode_chunk).collect();
+        let parts: Vec<Result<Part, ChunkError>> = records.par_chunks(CHUNK).enumerate().map(encode_chunk).collect();
         let total = records.len();
         drop(records);
         let mut ok = Vec::with_capacity(parts.len());

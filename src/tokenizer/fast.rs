@@ -420,7 +420,8 @@ impl FastBpe {
     }
 
     fn from_json_with(bytes: &[u8], trust_added_ids: bool) -> Option<FastBpe> {
-        let f: FileJson = serde_json::from_slice(bytes).ok()?;
+        // One UTF-8 check of the whole file is cheaper than one per string.
+        let f: FileJson = serde_json::from_str(std::str::from_utf8(bytes).ok()?).ok()?;
         if f.version.as_ref().is_some_and(|v| v.0 != "1.0")
             || f.truncation.is_some()
             || f.padding.is_some()
