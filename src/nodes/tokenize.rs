@@ -393,14 +393,26 @@ impl NodeKind for Tokenize {
             params.str("input_field").unwrap_or("input"),
             params.str("output_field").unwrap_or("output"),
         );
+        let t0 = std::time::Instant::now();
         let text = std::fs::read_to_string(&rec_path).map_err(NodeError::io("reading", &rec_path))?;
         // Parsing the records and loading the tokenizer are independent: one on each core.
         let (records, p) = rayon::join(
             || {
                 let mut de = serde_json::Deserializer::from_str(&text);
-                Records { names: [fi, fx, fo] }.deserialize(&mut de).and_then(|r| de.end().map(|()| r))
+                let r = Records { names: [fi, fx, fo] }.deserialize(&mut de).and_then(|r| de.end().map(|()| r));
+                tracing::debug!("records read and parsed in {:?}", t0.elapsed());
+                r
             },
-            || prepare(params, &tok_path),
+            || {
+                let t = std::time::Instant::now();
+                let p = prepare(params, &tok_path);
+                tracing::debug!(
+                    "tokenizer loaded in {:?} (fast path: {})",
+                    t.elapsed(),
+                    p.as_ref().is_ok_and(|p| p.bundle.encoder.is_fast())
+                );
+                p
+            },
         );
         let records = records.map_err(|e| NodeError::BadInput {
             path: rec_path.clone(),
@@ -476,6 +488,7 @@ impl NodeKind for Tokenize {
         let parts: Vec<Result<Part, ChunkError>> = records.par_chunks(CHUNK).enumerate().map(encode_chunk).collect();
         let total = records.len();
         drop(records);
+        tracing::debug!("{total} records encoded at {:?}", t0.elapsed());
         let mut ok = Vec::with_capacity(parts.len());
         for part in parts {
             match part {
@@ -517,6 +530,7 @@ impl NodeKind for Tokenize {
         let out = ctx.output("dataset");
         let slices: Vec<(&[(u32, u32)], &[u32])> = parts.iter().map(|p| (&p.records[..], &p.ids[..])).collect();
         TokenDataset::write_parts(&out, &slices).map_err(NodeError::io("writing", &out))?;
+        tracing::debug!("dataset written at {:?}", t0.elapsed());
         let n: usize = parts.iter().map(|p| p.records.len()).sum();
         let tokens: usize = parts.iter().map(|p| p.ids.len()).sum();
         let stats = Stats {

@@ -167,6 +167,9 @@ pub struct Scratch {
     /// Classes of the Basic Multilingual Plane, 0 where not asked yet (64 KiB, made on first use).
     bmp: Vec<u8>,
     astral: FxMap<u32, u8>,
+    /// The segment being split: each character's byte offset and class, then a sentinel.
+    chars: Vec<(u32, u8)>,
+    /// Pieces as ranges of indices into `chars`.
     pieces: Vec<(usize, usize)>,
     next: Vec<(usize, usize)>,
     prefixed: String,
@@ -188,6 +191,8 @@ pub struct FastBpe {
     added_ids: FxMap<String, u32>,
     splitters: Vec<Splitter>,
     classes: Classes,
+    /// Whether a hand-written splitter needs character classes.
+    needs_classes: bool,
     add_prefix_space: bool,
     byte_char: [char; 256],
     vocab: FxMap<Box<str>, u32>,
@@ -551,6 +556,7 @@ impl FastBpe {
         Some(FastBpe {
             added,
             added_ids,
+            needs_classes: splitters.iter().any(|s| !matches!(s, Splitter::Onig(_))),
             splitters,
             classes: Classes::new()?,
             add_prefix_space,
@@ -631,24 +637,31 @@ impl FastBpe {
     }
 
     fn encode_pieces(&self, seg: &str, scratch: &mut Scratch, out: &mut Vec<u32>) -> Option<()> {
+        // Positions are kept as u32 (a segment of 4 GiB goes to the general path).
+        if seg.len() >= u32::MAX as usize {
+            return None;
+        }
+        let mut chars = std::mem::take(&mut scratch.chars);
         let mut pieces = std::mem::take(&mut scratch.pieces);
         let mut next = std::mem::take(&mut scratch.next);
+        classify(seg, &self.classes, self.needs_classes, scratch, &mut chars);
         pieces.clear();
-        pieces.push((0, seg.len()));
+        pieces.push((0, chars.len() - 1));
         for sp in &self.splitters {
             next.clear();
             for &(a, b) in &pieces {
-                sp.split(seg, a, b, &self.classes, scratch, &mut next);
+                sp.split(seg, &chars, a, b, &mut next);
             }
             std::mem::swap(&mut pieces, &mut next);
         }
         let mut r = Some(());
         for &(a, b) in &pieces {
-            if self.encode_piece(&seg[a..b], scratch, out).is_none() {
+            if self.encode_piece(&seg[chars[a].0 as usize..chars[b].0 as usize], scratch, out).is_none() {
                 r = None;
                 break;
             }
         }
+        scratch.chars = chars;
         scratch.pieces = pieces;
         scratch.next = next;
         r
@@ -720,42 +733,46 @@ impl Splitter {
         })
     }
 
-    /// Splits `seg[a..b]`, pushing the pieces (as ranges of `seg`) to `out`.
-    fn split(&self, seg: &str, a: usize, b: usize, classes: &Classes, scratch: &mut Scratch, out: &mut Vec<(usize, usize)>) {
-        let text = &seg[a..b];
+    /// Splits the characters `a..b` of `seg` (`chars` from [`classify`]), pushing the pieces as
+    /// ranges of character indices to `out`.
+    fn split(&self, seg: &str, chars: &[(u32, u8)], a: usize, b: usize, out: &mut Vec<(usize, usize)>) {
         match self {
             Splitter::Onig(re) => {
-                let mut last = 0;
+                let base = chars[a].0 as usize;
+                let text = &seg[base..chars[b].0 as usize];
+                // Byte offset in `text` -> character index (matches end on character boundaries).
+                let at = |p: usize| a + chars[a..=b].partition_point(|c| (c.0 as usize) < base + p);
+                let mut last = a;
                 for (s, e) in re.find_iter(text) {
+                    let (s, e) = (at(s), at(e));
                     if s > last {
-                        out.push((a + last, a + s));
+                        out.push((last, s));
                     }
                     if e > s {
-                        out.push((a + s, a + e));
+                        out.push((s, e));
                     }
                     last = e;
                 }
-                if last < text.len() {
-                    out.push((a + last, b));
+                if last < b {
+                    out.push((last, b));
                 }
             }
             Splitter::EachNumber => {
-                let mut last = 0;
-                for (i, c) in text.char_indices() {
-                    if class_of(c, classes, scratch) == NUMBER {
+                let mut last = a;
+                for (i, c) in chars.iter().enumerate().take(b).skip(a) {
+                    if c.1 == NUMBER {
                         if i > last {
-                            out.push((a + last, a + i));
+                            out.push((last, i));
                         }
-                        let e = i + c.len_utf8();
-                        out.push((a + i, a + e));
-                        last = e;
+                        out.push((i, i + 1));
+                        last = i + 1;
                     }
                 }
-                if last < text.len() {
-                    out.push((a + last, b));
+                if last < b {
+                    out.push((last, b));
                 }
             }
-            Splitter::Gpt2 => gpt2_split(text, a, classes, scratch, out),
+            Splitter::Gpt2 => gpt2_split(seg.as_bytes(), chars, a, b, out),
         }
     }
 }
@@ -780,36 +797,45 @@ fn class_of(c: char, classes: &Classes, scratch: &mut Scratch) -> u8 {
     *scratch.astral.entry(u).or_insert_with(|| classes.ask(c))
 }
 
+/// Fills `chars` with each character's byte offset and class (0 unless `with_classes`), then
+/// the end of `seg` as a sentinel with class 0.
+fn classify(seg: &str, classes: &Classes, with_classes: bool, scratch: &mut Scratch, chars: &mut Vec<(u32, u8)>) {
+    chars.clear();
+    if with_classes {
+        chars.extend(seg.char_indices().map(|(i, c)| (i as u32, class_of(c, classes, scratch))));
+    } else {
+        chars.extend(seg.char_indices().map(|(i, _)| (i as u32, 0)));
+    }
+    chars.push((seg.len() as u32, 0));
+}
+
 /// The GPT-2 pattern `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
-/// by hand: at each position the first alternative that matches, as a backtracking engine
-/// tries them. Pieces are pushed as ranges of the segment (`text` starts at `base`).
-fn gpt2_split(text: &str, base: usize, classes: &Classes, scratch: &mut Scratch, out: &mut Vec<(usize, usize)>) {
-    let b = text.as_bytes();
-    let n = b.len();
-    let char_at = |i: usize| text[i..].chars().next().expect("a char boundary inside the text");
-    let mut i = 0;
-    while i < n {
-        let c = char_at(i);
-        if c == '\'' {
-            let rest = &b[i + 1..];
-            let k = if rest.starts_with(b"s") || rest.starts_with(b"t") || rest.starts_with(b"m") || rest.starts_with(b"d") {
-                2
-            } else if rest.starts_with(b"re") || rest.starts_with(b"ve") || rest.starts_with(b"ll") {
-                3
-            } else {
-                0
+/// by hand on the characters `a..b`: at each position the first alternative that matches, as
+/// a backtracking engine tries them.
+fn gpt2_split(bytes: &[u8], chars: &[(u32, u8)], a: usize, b: usize, out: &mut Vec<(usize, usize)>) {
+    let mut i = a;
+    while i < b {
+        let (pos, cls) = chars[i];
+        let pos = pos as usize;
+        let byte = bytes[pos];
+        // `'s|'t|'re|'ve|'m|'ll|'d`: all ASCII, so characters are bytes here.
+        if byte == b'\'' && i + 1 < b {
+            let second = |want: u8| i + 2 < b && bytes[pos + 2] == want;
+            let k = match bytes[pos + 1] {
+                b's' | b't' | b'm' | b'd' => 2,
+                b'r' | b'v' if second(b'e') => 3,
+                b'l' if second(b'l') => 3,
+                _ => 0,
             };
             if k > 0 {
-                out.push((base + i, base + i + k));
+                out.push((i, i + k));
                 i += k;
                 continue;
             }
         }
-        let cls = class_of(c, classes, scratch);
         // ` ?X+` for X in letters, numbers, others: the optional space first.
-        let run = if c == ' ' && i + 1 < n {
-            let d = char_at(i + 1);
-            match class_of(d, classes, scratch) {
+        let run = if byte == b' ' && i + 1 < b {
+            match chars[i + 1].1 {
                 SPACE => None,
                 k => Some((i + 1, k)),
             }
@@ -819,33 +845,23 @@ fn gpt2_split(text: &str, base: usize, classes: &Classes, scratch: &mut Scratch,
             None
         };
         if let Some((start, k)) = run {
-            let mut j = start;
-            while j < n {
-                let d = char_at(j);
-                if class_of(d, classes, scratch) != k {
-                    break;
-                }
-                j += d.len_utf8();
+            let mut j = start + 1;
+            while j < b && chars[j].1 == k {
+                j += 1;
             }
-            out.push((base + i, base + j));
+            out.push((i, j));
             i = j;
             continue;
         }
         // Whitespace: `\s+(?!\S)` takes the run but its last character when a non-space follows;
         // a lone whitespace character before a non-space is a piece on its own (`\s+`, or the
         // gap the pattern without `|\s+` leaves).
-        let mut j = i;
-        let mut last = i;
-        while j < n {
-            let d = char_at(j);
-            if class_of(d, classes, scratch) != SPACE {
-                break;
-            }
-            last = j;
-            j += d.len_utf8();
+        let mut j = i + 1;
+        while j < b && chars[j].1 == SPACE {
+            j += 1;
         }
-        let end = if j == n || last == i { j } else { last };
-        out.push((base + i, base + end));
+        let end = if j == b || j == i + 1 { j } else { j - 1 };
+        out.push((i, end));
         i = end;
     }
 }
@@ -1020,12 +1036,14 @@ mod tests {
         let fast = Splitter::new(pattern).unwrap();
         assert!(!matches!(fast, Splitter::Onig(_)), "{pattern} has a hand-written splitter");
         let slow = Splitter::Onig(Regex::new(pattern).unwrap());
-        let run = |s: &Splitter, scratch: &mut Scratch| {
+        let mut chars = Vec::new();
+        classify(text, &classes, true, &mut scratch, &mut chars);
+        let run = |s: &Splitter| {
             let mut out = Vec::new();
-            s.split(text, 0, text.len(), &classes, scratch, &mut out);
-            out.into_iter().map(|(a, b)| text[a..b].to_string()).collect::<Vec<_>>()
+            s.split(text, &chars, 0, chars.len() - 1, &mut out);
+            out.into_iter().map(|(a, b)| text[chars[a].0 as usize..chars[b].0 as usize].to_string()).collect::<Vec<_>>()
         };
-        (run(&fast, &mut scratch), run(&slow, &mut scratch))
+        (run(&fast), run(&slow))
     }
 
     #[test]
