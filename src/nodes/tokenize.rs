@@ -21,13 +21,14 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use rayon::prelude::*;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 
 use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
-use crate::dataset::TokenDataset;
+use crate::dataset::DatasetWriter;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::fast::Scratch;
 use crate::tokenizer::load::{load_encoder, EncoderBundle};
@@ -306,8 +307,8 @@ impl<'de: 'a, 'a> de::Deserialize<'de> for Text<'a> {
     }
 }
 
-/// Records are encoded in chunks of this many, each chunk on one thread into its own buffers.
-const CHUNK: usize = 512;
+/// Records are encoded in chunks of this many, each chunk by one worker into its own buffers.
+const CHUNK: usize = 256;
 
 /// One chunk's output.
 #[derive(Default)]
@@ -322,20 +323,142 @@ struct Part {
     max_seen: usize,
 }
 
+impl Part {
+    fn clear(&mut self) {
+        self.records.clear();
+        self.ids.clear();
+        self.truncated = 0;
+        self.empty.clear();
+        self.trained_tokens = 0;
+        self.max_seen = 0;
+    }
+}
+
 /// Why a chunk stopped; the first in record order is reported.
 enum ChunkError {
     Fields(usize),
     Template(usize, String),
     Tokenize(tokenizers::Error),
+    Write(std::io::Error),
 }
 
-/// Per-thread state of the encode loop. One per pool thread for the whole run (rayon's
-/// `map_init` would make one per split job, and each would start with an empty piece cache).
+/// Per-worker state of the encode loop, kept from chunk to chunk (the piece cache above all).
 #[derive(Default)]
 struct Worker {
     scratch: Scratch,
     prompt: String,
     answer: String,
+}
+
+/// What the workers share: the file being written and the totals.
+#[derive(Default)]
+struct Collect {
+    writer: Option<DatasetWriter>,
+    /// Chunks done but not written yet (one before them is still being encoded).
+    ready: BTreeMap<usize, Part>,
+    next: usize,
+    /// Buffers of written chunks, for reuse.
+    spare: Vec<Part>,
+    /// The failure of the lowest chunk that failed.
+    error: Option<(usize, ChunkError)>,
+    empty: Vec<usize>,
+    truncated: usize,
+    max_seen: usize,
+    trained_tokens: u64,
+    tokens: u64,
+}
+
+impl Collect {
+    /// Writes the chunks that are next in order.
+    fn write_ready(&mut self) -> std::io::Result<()> {
+        while let Some(mut part) = self.ready.remove(&self.next) {
+            self.writer.as_mut().expect("the writer lives until the end").push(&part.records, &part.ids)?;
+            self.empty.extend_from_slice(&part.empty);
+            self.truncated += part.truncated;
+            self.max_seen = self.max_seen.max(part.max_seen);
+            self.trained_tokens += part.trained_tokens;
+            self.tokens += part.ids.len() as u64;
+            self.next += 1;
+            part.clear();
+            self.spare.push(part);
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, chunk: usize, e: ChunkError) {
+        if self.error.as_ref().is_none_or(|(c, _)| chunk < *c) {
+            self.error = Some((chunk, e));
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Encodes chunk `c` (records `chunk`) into `part`'s buffers.
+fn encode_chunk(
+    p: &Prepared,
+    params: &Params,
+    w: &mut Worker,
+    c: usize,
+    chunk: &[Record],
+    mut part: Part,
+) -> Result<Part, ChunkError> {
+    let max_len = params.int("max_length") as usize;
+    let skip_empty = params.str("on_empty") == Some("skip");
+    let eos = p.eos.0;
+    // Room for the chunk's ids, guessed from its text (about 2 bytes a token, at most
+    // max_length a record), so the buffer rarely grows.
+    let guess: usize = chunk
+        .iter()
+        .map(|r| {
+            let bytes = [&r.instruction, &r.input, &r.output].iter().map(|f| f.as_ref().map_or(0, |t| t.len())).sum::<usize>();
+            (bytes / 2 + 16).min(max_len)
+        })
+        .sum();
+    part.ids.reserve(guess + max_len);
+    for (k, r) in chunk.iter().enumerate() {
+        let n = c * CHUNK + k + 1;
+        let (Some(ins), Some(out)) = (r.instruction.as_deref(), r.output.as_deref()) else {
+            return Err(ChunkError::Fields(n));
+        };
+        let inp = r.input.as_deref().unwrap_or("");
+        match &p.chat {
+            None => template::seed_into(ins, inp, out, &mut w.prompt, &mut w.answer),
+            Some(t) => {
+                (w.prompt, w.answer) = t
+                    .pair(params.str("system"), &format!("{ins}{inp}"), out)
+                    .map_err(|e| ChunkError::Template(n, format!("chat template: {e}")))?;
+            }
+        }
+        let encoder = &p.bundle.encoder;
+        let start = part.ids.len();
+        encoder.encode_into(&w.prompt, &mut w.scratch, &mut part.ids).map_err(ChunkError::Tokenize)?;
+        let prompt_len = part.ids.len() - start;
+        encoder.encode_into(&w.answer, &mut w.scratch, &mut part.ids).map_err(ChunkError::Tokenize)?;
+        if p.chat.is_none() || !part.ids[start + prompt_len..].contains(&eos) {
+            part.ids.push(eos);
+        }
+        let mut len = part.ids.len() - start;
+        if len > max_len {
+            part.ids.truncate(start + max_len);
+            len = max_len;
+            part.truncated += 1;
+        }
+        let untrained = prompt_len.min(len);
+        if untrained == len {
+            part.empty.push(n);
+            if skip_empty {
+                part.ids.truncate(start);
+                continue;
+            }
+        }
+        part.max_seen = part.max_seen.max(len);
+        part.trained_tokens += (len - untrained) as u64;
+        part.records.push((len as u32, untrained as u32));
+    }
+    Ok(part)
 }
 
 impl NodeKind for Tokenize {
@@ -423,92 +546,64 @@ impl NodeKind for Tokenize {
         ctx.progress.start(Some(records.len() as u64), "records");
         let max_len = params.int("max_length") as usize;
         let skip_empty = params.str("on_empty") == Some("skip");
-        let system = params.str("system");
-        let encoder = &p.bundle.encoder;
-        let eos = p.eos.0;
-        let workers: Vec<std::sync::Mutex<Worker>> =
-            (0..rayon::current_num_threads() + 1).map(|_| std::sync::Mutex::new(Worker::default())).collect();
-        let encode_chunk = |(c, chunk): (usize, &[Record])| -> Result<Part, ChunkError> {
-            // Each pool thread takes its own worker (the last one serves a caller outside the pool).
-            let i = rayon::current_thread_index().unwrap_or(workers.len() - 1).min(workers.len() - 1);
-            let mut w = workers[i].lock().unwrap_or_else(|e| e.into_inner());
-            let w = &mut *w;
-            // Room for the chunk's ids, guessed from its text (about 2 bytes a token, at most
-            // max_length a record), so the buffer rarely grows.
-            let guess: usize = chunk
-                .iter()
-                .map(|r| {
-                    let bytes =
-                        [&r.instruction, &r.input, &r.output].iter().map(|f| f.as_ref().map_or(0, |t| t.len())).sum::<usize>();
-                    (bytes / 2 + 16).min(max_len)
-                })
-                .sum();
-            let mut part = Part { ids: Vec::with_capacity(guess + max_len), ..Part::default() };
-            for (k, r) in chunk.iter().enumerate() {
-                let n = c * CHUNK + k + 1;
-                let (Some(ins), Some(out)) = (r.instruction.as_deref(), r.output.as_deref()) else {
-                    return Err(ChunkError::Fields(n));
-                };
-                let inp = r.input.as_deref().unwrap_or("");
-                match &p.chat {
-                    None => template::seed_into(ins, inp, out, &mut w.prompt, &mut w.answer),
-                    Some(t) => {
-                        (w.prompt, w.answer) = t
-                            .pair(system, &format!("{ins}{inp}"), out)
-                            .map_err(|e| ChunkError::Template(n, format!("chat template: {e}")))?;
-                    }
-                }
-                let start = part.ids.len();
-                encoder.encode_into(&w.prompt, &mut w.scratch, &mut part.ids).map_err(ChunkError::Tokenize)?;
-                let prompt_len = part.ids.len() - start;
-                encoder.encode_into(&w.answer, &mut w.scratch, &mut part.ids).map_err(ChunkError::Tokenize)?;
-                if p.chat.is_none() || !part.ids[start + prompt_len..].contains(&eos) {
-                    part.ids.push(eos);
-                }
-                let mut len = part.ids.len() - start;
-                if len > max_len {
-                    part.ids.truncate(start + max_len);
-                    len = max_len;
-                    part.truncated += 1;
-                }
-                let untrained = prompt_len.min(len);
-                if untrained == len {
-                    part.empty.push(n);
-                    if skip_empty {
-                        part.ids.truncate(start);
-                        continue;
-                    }
-                }
-                part.max_seen = part.max_seen.max(len);
-                part.trained_tokens += (len - untrained) as u64;
-                part.records.push((len as u32, untrained as u32));
-            }
-            Ok(part)
-        };
-        let parts: Vec<Result<Part, ChunkError>> = records.par_chunks(CHUNK).enumerate().map(encode_chunk).collect();
         let total = records.len();
-        drop(records);
-        tracing::debug!("{total} records encoded at {:?}", t0.elapsed());
-        let mut ok = Vec::with_capacity(parts.len());
-        for part in parts {
-            match part {
-                Ok(part) => ok.push(part),
-                Err(ChunkError::Fields(n)) => {
-                    return Err(NodeError::BadInput {
-                        path: rec_path.clone(),
-                        location: None,
-                        message: format!("record {n} has no string fields `{fi}` and `{fo}`"),
-                    })
+        let n_chunks = total.div_ceil(CHUNK);
+        let out = ctx.output("dataset");
+        let writer = DatasetWriter::create(&out, total).map_err(NodeError::io("writing", &out))?;
+        // Workers claim chunks in order, so they finish nearly in order: the writer keeps only
+        // the few that finish early, writes each chunk's ids as soon as those before it are
+        // written, and hands its buffers back. The dataset's ids are never all in memory.
+        let next_chunk = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let shared = Mutex::new(Collect { writer: Some(writer), ..Collect::default() });
+        let work = || {
+            let mut w = Worker::default();
+            loop {
+                let c = next_chunk.fetch_add(1, Ordering::Relaxed);
+                if c >= n_chunks || stop.load(Ordering::Relaxed) {
+                    break;
                 }
-                Err(ChunkError::Template(n, m)) => return Err(NodeError::Failed(format!("record {n}: {m}"))),
-                Err(ChunkError::Tokenize(e)) => return Err(NodeError::Failed(format!("tokenizing: {e}"))),
+                let chunk = &records[c * CHUNK..total.min((c + 1) * CHUNK)];
+                let part = lock(&shared).spare.pop().unwrap_or_default();
+                let part = encode_chunk(&p, params, &mut w, c, chunk, part);
+                let mut sh = lock(&shared);
+                match part {
+                    Ok(part) => {
+                        sh.ready.insert(c, part);
+                        if let Err(e) = sh.write_ready() {
+                            sh.fail(c, ChunkError::Write(e));
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    Err(e) => {
+                        sh.fail(c, e);
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
             }
+        };
+        rayon::scope(|s| {
+            for _ in 0..rayon::current_num_threads() {
+                s.spawn(|_| work());
+            }
+        });
+        drop(records);
+        tracing::debug!("{total} records encoded and their ids written at {:?}", t0.elapsed());
+        let sh = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, e)) = sh.error {
+            return Err(match e {
+                ChunkError::Fields(n) => NodeError::BadInput {
+                    path: rec_path.clone(),
+                    location: None,
+                    message: format!("record {n} has no string fields `{fi}` and `{fo}`"),
+                },
+                ChunkError::Template(n, m) => NodeError::Failed(format!("record {n}: {m}")),
+                ChunkError::Tokenize(e) => NodeError::Failed(format!("tokenizing: {e}")),
+                ChunkError::Write(e) => NodeError::io("writing", &out)(e),
+            });
         }
-        let parts = ok;
-        let empty: Vec<usize> = parts.iter().flat_map(|p| p.empty.iter().copied()).collect();
-        let truncated: usize = parts.iter().map(|p| p.truncated).sum();
-        let max_seen = parts.iter().map(|p| p.max_seen).max().unwrap_or(0);
-        let trained_tokens: u64 = parts.iter().map(|p| p.trained_tokens).sum();
+        let Collect { writer, empty, truncated, max_seen, trained_tokens, tokens, .. } = sh;
+        let writer = writer.expect("the writer lives until the end");
         if !empty.is_empty() {
             ctx.log(format!("records with no trained token after truncation: {empty:?}"));
             if !skip_empty {
@@ -527,15 +622,12 @@ impl NodeKind for Tokenize {
             }
         }
         ctx.progress.update(total as u64, None);
-        let out = ctx.output("dataset");
-        let slices: Vec<(&[(u32, u32)], &[u32])> = parts.iter().map(|p| (&p.records[..], &p.ids[..])).collect();
-        TokenDataset::write_parts(&out, &slices).map_err(NodeError::io("writing", &out))?;
+        let n = writer.len();
+        writer.finish().map_err(NodeError::io("writing", &out))?;
         tracing::debug!("dataset written at {:?}", t0.elapsed());
-        let n: usize = parts.iter().map(|p| p.records.len()).sum();
-        let tokens: usize = parts.iter().map(|p| p.ids.len()).sum();
         let stats = Stats {
             records: n,
-            tokens: tokens as u64,
+            tokens,
             trained_tokens,
             truncated_records: truncated,
             skipped_empty: if skip_empty { empty.len() } else { 0 },

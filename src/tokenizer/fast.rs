@@ -300,23 +300,159 @@ struct AddedJson<'a> {
     special: bool,
 }
 
-#[derive(Deserialize)]
+/// The `model` section. Merges are resolved to ids as they are read when the vocabulary came
+/// first (as `tokenizers` writes it), so the file's merge strings are never collected.
 struct ModelJson<'a> {
-    #[serde(rename = "type", default, borrow)]
     kind: Option<Str<'a>>,
-    #[serde(default)]
     dropout: Option<IgnoredAny>,
-    #[serde(default)]
     continuing_subword_prefix: Option<IgnoredAny>,
-    #[serde(default)]
     end_of_word_suffix: Option<IgnoredAny>,
-    #[serde(default)]
     byte_fallback: Option<bool>,
-    #[serde(default)]
     ignore_merges: Option<bool>,
-    vocab: VocabJson,
-    #[serde(borrow)]
-    merges: MergesJson<'a>,
+    vocab: Option<FxMap<Box<str>, u32>>,
+    merges: Option<MergesIn<'a>>,
+}
+
+enum MergesIn<'a> {
+    /// Read after the vocabulary: already (a, b) -> (rank, merged).
+    Resolved(FxMap<(u32, u32), (u32, u32)>),
+    /// Read before it: kept as text, resolved afterwards.
+    Pending(MergesJson<'a>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ModelJson<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ModelJson<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a tokenizer model")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = ModelJson {
+                    kind: None,
+                    dropout: None,
+                    continuing_subword_prefix: None,
+                    end_of_word_suffix: None,
+                    byte_fallback: None,
+                    ignore_merges: None,
+                    vocab: None,
+                    merges: None,
+                };
+                while let Some(key) = m.next_key::<Str<'de>>()? {
+                    match key.0.as_ref() {
+                        "type" => out.kind = m.next_value()?,
+                        "dropout" => out.dropout = m.next_value()?,
+                        "continuing_subword_prefix" => out.continuing_subword_prefix = m.next_value()?,
+                        "end_of_word_suffix" => out.end_of_word_suffix = m.next_value()?,
+                        "byte_fallback" => out.byte_fallback = m.next_value()?,
+                        "ignore_merges" => out.ignore_merges = m.next_value()?,
+                        "vocab" => out.vocab = Some(m.next_value::<VocabJson>()?.0),
+                        "merges" => {
+                            out.merges = Some(match &out.vocab {
+                                Some(vocab) => MergesIn::Resolved(m.next_value_seed(ResolveMerges { vocab })?),
+                                None => MergesIn::Pending(m.next_value()?),
+                            })
+                        }
+                        _ => {
+                            m.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+/// Turns merges, as `tokenizers` reads them, into (a, b) -> (rank, merged id): pairs ranked by
+/// position, or legacy `"a b"` lines ranked by position among the lines that are not
+/// `#version` comments; later duplicates win. `None` where a token is not in the vocabulary or
+/// a line is not two tokens (`tokenizers` refuses such files).
+struct MergeTable<'v> {
+    vocab: &'v FxMap<Box<str>, u32>,
+    map: FxMap<(u32, u32), (u32, u32)>,
+    joined: String,
+    pairs: usize,
+    lines: usize,
+}
+
+impl<'v> MergeTable<'v> {
+    fn new(vocab: &'v FxMap<Box<str>, u32>) -> Self {
+        MergeTable {
+            vocab,
+            map: FxMap::with_capacity_and_hasher(vocab.len(), Default::default()),
+            joined: String::new(),
+            pairs: 0,
+            lines: 0,
+        }
+    }
+
+    fn pair(&mut self, a: &str, b: &str) -> Option<()> {
+        let rank = self.pairs;
+        self.pairs += 1;
+        self.insert(rank, a, b)
+    }
+
+    fn line(&mut self, line: &str) -> Option<()> {
+        if line.starts_with("#version") {
+            return Some(());
+        }
+        let rank = self.lines;
+        self.lines += 1;
+        let mut parts = line.split(' ');
+        let (a, b) = (parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        self.insert(rank, a, b)
+    }
+
+    fn insert(&mut self, rank: usize, a: &str, b: &str) -> Option<()> {
+        let (ia, ib) = (*self.vocab.get(a)?, *self.vocab.get(b)?);
+        self.joined.clear();
+        self.joined.push_str(a);
+        self.joined.push_str(b);
+        let new = *self.vocab.get(self.joined.as_str())?;
+        self.map.insert((ia, ib), (rank as u32, new));
+        Some(())
+    }
+
+    /// The table, unless pairs and lines were mixed (an error in `tokenizers`).
+    fn finish(self) -> Option<FxMap<(u32, u32), (u32, u32)>> {
+        (self.pairs == 0 || self.lines == 0).then_some(self.map)
+    }
+}
+
+struct ResolveMerges<'v> {
+    vocab: &'v FxMap<Box<str>, u32>,
+}
+
+impl<'de, 'v> de::DeserializeSeed<'de> for ResolveMerges<'v> {
+    type Value = FxMap<(u32, u32), (u32, u32)>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, 'v> Visitor<'de> for ResolveMerges<'v> {
+    type Value = FxMap<(u32, u32), (u32, u32)>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of merges")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+        let mut table = MergeTable::new(self.vocab);
+        let bad = || de::Error::custom("a merge tokenizers would refuse");
+        while let Some(one) = s.next_element::<OneMerge<'de>>()? {
+            match one {
+                OneMerge::Pair(a, b) => table.pair(&a.0, &b.0),
+                OneMerge::Line(l) => table.line(&l.0),
+            }
+            .ok_or_else(bad)?;
+        }
+        table.finish().ok_or_else(bad)
+    }
 }
 
 struct VocabJson(FxMap<Box<str>, u32>);
@@ -330,7 +466,7 @@ impl<'de> Deserialize<'de> for VocabJson {
                 f.write_str("a map of token -> id")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
-                let mut vocab = FxMap::with_capacity_and_hasher(m.size_hint().unwrap_or(1 << 16), Default::default());
+                let mut vocab = FxMap::with_capacity_and_hasher(m.size_hint().unwrap_or(1 << 15), Default::default());
                 // Later duplicates win, as in `tokenizers`' map.
                 while let Some((k, id)) = m.next_entry::<Str<'de>, u32>()? {
                     vocab.insert(Box::<str>::from(k.0.as_ref()), id);
@@ -342,66 +478,61 @@ impl<'de> Deserialize<'de> for VocabJson {
     }
 }
 
-/// The merges, as `["a b", ...]` (legacy) or `[["a", "b"], ...]`; mixing both is an error in
-/// `tokenizers`, so it is `mixed` here.
+/// The merges as text, as `["a b", ...]` (legacy) or `[["a", "b"], ...]`.
 struct MergesJson<'a> {
-    pairs: Vec<(Str<'a>, Str<'a>)>,
-    lines: Vec<Str<'a>>,
+    all: Vec<OneMerge<'a>>,
+}
+
+/// One merge as written in the file.
+enum OneMerge<'a> {
+    Pair(Str<'a>, Str<'a>),
+    Line(Str<'a>),
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for OneMerge<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OneMerge<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a merge: \"a b\" or [\"a\", \"b\"]")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(OneMerge::Line(Str(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(OneMerge::Line(Str(Cow::Owned(s.to_string()))))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let a = s.next_element::<Str<'de>>()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                let b = s.next_element::<Str<'de>>()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
+                if s.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(3, &self));
+                }
+                Ok(OneMerge::Pair(a, b))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for MergesJson<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        enum One<'a> {
-            Pair(Str<'a>, Str<'a>),
-            Line(Str<'a>),
-        }
-        impl<'de> Deserialize<'de> for One<'de> {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                struct V;
-                impl<'de> Visitor<'de> for V {
-                    type Value = One<'de>;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                        f.write_str("a merge: \"a b\" or [\"a\", \"b\"]")
-                    }
-                    fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
-                        Ok(One::Line(Str(Cow::Borrowed(s))))
-                    }
-                    fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                        Ok(One::Line(Str(Cow::Owned(s.to_string()))))
-                    }
-                    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-                        let a = s.next_element::<Str<'de>>()?.ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                        let b = s.next_element::<Str<'de>>()?.ok_or_else(|| de::Error::invalid_length(1, &self))?;
-                        if s.next_element::<IgnoredAny>()?.is_some() {
-                            return Err(de::Error::invalid_length(3, &self));
-                        }
-                        Ok(One::Pair(a, b))
-                    }
-                }
-                d.deserialize_any(V)
-            }
-        }
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = MergesJson<'de>;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = MergesJson<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a list of merges")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-                let mut m = MergesJson { pairs: Vec::with_capacity(1 << 16), lines: Vec::new() };
-                while let Some(one) = s.next_element::<One<'de>>()? {
-                    match one {
-                        One::Pair(a, b) => m.pairs.push((a, b)),
-                        One::Line(l) => m.lines.push(l),
-                    }
-                }
-                if !m.pairs.is_empty() && !m.lines.is_empty() {
-                    return Err(de::Error::custom("merges mix strings and pairs"));
+                let mut m = MergesJson { all: Vec::new() };
+                while let Some(one) = s.next_element::<OneMerge<'de>>()? {
+                    m.all.push(one);
                 }
                 Ok(m)
             }
         }
-        d.deserialize_seq(V)
+        d.deserialize_seq(V(std::marker::PhantomData))
     }
 }
 
@@ -455,30 +586,20 @@ impl FastBpe {
             return None;
         }
         let ignore_merges = model.ignore_merges.unwrap_or(false);
-        let vocab = model.vocab.0;
-        let mut merges = FxMap::with_capacity_and_hasher(model.merges.pairs.len() + model.merges.lines.len(), Default::default());
-        let mut joined = String::new();
-        let mut add_merge = |rank: usize, a: &str, b: &str| -> Option<()> {
-            let (ia, ib) = (*vocab.get(a)?, *vocab.get(b)?);
-            joined.clear();
-            joined.push_str(a);
-            joined.push_str(b);
-            let new = *vocab.get(joined.as_str())?;
-            // Later duplicates win, as in `tokenizers`' merge map.
-            merges.insert((ia, ib), (rank as u32, new));
-            Some(())
-        };
-        for (rank, (a, b)) in model.merges.pairs.iter().enumerate() {
-            add_merge(rank, &a.0, &b.0)?;
-        }
-        for (rank, line) in model.merges.lines.iter().filter(|l| !l.0.starts_with("#version")).enumerate() {
-            let mut parts = line.0.split(' ');
-            let (a, b) = (parts.next()?, parts.next()?);
-            if parts.next().is_some() {
-                return None;
+        let vocab = model.vocab?;
+        let merges = match model.merges? {
+            MergesIn::Resolved(m) => m,
+            MergesIn::Pending(text) => {
+                let mut table = MergeTable::new(&vocab);
+                for one in &text.all {
+                    match one {
+                        OneMerge::Pair(a, b) => table.pair(&a.0, &b.0)?,
+                        OneMerge::Line(l) => table.line(&l.0)?,
+                    }
+                }
+                table.finish()?
             }
-            add_merge(rank, a, b)?;
-        }
+        };
 
         // Pre-tokenizer: regex splits, then a ByteLevel without its own regex; or a lone ByteLevel.
         let steps: Vec<&Json> = match pre.get("type")?.as_str()? {
@@ -1016,6 +1137,52 @@ mod tests {
             v["added_tokens"].as_array_mut().unwrap().push(serde_json::json!({"id": 1500, "content": "zzz", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
         });
         assert!(FastBpe::from_json(&bytes).is_none());
+    }
+
+    #[test]
+    fn merges_in_either_form_and_before_the_vocabulary_read_the_same() {
+        let as_lines = |v: &mut Json| {
+            let lines: Vec<Json> = v["model"]["merges"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| Json::from(format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap())))
+                .collect();
+            v["model"]["merges"] = Json::Array([vec![Json::from("#version: 0.2")], lines].concat());
+        };
+        let merges_first = |v: &mut Json| {
+            let model = v["model"].as_object().unwrap().clone();
+            let mut reordered = serde_json::Map::new();
+            reordered.insert("merges".into(), model["merges"].clone());
+            for (k, x) in model {
+                reordered.entry(k).or_insert(x);
+            }
+            v["model"] = Json::Object(reordered);
+        };
+        let edits: [(&str, Box<dyn Fn(&mut Json)>); 3] = [
+            ("legacy lines", Box::new(as_lines)),
+            ("merges before vocab", Box::new(merges_first)),
+            (
+                "both",
+                Box::new(move |v: &mut Json| {
+                    as_lines(v);
+                    merges_first(v);
+                }),
+            ),
+        ];
+        for (what, edit) in edits {
+            let (t, bytes) = tiny_edited(edit);
+            let f = FastBpe::from_json(&bytes).unwrap_or_else(|| panic!("{what}: supported shape"));
+            check(&t, &f, &fortune_texts());
+        }
+        let refused = [Json::from("a b"), serde_json::json!(["zzzq", "b"])];
+        for (what, merge) in ["pairs and lines mixed", "a merge of a token outside the vocabulary"].into_iter().zip(refused) {
+            let mut v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
+            v["model"]["merges"].as_array_mut().unwrap().push(merge);
+            let bytes = serde_json::to_vec(&v).unwrap();
+            assert!(Tokenizer::from_bytes(&bytes).is_err(), "{what}: tokenizers refuses it");
+            assert!(FastBpe::from_json(&bytes).is_none(), "{what}");
+        }
     }
 
     #[test]
