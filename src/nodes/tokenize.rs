@@ -556,6 +556,7 @@ impl NodeKind for Tokenize {
         let next_chunk = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let shared = Mutex::new(Collect { writer: Some(writer), ..Collect::default() });
+        let misses = Mutex::new((0u64, 0u64));
         let work = || {
             let mut w = Worker::default();
             loop {
@@ -581,6 +582,9 @@ impl NodeKind for Tokenize {
                     }
                 }
             }
+            let (n, bytes) = w.scratch.misses();
+            let mut m = lock(&misses);
+            (m.0, m.1) = (m.0 + n, m.1 + bytes);
         };
         rayon::scope(|s| {
             for _ in 0..rayon::current_num_threads() {
@@ -588,7 +592,11 @@ impl NodeKind for Tokenize {
             }
         });
         drop(records);
-        tracing::debug!("{total} records encoded and their ids written at {:?}", t0.elapsed());
+        let (n_miss, miss_bytes) = *lock(&misses);
+        tracing::debug!(
+            "{total} records encoded and their ids written at {:?}; {n_miss} pieces ({miss_bytes} bytes) went through BPE",
+            t0.elapsed()
+        );
         let sh = shared.into_inner().unwrap_or_else(|e| e.into_inner());
         if let Some((_, e)) = sh.error {
             return Err(match e {

@@ -173,12 +173,19 @@ pub struct Scratch {
     pieces: Vec<(usize, usize)>,
     next: Vec<(usize, usize)>,
     prefixed: String,
+    misses: u64,
+    miss_bytes: u64,
 }
 
 impl Scratch {
     /// A fresh scratch.
     pub fn new() -> Scratch {
         Scratch::default()
+    }
+
+    /// Pieces that were not in the cache (and went through BPE), and bytes of those pieces.
+    pub fn misses(&self) -> (u64, u64) {
+        (self.misses, self.miss_bytes)
     }
 }
 
@@ -195,6 +202,8 @@ pub struct FastBpe {
     needs_classes: bool,
     add_prefix_space: bool,
     byte_char: [char; 256],
+    /// The id of each byte's one-character token (`None`: not in the vocabulary).
+    byte_id: [Option<u32>; 256],
     vocab: FxMap<Box<str>, u32>,
     merges: FxMap<(u32, u32), (u32, u32)>,
     ignore_merges: bool,
@@ -674,6 +683,11 @@ impl FastBpe {
                 *slot = Some((AhoCorasick::builder().match_kind(MatchKind::LeftmostLongest).build(&pats).ok()?, ids));
             }
         }
+        let byte_char = bytes_to_unicode();
+        let mut byte_id = [None; 256];
+        for (id, c) in byte_id.iter_mut().zip(byte_char) {
+            *id = vocab.get(c.encode_utf8(&mut [0u8; 4]) as &str).copied();
+        }
         Some(FastBpe {
             added,
             added_ids,
@@ -681,7 +695,8 @@ impl FastBpe {
             splitters,
             classes: Classes::new()?,
             add_prefix_space,
-            byte_char: bytes_to_unicode(),
+            byte_char,
+            byte_id,
             vocab,
             merges,
             ignore_merges,
@@ -794,6 +809,8 @@ impl FastBpe {
             return Some(());
         }
         let ids = self.bpe(piece)?;
+        scratch.misses += 1;
+        scratch.miss_bytes += piece.len() as u64;
         out.extend_from_slice(&ids);
         let at = scratch.arena.len() as u32;
         scratch.arena.extend_from_slice(&ids);
@@ -802,44 +819,49 @@ impl FastBpe {
     }
 
     fn bpe(&self, piece: &str) -> Option<Vec<u32>> {
-        let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
         if self.ignore_merges {
+            let mapped: String = piece.bytes().map(|b| self.byte_char[b as usize]).collect();
             if let Some(&id) = self.vocab.get(mapped.as_str()) {
                 return Some(vec![id]);
             }
         }
-        let mut syms: Vec<u32> = Vec::with_capacity(mapped.len());
-        let mut buf = [0u8; 4];
-        for c in mapped.chars() {
-            syms.push(*self.vocab.get(c.encode_utf8(&mut buf) as &str)?);
-        }
-        let mut merged = Vec::with_capacity(syms.len());
+        let mut syms: Vec<u32> = piece.bytes().map(|b| self.byte_id[b as usize]).collect::<Option<_>>()?;
+        // The rank and result of merging each adjacent pair (u32::MAX: no merge); after a
+        // round only pairs next to a merged symbol are looked up again.
+        const NONE: (u32, u32) = (u32::MAX, 0);
+        let pair = |a: u32, b: u32| self.merges.get(&(a, b)).copied().unwrap_or(NONE);
+        let mut ranks: Vec<(u32, u32)> = syms.windows(2).map(|w| pair(w[0], w[1])).collect();
+        let (mut next_syms, mut next_ranks, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
         loop {
-            let mut best: Option<(u32, u32)> = None;
-            for w in syms.windows(2) {
-                if let Some(&(rank, new)) = self.merges.get(&(w[0], w[1])) {
-                    if best.is_none_or(|(r, _)| rank < r) {
-                        best = Some((rank, new));
-                    }
-                }
-            }
-            let Some((rank, new)) = best else { break };
-            // Merge every leftmost-first, non-overlapping occurrence of this pair, left to right,
-            // as a rank-ordered heap processes equal ranks by position.
-            let pair =
-                syms.windows(2).find(|w| self.merges.get(&(w[0], w[1])).is_some_and(|m| m.0 == rank)).map(|w| (w[0], w[1]))?;
-            merged.clear();
+            // The lowest rank names one pair; merge every leftmost-first, non-overlapping
+            // occurrence of it, left to right, as a rank-ordered heap processes equal ranks by
+            // position.
+            let Some(&(rank, new)) = ranks.iter().min_by_key(|r| r.0).filter(|r| r.0 != u32::MAX) else { break };
+            next_syms.clear();
+            fresh.clear();
+            // For each output symbol: merged now, or the input index it was copied from.
             let mut i = 0;
             while i < syms.len() {
-                if i + 1 < syms.len() && (syms[i], syms[i + 1]) == pair {
-                    merged.push(new);
+                if i + 1 < syms.len() && ranks[i].0 == rank {
+                    next_syms.push(new);
+                    fresh.push(usize::MAX);
                     i += 2;
                 } else {
-                    merged.push(syms[i]);
+                    next_syms.push(syms[i]);
+                    fresh.push(i);
                     i += 1;
                 }
             }
-            std::mem::swap(&mut syms, &mut merged);
+            next_ranks.clear();
+            for j in 0..next_syms.len().saturating_sub(1) {
+                next_ranks.push(match (fresh[j], fresh[j + 1]) {
+                    // Two symbols that were neighbours before and are unchanged.
+                    (a, b) if a != usize::MAX && b == a + 1 => ranks[a],
+                    _ => pair(next_syms[j], next_syms[j + 1]),
+                });
+            }
+            std::mem::swap(&mut syms, &mut next_syms);
+            std::mem::swap(&mut ranks, &mut next_ranks);
         }
         Some(syms)
     }
@@ -1021,6 +1043,10 @@ mod tests {
             .chain([
                 "User: 你好\n\nAssistant: 老夫掐指一算<|im_end|>".to_string(),
                 "  2024年 3.14159 don't   stop\t\n\n ok".to_string(),
+                // Long pieces and repeated pairs, where the merge order matters.
+                "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa abababababababababab eeeeeeeeee".to_string(),
+                "一二三四五六七八九十一二三四五六七八九十一二三四五六七八九十大师大师大师大师大师".to_string(),
+                "x".repeat(300),
             ])
             .collect()
     }
