@@ -33,6 +33,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use aho_corasick::{AhoCorasick, MatchKind};
 use onig::Regex;
+use rayon::prelude::*;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value as Json;
@@ -309,8 +310,7 @@ struct AddedJson<'a> {
     special: bool,
 }
 
-/// The `model` section. Merges are resolved to ids as they are read when the vocabulary came
-/// first (as `tokenizers` writes it), so the file's merge strings are never collected.
+/// The `model` section.
 struct ModelJson<'a> {
     kind: Option<Str<'a>>,
     dropout: Option<IgnoredAny>,
@@ -319,14 +319,7 @@ struct ModelJson<'a> {
     byte_fallback: Option<bool>,
     ignore_merges: Option<bool>,
     vocab: Option<FxMap<Box<str>, u32>>,
-    merges: Option<MergesIn<'a>>,
-}
-
-enum MergesIn<'a> {
-    /// Read after the vocabulary: already (a, b) -> (rank, merged).
-    Resolved(FxMap<(u32, u32), (u32, u32)>),
-    /// Read before it: kept as text, resolved afterwards.
-    Pending(MergesJson<'a>),
+    merges: Option<MergesJson<'a>>,
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ModelJson<'a> {
@@ -357,12 +350,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for ModelJson<'a> {
                         "byte_fallback" => out.byte_fallback = m.next_value()?,
                         "ignore_merges" => out.ignore_merges = m.next_value()?,
                         "vocab" => out.vocab = Some(m.next_value::<VocabJson>()?.0),
-                        "merges" => {
-                            out.merges = Some(match &out.vocab {
-                                Some(vocab) => MergesIn::Resolved(m.next_value_seed(ResolveMerges { vocab })?),
-                                None => MergesIn::Pending(m.next_value()?),
-                            })
-                        }
+                        "merges" => out.merges = Some(m.next_value()?),
                         _ => {
                             m.next_value::<IgnoredAny>()?;
                         }
@@ -372,95 +360,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for ModelJson<'a> {
             }
         }
         d.deserialize_map(V(std::marker::PhantomData))
-    }
-}
-
-/// Turns merges, as `tokenizers` reads them, into (a, b) -> (rank, merged id): pairs ranked by
-/// position, or legacy `"a b"` lines ranked by position among the lines that are not
-/// `#version` comments; later duplicates win. `None` where a token is not in the vocabulary or
-/// a line is not two tokens (`tokenizers` refuses such files).
-struct MergeTable<'v> {
-    vocab: &'v FxMap<Box<str>, u32>,
-    map: FxMap<(u32, u32), (u32, u32)>,
-    joined: String,
-    pairs: usize,
-    lines: usize,
-}
-
-impl<'v> MergeTable<'v> {
-    fn new(vocab: &'v FxMap<Box<str>, u32>) -> Self {
-        MergeTable {
-            vocab,
-            map: FxMap::with_capacity_and_hasher(vocab.len(), Default::default()),
-            joined: String::new(),
-            pairs: 0,
-            lines: 0,
-        }
-    }
-
-    fn pair(&mut self, a: &str, b: &str) -> Option<()> {
-        let rank = self.pairs;
-        self.pairs += 1;
-        self.insert(rank, a, b)
-    }
-
-    fn line(&mut self, line: &str) -> Option<()> {
-        if line.starts_with("#version") {
-            return Some(());
-        }
-        let rank = self.lines;
-        self.lines += 1;
-        let mut parts = line.split(' ');
-        let (a, b) = (parts.next()?, parts.next()?);
-        if parts.next().is_some() {
-            return None;
-        }
-        self.insert(rank, a, b)
-    }
-
-    fn insert(&mut self, rank: usize, a: &str, b: &str) -> Option<()> {
-        let (ia, ib) = (*self.vocab.get(a)?, *self.vocab.get(b)?);
-        self.joined.clear();
-        self.joined.push_str(a);
-        self.joined.push_str(b);
-        let new = *self.vocab.get(self.joined.as_str())?;
-        self.map.insert((ia, ib), (rank as u32, new));
-        Some(())
-    }
-
-    /// The table, unless pairs and lines were mixed (an error in `tokenizers`).
-    fn finish(self) -> Option<FxMap<(u32, u32), (u32, u32)>> {
-        (self.pairs == 0 || self.lines == 0).then_some(self.map)
-    }
-}
-
-struct ResolveMerges<'v> {
-    vocab: &'v FxMap<Box<str>, u32>,
-}
-
-impl<'de, 'v> de::DeserializeSeed<'de> for ResolveMerges<'v> {
-    type Value = FxMap<(u32, u32), (u32, u32)>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de, 'v> Visitor<'de> for ResolveMerges<'v> {
-    type Value = FxMap<(u32, u32), (u32, u32)>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of merges")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-        let mut table = MergeTable::new(self.vocab);
-        let bad = || de::Error::custom("a merge tokenizers would refuse");
-        while let Some(one) = s.next_element::<OneMerge<'de>>()? {
-            match one {
-                OneMerge::Pair(a, b) => table.pair(&a.0, &b.0),
-                OneMerge::Line(l) => table.line(&l.0),
-            }
-            .ok_or_else(bad)?;
-        }
-        table.finish().ok_or_else(bad)
     }
 }
 
@@ -490,6 +389,70 @@ impl<'de> Deserialize<'de> for VocabJson {
 /// The merges as text, as `["a b", ...]` (legacy) or `[["a", "b"], ...]`.
 struct MergesJson<'a> {
     all: Vec<OneMerge<'a>>,
+}
+
+/// (a, b) -> (rank, merged id) for the merges as `tokenizers` reads them: pairs ranked by
+/// position, or legacy `"a b"` lines ranked by position among the lines that are not
+/// `#version` comments; later duplicates win. `None` where pairs and lines are mixed, a line is
+/// not two tokens, or a token is not in the vocabulary (`tokenizers` refuses such files).
+///
+/// Three vocabulary lookups a merge are most of the cost of loading a tokenizer, so chunks of
+/// merges are resolved in parallel (the map is then filled in order).
+fn resolve_merges(vocab: &FxMap<Box<str>, u32>, all: &[OneMerge]) -> Option<FxMap<(u32, u32), (u32, u32)>> {
+    resolve_merges_in_chunks(vocab, all, 4096)
+}
+
+fn resolve_merges_in_chunks(
+    vocab: &FxMap<Box<str>, u32>,
+    all: &[OneMerge],
+    chunk_len: usize,
+) -> Option<FxMap<(u32, u32), (u32, u32)>> {
+    let lines = all.iter().filter(|m| matches!(m, OneMerge::Line(_))).count();
+    if lines != 0 && lines != all.len() {
+        return None;
+    }
+    let comment = |m: &OneMerge| matches!(m, OneMerge::Line(l) if l.0.starts_with("#version"));
+    // The rank of each chunk's first merge: its position, less the comments before it.
+    let mut first_rank = Vec::with_capacity(all.len().div_ceil(chunk_len));
+    let mut rank = 0;
+    for chunk in all.chunks(chunk_len) {
+        first_rank.push(rank);
+        rank += chunk.iter().filter(|m| !comment(m)).count();
+    }
+    let resolved: Vec<Vec<((u32, u32), (u32, u32))>> = all
+        .par_chunks(chunk_len)
+        .zip(first_rank)
+        .map(|(chunk, mut rank)| {
+            let mut joined = String::new();
+            let mut out = Vec::with_capacity(chunk.len());
+            for m in chunk.iter().filter(|m| !comment(m)) {
+                let (a, b) = match m {
+                    OneMerge::Pair(a, b) => (a.0.as_ref(), b.0.as_ref()),
+                    OneMerge::Line(l) => {
+                        let mut parts = l.0.split(' ');
+                        let ab = (parts.next()?, parts.next()?);
+                        if parts.next().is_some() {
+                            return None;
+                        }
+                        ab
+                    }
+                };
+                let (ia, ib) = (*vocab.get(a)?, *vocab.get(b)?);
+                joined.clear();
+                joined.push_str(a);
+                joined.push_str(b);
+                let new = *vocab.get(joined.as_str())?;
+                out.push(((ia, ib), (rank as u32, new)));
+                rank += 1;
+            }
+            Some(out)
+        })
+        .collect::<Option<_>>()?;
+    let mut map = FxMap::with_capacity_and_hasher(all.len(), Default::default());
+    for (pair, v) in resolved.into_iter().flatten() {
+        map.insert(pair, v);
+    }
+    Some(map)
 }
 
 /// One merge as written in the file.
@@ -534,7 +497,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for MergesJson<'a> {
                 f.write_str("a list of merges")
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
-                let mut m = MergesJson { all: Vec::new() };
+                let mut m = MergesJson { all: Vec::with_capacity(1 << 16) };
                 while let Some(one) = s.next_element::<OneMerge<'de>>()? {
                     m.all.push(one);
                 }
@@ -596,19 +559,7 @@ impl FastBpe {
         }
         let ignore_merges = model.ignore_merges.unwrap_or(false);
         let vocab = model.vocab?;
-        let merges = match model.merges? {
-            MergesIn::Resolved(m) => m,
-            MergesIn::Pending(text) => {
-                let mut table = MergeTable::new(&vocab);
-                for one in &text.all {
-                    match one {
-                        OneMerge::Pair(a, b) => table.pair(&a.0, &b.0)?,
-                        OneMerge::Line(l) => table.line(&l.0)?,
-                    }
-                }
-                table.finish()?
-            }
-        };
+        let merges = resolve_merges(&vocab, &model.merges?.all)?;
 
         // Pre-tokenizer: regex splits, then a ByteLevel without its own regex; or a lone ByteLevel.
         let steps: Vec<&Json> = match pre.get("type")?.as_str()? {
@@ -1208,6 +1159,33 @@ mod tests {
             let bytes = serde_json::to_vec(&v).unwrap();
             assert!(Tokenizer::from_bytes(&bytes).is_err(), "{what}: tokenizers refuses it");
             assert!(FastBpe::from_json(&bytes).is_none(), "{what}");
+        }
+    }
+
+    #[test]
+    fn merges_resolve_the_same_in_any_chunking_with_comments_anywhere() {
+        let v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
+        let vocab: FxMap<Box<str>, u32> = v["model"]["vocab"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, id)| (k.as_str().into(), id.as_u64().unwrap() as u32))
+            .collect();
+        let mut texts: Vec<String> = v["model"]["merges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| format!("{} {}", m[0].as_str().unwrap(), m[1].as_str().unwrap()))
+            .collect();
+        for at in [0, 5, 300] {
+            texts.insert(at, "#version: 0.2".into());
+        }
+        let all: Vec<OneMerge> = texts.iter().map(|t| OneMerge::Line(Str(Cow::Borrowed(t)))).collect();
+        let whole = resolve_merges_in_chunks(&vocab, &all, 4096).unwrap();
+        assert_eq!(whole.len(), texts.len() - 3);
+        assert!(whole.values().any(|&(rank, _)| rank as usize == texts.len() - 4), "comments take no rank");
+        for chunk_len in [1, 7, 64] {
+            assert_eq!(resolve_merges_in_chunks(&vocab, &all, chunk_len).unwrap(), whole, "chunks of {chunk_len}");
         }
     }
 
