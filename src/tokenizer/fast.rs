@@ -103,6 +103,9 @@ impl Hasher for FxHasher {
 /// A `HashMap` with [`FxHasher`].
 pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
+/// Merges by pair of token ids: (rank, id of the merged token).
+type MergeMap = FxMap<(u32, u32), (u32, u32)>;
+
 /// Character classes of the GPT-2 pattern; 0 means "not asked yet".
 const LETTER: u8 = 1;
 const NUMBER: u8 = 2;
@@ -206,7 +209,7 @@ pub struct FastBpe {
     /// The id of each byte's one-character token (`None`: not in the vocabulary).
     byte_id: [Option<u32>; 256],
     vocab: FxMap<Box<str>, u32>,
-    merges: FxMap<(u32, u32), (u32, u32)>,
+    merges: MergeMap,
     ignore_merges: bool,
 }
 
@@ -398,15 +401,11 @@ struct MergesJson<'a> {
 ///
 /// Three vocabulary lookups a merge are most of the cost of loading a tokenizer, so chunks of
 /// merges are resolved in parallel (the map is then filled in order).
-fn resolve_merges(vocab: &FxMap<Box<str>, u32>, all: &[OneMerge]) -> Option<FxMap<(u32, u32), (u32, u32)>> {
+fn resolve_merges(vocab: &FxMap<Box<str>, u32>, all: &[OneMerge]) -> Option<MergeMap> {
     resolve_merges_in_chunks(vocab, all, 4096)
 }
 
-fn resolve_merges_in_chunks(
-    vocab: &FxMap<Box<str>, u32>,
-    all: &[OneMerge],
-    chunk_len: usize,
-) -> Option<FxMap<(u32, u32), (u32, u32)>> {
+fn resolve_merges_in_chunks(vocab: &FxMap<Box<str>, u32>, all: &[OneMerge], chunk_len: usize) -> Option<MergeMap> {
     let lines = all.iter().filter(|m| matches!(m, OneMerge::Line(_))).count();
     if lines != 0 && lines != all.len() {
         return None;
@@ -419,7 +418,7 @@ fn resolve_merges_in_chunks(
         first_rank.push(rank);
         rank += chunk.iter().filter(|m| !comment(m)).count();
     }
-    let resolved: Vec<Vec<((u32, u32), (u32, u32))>> = all
+    let resolved: Vec<Vec<_>> = all
         .par_chunks(chunk_len)
         .zip(first_rank)
         .map(|(chunk, mut rank)| {
@@ -783,11 +782,9 @@ impl FastBpe {
         let pair = |a: u32, b: u32| self.merges.get(&(a, b)).copied().unwrap_or(NONE);
         let mut ranks: Vec<(u32, u32)> = syms.windows(2).map(|w| pair(w[0], w[1])).collect();
         let (mut next_syms, mut next_ranks, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
-        loop {
-            // The lowest rank names one pair; merge every leftmost-first, non-overlapping
-            // occurrence of it, left to right, as a rank-ordered heap processes equal ranks by
-            // position.
-            let Some(&(rank, new)) = ranks.iter().min_by_key(|r| r.0).filter(|r| r.0 != u32::MAX) else { break };
+        // The lowest rank names one pair; merge every leftmost-first, non-overlapping occurrence
+        // of it, left to right, as a rank-ordered heap processes equal ranks by position.
+        while let Some(&(rank, new)) = ranks.iter().min_by_key(|r| r.0).filter(|r| r.0 != u32::MAX) {
             next_syms.clear();
             fresh.clear();
             // For each output symbol: merged now, or the input index it was copied from.
@@ -1054,6 +1051,9 @@ mod tests {
         }
     }
 
+    /// An edit of a tokenizer's JSON.
+    type Edit = Box<dyn Fn(&mut Json)>;
+
     /// The tiny tokenizer with `edit` applied to its JSON.
     fn tiny_edited(edit: impl FnOnce(&mut Json)) -> (Tokenizer, Vec<u8>) {
         let mut v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
@@ -1064,7 +1064,7 @@ mod tests {
 
     #[test]
     fn shapes_the_encoder_does_not_cover_are_left_to_the_general_path() {
-        let cases: [(&str, Box<dyn Fn(&mut Json)>); 5] = [
+        let cases: [(&str, Edit); 5] = [
             (
                 "truncation",
                 Box::new(|v| {
@@ -1136,7 +1136,7 @@ mod tests {
             }
             v["model"] = Json::Object(reordered);
         };
-        let edits: [(&str, Box<dyn Fn(&mut Json)>); 3] = [
+        let edits: [(&str, Edit); 3] = [
             ("legacy lines", Box::new(as_lines)),
             ("merges before vocab", Box::new(merges_first)),
             (
