@@ -16,6 +16,16 @@
 //! Key extras: the resolved end token, the digests of every tokenizer file read (a
 //! `tokenizer_config.json` beside a `tokenizer.json` included), and a digest of the template
 //! rendered on a probe conversation, so a change anywhere that alters the text reruns the node.
+//!
+//! How it runs (BENCHMARKS.md, section 2, has the numbers):
+//! 1. the records file is parsed into borrowed `Record`s (only the three named fields) while
+//!    the tokenizer loads on the other core ([`load_encoder`]: the ids-only fast encoder for
+//!    byte-level BPE tokenizers, the general `tokenizers` path otherwise);
+//! 2. one worker per pool thread claims chunks of `CHUNK` (256) records in order, and encodes them
+//!    into its own reused buffers, keeping its piece cache for the whole run;
+//! 3. each chunk's ids are written to the dataset file as soon as those of the chunks before it
+//!    are ([`DatasetWriter`]), so the ids are never all in memory; the header, offsets and label
+//!    flags follow at the end.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
