@@ -354,6 +354,14 @@ impl<'de: 'a, 'a> Deserialize<'de> for ModelJson<'a> {
                         "ignore_merges" => out.ignore_merges = m.next_value()?,
                         "vocab" => out.vocab = Some(m.next_value::<VocabJson>()?.0),
                         "merges" => out.merges = Some(m.next_value()?),
+                        // Unused here (a character outside the vocabulary goes to the general
+                        // path), but typed as `tokenizers` reads them.
+                        "unk_token" => {
+                            m.next_value::<Option<Str<'de>>>()?;
+                        }
+                        "fuse_unk" => {
+                            m.next_value::<Option<bool>>()?;
+                        }
                         _ => {
                             m.next_value::<IgnoredAny>()?;
                         }
@@ -1085,11 +1093,19 @@ mod tests {
 
     #[test]
     fn a_file_tokenizers_refuses_is_not_taken_by_the_fast_path() {
-        let mut v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
-        v["decoder"] = serde_json::json!({"type": "NoSuchDecoder"});
-        let bytes = serde_json::to_vec(&v).unwrap();
-        assert!(Tokenizer::from_bytes(&bytes).is_err());
-        assert!(FastBpe::from_json(&bytes).is_none());
+        let cases: [(&str, Edit); 4] = [
+            ("unknown decoder", Box::new(|v| v["decoder"] = serde_json::json!({"type": "NoSuchDecoder"}))),
+            ("unk_token not a string", Box::new(|v| v["model"]["unk_token"] = serde_json::json!(5))),
+            ("fuse_unk not a bool", Box::new(|v| v["model"]["fuse_unk"] = serde_json::json!("yes"))),
+            ("version", Box::new(|v| v["version"] = serde_json::json!("2.0"))),
+        ];
+        for (what, edit) in cases {
+            let mut v: Json = serde_json::from_slice(&std::fs::read(TINY).unwrap()).unwrap();
+            edit(&mut v);
+            let bytes = serde_json::to_vec(&v).unwrap();
+            assert!(Tokenizer::from_bytes(&bytes).is_err(), "{what}: tokenizers refuses it");
+            assert!(FastBpe::from_json(&bytes).is_none(), "{what}");
+        }
     }
 
     #[test]
