@@ -161,8 +161,9 @@ impl Classes {
 }
 
 /// Per-thread working memory for [`FastBpe::encode_into`]: the piece cache, the remembered
-/// character classes, and buffers reused from one text to the next. Cheap to create; make one
-/// per thread (rayon's `map_init`) and keep it for many texts.
+/// character classes, and buffers reused from one text to the next. Cheap to create, but its
+/// cache is what makes encoding fast: keep one per worker thread for the whole job (rayon's
+/// `map_init` would make one per split job, each starting cold).
 #[derive(Default)]
 pub struct Scratch {
     /// piece -> range of its ids in `arena`.
