@@ -134,6 +134,118 @@ impl TokenDataset {
     }
 }
 
+/// Writes a dataset file as records arrive, without holding their ids: the ids go straight
+/// to the file, after room left for the offsets of at most `max_records` records; the header,
+/// the offsets and the `trained` flags are written by [`DatasetWriter::finish`]. Each record is
+/// `(length, untrained)`: its first `untrained` tokens have label -100, the rest are trained
+/// (the shape of every record `tokenize` makes). The bytes equal [`TokenDataset::write`]'s for
+/// the same records.
+pub struct DatasetWriter {
+    file: std::fs::File,
+    max_records: usize,
+    records: Vec<(u32, u32)>,
+    n_tokens: u64,
+    buf: Vec<u8>,
+}
+
+/// Bytes the writer collects before each `write`.
+const BLOCK: usize = 1 << 18;
+
+impl DatasetWriter {
+    /// Creates the file, for at most `max_records` records.
+    pub fn create(path: &Path, max_records: usize) -> std::io::Result<DatasetWriter> {
+        use std::io::{Seek, SeekFrom};
+        // Read too: `finish` may move the ids down.
+        let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+        file.seek(SeekFrom::Start(Self::ids_at(max_records)))?;
+        Ok(DatasetWriter { file, max_records, records: Vec::new(), n_tokens: 0, buf: Vec::with_capacity(BLOCK) })
+    }
+
+    fn ids_at(n_records: usize) -> u64 {
+        32 + 8 * (n_records as u64 + 1)
+    }
+
+    /// Appends records and their ids (the sum of the records' lengths).
+    pub fn push(&mut self, records: &[(u32, u32)], ids: &[u32]) -> std::io::Result<()> {
+        debug_assert_eq!(records.iter().map(|r| r.0 as usize).sum::<usize>(), ids.len());
+        assert!(self.records.len() + records.len() <= self.max_records, "more records than the writer was made for");
+        self.records.extend_from_slice(records);
+        self.n_tokens += ids.len() as u64;
+        for block in ids.chunks(BLOCK / 4) {
+            self.buf.clear();
+            for id in block {
+                self.buf.extend_from_slice(&id.to_le_bytes());
+            }
+            self.file.write_all(&self.buf)?;
+        }
+        Ok(())
+    }
+
+    /// Number of records pushed so far.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// True when no record was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Writes the flags, the header and the offsets (moving the ids up where fewer records than
+    /// `max_records` came) and closes the file.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let n = self.records.len();
+        let (room, need) = (Self::ids_at(self.max_records), Self::ids_at(n));
+        let ids_end = need + 4 * self.n_tokens;
+        if need < room {
+            // Move the ids down, front to back (the target is below the source).
+            let mut block = vec![0u8; BLOCK];
+            let mut done = 0u64;
+            while done < 4 * self.n_tokens {
+                let k = (4 * self.n_tokens - done).min(BLOCK as u64) as usize;
+                self.file.seek(SeekFrom::Start(room + done))?;
+                self.file.read_exact(&mut block[..k])?;
+                self.file.seek(SeekFrom::Start(need + done))?;
+                self.file.write_all(&block[..k])?;
+                done += k as u64;
+            }
+        }
+        self.file.seek(SeekFrom::Start(ids_end))?;
+        self.buf.clear();
+        for &(len, untrained) in &self.records {
+            let untrained = untrained.min(len) as usize;
+            self.buf.resize(self.buf.len() + untrained, 0);
+            self.buf.resize(self.buf.len() + (len as usize - untrained), 1);
+            if self.buf.len() >= BLOCK {
+                self.file.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        self.file.write_all(&self.buf)?;
+        self.file.set_len(ids_end + self.n_tokens)?;
+        self.file.seek(SeekFrom::Start(0))?;
+        self.buf.clear();
+        self.buf.extend_from_slice(MAGIC);
+        self.buf.extend_from_slice(&VERSION.to_le_bytes());
+        self.buf.extend_from_slice(&0u32.to_le_bytes());
+        self.buf.extend_from_slice(&(n as u64).to_le_bytes());
+        self.buf.extend_from_slice(&self.n_tokens.to_le_bytes());
+        let mut at = 0u64;
+        self.buf.extend_from_slice(&at.to_le_bytes());
+        for &(len, _) in &self.records {
+            at += u64::from(len);
+            self.buf.extend_from_slice(&at.to_le_bytes());
+            if self.buf.len() >= BLOCK {
+                self.file.write_all(&self.buf)?;
+                self.buf.clear();
+            }
+        }
+        self.file.write_all(&self.buf)?;
+        self.file.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,5 +265,30 @@ mod tests {
         bytes.pop();
         std::fs::write(&p, &bytes).unwrap();
         assert!(TokenDataset::read(&p).is_err());
+    }
+
+    #[test]
+    fn the_streaming_writer_gives_the_bytes_of_the_dataset() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("w.bin");
+        let ids: Vec<u32> = (0..300_000).map(|i| i * 7 % 50_000).collect();
+        let recs: Vec<(u32, u32)> = (0..1000u32).map(|i| (300, i % 301)).collect();
+        let mut d = TokenDataset::default();
+        for (r, &(len, untrained)) in recs.iter().enumerate() {
+            let flags: Vec<u8> = (0..len).map(|i| u8::from(i >= untrained)).collect();
+            d.push(&ids[r * 300..(r + 1) * 300], &flags);
+        }
+        // Room for exactly these records, for more (the ids move down), and for none at all.
+        for room in [1000, 1000 + 70_000, 5_000_000] {
+            let mut w = DatasetWriter::create(&p, room).unwrap();
+            let (a, b) = ids.split_at(123 * 300);
+            w.push(&recs[..123], a).unwrap();
+            w.push(&[], &[]).unwrap();
+            w.push(&recs[123..], b).unwrap();
+            w.finish().unwrap();
+            assert_eq!(std::fs::read(&p).unwrap(), d.to_bytes(), "room for {room}");
+        }
+        DatasetWriter::create(&p, 10).unwrap().finish().unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), TokenDataset::default().to_bytes());
     }
 }

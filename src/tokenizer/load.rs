@@ -7,11 +7,17 @@
 //! | a `.gguf` file | built from `tokenizer.ggml.*` metadata | `tokenizer.ggml.eos_token_id` | `tokenizer.chat_template` |
 //!
 //! Every file read here is listed in [`Bundle::files`], so the caller can make them part of a key.
+//!
+//! [`load`] builds the general `tokenizers` tokenizer; [`load_encoder`] is for encoding ids only
+//! and skips it where the ids-only [`FastBpe`] covers the tokenizer.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::Value as Json;
 use tokenizers::Tokenizer;
+
+use super::encoder::Encoder;
+use super::fast::FastBpe;
 
 /// Loading a tokenizer failed.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +78,15 @@ fn read_json(path: &Path) -> Result<Json, TokenizerError> {
     serde_json::from_slice(&bytes).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })
 }
 
-/// Loads a tokenizer from a `tokenizer.json`, a model folder, or a GGUF file.
-pub fn load(path: &Path) -> Result<Bundle, TokenizerError> {
+/// What a tokenizer input is.
+enum Kind {
+    /// A `tokenizer.json` (given, or the one in a model folder).
+    Json(PathBuf),
+    /// A GGUF model.
+    Gguf,
+}
+
+fn kind_of(path: &Path) -> Result<Kind, TokenizerError> {
     if path.is_dir() {
         let json = path.join("tokenizer.json");
         if !json.exists() {
@@ -82,21 +95,85 @@ pub fn load(path: &Path) -> Result<Bundle, TokenizerError> {
                 message: "this folder has no tokenizer.json (a Hugging Face model folder needs one)".into(),
             });
         }
-        return load_json(&json);
+        return Ok(Kind::Json(json));
     }
     let mut magic = [0u8; 4];
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| TokenizerError::Io { path: path.to_path_buf(), source: e })?;
     let n = f.read(&mut magic).map_err(|e| TokenizerError::Io { path: path.to_path_buf(), source: e })?;
-    if n == 4 && &magic == b"GGUF" {
-        return load_gguf(path);
-    }
-    load_json(path)
+    Ok(if n == 4 && &magic == b"GGUF" { Kind::Gguf } else { Kind::Json(path.to_path_buf()) })
 }
 
-fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
-    let tokenizer =
-        Tokenizer::from_file(path).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+/// Loads a tokenizer from a `tokenizer.json`, a model folder, or a GGUF file.
+pub fn load(path: &Path) -> Result<Bundle, TokenizerError> {
+    match kind_of(path)? {
+        Kind::Json(json) => load_json(&json),
+        Kind::Gguf => load_gguf(path),
+    }
+}
+
+/// A tokenizer loaded to encode ids only (the `tokenize` node): [`Bundle`]'s special tokens
+/// and template, with an [`Encoder`] in place of the tokenizer.
+pub struct EncoderBundle {
+    /// The encoder.
+    pub encoder: Encoder,
+    /// End-of-sentence token id and text, when known.
+    pub eos: Option<(u32, String)>,
+    /// Beginning-of-sentence token id and text, when known.
+    pub bos: Option<(u32, String)>,
+    /// Padding token id, when known.
+    pub pad: Option<u32>,
+    /// The Jinja chat template, when the model has one.
+    pub chat_template: Option<String>,
+    /// Every file the bundle was read from.
+    pub files: Vec<PathBuf>,
+}
+
+/// Loads a tokenizer for encoding, as [`load`] does, but a `tokenizer.json` whose shape the
+/// ids-only [`FastBpe`] supports is read once, straight into it: the general tokenizer is then
+/// built only if a text needs it (a character outside the vocabulary).
+pub fn load_encoder(path: &Path) -> Result<EncoderBundle, TokenizerError> {
+    if let Kind::Json(json) = kind_of(path)? {
+        let bytes = std::fs::read(&json).map_err(|e| TokenizerError::Io { path: json.clone(), source: e })?;
+        if let Some(fast) = FastBpe::from_json(&bytes) {
+            let side = side_files(&json, &|t| fast.token_to_id(t), &|id| fast.id_to_token(id))?;
+            return Ok(EncoderBundle {
+                encoder: Encoder::lazy(fast, json),
+                eos: side.eos,
+                bos: side.bos,
+                pad: side.pad,
+                chat_template: side.chat_template,
+                files: side.files,
+            });
+        }
+    }
+    let b = load(path)?;
+    Ok(EncoderBundle {
+        encoder: Encoder::general(b.tokenizer),
+        eos: b.eos,
+        bos: b.bos,
+        pad: b.pad,
+        chat_template: b.chat_template,
+        files: b.files,
+    })
+}
+
+/// What the files beside a `tokenizer.json` say.
+struct Side {
+    eos: Option<(u32, String)>,
+    bos: Option<(u32, String)>,
+    pad: Option<u32>,
+    chat_template: Option<String>,
+    files: Vec<PathBuf>,
+}
+
+/// Reads `tokenizer_config.json` (and `generation_config.json` for a missing end token) beside
+/// the tokenizer file `path`; `to_id` and `to_token` look tokens up in the tokenizer.
+fn side_files(
+    path: &Path,
+    to_id: &dyn Fn(&str) -> Option<u32>,
+    to_token: &dyn Fn(u32) -> Option<String>,
+) -> Result<Side, TokenizerError> {
     let mut files = vec![path.to_path_buf()];
     let dir = path.parent().unwrap_or(Path::new("."));
     let cfg_path = dir.join("tokenizer_config.json");
@@ -108,7 +185,7 @@ fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
     };
     let special = |key: &str| -> Option<(u32, String)> {
         let text = cfg.as_ref().and_then(|c| c.get(key)).and_then(token_text)?;
-        Some((tokenizer.token_to_id(&text)?, text))
+        Some((to_id(&text)?, text))
     };
     let mut eos = special("eos_token");
     if eos.is_none() {
@@ -116,14 +193,21 @@ fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
         if gen.exists() {
             files.push(gen.clone());
             if let Some(id) = read_json(&gen)?.get("eos_token_id").and_then(|v| v.as_u64().or_else(|| v.get(0)?.as_u64())) {
-                eos = tokenizer.id_to_token(id as u32).map(|t| (id as u32, t));
+                eos = to_token(id as u32).map(|t| (id as u32, t));
             }
         }
     }
     let bos = special("bos_token");
     let pad = special("pad_token").map(|(id, _)| id);
     let chat_template = cfg.as_ref().and_then(chat_template_of);
-    Ok(Bundle { tokenizer, eos, bos, pad, chat_template, files })
+    Ok(Side { eos, bos, pad, chat_template, files })
+}
+
+fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
+    let tokenizer =
+        Tokenizer::from_file(path).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+    let side = side_files(path, &|t| tokenizer.token_to_id(t), &|id| tokenizer.id_to_token(id))?;
+    Ok(Bundle { tokenizer, eos: side.eos, bos: side.bos, pad: side.pad, chat_template: side.chat_template, files: side.files })
 }
 
 fn load_gguf(path: &Path) -> Result<Bundle, TokenizerError> {

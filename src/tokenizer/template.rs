@@ -70,7 +70,21 @@ fn jinja_string_literal(s: &str) -> String {
 
 /// The seed's format: (prompt, completion without the end token).
 pub fn seed(instruction: &str, input: &str, output: &str) -> (String, String) {
-    (format!("User: {instruction}{input}\n\n"), format!("Assistant: {output}"))
+    let (mut prompt, mut completion) = (String::new(), String::new());
+    seed_into(instruction, input, output, &mut prompt, &mut completion);
+    (prompt, completion)
+}
+
+/// [`seed`] into reused strings (they are cleared first).
+pub fn seed_into(instruction: &str, input: &str, output: &str, prompt: &mut String, completion: &mut String) {
+    prompt.clear();
+    prompt.push_str("User: ");
+    prompt.push_str(instruction);
+    prompt.push_str(input);
+    prompt.push_str("\n\n");
+    completion.clear();
+    completion.push_str("Assistant: ");
+    completion.push_str(output);
 }
 
 /// A compiled chat template.
