@@ -182,6 +182,42 @@ impl Config {
         }
     }
 
+    /// The names [`Config::preset`] knows.
+    pub const PRESETS: &'static [&'static str] = &["tiny", "smollm2-135m", "tinyllama-1.1b", "deepseek-llm-7b"];
+
+    /// The shape of a well-known Llama model (the shapes of shared/bench/peft_baseline.py):
+    /// SmolLM2-135M, TinyLlama-1.1B, deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab
+    /// 102400), and `tiny` ([`Config::tiny`] with hidden 64 and vocab 512).
+    pub fn preset(name: &str) -> Option<Config> {
+        if name == "tiny" {
+            return Some(Config::tiny(Arch::Llama, 512, 64));
+        }
+        // (hidden, intermediate, layers, heads, kv heads, vocab, tied, context, rope base, rms eps),
+        // as the models' config.json files give them.
+        let (h, i, l, nh, kv, v, tie, ctx, theta, eps) = match name {
+            "smollm2-135m" => (576, 1536, 30, 9, 3, 49152, true, 8192, 100000.0, 1e-5),
+            "tinyllama-1.1b" => (2048, 5632, 22, 32, 4, 32000, false, 2048, 10000.0, 1e-5),
+            "deepseek-llm-7b" => (4096, 11008, 30, 32, 32, 102400, false, 4096, 10000.0, 1e-6),
+            _ => return None,
+        };
+        Some(Config {
+            arch: Arch::Llama,
+            vocab_size: v,
+            hidden_size: h,
+            intermediate_size: i,
+            num_layers: l,
+            num_heads: nh,
+            num_kv_heads: kv,
+            head_dim: h / nh,
+            rope_theta: theta,
+            rope_scaling: None,
+            rope_freq_factors: None,
+            rms_norm_eps: eps,
+            tie_word_embeddings: tie,
+            max_position_embeddings: ctx,
+        })
+    }
+
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, String> {
         let arch = match v.get("model_type").and_then(|m| m.as_str()) {

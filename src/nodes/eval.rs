@@ -65,6 +65,12 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Int(8),
         doc: "records per loss batch",
     },
+    ParamSpec {
+        name: "dtype",
+        ty: ParamType::Enum(&["f32", "bf16", "f16"]),
+        default: Default::Str("f32"),
+        doc: "compute dtype of both models (bf16 halves the memory of a 7B evaluation)",
+    },
 ];
 
 fn err(e: impl std::fmt::Display) -> NodeError {
@@ -122,9 +128,14 @@ impl NodeKind for Eval {
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let dev = ctx.candle_device()?;
-        let base = load::load(ctx.input("base")?, &dev).map_err(err)?;
+        let dtype = match ctx.params.str("dtype") {
+            Some("bf16") => candle_core::DType::BF16,
+            Some("f16") => candle_core::DType::F16,
+            _ => candle_core::DType::F32,
+        };
+        let base = load::load_as(ctx.input("base")?, &dev, dtype).map_err(err)?;
         let tuned_path = ctx.input("tuned")?.to_path_buf();
-        let tuned = load::load(&tuned_path, &dev).map_err(err)?;
+        let tuned = load::load_as(&tuned_path, &dev, dtype).map_err(err)?;
         let tk = load_tokenizer(&tuned_path).map_err(err)?;
         let ds_path = ctx.input("dataset")?.to_path_buf();
         let ds = TokenDataset::read(&ds_path).map_err(err)?;

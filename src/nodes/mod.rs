@@ -21,6 +21,7 @@ pub mod export_gguf;
 pub mod fix_json;
 pub mod lora_train;
 pub mod merge;
+pub mod random_model;
 pub mod tokenize;
 
 use std::collections::BTreeMap;
@@ -202,7 +203,15 @@ pub trait NodeKind: Send + Sync {
 
 /// Every node kind this build knows.
 pub fn registry() -> &'static [&'static dyn NodeKind] {
-    &[&fix_json::FixJson, &tokenize::Tokenize, &lora_train::LoraTrain, &merge::Merge, &eval::Eval, &export_gguf::ExportGguf]
+    &[
+        &fix_json::FixJson,
+        &tokenize::Tokenize,
+        &lora_train::LoraTrain,
+        &merge::Merge,
+        &eval::Eval,
+        &export_gguf::ExportGguf,
+        &random_model::RandomModel,
+    ]
 }
 
 /// Looks a kind up by its YAML name.

@@ -300,3 +300,61 @@ fn merge_without_an_adapter_converts_the_base_unchanged() {
         assert_eq!(d, 0.0, "{na} changed in conversion");
     }
 }
+
+#[test]
+fn a_random_model_of_a_preset_shape_trains_merges_and_evaluates_end_to_end() {
+    let t = TestContext::with_fixtures();
+    t.copy_tokenizer();
+    t.write("prompts.txt", "What does my future hold?\n");
+    let yaml = r#"name: random
+nodes:
+  base:
+    kind: random-model
+    inputs: { tokenizer: tok/tokenizer.json }
+    params: { shape: tiny, layers: 3, vocab: 1024, seed: 5, dtype: bf16 }
+  fix: { kind: fix-json, inputs: { records: data/fortune.jsonl }, params: { eval_fraction: 0.1 } }
+  tok: { kind: tokenize, inputs: { records: fix.train, tokenizer: base.model }, params: { max_length: 64 } }
+  tok-eval: { kind: tokenize, inputs: { records: fix.eval, tokenizer: base.model }, params: { max_length: 64 } }
+  train:
+    kind: lora-train
+    inputs: { model: base.model, dataset: tok.dataset }
+    params: { max_steps: 3, batch_size: 2, grad_accum: 1, r: 4, dtype: bf16, logging_steps: 1 }
+  merge: { kind: merge, inputs: { model: base.model, adapter: train.adapter } }
+  eval:
+    kind: eval
+    inputs: { base: base.model, tuned: merge.model, dataset: tok-eval.dataset, prompts: prompts.txt }
+    params: { max_new_tokens: 4 }
+"#;
+    t.write("p.yaml", yaml);
+    t.run("p.yaml", &[]).success();
+    let folder = t.output_path("p.yaml", "base", "model", &[]);
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["num_hidden_layers"].as_u64(), cfg["vocab_size"].as_u64()), (Some(3), Some(1024)));
+    assert_eq!(cfg["torch_dtype"], "bfloat16");
+    let tensors = candle_core::safetensors::load(folder.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(tensors.values().all(|x| x.dtype() == candle_core::DType::BF16));
+    assert!(folder.join("tokenizer.json").exists());
+    // The same parameters give the same bytes: the node is deterministic, so verify passes.
+    t.pipe(["verify", "p.yaml", "base"]).success();
+    // A tokenizer with more tokens than the model's vocabulary is a clear error naming the fix.
+    t.write("q.yaml", yaml.replace("vocab: 1024", "vocab: 100"));
+    let out = t.run("q.yaml", &["--target", "base"]).code(1);
+    assert!(out.stderr.contains("more than the model's vocabulary of 100"), "{}", out.stderr);
+}
+
+#[test]
+fn the_full_size_pipeline_validates_and_a_cpu_build_refuses_its_gpu_nodes_before_running() {
+    let t = TestContext::new();
+    let file = crate::common::repo().join("pipelines/fortune-7b.yaml");
+    let file = file.to_str().unwrap();
+    let status = t.pipe(["status", file]).success();
+    assert!(status.stdout.contains("7 of 7 nodes would run"), "{}", status.stdout);
+    for (node, kind) in [("base", "random-model"), ("train", "lora-train"), ("merge", "merge"), ("eval", "eval")] {
+        assert!(status.stdout.contains(&format!("({kind})")) && status.stdout.contains(node), "{}", status.stdout);
+    }
+    if !cfg!(feature = "cuda") {
+        let out = t.pipe(["run", file]).code(2);
+        assert!(out.stderr.contains("`device: cuda`"), "{}", out.stderr);
+        assert!(t.cache_listing().iter().all(|p| !p.contains("objects/")), "nothing ran: {:?}", t.cache_listing());
+    }
+}
