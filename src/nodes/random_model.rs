@@ -163,7 +163,7 @@ pub fn write_safetensors(
     }
     let mut json = serde_json::to_string(&header).expect("json").into_bytes();
     // The data starts 8-byte aligned, as the safetensors library writes it.
-    while json.len() % 8 != 0 {
+    while !json.len().is_multiple_of(8) {
         json.push(b' ');
     }
     let mut w = BufWriter::with_capacity(1 << 22, std::fs::File::create(path)?);
