@@ -28,16 +28,18 @@
 //! - `examples/ops_check.rs` (GPU): every op's kernel against the CPU reference on SmolLM2-135M,
 //!   7B-like and odd shapes in f32/bf16/f16, and timings against the generic composition.
 //!
-//! # Wiring into llama.rs (not done here)
-//! Forward: `rms_norm_fwd` for `rms` + weight (cache `x`, `rstd` instead of `n`); `rope_fwd` on
-//! the `[B, T, heads, D]` projection viewed through `transpose(1, 2)` (no `contiguous`);
-//! `attention_fwd` with K/V un-repeated (cache `q`, `k`, `v`, `o`, `lse` instead of `k_rep`,
-//! `v_rep` and the `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`, not `sig`);
-//! `lora_dropout` instead of the host-built mask. Backward: `swiglu_bwd`; `rms_norm_bwd` (needs
-//! the block's `x` / `x2`); `attention_bwd` on `dout` viewed as `[B, H, T, D]`; then
-//! `rope_bwd_tokens` on `dq`, `dk`, which yields the projections' `[B * T, heads * D]` gradient
-//! by a reshape; the LoRA dropout backward is `lora_dropout` on the gradient with the same seed.
-//! Loss: `cross_entropy_fwd_bwd` per chunk of selected rows, summing `loss_sum` on the device.
+//! # Where llama.rs uses them
+//! Forward: `rms_norm_fwd` for each norm (the block caches `x`, `rstd`); `rope_fwd` on the
+//! `[B, T, heads, D]` projection viewed through `transpose(1, 2)` (no `contiguous`);
+//! `attention_fwd` with K/V un-repeated (the block caches `q`, `k`, `v`, `o`, `lse`; no
+//! `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`); `lora_dropout` on each LoRA
+//! input. Backward: `swiglu_bwd`; `rms_norm_bwd`; `attention_bwd` on `dout` viewed as
+//! `[B, H, T, D]`; `rope_bwd_tokens` on `dq`, `dk`, which yields the projections'
+//! `[B * T, heads * D]` gradient by a reshape; the LoRA dropout backward is `lora_dropout` on
+//! the gradient with the same seed. Loss: `cross_entropy_fwd_bwd` per chunk of labelled rows,
+//! `loss_sum` summed on the device. Inference (`forward_infer`, with a KV cache) uses
+//! `rms_norm_fwd`, `rope_fwd` and `swiglu_fwd`, and keeps its own attention (queries and keys
+//! of different lengths).
 //!
 //! # Limits
 //! - The kernels index rows and hidden sizes with 32-bit integers (element counts are 64-bit).
