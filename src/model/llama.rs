@@ -942,16 +942,19 @@ mod tests {
 
     /// bf16 and f16 compute (with f32 LoRA weights and gradients) against the f32 path, which the
     /// finite-difference tests above check: the loss within 2 epsilons of the dtype, and every
-    /// LoRA tensor's gradient within a relative L2 error of 25 (bf16) or 40 (f16) epsilons.
-    /// Measured on this model: bf16 7.9 (Llama) and 15.6 (Qwen2) eps, f16 10.8 and 25.9 eps, the
-    /// loss within 0.9 eps; about a third of the gradient error is the rounding of the stored
-    /// weights alone, the rest compute rounding (the residual stream and its gradient are in the
-    /// dtype). A broken gradient path is off by O(1), i.e. 256 bf16 or 2048 f16 epsilons.
+    /// LoRA tensor's gradient within a relative L2 error of 40 epsilons of the dtype.
+    /// Measured on this model with the fused ops: bf16 7.1 (Llama) and 23.7 (Qwen2, layer 0
+    /// up B) eps, f16 9.2 and 18.1 eps, the loss within 0.7 eps (before the fused ops: bf16 7.9
+    /// and 15.6, f16 10.8 and 25.9, under a bf16 bound of 25, which the worst entry now nearly
+    /// reaches; 40 keeps the same ~1.6x headroom). Part of the gradient error is the rounding
+    /// of the stored weights alone, the rest compute rounding (the residual stream and its
+    /// gradient are in the dtype). A broken gradient path is off by O(1), i.e. 256 bf16 or 2048
+    /// f16 epsilons.
     #[test]
     fn bf16_and_f16_lora_gradients_agree_with_f32() {
         for arch in [Arch::Llama, Arch::Qwen2] {
             let (loss32, layout, g32) = grads_in(arch, DType::F32, 1.0, 1.0, true);
-            for (dtype, max_eps) in [(DType::BF16, 25.0), (DType::F16, 40.0)] {
+            for (dtype, max_eps) in [(DType::BF16, 40.0), (DType::F16, 40.0)] {
                 let (loss, _, g) = grads_in(arch, dtype, 1.0, 1.0, true);
                 assert!((loss - loss32).abs() <= 2.0 * eps(dtype) * loss32, "{arch:?} {dtype:?}: loss {loss} vs f32 {loss32}");
                 let (err, at) = worst_rel_err(&layout, &g32, &g);

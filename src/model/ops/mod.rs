@@ -121,7 +121,7 @@ fn check_rope(what: &str, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<()> 
 }
 
 /// Rotary position embedding, rotate-half convention (Hugging Face; candle's `rope`, which
-/// llama.rs uses today): with `x1, x2` the two halves of the last dimension,
+/// llama.rs used before this op): with `x1, x2` the two halves of the last dimension,
 /// `y = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]`.
 ///
 /// `x: [B, heads, T, D]`, any strides with a unit last stride (the CUDA kernel reads through
@@ -237,7 +237,7 @@ pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<CrossEntro
 }
 
 /// LoRA dropout: `x * mask`, the mask of 0 and `1 / (1 - p)` a pure function of `(seed, element
-/// index)`, bit-identical to llama.rs's `dropout_mask` (element `e` keeps when its half of
+/// index)`, bit-identical to the host-built masks llama.rs used before (element `e` keeps when its half of
 /// `splitmix(seed ^ splitmix(e / 2))` is at least `p * u32::MAX`). The backward is the same call
 /// on the gradient, so no mask is stored; on CUDA none is built on the host or uploaded either.
 /// `p = 0` returns `x` unchanged.
