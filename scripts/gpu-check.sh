@@ -9,7 +9,7 @@
 #   scripts/gpu-check.sh [BIN] [OUT]
 #
 # SHAPES (default "smollm2-135m tinyllama-1.1b deepseek-7b") and CKPTS (default "1 0") narrow
-# the benchmark grid; PIPE_STEPS / PIPE_WARMUP set pipe's timed and warm-up steps (4 / 2).
+# the benchmark grid; PIPE_STEPS / PIPE_WARMUP set pipe's timed and warm-up steps (3 / 2).
 # Each run has a timeout (RUN_TIMEOUT seconds, default 180), so one hang costs one cell.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +18,7 @@ OUT=${2:-${OUT:-gpu-results}}
 PEFT_BASELINE=${PEFT_BASELINE:-$BIN/peft_baseline.py}
 SHAPES=${SHAPES:-smollm2-135m tinyllama-1.1b deepseek-7b}
 CKPTS=${CKPTS:-1 0}
-PIPE_STEPS=${PIPE_STEPS:-4}
+PIPE_STEPS=${PIPE_STEPS:-3}
 PIPE_WARMUP=${PIPE_WARMUP:-2}
 RUN_TIMEOUT=${RUN_TIMEOUT:-180}
 mkdir -p "$OUT"
