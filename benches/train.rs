@@ -2,12 +2,17 @@
 //!
 //! Runs the real training step (LoRA r=8 on q,k,v,o,gate,up,down, explicit backward, AdamW) with
 //! random token batches of `BATCH x SEQ` (default 8 x 384, the tutorial's shape) and prints
-//! tokens/s, seconds per step and peak memory (resident on the CPU; device memory on CUDA).
+//! tokens/s, milliseconds per step and peak memory: the process's peak RSS, and on CUDA the
+//! device's peak used memory (`cuMemGetInfo` sampled every 2 ms by a thread, CUDA context
+//! included, as `nvidia-smi` counts it). The step is lora-train's: LoRA weights, gradients and
+//! AdamW moments on the device, one scalar read per step (loss and gradient norm).
 //!
 //! The model is SmolLM2-135M-Instruct from the GGUF at `PIPE_TEST_GGUF`, or, with
 //! `PIPE_BENCH_MODEL=smollm2-135m|tinyllama-1.1b|deepseek-7b`, random weights of that shape (the
-//! shapes of shared/bench/peft_baseline.py), or `PIPE_BENCH_MODEL=tiny` (`Config::tiny`, hidden
-//! 64, vocab 512). `PIPE_BENCH_DEVICE=cuda` runs on GPU 0 (a build with `--features cuda`).
+//! shapes of shared/bench/peft_baseline.py, made on the device directly in the dtype), or
+//! `PIPE_BENCH_MODEL=tiny` (`Config::tiny`, hidden 64, vocab 512). `PIPE_BENCH_DEVICE=cuda` runs
+//! on GPU 0 (a build with `--features cuda`). `PIPE_BENCH_STEPS` timed steps (default 3) follow
+//! `PIPE_BENCH_WARMUP` untimed ones (default 1).
 //! `PIPE_BENCH_DTYPE=bf16|f16` stores the frozen weights and computes in that dtype (LoRA weights,
 //! gradients and AdamW stay f32, as in lora-train; f16 with a fixed loss scale of 2^16, no
 //! overflow handling: a timing, not a training run).
@@ -17,11 +22,11 @@
 
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use pipe::model::config::{Arch, Config};
-use pipe::model::llama::{Batch, LoraStep, Model};
+use pipe::model::llama::{Batch, LoraGrads, LoraStep, Model};
 use pipe::model::lora::{Layout, Module};
-use pipe::train::optim::{AdamW, AdamWConfig};
+use pipe::train::optim::{grad_norm_sq, AdamW, AdamWConfig, DeviceAdamW};
 
 fn peak_rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -30,6 +35,49 @@ fn peak_rss_mib() -> f64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Samples the device's used memory until dropped; `peak()` is the largest sample in MiB.
+struct MemSampler {
+    #[cfg(feature = "cuda")]
+    inner: Option<(std::sync::Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<usize>)>,
+}
+
+impl MemSampler {
+    fn start(device: &Device) -> MemSampler {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(d) = device {
+            use std::sync::atomic::{AtomicBool, Ordering};
+            let ctx = d.cuda_stream().context().clone();
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let flag = stop.clone();
+            let h = std::thread::spawn(move || {
+                let mut peak = 0usize;
+                while !flag.load(Ordering::Relaxed) {
+                    if let Ok((free, total)) = ctx.mem_get_info() {
+                        peak = peak.max(total - free);
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                peak
+            });
+            return MemSampler { inner: Some((stop, h)) };
+        }
+        let _ = device;
+        MemSampler {
+            #[cfg(feature = "cuda")]
+            inner: None,
+        }
+    }
+
+    fn peak_mib(self) -> Option<f64> {
+        #[cfg(feature = "cuda")]
+        if let Some((stop, h)) = self.inner {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            return h.join().ok().map(|b| b as f64 / (1024.0 * 1024.0));
+        }
+        None
+    }
 }
 
 fn shape_config(name: &str) -> Option<Config> {
@@ -75,17 +123,24 @@ fn main() {
     let shape = std::env::var("PIPE_BENCH_SHAPE").unwrap_or_else(|_| "8x384".into());
     let (b, t) = shape.split_once('x').map(|(b, t)| (b.parse().unwrap(), t.parse().unwrap())).expect("BxT");
     let ckpt = std::env::var("PIPE_BENCH_CKPT").map(|v| v != "0").unwrap_or(true);
-    let steps: usize = std::env::var("PIPE_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let steps: usize = std::env::var("PIPE_BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(3).max(1);
+    let warmup: usize = std::env::var("PIPE_BENCH_WARMUP").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let (dtype, dtype_name) = match std::env::var("PIPE_BENCH_DTYPE").as_deref() {
         Ok("bf16") => (DType::BF16, "bf16"),
         Ok("f16") => (DType::F16, "f16"),
         _ => (DType::F32, "f32"),
     };
+    let mem = MemSampler::start(&device);
     let t0 = Instant::now();
     let (model, label) = match &named {
         Some(n) => {
             let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: tiny, smollm2-135m, tinyllama-1.1b or deepseek-7b");
-            let model = Model::random(cfg, 0, &device).and_then(|m| m.to_dtype(dtype)).expect("random model");
+            let model = if n == "tiny" {
+                Model::random(cfg, 0, &device).and_then(|m| m.to_dtype(dtype))
+            } else {
+                Model::random_on_device(cfg, 0.02, dtype, &device)
+            }
+            .expect("random model");
             (model, format!("{n} (random, {dtype_name})"))
         }
         None => (
@@ -96,8 +151,8 @@ fn main() {
     };
     let load_s = t0.elapsed().as_secs_f64();
     let layout = Layout::new(&model.cfg, 8, 32.0, &Module::ALL);
-    let mut params = layout.init(0);
-    let mut opt = AdamW::new(layout.len);
+    let mut params = Tensor::from_vec(layout.init(0), layout.len, &device).unwrap();
+    let mut opt = DeviceAdamW::from_host(&AdamW::new(layout.len), &device).unwrap();
     let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
     let vocab = model.cfg.vocab_size as u64;
     let seqs: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
@@ -112,27 +167,37 @@ fn main() {
     let denom = batch.n_targets() as f32;
     let scale = if dtype == DType::F16 { 65536.0 } else { 1.0 };
     let mut times = Vec::new();
-    for s in 0..steps + 1 {
+    device.synchronize().unwrap();
+    for s in 0..steps + warmup {
         let t1 = Instant::now();
-        let mut grads = vec![0f32; layout.len];
-        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: s as u64 };
+        let mut grads = LoraGrads::new();
+        let st = LoraStep::new(&layout, &params, model.dtype, 0.1, s as u64).unwrap();
         let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom / scale, Some(&mut grads), ckpt).unwrap();
-        grads.iter_mut().for_each(|g| *g /= scale);
-        opt.step(&cfg, &mut params, &grads, 1e-4);
+        drop(st);
+        let g = grads.tensor().expect("LoRA gradients").affine(1.0 / f64::from(scale), 0.0).unwrap();
+        // The trainer's one read per step: loss and gradient norm.
+        let stats = Tensor::stack(&[loss.to_dtype(DType::F64).unwrap(), grad_norm_sq(&g).unwrap()], 0).unwrap();
+        let stats = stats.to_vec1::<f64>().unwrap();
+        params = opt.step(&cfg, &params, &g, 1e-4).unwrap();
         device.synchronize().unwrap();
         let dt = t1.elapsed().as_secs_f64();
-        eprintln!("step {s}: loss {:.4}, {dt:.2}s", loss / f64::from(denom));
-        if s > 0 {
+        eprintln!("step {s}: loss {:.4}, grad norm {:.3e}, {:.1} ms", stats[0] / f64::from(denom), stats[1].sqrt(), dt * 1e3);
+        if s >= warmup {
             times.push(dt);
         }
     }
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let where_ = if device.is_cuda() { "cuda:0".to_string() } else { format!("cpu, {threads} threads") };
+    let dev_mem = match mem.peak_mib() {
+        Some(m) => format!("peak device mem {m:.0} MiB ({:.2} GiB)", m / 1024.0),
+        None => "peak device mem n/a".to_string(),
+    };
     println!(
-        "| {label} | {b}x{t} | checkpointing {} | {where_} | {:.1} tok/s | {mean:.2} s/step | peak RSS {:.0} MiB | load {load_s:.1}s |",
+        "| {label} | {b}x{t} | checkpointing {} | {where_} | {:.1} tok/s | {:.1} ms/step | {dev_mem} | peak RSS {:.0} MiB | load {load_s:.1}s |",
         if ckpt { "on" } else { "off" },
         (b * t) as f64 / mean,
+        mean * 1e3,
         peak_rss_mib()
     );
 }

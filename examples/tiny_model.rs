@@ -1,6 +1,9 @@
 //! Writes a random tiny Llama or Qwen2 Hugging Face folder around a tokenizer, as the tests do.
 //!
-//!     cargo run --example tiny_model -- OUT_DIR TOKENIZER_DIR [llama|qwen2]
+//!     cargo run --example tiny_model -- OUT_DIR TOKENIZER_DIR [llama|qwen2] [HIDDEN]
+//!
+//! `HIDDEN` (default 32) sets the hidden size; the head dim is a quarter of it, so 256 gives
+//! head dim 64, which the CUDA attention kernels take (smaller ones run the generic path).
 
 use std::collections::HashMap;
 
@@ -11,13 +14,13 @@ use pipe::model::llama::Model;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 {
-        eprintln!("usage: tiny_model OUT_DIR TOKENIZER_DIR [llama|qwen2]");
+        eprintln!("usage: tiny_model OUT_DIR TOKENIZER_DIR [llama|qwen2] [HIDDEN]");
         std::process::exit(2);
     }
     let (out, tok_dir) = (std::path::Path::new(&args[1]), std::path::Path::new(&args[2]));
     let arch = if args.get(3).map(String::as_str) == Some("qwen2") { Arch::Qwen2 } else { Arch::Llama };
     let tok = pipe::tokenizer::load::load(&tok_dir.join("tokenizer.json")).expect("tokenizer");
-    let hidden = 32;
+    let hidden: usize = args.get(4).map(|h| h.parse().expect("HIDDEN: a number")).unwrap_or(32);
     let cfg = Config::tiny(arch, tok.tokenizer.get_vocab_size(true), hidden);
     let model = Model::random_with_std(cfg.clone(), 1234, 0.2, &Device::Cpu).expect("model");
     std::fs::create_dir_all(out).expect("mkdir");

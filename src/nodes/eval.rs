@@ -84,7 +84,7 @@ pub fn dataset_loss(model: &Model, ds: &TokenDataset, batch_size: usize) -> Resu
     for chunk in recs.chunks(batch_size.max(1)) {
         let b = Batch::new(chunk, 0, &model.device).map_err(err)?;
         let (s, c) = model.loss_and_grad(&b, None, 1.0, None, true).map_err(err)?;
-        sum += s;
+        sum += f64::from(s.to_scalar::<f32>().map_err(err)?);
         n += c;
     }
     Ok((if n == 0 { f64::NAN } else { sum / n as f64 }, n))

@@ -99,16 +99,29 @@ impl LossScaler {
     /// [`StepOutcome::Skip`] they are left as they are (garbage). Disabled: always `Apply`, the
     /// gradients untouched.
     pub fn unscale_and_update(&mut self, grads: &mut [f32]) -> StepOutcome {
+        let Some(st) = self.state else { return StepOutcome::Apply };
+        let outcome = self.update(grads.iter().all(|g| g.is_finite()));
+        if outcome == StepOutcome::Apply {
+            // GradScaler multiplies by the f32 reciprocal; exact for a power-of-two scale.
+            let inv = 1.0 / st.scale;
+            for g in grads.iter_mut() {
+                *g *= inv;
+            }
+        }
+        outcome
+    }
+
+    /// Updates the scale after a step whose scaled gradients were (or were not) all finite,
+    /// without touching them: the caller unscales them, by the scale they were computed with
+    /// (read [`LossScaler::scale`] before this call), when the outcome is
+    /// [`StepOutcome::Apply`]. The training loop uses this form: its gradients live on the
+    /// device and only their norm, which is finite exactly when they all are, comes to the host.
+    pub fn update(&mut self, finite: bool) -> StepOutcome {
         let Some(st) = self.state.as_mut() else { return StepOutcome::Apply };
-        if grads.iter().any(|g| !g.is_finite()) {
+        if !finite {
             st.scale *= self.cfg.backoff_factor;
             st.growth_tracker = 0;
             return StepOutcome::Skip;
-        }
-        // GradScaler multiplies by the f32 reciprocal; exact for a power-of-two scale.
-        let inv = 1.0 / st.scale;
-        for g in grads.iter_mut() {
-            *g *= inv;
         }
         st.growth_tracker += 1;
         if st.growth_tracker >= self.cfg.growth_interval {

@@ -13,19 +13,26 @@
 //! still consumed, as in transformers' Trainer, and the learning-rate schedule does not advance)
 //! and logged with `"skipped": true`. A non-finite *loss* is never an overflow of the scaling: it
 //! stops training in every dtype.
+//!
+//! Everything a step touches stays on the model's device: the flat LoRA parameters, the
+//! gradient accumulator and the AdamW moments are f32 tensors there; each micro-batch's loss is
+//! summed there. One read per optimizer step brings the loss and the squared gradient norm to
+//! the host (logging, the non-finite check, the f16 overflow check and the clipping factor all
+//! follow from those two numbers); clipping, unscaling and AdamW are tensor ops on the whole
+//! buffer. Only a checkpoint copies the parameters and moments to the host.
 
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, State};
-use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use super::optim::{grad_norm_sq, AdamW, AdamWConfig, DeviceAdamW, Schedule};
 use super::scaler::{LossScaler, ScalerConfig, StepOutcome};
-use crate::model::llama::{splitmix, Batch, LoraStep, Model};
+use crate::model::llama::{splitmix, Batch, LoraGrads, LoraStep, Model};
 use crate::model::lora::{Layout, Module};
 
 /// Training hyper-parameters (the tutorial's defaults live in the node's schema).
@@ -134,7 +141,7 @@ pub fn train(
         DType::F16 => LossScaler::dynamic(cfg.loss_scaler),
         _ => LossScaler::disabled(),
     };
-    let (mut step, mut params, mut opt, mut log, mut scaler) = match checkpoint::latest(work, layout.len) {
+    let (mut step, params, opt, mut log, mut scaler) = match checkpoint::latest(work, layout.len) {
         Some((state, params, opt)) if state.step <= total => {
             note(&format!("resuming from checkpoint at step {} of {total}", state.step));
             (state.step, params, opt, state.log, scaler.with_state(state.loss_scaler))
@@ -147,6 +154,8 @@ pub fn train(
     let n_batches = records.len().div_ceil(bs);
     let mut last_saved = step;
     let device: &Device = &model.device;
+    let mut params = Tensor::from_vec(params, layout.len, device)?;
+    let mut opt = DeviceAdamW::from_host(&opt, device)?;
     while step < total {
         let t0 = Instant::now();
         let epoch = step / per_epoch;
@@ -167,33 +176,59 @@ pub fn train(
         let loss_scale = scaler.scale();
         // Dividing by denom / scale multiplies the loss gradient by the scale, exactly (a power of two).
         let grad_denom = denom.max(1) as f32 / loss_scale;
-        let mut grads = vec![0f32; layout.len];
-        let mut loss_sum = 0f64;
+        let mut grads = LoraGrads::new();
+        let mut loss_sum: Option<Tensor> = None;
         let mut tokens = 0usize;
+        // One cast of the master weights to the compute dtype serves every micro-batch.
+        let mut st = LoraStep::new(&layout, &params, model.dtype, cfg.dropout, 0)?;
         for (k, b) in batches.iter().enumerate() {
             let micro = epoch * n_batches as u64 + (first + k) as u64;
-            let st =
-                LoraStep { layout: &layout, params: &params, dropout: cfg.dropout, seed: splitmix(cfg.seed ^ splitmix(micro)) };
+            st = st.with_seed(splitmix(cfg.seed ^ splitmix(micro)));
             let (l, _) = model.loss_and_grad(b, Some(&st), grad_denom, Some(&mut grads), cfg.checkpointing)?;
-            loss_sum += l;
+            loss_sum = Some(match loss_sum {
+                None => l,
+                Some(s) => (s + l)?,
+            });
             tokens += b.b * b.t;
         }
-        let loss = loss_sum / denom.max(1) as f64;
+        drop(st);
+        let zeros = || Tensor::zeros(layout.len, DType::F32, device);
+        let grads = match grads.tensor() {
+            Some(g) => g.clone(),
+            None => zeros()?,
+        };
+        let loss_sum = match loss_sum {
+            Some(l) => l,
+            None => Tensor::zeros((), DType::F32, device)?,
+        };
+        // The step's one host read: the loss and the squared norm of the (scaled) gradients.
+        let stats = Tensor::stack(&[loss_sum.to_dtype(DType::F64)?, grad_norm_sq(&grads)?], 0)?.to_vec1::<f64>()?;
+        let (loss, norm_sq) = (stats[0] / denom.max(1) as f64, stats[1]);
         // Without loss scaling a non-finite gradient is as fatal as a non-finite loss; with it, a
         // non-finite gradient (of a finite loss) is an overflow of the scale.
-        if !loss.is_finite() || (!scaler.enabled() && grads.iter().any(|g| !g.is_finite())) {
+        if !loss.is_finite() || (!scaler.enabled() && !norm_sq.is_finite()) {
             return Err(TrainError::NonFinite { step: step + 1, loss, last_good: last_saved });
         }
         // The schedule follows the updates applied (skipped steps do not advance it, as in
         // transformers' Trainer); without skips that is `step`.
         let lr = cfg.schedule.lr(cfg.lr, opt.t, total, cfg.warmup_steps);
-        let skipped = scaler.unscale_and_update(&mut grads) == StepOutcome::Skip;
+        let skipped = scaler.update(norm_sq.is_finite()) == StepOutcome::Skip;
         let grad_norm = if skipped {
             f64::NAN
         } else {
-            let n = clip_grad_norm(&mut grads, cfg.max_grad_norm);
-            opt.step(&cfg.adamw, &mut params, &grads, lr);
-            n
+            // Unscaling by a power of two is exact, in the gradients as in their f64 norm.
+            let inv = 1.0 / f64::from(loss_scale);
+            let norm = norm_sq.sqrt() * inv;
+            // As torch's clip_grad_norm_: scale by max / (norm + 1e-6) (rounded to f32) when over.
+            let clip = if cfg.max_grad_norm > 0.0 && norm > cfg.max_grad_norm {
+                f64::from((cfg.max_grad_norm / (norm + 1e-6)) as f32)
+            } else {
+                1.0
+            };
+            // One multiply for both (g * inv is exact, so this rounds as clipping alone would).
+            let g = if inv * clip != 1.0 { grads.affine(inv * clip, 0.0)? } else { grads };
+            params = opt.step(&cfg.adamw, &params, &g, lr)?;
+            norm
         };
         step += 1;
         let secs = t0.elapsed().as_secs_f64();
@@ -230,12 +265,13 @@ pub fn train(
                 optimizer_steps: Some(opt.t),
                 loss_scaler: scaler.state(),
             };
-            checkpoint::save(work, &state, &params, &opt, cfg.save_total_limit)
+            let (host_params, host_opt) = (params.to_vec1::<f32>()?, opt.to_host()?);
+            checkpoint::save(work, &state, &host_params, &host_opt, cfg.save_total_limit)
                 .map_err(|source| TrainError::Checkpoint { path: work.to_path_buf(), source })?;
             last_saved = step;
         }
     }
-    Ok(Trained { layout, params, log, resumed_from })
+    Ok(Trained { layout, params: params.to_device(&Device::Cpu)?.to_vec1()?, log, resumed_from })
 }
 
 #[cfg(test)]

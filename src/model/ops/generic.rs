@@ -126,8 +126,8 @@ pub fn cross_entropy_fwd_bwd(logits: &Tensor, labels: &Tensor, scale: f64) -> Re
 }
 
 /// The `(threshold, keep)` pair of a dropout probability: an element is kept when its 32 random
-/// bits are `>= threshold`, and then scaled by `keep`. The same arithmetic as llama.rs's
-/// `dropout_mask`.
+/// bits are `>= threshold`, and then scaled by `keep`. The same arithmetic as the host-built
+/// masks llama.rs used before this op (and the CUDA kernel).
 pub(crate) fn dropout_params(p: f32) -> (u32, f32) {
     ((p as f64 * u32::MAX as f64) as u32, 1.0 / (1.0 - p))
 }
@@ -151,7 +151,8 @@ pub fn dropout_mask(seed: u64, n: usize, p: f32) -> Vec<f32> {
     v
 }
 
-/// See [`super::lora_dropout`]: the mask built on the host and uploaded, as llama.rs does today.
+/// See [`super::lora_dropout`]: the mask built on the host (the CPU reference; on CUDA the kernel
+/// hashes in place).
 pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
     let cdt = compute_dtype(x.dtype());
     let mask = Tensor::from_vec(dropout_mask(seed, x.elem_count(), p), x.shape(), x.device())?;

@@ -28,16 +28,18 @@
 //! - `examples/ops_check.rs` (GPU): every op's kernel against the CPU reference on SmolLM2-135M,
 //!   7B-like and odd shapes in f32/bf16/f16, and timings against the generic composition.
 //!
-//! # Wiring into llama.rs (not done here)
-//! Forward: `rms_norm_fwd` for `rms` + weight (cache `x`, `rstd` instead of `n`); `rope_fwd` on
-//! the `[B, T, heads, D]` projection viewed through `transpose(1, 2)` (no `contiguous`);
-//! `attention_fwd` with K/V un-repeated (cache `q`, `k`, `v`, `o`, `lse` instead of `k_rep`,
-//! `v_rep` and the `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`, not `sig`);
-//! `lora_dropout` instead of the host-built mask. Backward: `swiglu_bwd`; `rms_norm_bwd` (needs
-//! the block's `x` / `x2`); `attention_bwd` on `dout` viewed as `[B, H, T, D]`; then
-//! `rope_bwd_tokens` on `dq`, `dk`, which yields the projections' `[B * T, heads * D]` gradient
-//! by a reshape; the LoRA dropout backward is `lora_dropout` on the gradient with the same seed.
-//! Loss: `cross_entropy_fwd_bwd` per chunk of selected rows, summing `loss_sum` on the device.
+//! # Where llama.rs uses them
+//! Forward: `rms_norm_fwd` for each norm (the block caches `x`, `rstd`); `rope_fwd` on the
+//! `[B, T, heads, D]` projection viewed through `transpose(1, 2)` (no `contiguous`);
+//! `attention_fwd` with K/V un-repeated (the block caches `q`, `k`, `v`, `o`, `lse`; no
+//! `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`); `lora_dropout` on each LoRA
+//! input. Backward: `swiglu_bwd`; `rms_norm_bwd`; `attention_bwd` on `dout` viewed as
+//! `[B, H, T, D]`; `rope_bwd_tokens` on `dq`, `dk`, which yields the projections'
+//! `[B * T, heads * D]` gradient by a reshape; the LoRA dropout backward is `lora_dropout` on
+//! the gradient with the same seed. Loss: `cross_entropy_fwd_bwd` per chunk of labelled rows,
+//! `loss_sum` summed on the device. Inference (`forward_infer`, with a KV cache) uses
+//! `rms_norm_fwd`, `rope_fwd` and `swiglu_fwd`, and keeps its own attention (queries and keys
+//! of different lengths).
 //!
 //! # Limits
 //! - The kernels index rows and hidden sizes with 32-bit integers (element counts are 64-bit).
@@ -119,7 +121,7 @@ fn check_rope(what: &str, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<()> 
 }
 
 /// Rotary position embedding, rotate-half convention (Hugging Face; candle's `rope`, which
-/// llama.rs uses today): with `x1, x2` the two halves of the last dimension,
+/// llama.rs used before this op): with `x1, x2` the two halves of the last dimension,
 /// `y = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]`.
 ///
 /// `x: [B, heads, T, D]`, any strides with a unit last stride (the CUDA kernel reads through
@@ -235,7 +237,7 @@ pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<CrossEntro
 }
 
 /// LoRA dropout: `x * mask`, the mask of 0 and `1 / (1 - p)` a pure function of `(seed, element
-/// index)`, bit-identical to llama.rs's `dropout_mask` (element `e` keeps when its half of
+/// index)`, bit-identical to the host-built masks llama.rs used before (element `e` keeps when its half of
 /// `splitmix(seed ^ splitmix(e / 2))` is at least `p * u32::MAX`). The backward is the same call
 /// on the gradient, so no mask is stored; on CUDA none is built on the host or uploaded either.
 /// `p = 0` returns `x` unchanged.
