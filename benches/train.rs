@@ -115,7 +115,7 @@ fn main() {
     for s in 0..steps + 1 {
         let t1 = Instant::now();
         let mut grads = vec![0f32; layout.len];
-        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: s as u64 };
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: s as u64, first_row: 0 };
         let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom / scale, Some(&mut grads), ckpt).unwrap();
         grads.iter_mut().for_each(|g| *g /= scale);
         opt.step(&cfg, &mut params, &grads, 1e-4);

@@ -123,6 +123,10 @@ pub struct LoraStep<'a> {
     pub dropout: f32,
     /// Seed of this micro-batch's dropout masks.
     pub seed: u64,
+    /// Index of the batch's first activation row (`B * T` rows) in its micro-batch; 0 unless
+    /// the batch is a data-parallel shard, which then draws the mask rows the whole micro-batch
+    /// would draw for it (see [`crate::train::parallel`]).
+    pub first_row: usize,
 }
 
 /// A tokenized micro-batch, right-padded.
@@ -138,8 +142,17 @@ pub struct Batch {
 impl Batch {
     /// Right-pads sequences into a batch.
     pub fn new(seqs: &[(&[u32], Vec<i64>)], pad: u32, device: &Device) -> Result<Batch> {
-        let b = seqs.len();
         let t = seqs.iter().map(|s| s.0.len()).max().unwrap_or(1).max(1);
+        Self::with_len(seqs, pad, t, device)
+    }
+
+    /// Right-pads sequences to length `t` (at least the longest): a data-parallel shard pads to
+    /// its whole micro-batch's length, so its rows line up with that micro-batch's.
+    pub fn with_len(seqs: &[(&[u32], Vec<i64>)], pad: u32, t: usize, device: &Device) -> Result<Batch> {
+        let b = seqs.len();
+        if let Some(s) = seqs.iter().find(|s| s.0.len() > t || s.1.len() > t) {
+            candle_core::bail!("a sequence of {} tokens does not fit a batch of length {t}", s.0.len().max(s.1.len()));
+        }
         let mut ids = vec![pad; b * t];
         let mut labels = vec![-100i64; b * t];
         for (i, (s, l)) in seqs.iter().enumerate() {
@@ -163,16 +176,28 @@ pub fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A dropout mask `[n, d]` of 0 and 1/(1-p), a pure function of (seed, index).
-fn dropout_mask(seed: u64, n: usize, d: usize, p: f32, device: &Device) -> Result<Tensor> {
+/// A dropout mask `[n, d]` of 0 and 1/(1-p), a pure function of (seed, index); `first` is the
+/// index of its first element (a shard's rows start `first_row * d` elements in).
+fn dropout_mask(seed: u64, first: usize, n: usize, d: usize, p: f32, device: &Device) -> Result<Tensor> {
     use rayon::prelude::*;
     let keep = 1.0 / (1.0 - p);
     let threshold = (p as f64 * u32::MAX as f64) as u32;
     let mut v = vec![0f32; n * d];
+    if first % 2 == 1 {
+        // An odd start splits a hash pair; take each element's half on its own.
+        v.par_iter_mut().enumerate().for_each(|(i, x)| {
+            let e = (first + i) as u64;
+            let r = splitmix(seed ^ splitmix(e / 2));
+            let bits = if e % 2 == 0 { r as u32 } else { (r >> 32) as u32 };
+            *x = if bits >= threshold { keep } else { 0.0 };
+        });
+        return Tensor::from_vec(v, (n, d), device);
+    }
+    let base = first / 2;
     // Counter-based, so the parallel split cannot change a single bit.
     v.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
         for (j, pair) in chunk.chunks_mut(2).enumerate() {
-            let i = (c * 4096) / 2 + j;
+            let i = base + (c * 4096) / 2 + j;
             let r = splitmix(seed ^ splitmix(i as u64));
             let (lo, hi) = (r as u32, (r >> 32) as u32);
             pair[0] = if lo >= threshold { keep } else { 0.0 };
@@ -347,7 +372,7 @@ impl Model {
         let (a, b) = self.lora_ab(lora, e)?;
         let mask = if lora.dropout > 0.0 {
             let (n, d) = x.dims2()?;
-            Some(dropout_mask(mask_seed(lora.seed, l, m), n, d, lora.dropout, &self.device)?)
+            Some(dropout_mask(mask_seed(lora.seed, l, m), lora.first_row * d, n, d, lora.dropout, &self.device)?)
         } else {
             None
         };
@@ -801,11 +826,11 @@ mod tests {
         }
         let bt = batch(&dev);
         let loss_at = |p: &[f32]| {
-            let st = LoraStep { layout: &layout, params: p, dropout, seed: 11 };
+            let st = LoraStep { layout: &layout, params: p, dropout, seed: 11, first_row: 0 };
             model.loss_and_grad(&bt, Some(&st), 1.0, None, true).unwrap().0
         };
         let mut grads = vec![0f32; layout.len];
-        let st = LoraStep { layout: &layout, params: &params, dropout, seed: 11 };
+        let st = LoraStep { layout: &layout, params: &params, dropout, seed: 11, first_row: 0 };
         model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut grads), checkpointing).unwrap();
         let mut checked = 0;
         for e in &layout.entries {
@@ -863,7 +888,7 @@ mod tests {
         }
         let bt = batch(&dev);
         let denom = bt.n_targets() as f32;
-        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: 11 };
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: 11, first_row: 0 };
         let mut grads = vec![0f32; layout.len];
         let (loss, _) = model.loss_and_grad(&bt, Some(&st), denom * shrink / scale, Some(&mut grads), checkpointing).unwrap();
         for g in &mut grads {
@@ -1011,7 +1036,7 @@ mod tests {
         let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
         let params = layout.init(5);
         let bt = batch(&dev);
-        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: 4 };
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.1, seed: 4, first_row: 0 };
         let mut g1 = vec![0f32; layout.len];
         let mut g2 = vec![0f32; layout.len];
         model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g1), true).unwrap();
@@ -1032,7 +1057,7 @@ mod tests {
         // Loss with the adapter (dropout 0) vs loss of the merged model.
         let labels: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
         let bt = Batch::new(&[(&ids, labels)], 0, &dev).unwrap();
-        let st = LoraStep { layout: &layout, params: &params, dropout: 0.0, seed: 0 };
+        let st = LoraStep { layout: &layout, params: &params, dropout: 0.0, seed: 0, first_row: 0 };
         let (with_adapter, _) = model.loss_and_grad(&bt, Some(&st), 1.0, None, true).unwrap();
         let (base, _) = model.loss_and_grad(&bt, None, 1.0, None, true).unwrap();
         model.merge_lora(&layout, &params).unwrap();

@@ -203,6 +203,9 @@ impl NodeKind for LoraTrain {
     fn device_sensitive(&self) -> bool {
         true
     }
+    fn data_parallel(&self) -> bool {
+        true
+    }
     fn check_params(&self, params: &Params) -> Result<(), (String, String)> {
         train_config(params).map(|_| ())
     }

@@ -206,8 +206,16 @@ impl Session {
         // Extra components are a pure function of kind, version, params and input bytes, so they
         // are memoised under a digest of exactly those (a no-op rerun must not reparse a tokenizer).
         // A device-sensitive kind's output depends on the device type it runs on.
-        if kind.device_sensitive() && DevicePool::new(1, &self.gpus).resolves_to_cuda(node.device) {
+        let pool = DevicePool::new(1, &self.gpus);
+        if kind.device_sensitive() && pool.resolves_to_cuda(node.device) {
             parts.extra.insert("device".into(), "cuda".into());
+        }
+        // Data-parallel ranks sum their gradients in another order than one device does, so the
+        // world size changes the bits (not the math). One device adds nothing: keys from before
+        // `gpus:` existed stay valid.
+        let world = pool.world_size(node.device, node.gpus);
+        if kind.data_parallel() && world > 1 {
+            parts.extra.insert("world_size".into(), world.to_string());
         }
         // The memo also records every side file the kind read (a tokenizer_config.json beside a
         // tokenizer.json, say) with its digest; a changed side file invalidates the memo.
@@ -216,6 +224,7 @@ impl Session {
             m.files.iter().all(|(path, digest)| self.digest(std::path::Path::new(path)).ok().as_deref() == Some(digest.as_str()))
         });
         let device_extra = parts.extra.remove("device");
+        let world_extra = parts.extra.remove("world_size");
         parts.extra = match memo {
             Some(m) => m.values,
             None => {
@@ -227,6 +236,9 @@ impl Session {
         };
         if let Some(d) = device_extra {
             parts.extra.insert("device".into(), d);
+        }
+        if let Some(w) = world_extra {
+            parts.extra.insert("world_size".into(), w);
         }
         Ok((parts, inputs))
     }
@@ -331,7 +343,7 @@ impl Session {
                         if !self.graph.upstream(i).iter().all(|u| matches!(state[*u], State::Done)) {
                             continue;
                         }
-                        let Some(lease) = pool.try_lease(node.device) else {
+                        let Some(lease) = pool.try_lease(node.device, node.gpus) else {
                             continue;
                         };
                         state[i] = State::Running;
@@ -570,7 +582,7 @@ impl Session {
             log: Arc::new(Mutex::new(log)),
             progress: NodeProgress::silent(&node.name),
             summary: None,
-            lease: DevicePool::new(1, &self.gpus).try_lease(node.device).unwrap_or(Lease::Cpu),
+            lease: DevicePool::new(1, &self.gpus).try_lease(node.device, node.gpus).unwrap_or(Lease::Cpu),
         };
         let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
         let mut diffs = Vec::new();
