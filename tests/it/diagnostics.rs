@@ -261,7 +261,7 @@ fn gpus_two_in_a_build_without_cuda_is_a_located_error_before_anything_runs() {
     let (_t, err) = invalid_with_model(&with_train("    gpus: 2\n"));
     assert!(err.contains("node `train` asks for 2 GPUs (`gpus: 2`)"), "{err}");
     assert!(err.contains("no CUDA device is available"), "{err}");
-    assert!(err.contains("p.yaml:19:11"), "{err}");
+    assert!(err.contains("p.yaml:18:11"), "{err}");
     assert!(err.contains("--features cuda"), "{err}");
 }
 
@@ -269,7 +269,7 @@ fn gpus_two_in_a_build_without_cuda_is_a_located_error_before_anything_runs() {
 fn gpus_zero_or_not_a_number_is_located() {
     let (_t, err) = invalid_with_model(&with_train("    gpus: 0\n"));
     assert!(err.contains("`gpus` must be a number of GPUs (1 or more) or `all`, found `0`"), "{err}");
-    assert!(err.contains("p.yaml:19:11"), "{err}");
+    assert!(err.contains("p.yaml:18:11"), "{err}");
     let (_t, err) = invalid_with_model(&with_train("    gpus: many\n"));
     assert!(err.contains("found `many`"), "{err}");
 }
@@ -280,12 +280,12 @@ fn gpus_on_a_kind_that_runs_on_one_device_is_located() {
     let (_t, err) = invalid(&yaml, &[]);
     assert!(err.contains("node `tokenize` (tokenize) runs on one device; it takes no `gpus`"), "{err}");
     assert!(err.contains("`gpus` is for data-parallel kinds: lora-train"), "{err}");
-    assert!(err.contains("p.yaml:12:5"), "{err}");
+    assert!(err.contains("p.yaml:11:5"), "{err}");
 }
 
 #[test]
 fn gpus_with_device_cpu_is_located() {
     let (_t, err) = invalid_with_model(&with_train("    device: cpu\n    gpus: all\n"));
     assert!(err.contains("node `train` has `device: cpu` and `gpus: all`"), "{err}");
-    assert!(err.contains("p.yaml:20:11"), "{err}");
+    assert!(err.contains("p.yaml:19:11"), "{err}");
 }
