@@ -178,7 +178,15 @@ fn run_rank(
 /// `PIPE_BENCH_GPUS=N`: N ranks on cuda:0..N, each on its own `b x t` batch (the per-GPU
 /// batch), gradients all-reduced with NCCL every step; tokens/s counts all ranks' tokens.
 #[cfg(feature = "cuda")]
-fn multi_gpu(n: usize, load: &(dyn Fn(&Device) -> (Model, String) + Sync), b: usize, t: usize, steps: usize, ckpt: bool, dtype: DType) {
+fn multi_gpu(
+    n: usize,
+    load: &(dyn Fn(&Device) -> (Model, String) + Sync),
+    b: usize,
+    t: usize,
+    steps: usize,
+    ckpt: bool,
+    dtype: DType,
+) {
     let t0 = Instant::now();
     let devices: Vec<Device> = (0..n).map(|i| Device::new_cuda(i).expect("CUDA device")).collect();
     let loaded: Vec<(Model, String)> = devices.iter().map(load).collect();

@@ -36,11 +36,11 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
             // A `gpus:` the pool cannot satisfy is a mistake in the file: point at it.
             (Err(p @ PoolProblem::TooFewGpus { .. }), Some(span)) => {
                 let file = &session.pipeline.file;
-                let diag = gpu_diag.get_or_insert_with(|| {
-                    Diagnostics::new(file, &std::fs::read_to_string(file).unwrap_or_default())
-                });
+                let diag =
+                    gpu_diag.get_or_insert_with(|| Diagnostics::new(file, &std::fs::read_to_string(file).unwrap_or_default()));
                 let help = if gpus.is_empty() {
-                    "multi-GPU training needs a CUDA build of pipe (`--features cuda`) on a machine with that many GPUs".to_string()
+                    "multi-GPU training needs a CUDA build of pipe (`--features cuda`) on a machine with that many GPUs"
+                        .to_string()
                 } else {
                     format!("GPUs of this run: {gpus:?} (`--gpus`, CUDA_VISIBLE_DEVICES); ask for fewer or `gpus: all`")
                 };

@@ -391,7 +391,8 @@ impl Loader<'_> {
             _ => None,
         };
         if count.is_none() {
-            let found = v.as_scalar().filter(|_| !v.is_null()).map(|t| format!("`{t}`")).unwrap_or_else(|| v.type_name().to_string());
+            let found =
+                v.as_scalar().filter(|_| !v.is_null()).map(|t| format!("`{t}`")).unwrap_or_else(|| v.type_name().to_string());
             let msg = format!("node `{node}`: `gpus` must be a number of GPUs (1 or more) or `all`, found {found}");
             self.diag.error(v.span, msg, "invalid value", Some("e.g. `gpus: 2`, or `gpus: all` for every GPU of the run".into()));
         }

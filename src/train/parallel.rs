@@ -169,7 +169,8 @@ impl ThreadReduce {
             self.group.done.notify_all();
         } else {
             while round.generation == generation && !round.abandoned {
-                round = self.group.done.wait(round).map_err(|_| ReduceError::Abandoned { rank: self.rank, size: self.group.size })?;
+                round =
+                    self.group.done.wait(round).map_err(|_| ReduceError::Abandoned { rank: self.rank, size: self.group.size })?;
             }
             if round.generation == generation {
                 return Err(abandoned);
@@ -261,7 +262,10 @@ pub fn train_ranks<R: GradReduce>(
                 Err(p) => std::panic::resume_unwind(Box::new(format!(
                     "data-parallel rank {} panicked: {}",
                     k + 1,
-                    p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                    p.downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
                 ))),
             }
         }

@@ -27,8 +27,8 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, State};
-use super::parallel::{GradReduce, World};
 use super::optim::{clip_grad_norm, AdamW, AdamWConfig, Schedule};
+use super::parallel::{GradReduce, World};
 use super::scaler::{LossScaler, ScalerConfig, StepOutcome};
 use crate::model::llama::{splitmix, Batch, LoraStep, Model};
 use crate::model::lora::{Layout, Module};
