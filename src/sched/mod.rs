@@ -614,3 +614,44 @@ pub fn digest_of(f: impl FnOnce(&mut Canon)) -> Digest {
     f(&mut c);
     blake3::hash(&c.0).to_hex().to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session over a one-node pipeline: lora-train on two dummy input files (keys hash their
+    /// bytes; nothing is loaded), with `node_extra` lines under the node.
+    fn session(dir: &Path, node_extra: &str, gpus: &[usize]) -> Session {
+        std::fs::write(dir.join("model.gguf"), "m").unwrap();
+        std::fs::write(dir.join("data.bin"), "d").unwrap();
+        let yaml = format!(
+            "name: t\nnodes:\n  train:\n    kind: lora-train\n{node_extra}    inputs: {{ model: model.gguf, dataset: data.bin }}\n"
+        );
+        std::fs::write(dir.join("p.yaml"), yaml).unwrap();
+        let pipeline = crate::spec::load(&dir.join("p.yaml"), &[]).unwrap();
+        Session::open(pipeline, &dir.join("cache"), Arc::new(Reporter::silent())).unwrap().with_gpus(gpus.to_vec())
+    }
+
+    fn key_extra(s: &Session) -> (Digest, BTreeMap<String, String>) {
+        let (parts, _) = s.key_parts(0, &HashMap::new()).unwrap();
+        (parts.key(), parts.extra)
+    }
+
+    #[test]
+    fn the_world_size_is_in_a_data_parallel_key_only_above_one_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one_gpu, extra) = key_extra(&session(dir.path(), "    device: cuda\n", &[0, 1]));
+        assert_eq!(extra.get("device").map(String::as_str), Some("cuda"));
+        assert!(!extra.contains_key("world_size"), "{extra:?}");
+        let (gpus_1, _) = key_extra(&session(dir.path(), "    gpus: 1\n", &[0, 1]));
+        assert_eq!(gpus_1, one_gpu, "`gpus: 1` keeps the key of a node without `gpus`");
+        let (gpus_2, extra) = key_extra(&session(dir.path(), "    gpus: 2\n", &[0, 1]));
+        assert_eq!(extra.get("world_size").map(String::as_str), Some("2"));
+        assert_ne!(gpus_2, one_gpu);
+        let (all, _) = key_extra(&session(dir.path(), "    gpus: all\n", &[3, 5]));
+        assert_eq!(all, gpus_2, "`all` of two GPUs is two GPUs, whichever ordinals");
+        let (all_three, extra) = key_extra(&session(dir.path(), "    gpus: all\n", &[0, 1, 2]));
+        assert_eq!(extra.get("world_size").map(String::as_str), Some("3"));
+        assert_ne!(all_three, gpus_2);
+    }
+}
