@@ -188,7 +188,7 @@ fn dropout_mask(seed: u64, first: usize, n: usize, d: usize, p: f32, device: &De
         v.par_iter_mut().enumerate().for_each(|(i, x)| {
             let e = (first + i) as u64;
             let r = splitmix(seed ^ splitmix(e / 2));
-            let bits = if e % 2 == 0 { r as u32 } else { (r >> 32) as u32 };
+            let bits = if e.is_multiple_of(2) { r as u32 } else { (r >> 32) as u32 };
             *x = if bits >= threshold { keep } else { 0.0 };
         });
         return Tensor::from_vec(v, (n, d), device);
