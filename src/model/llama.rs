@@ -813,6 +813,19 @@ mod tests {
         Batch::new(&[(&a, la), (&b, lb)], 0, dev).unwrap()
     }
 
+    /// A data-parallel shard's mask is the whole micro-batch's mask at the shard's rows, for odd
+    /// and even row widths (an odd start element splits a hash pair).
+    #[test]
+    fn a_shards_dropout_mask_is_its_rows_of_the_whole_mask() {
+        for d in [5, 6] {
+            let full = dropout_mask(9, 0, 7, d, 0.3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+            for (first, n) in [(1, 3), (2, 5), (6, 1)] {
+                let shard = dropout_mask(9, first * d, n, d, 0.3, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(shard, full[first..first + n].to_vec(), "d {d}, rows {first}..{}", first + n);
+            }
+        }
+    }
+
     fn check_grads(arch: Arch, dropout: f32, checkpointing: bool) {
         let dev = Device::Cpu;
         let model = Model::random_with_std(tiny(arch), 7, 0.3, &dev).unwrap();
