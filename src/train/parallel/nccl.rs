@@ -179,7 +179,7 @@ impl GradReduce for NcclReduce {
     }
 
     fn sum_f32(&mut self, buf: &mut [f32]) -> Result<(), ReduceError> {
-        let mut d = self.stream.memcpy_stod(&*buf).map_err(Self::cuda)?;
+        let mut d = self.stream.clone_htod(&*buf).map_err(Self::cuda)?;
         {
             let (p, _g) = d.device_ptr_mut(&self.stream);
             self.all_reduce(p, buf.len(), NCCL_FLOAT32)?;
@@ -189,7 +189,7 @@ impl GradReduce for NcclReduce {
     }
 
     fn sum_f64(&mut self, buf: &mut [f64]) -> Result<(), ReduceError> {
-        let mut d = self.stream.memcpy_stod(&*buf).map_err(Self::cuda)?;
+        let mut d = self.stream.clone_htod(&*buf).map_err(Self::cuda)?;
         {
             let (p, _g) = d.device_ptr_mut(&self.stream);
             self.all_reduce(p, buf.len(), NCCL_FLOAT64)?;
