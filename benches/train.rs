@@ -15,7 +15,9 @@
 //! `PIPE_BENCH_WARMUP` untimed ones (default 1).
 //! `PIPE_BENCH_DTYPE=bf16|f16` stores the frozen weights and computes in that dtype (LoRA weights,
 //! gradients and AdamW stay f32, as in lora-train; f16 with a fixed loss scale of 2^16, no
-//! overflow handling: a timing, not a training run).
+//! overflow handling: a timing, not a training run). `PIPE_BENCH_GPUS=N` (CUDA build) runs N
+//! ranks on cuda:0..N, each on its own `BATCH x SEQ` batch (the per-GPU batch) with the LoRA
+//! gradients all-reduced by NCCL every step, and prints the tokens/s of all ranks together.
 //!
 //!     PIPE_TEST_GGUF=.../SmolLM2-135M-Instruct.Q4_1.gguf cargo bench --bench train
 //!     PIPE_BENCH_SHAPE=4x128 PIPE_BENCH_CKPT=0 cargo bench --bench train
@@ -27,6 +29,7 @@ use pipe::model::config::{Arch, Config};
 use pipe::model::llama::{Batch, LoraGrads, LoraStep, Model};
 use pipe::model::lora::{Layout, Module};
 use pipe::train::optim::{grad_norm_sq, AdamW, AdamWConfig, DeviceAdamW};
+use pipe::train::parallel::GradReduce;
 
 fn peak_rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -130,62 +133,35 @@ fn main() {
         Ok("f16") => (DType::F16, "f16"),
         _ => (DType::F32, "f32"),
     };
+    let gpus: usize = std::env::var("PIPE_BENCH_GPUS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let load = |device: &Device| -> (Model, String) {
+        match &named {
+            Some(n) => {
+                let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: tiny, smollm2-135m, tinyllama-1.1b or deepseek-7b");
+                let model = if n == "tiny" {
+                    Model::random(cfg, 0, device).and_then(|m| m.to_dtype(dtype))
+                } else {
+                    Model::random_on_device(cfg, 0.02, dtype, device)
+                }
+                .expect("random model");
+                (model, format!("{n} (random, {dtype_name})"))
+            }
+            None => (
+                pipe::model::load::load_as(std::path::Path::new(gguf.as_ref().expect("checked")), device, dtype)
+                    .expect("model loads"),
+                format!("SmolLM2-135M (Q4_1 GGUF, {dtype_name})"),
+            ),
+        }
+    };
+    if gpus > 1 {
+        multi_gpu(gpus, &load, b, t, steps, warmup, ckpt, dtype);
+        return;
+    }
     let mem = MemSampler::start(&device);
     let t0 = Instant::now();
-    let (model, label) = match &named {
-        Some(n) => {
-            let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: tiny, smollm2-135m, tinyllama-1.1b or deepseek-7b");
-            let model = if n == "tiny" {
-                Model::random(cfg, 0, &device).and_then(|m| m.to_dtype(dtype))
-            } else {
-                Model::random_on_device(cfg, 0.02, dtype, &device)
-            }
-            .expect("random model");
-            (model, format!("{n} (random, {dtype_name})"))
-        }
-        None => (
-            pipe::model::load::load_as(std::path::Path::new(gguf.as_ref().expect("checked")), &device, dtype)
-                .expect("model loads"),
-            format!("SmolLM2-135M (Q4_1 GGUF, {dtype_name})"),
-        ),
-    };
+    let (model, label) = load(&device);
     let load_s = t0.elapsed().as_secs_f64();
-    let layout = Layout::new(&model.cfg, 8, 32.0, &Module::ALL);
-    let mut params = Tensor::from_vec(layout.init(0), layout.len, &device).unwrap();
-    let mut opt = DeviceAdamW::from_host(&AdamW::new(layout.len), &device).unwrap();
-    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let vocab = model.cfg.vocab_size as u64;
-    let seqs: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
-        .map(|i| {
-            let ids: Vec<u32> = (0..t).map(|j| ((i * 7919 + j * 104729) as u64 % vocab) as u32).collect();
-            let labels = ids.iter().enumerate().map(|(j, &x)| if j < t / 4 { -100 } else { i64::from(x) }).collect();
-            (ids, labels)
-        })
-        .collect();
-    let refs: Vec<(&[u32], Vec<i64>)> = seqs.iter().map(|(i, l)| (i.as_slice(), l.clone())).collect();
-    let batch = Batch::new(&refs, 0, &device).unwrap();
-    let denom = batch.n_targets() as f32;
-    let scale = if dtype == DType::F16 { 65536.0 } else { 1.0 };
-    let mut times = Vec::new();
-    device.synchronize().unwrap();
-    for s in 0..steps + warmup {
-        let t1 = Instant::now();
-        let mut grads = LoraGrads::new();
-        let st = LoraStep::new(&layout, &params, model.dtype, 0.1, s as u64).unwrap();
-        let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom / scale, Some(&mut grads), ckpt).unwrap();
-        drop(st);
-        let g = grads.tensor().expect("LoRA gradients").affine(1.0 / f64::from(scale), 0.0).unwrap();
-        // The trainer's one read per step: loss and gradient norm.
-        let stats = Tensor::stack(&[loss.to_dtype(DType::F64).unwrap(), grad_norm_sq(&g).unwrap()], 0).unwrap();
-        let stats = stats.to_vec1::<f64>().unwrap();
-        params = opt.step(&cfg, &params, &g, 1e-4).unwrap();
-        device.synchronize().unwrap();
-        let dt = t1.elapsed().as_secs_f64();
-        eprintln!("step {s}: loss {:.4}, grad norm {:.3e}, {:.1} ms", stats[0] / f64::from(denom), stats[1].sqrt(), dt * 1e3);
-        if s >= warmup {
-            times.push(dt);
-        }
-    }
+    let (times, _) = run_rank(&model, b, t, steps, warmup, ckpt, dtype, 0, None);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let where_ = if device.is_cuda() { "cuda:0".to_string() } else { format!("cpu, {threads} threads") };
@@ -200,4 +176,127 @@ fn main() {
         mean * 1e3,
         peak_rss_mib()
     );
+}
+
+/// `warmup + steps` training steps of one rank on a `b x t` batch (rank-dependent tokens), as
+/// lora-train's trainer does them (LoRA state on the device, one host read per step); with
+/// `reduce`, the gradient is summed across ranks before AdamW. Returns the times of the steps
+/// after the warm-up and the last loss.
+#[allow(clippy::too_many_arguments)]
+fn run_rank(
+    model: &Model,
+    b: usize,
+    t: usize,
+    steps: usize,
+    warmup: usize,
+    ckpt: bool,
+    dtype: DType,
+    rank: usize,
+    mut reduce: Option<&mut dyn GradReduce>,
+) -> (Vec<f64>, f64) {
+    let device = &model.device;
+    let layout = Layout::new(&model.cfg, 8, 32.0, &Module::ALL);
+    let mut params = Tensor::from_vec(layout.init(0), layout.len, device).unwrap();
+    let mut opt = DeviceAdamW::from_host(&AdamW::new(layout.len), device).unwrap();
+    let cfg = AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
+    let vocab = model.cfg.vocab_size as u64;
+    let seqs: Vec<(Vec<u32>, Vec<i64>)> = (0..b)
+        .map(|i| {
+            let i = i + rank * b;
+            let ids: Vec<u32> = (0..t).map(|j| ((i * 7919 + j * 104729) as u64 % vocab) as u32).collect();
+            let labels = ids.iter().enumerate().map(|(j, &x)| if j < t / 4 { -100 } else { i64::from(x) }).collect();
+            (ids, labels)
+        })
+        .collect();
+    let refs: Vec<(&[u32], Vec<i64>)> = seqs.iter().map(|(i, l)| (i.as_slice(), l.clone())).collect();
+    let batch = Batch::new(&refs, 0, device).unwrap();
+    let denom = batch.n_targets() as f32;
+    let scale = if dtype == DType::F16 { 65536.0 } else { 1.0 };
+    let mut times = Vec::new();
+    let mut last_loss = 0.0;
+    device.synchronize().unwrap();
+    for s in 0..steps + warmup {
+        let t1 = Instant::now();
+        let mut grads = LoraGrads::new();
+        let st = LoraStep::new(&layout, &params, model.dtype, 0.1, s as u64).unwrap();
+        let (loss, _) = model.loss_and_grad(&batch, Some(&st), denom / scale, Some(&mut grads), ckpt).unwrap();
+        drop(st);
+        let mut g = grads.tensor().expect("LoRA gradients").clone();
+        if let Some(r) = reduce.as_deref_mut() {
+            g = r.sum_tensor(&g).expect("all-reduce");
+        }
+        let g = g.affine(1.0 / f64::from(scale), 0.0).unwrap();
+        // The trainer's one read per step: loss and gradient norm.
+        let stats = Tensor::stack(&[loss.to_dtype(DType::F64).unwrap(), grad_norm_sq(&g).unwrap()], 0).unwrap();
+        let stats = stats.to_vec1::<f64>().unwrap();
+        params = opt.step(&cfg, &params, &g, 1e-4).unwrap();
+        device.synchronize().unwrap();
+        let dt = t1.elapsed().as_secs_f64();
+        last_loss = stats[0] / f64::from(denom);
+        if rank == 0 {
+            eprintln!("step {s}: loss {last_loss:.4}, grad norm {:.3e}, {:.1} ms", stats[1].sqrt(), dt * 1e3);
+        }
+        if s >= warmup {
+            times.push(dt);
+        }
+    }
+    (times, last_loss)
+}
+
+/// `PIPE_BENCH_GPUS=N`: N ranks on cuda:0..N, each on its own `b x t` batch (the per-GPU
+/// batch), gradients all-reduced with NCCL every step; tokens/s counts all ranks' tokens.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn multi_gpu(
+    n: usize,
+    load: &(dyn Fn(&Device) -> (Model, String) + Sync),
+    b: usize,
+    t: usize,
+    steps: usize,
+    warmup: usize,
+    ckpt: bool,
+    dtype: DType,
+) {
+    let t0 = Instant::now();
+    let devices: Vec<Device> = (0..n).map(|i| Device::new_cuda(i).expect("CUDA device")).collect();
+    let loaded: Vec<(Model, String)> = devices.iter().map(load).collect();
+    let load_s = t0.elapsed().as_secs_f64();
+    let reducers = pipe::train::parallel::nccl::group(&devices).expect("NCCL (set LD_LIBRARY_PATH or PIPE_NCCL_LIB)");
+    let version = pipe::train::parallel::nccl::version().unwrap_or_default();
+    let times: Vec<Vec<f64>> = std::thread::scope(|s| {
+        let hs: Vec<_> = loaded
+            .iter()
+            .zip(reducers)
+            .enumerate()
+            .map(|(rank, ((model, _), mut r))| {
+                s.spawn(move || run_rank(model, b, t, steps, warmup, ckpt, dtype, rank, Some(&mut r)).0)
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    // A step ends when the slowest rank's all-reduce does: rank 0's times include the wait.
+    let mean = times[0].iter().sum::<f64>() / times[0].len() as f64;
+    println!(
+        "| {} | {b}x{t} per GPU | checkpointing {} | cuda:0..{} ({n} GPUs, NCCL {version}) | {:.1} tok/s | {mean:.2} s/step | load {load_s:.1}s |",
+        loaded[0].1,
+        if ckpt { "on" } else { "off" },
+        n - 1,
+        (n * b * t) as f64 / mean,
+    );
+}
+
+#[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn multi_gpu(
+    n: usize,
+    _: &(dyn Fn(&Device) -> (Model, String) + Sync),
+    _: usize,
+    _: usize,
+    _: usize,
+    _: usize,
+    _: bool,
+    _: DType,
+) {
+    eprintln!("PIPE_BENCH_GPUS={n} needs a build with --features cuda");
+    std::process::exit(2);
 }

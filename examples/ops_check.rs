@@ -250,9 +250,12 @@ impl Check {
         let want = ops::lora_dropout(&x, seed, 0.1)?;
         // Bit-identical masks: the result must match exactly in every dtype.
         self.report("lora_dropout", &shape, dt, err(&ops::lora_dropout(&xg, seed, 0.1)?, &want)?, 0.0);
+        // A data-parallel shard starting at an odd element of its micro-batch.
+        let want = ops::lora_dropout_at(&x, seed, 0.1, 7)?;
+        self.report("lora_dropout_at 7", &shape, dt, err(&ops::lora_dropout_at(&xg, seed, 0.1, 7)?, &want)?, 0.0);
         if time {
             let k = self.time(|| ops::lora_dropout(&xg, seed, 0.1).map(drop))?;
-            let g = self.time(|| generic::lora_dropout(&xg, seed, 0.1).map(drop))?;
+            let g = self.time(|| generic::lora_dropout(&xg, seed, 0.1, 0).map(drop))?;
             self.timing("lora_dropout", &shape, dt, k, g, None);
         }
         Ok(())

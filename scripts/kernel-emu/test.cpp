@@ -119,7 +119,7 @@ static uint64_t sm(uint64_t z) { z += 0x9E3779B97F4A7C15ull; z = (z ^ (z >> 30))
 static void test_dropout(size_t n) {
     auto x = randv(n); std::vector<float> y(n);
     float p = 0.1f; unsigned thr = (unsigned)((double)p * 4294967295.0); float keep = 1.f / (1.f - p);
-    launch({(unsigned)((n / 2 + 256) / 256)}, {256}, [&] { dropout_f32(x.data(), y.data(), n, 1234, thr, keep); });
+    launch({(unsigned)((n + 255) / 256)}, {256}, [&] { dropout_f32(x.data(), y.data(), n, 0, 1234, thr, keep); });
     std::vector<float> w(n);
     for (size_t e = 0; e < n; ++e) { uint64_t r = sm(1234 ^ sm(e / 2)); unsigned bits = e % 2 ? (unsigned)(r >> 32) : (unsigned)r; w[e] = x[e] * (bits >= thr ? keep : 0.f); }
     cmp("dropout", y, w, 0);

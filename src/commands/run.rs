@@ -7,8 +7,9 @@ use anyhow::Result;
 use super::{cache_dir, load_pipeline, ExitStatus};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::report::{Event, Reporter};
-use crate::sched::device::DevicePool;
+use crate::sched::device::{DevicePool, PoolProblem};
 use crate::sched::{RunOptions, Session};
+use crate::spec::validate::Diagnostics;
 
 /// Runs the command.
 pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
@@ -27,11 +28,29 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let force = args.force.iter().map(|f| session.index(f)).collect::<Result<_, _>>()?;
     let gpus = session.gpus().to_vec();
     let pool = DevicePool::new(1, &gpus);
+    let mut gpu_diag: Option<Diagnostics> = None;
     for &i in &selected {
         let node = &session.pipeline.nodes[i];
-        if let Err(message) = pool.check(&node.name, node.device) {
-            anyhow::bail!("{message}");
+        match (pool.check(node.device, node.gpus), node.gpus_span) {
+            (Ok(()), _) => {}
+            // A `gpus:` the pool cannot satisfy is a mistake in the file: point at it.
+            (Err(p @ PoolProblem::TooFewGpus { .. }), Some(span)) => {
+                let file = &session.pipeline.file;
+                let diag =
+                    gpu_diag.get_or_insert_with(|| Diagnostics::new(file, &std::fs::read_to_string(file).unwrap_or_default()));
+                let help = if gpus.is_empty() {
+                    "multi-GPU training needs a CUDA build of pipe (`--features cuda`) on a machine with that many GPUs"
+                        .to_string()
+                } else {
+                    format!("GPUs of this run: {gpus:?} (`--gpus`, CUDA_VISIBLE_DEVICES); ask for fewer or `gpus: all`")
+                };
+                diag.error(span, p.message(&node.name), "too many GPUs", Some(help));
+            }
+            (Err(p), _) => anyhow::bail!("{}", p.message(&node.name)),
         }
+    }
+    if let Some(diag) = gpu_diag {
+        diag.finish()?;
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let opts = RunOptions { selected, force, keep_going: args.keep_going, jobs, gpus };

@@ -9,6 +9,8 @@
 //! | params | every declared param after defaults, `defaults:` and `--set`, sorted by name | writing a default explicitly changes nothing; changing a value reruns |
 //! | inputs | per slot: the content digest of the file or folder, or the upstream output's digest | content, never paths or mtimes |
 //! | extra | what the kind declares beyond bytes and params (tokenize: rendered chat template) | e.g. a template that renders differently |
+//! | extra `device` | `cuda` when a device-sensitive kind runs on CUDA | GPU kernels round differently from the CPU |
+//! | extra `world_size` | the number of GPUs a data-parallel kind (`gpus:`) runs on, when more than one | N ranks sum gradients in another order than one device |
 //!
 //! Not hashed: node names, file paths, mtimes, the pipeline's name, the cache location, the
 //! device a CPU-only node ran on. Renaming a node or moving the project reuses the cache.

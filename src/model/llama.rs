@@ -138,6 +138,10 @@ pub struct LoraStep<'a> {
     pub dropout: f32,
     /// Seed of this micro-batch's dropout masks.
     pub seed: u64,
+    /// Index of the batch's first activation row (`B * T` rows) in its micro-batch; 0 unless
+    /// the batch is a data-parallel shard, which then draws the mask rows the whole micro-batch
+    /// would draw for it (see [`crate::train::parallel`]).
+    pub first_row: usize,
 }
 
 impl<'a> LoraStep<'a> {
@@ -158,7 +162,7 @@ impl<'a> LoraStep<'a> {
             ab.push((a, b));
             index[e.layer][e.module as usize] = Some(i);
         }
-        Ok(LoraStep { layout, ab, index, dropout, seed })
+        Ok(LoraStep { layout, ab, index, dropout, seed, first_row: 0 })
     }
 
     /// [`LoraStep::new`] from a host buffer (uploaded once): tests and one-off evaluations.
@@ -179,13 +183,21 @@ impl<'a> LoraStep<'a> {
         self
     }
 
+    /// The same views for a data-parallel shard whose first activation row is row `first_row` of
+    /// its micro-batch (see [`LoraStep::first_row`]).
+    pub fn with_first_row(mut self, first_row: usize) -> LoraStep<'a> {
+        self.first_row = first_row;
+        self
+    }
+
     fn entry(&self, layer: usize, m: Module) -> Option<usize> {
         self.index.get(layer).and_then(|x| x[m as usize])
     }
 
     /// `x` with (layer, module)'s dropout mask applied (its own backward, too).
     fn drop(&self, x: &Tensor, layer: usize, m: Module) -> Result<Tensor> {
-        ops::lora_dropout(x, mask_seed(self.seed, layer, m), self.dropout)
+        let d = x.dim(candle_core::D::Minus1)?;
+        ops::lora_dropout_at(x, mask_seed(self.seed, layer, m), self.dropout, (self.first_row * d) as u64)
     }
 }
 
@@ -241,8 +253,17 @@ pub struct Batch {
 impl Batch {
     /// Right-pads sequences into a batch.
     pub fn new(seqs: &[(&[u32], Vec<i64>)], pad: u32, device: &Device) -> Result<Batch> {
-        let b = seqs.len();
         let t = seqs.iter().map(|s| s.0.len()).max().unwrap_or(1).max(1);
+        Self::with_len(seqs, pad, t, device)
+    }
+
+    /// Right-pads sequences to length `t` (at least the longest): a data-parallel shard pads to
+    /// its whole micro-batch's length, so its rows line up with that micro-batch's.
+    pub fn with_len(seqs: &[(&[u32], Vec<i64>)], pad: u32, t: usize, device: &Device) -> Result<Batch> {
+        let b = seqs.len();
+        if let Some(s) = seqs.iter().find(|s| s.0.len() > t || s.1.len() > t) {
+            candle_core::bail!("a sequence of {} tokens does not fit a batch of length {t}", s.0.len().max(s.1.len()));
+        }
         let mut ids = vec![pad; b * t];
         let mut labels = vec![-100i64; b * t];
         for (i, (s, l)) in seqs.iter().enumerate() {
@@ -339,7 +360,8 @@ impl Rope {
                 sin.push(a.sin());
             }
         }
-        let table = |v: Vec<f32>| Tensor::from_vec(v, (t, half), &Device::Cpu)?.to_dtype(dtype)?.to_dtype(DType::F32)?.to_device(device);
+        let table =
+            |v: Vec<f32>| Tensor::from_vec(v, (t, half), &Device::Cpu)?.to_dtype(dtype)?.to_dtype(DType::F32)?.to_device(device);
         Ok(Rope { cos: table(cos)?, sin: table(sin)? })
     }
 
@@ -540,7 +562,11 @@ impl Model {
             // The head matmul in the compute dtype; the fused op does the rest in f32.
             let logits = hf.index_select(&rows.narrow(0, start, len)?, 0)?.matmul(&head.t()?)?;
             let lab = labels.narrow(0, start, len)?;
-            let ce = if want_grad { ops::cross_entropy_fwd_bwd(&logits, &lab, scale)? } else { ops::cross_entropy_loss(&logits, &lab)? };
+            let ce = if want_grad {
+                ops::cross_entropy_fwd_bwd(&logits, &lab, scale)?
+            } else {
+                ops::cross_entropy_loss(&logits, &lab)?
+            };
             loss = Some(match loss {
                 None => ce.loss_sum,
                 Some(s) => (s + ce.loss_sum)?,
@@ -824,6 +850,22 @@ mod tests {
         let la: Vec<i64> = vec![-100, -100, -100, 13, 2, 7, 30];
         let lb: Vec<i64> = vec![-100, 4, 8, 22, 39];
         Batch::new(&[(&a, la), (&b, lb)], 0, dev).unwrap()
+    }
+
+    /// A data-parallel shard's mask is the whole micro-batch's mask at the shard's rows, for odd
+    /// and even row widths (an odd start element splits a hash pair).
+    #[test]
+    fn a_shards_dropout_mask_is_its_rows_of_the_whole_mask() {
+        let dev = Device::Cpu;
+        for d in [5, 6] {
+            let x = Tensor::ones((7, d), DType::F32, &dev).unwrap();
+            let full = ops::lora_dropout(&x, 9, 0.3).unwrap().to_vec2::<f32>().unwrap();
+            for (first, n) in [(1, 3), (2, 5), (6, 1)] {
+                let xs = Tensor::ones((n, d), DType::F32, &dev).unwrap();
+                let shard = ops::lora_dropout_at(&xs, 9, 0.3, (first * d) as u64).unwrap().to_vec2::<f32>().unwrap();
+                assert_eq!(shard, full[first..first + n].to_vec(), "d {d}, rows {first}..{}", first + n);
+            }
+        }
     }
 
     fn check_grads(arch: Arch, dropout: f32, checkpointing: bool) {

@@ -17,6 +17,12 @@
 //! adapters trained on a bf16/f16 base (peft's default `autocast_adapter_dtype=True` upcasts the
 //! adapter weights to f32). The dtype is a param, so it is in the node key, and the node is
 //! device-sensitive, so the device type is too.
+//!
+//! `gpus: N | all` (a node key, not a param) trains data-parallel on the N GPUs of the lease:
+//! one rank per GPU, each with its own copy of the model and its shard of every micro-batch, the
+//! LoRA gradients summed with NCCL ([`crate::train::parallel`]). `batch_size` stays the global
+//! micro-batch, so N GPUs follow one GPU's loss curve (up to rounding); the world size is in the
+//! key. Rank 0 writes the log, the checkpoints and the outputs.
 
 use candle_core::DType;
 
@@ -169,6 +175,52 @@ pub fn train_config(params: &Params) -> Result<TrainConfig, (String, String)> {
     })
 }
 
+/// Data-parallel training on these CUDA devices: a model per GPU, NCCL between them.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+fn train_on_gpus(
+    gpus: &[usize],
+    model_path: &std::path::Path,
+    dtype: DType,
+    records: &[(Vec<u32>, Vec<i64>)],
+    cfg: &TrainConfig,
+    work: &std::path::Path,
+    on_step: &mut dyn FnMut(&crate::train::trainer::StepReport),
+    note: &mut dyn FnMut(&str),
+) -> Result<Result<crate::train::trainer::Trained, crate::train::trainer::TrainError>, NodeError> {
+    use crate::train::parallel::{nccl, train_ranks};
+    let failed = |what: &str, e: &dyn std::fmt::Display| NodeError::Failed(format!("{what}: {e}"));
+    let devices = gpus
+        .iter()
+        .map(|&g| candle_core::Device::new_cuda(g).map_err(|e| failed(&format!("opening cuda:{g}"), &e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut models = Vec::new();
+    for (d, g) in devices.iter().zip(gpus) {
+        note(&format!("loading {} on cuda:{g}", model_path.display()));
+        models.push(load::load_as(model_path, d, dtype).map_err(|e| failed(&format!("loading on cuda:{g}"), &e))?);
+    }
+    let reducers = nccl::group(&devices).map_err(|e| failed("setting up NCCL", &e))?;
+    let version = nccl::version().unwrap_or_default();
+    note(&format!("data-parallel over {} GPUs {gpus:?} (NCCL {version})", gpus.len()));
+    Ok(train_ranks(&models, reducers, records, cfg, work, on_step, note))
+}
+
+/// Without the `cuda` feature the pool has no GPUs, so no lease holds two.
+#[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+fn train_on_gpus(
+    gpus: &[usize],
+    _model_path: &std::path::Path,
+    _dtype: DType,
+    _records: &[(Vec<u32>, Vec<i64>)],
+    _cfg: &TrainConfig,
+    _work: &std::path::Path,
+    _on_step: &mut dyn FnMut(&crate::train::trainer::StepReport),
+    _note: &mut dyn FnMut(&str),
+) -> Result<Result<crate::train::trainer::Trained, crate::train::trainer::TrainError>, NodeError> {
+    unreachable!("a lease of GPUs {gpus:?} in a build without CUDA")
+}
+
 impl NodeKind for LoraTrain {
     fn name(&self) -> &'static str {
         "lora-train"
@@ -203,6 +255,9 @@ impl NodeKind for LoraTrain {
     fn device_sensitive(&self) -> bool {
         true
     }
+    fn data_parallel(&self) -> bool {
+        true
+    }
     fn check_params(&self, params: &Params) -> Result<(), (String, String)> {
         train_config(params).map(|_| ())
     }
@@ -223,9 +278,14 @@ impl NodeKind for LoraTrain {
                 (ids.to_vec(), labels)
             })
             .collect();
-        ctx.log(format!("loading {}", model_path.display()));
-        let device = ctx.candle_device()?;
-        let model = load::load_as(&model_path, &device, dtype).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let gpus = ctx.lease.gpus();
+        let model = if gpus.len() > 1 {
+            None
+        } else {
+            ctx.log(format!("loading {}", model_path.display()));
+            let device = ctx.candle_device()?;
+            Some(load::load_as(&model_path, &device, dtype).map_err(|e| NodeError::Failed(e.to_string()))?)
+        };
         let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
         ctx.progress.start(Some(total), "steps");
         let progress = ctx.progress.clone();
@@ -254,8 +314,11 @@ impl NodeKind for LoraTrain {
             }
         };
         let work = ctx.work.clone();
-        let trained =
-            train(&model, &records, &cfg, &work, &mut on_step, &mut note).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let trained = match &model {
+            Some(model) => train(model, &records, &cfg, &work, &mut on_step, &mut note),
+            None => train_on_gpus(&gpus, &model_path, dtype, &records, &cfg, &work, &mut on_step, &mut note)?,
+        }
+        .map_err(|e| NodeError::Failed(e.to_string()))?;
         let adapter = ctx.output("adapter");
         let base = model_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         peft::write_adapter(&adapter, &trained.layout, &trained.params, cfg.alpha, cfg.dropout, &cfg.targets, &base)

@@ -10,6 +10,7 @@
 //! | [`NodeKind::version`] | bump whenever the same inputs and params would give different bytes |
 //! | [`NodeKind::inputs`] / [`NodeKind::params`] | the schema; drives validation, defaults and docs |
 //! | [`NodeKind::outputs`] | named outputs, which may depend on params (fix-json's split) |
+//! | [`NodeKind::default_device`] / [`NodeKind::device_sensitive`] / [`NodeKind::data_parallel`] | where it runs, whether the device type is in the key, whether it takes `gpus:` |
 //! | [`NodeKind::fingerprint_extra`] | anything else that determines the output and is not an input file's bytes or a param |
 //! | [`NodeKind::run`] | read inputs from [`RunCtx::input`], write each output to [`RunCtx::output`] |
 //!
@@ -42,6 +43,24 @@ pub enum DeviceReq {
     Cuda,
     /// A CUDA slot when one exists, else the CPU (with a warning).
     Auto,
+}
+
+/// How many GPUs a node asks for (`gpus:`); one unless a data-parallel kind says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuCount {
+    /// Exactly this many (at least one); more than the pool has is an error before anything runs.
+    Count(usize),
+    /// Every GPU of the run (`--gpus`, `CUDA_VISIBLE_DEVICES`); the CPU under `auto` without one.
+    All,
+}
+
+impl std::fmt::Display for GpuCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuCount::Count(n) => write!(f, "{n}"),
+            GpuCount::All => write!(f, "all"),
+        }
+    }
 }
 
 /// What an input slot accepts.
@@ -187,6 +206,11 @@ pub trait NodeKind: Send + Sync {
     /// True when the output depends on the device type it ran on (GPU kernels round differently
     /// from the CPU), so the device type becomes part of the key. Default: false.
     fn device_sensitive(&self) -> bool {
+        false
+    }
+    /// True when the kind can run data-parallel over several GPUs, so a node of it may say
+    /// `gpus: N | all`; the world size then becomes part of the key. Default: false.
+    fn data_parallel(&self) -> bool {
         false
     }
     /// Cross-parameter checks after type checks; the error names the parameter.

@@ -206,8 +206,16 @@ impl Session {
         // Extra components are a pure function of kind, version, params and input bytes, so they
         // are memoised under a digest of exactly those (a no-op rerun must not reparse a tokenizer).
         // A device-sensitive kind's output depends on the device type it runs on.
-        if kind.device_sensitive() && DevicePool::new(1, &self.gpus).resolves_to_cuda(node.device) {
+        let pool = DevicePool::new(1, &self.gpus);
+        if kind.device_sensitive() && pool.resolves_to_cuda(node.device) {
             parts.extra.insert("device".into(), "cuda".into());
+        }
+        // Data-parallel ranks sum their gradients in another order than one device does, so the
+        // world size changes the bits (not the math). One device adds nothing: keys from before
+        // `gpus:` existed stay valid.
+        let world = pool.world_size(node.device, node.gpus);
+        if kind.data_parallel() && world > 1 {
+            parts.extra.insert("world_size".into(), world.to_string());
         }
         // The memo also records every side file the kind read (a tokenizer_config.json beside a
         // tokenizer.json, say) with its digest; a changed side file invalidates the memo.
@@ -216,6 +224,7 @@ impl Session {
             m.files.iter().all(|(path, digest)| self.digest(std::path::Path::new(path)).ok().as_deref() == Some(digest.as_str()))
         });
         let device_extra = parts.extra.remove("device");
+        let world_extra = parts.extra.remove("world_size");
         parts.extra = match memo {
             Some(m) => m.values,
             None => {
@@ -227,6 +236,9 @@ impl Session {
         };
         if let Some(d) = device_extra {
             parts.extra.insert("device".into(), d);
+        }
+        if let Some(w) = world_extra {
+            parts.extra.insert("world_size".into(), w);
         }
         Ok((parts, inputs))
     }
@@ -331,7 +343,7 @@ impl Session {
                         if !self.graph.upstream(i).iter().all(|u| matches!(state[*u], State::Done)) {
                             continue;
                         }
-                        let Some(lease) = pool.try_lease(node.device) else {
+                        let Some(lease) = pool.try_lease(node.device, node.gpus) else {
                             continue;
                         };
                         state[i] = State::Running;
@@ -570,7 +582,7 @@ impl Session {
             log: Arc::new(Mutex::new(log)),
             progress: NodeProgress::silent(&node.name),
             summary: None,
-            lease: DevicePool::new(1, &self.gpus).try_lease(node.device).unwrap_or(Lease::Cpu),
+            lease: DevicePool::new(1, &self.gpus).try_lease(node.device, node.gpus).unwrap_or(Lease::Cpu),
         };
         let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
         let mut diffs = Vec::new();
@@ -601,4 +613,45 @@ pub fn digest_of(f: impl FnOnce(&mut Canon)) -> Digest {
     let mut c = Canon::default();
     f(&mut c);
     blake3::hash(&c.0).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session over a one-node pipeline: lora-train on two dummy input files (keys hash their
+    /// bytes; nothing is loaded), with `node_extra` lines under the node.
+    fn session(dir: &Path, node_extra: &str, gpus: &[usize]) -> Session {
+        std::fs::write(dir.join("model.gguf"), "m").unwrap();
+        std::fs::write(dir.join("data.bin"), "d").unwrap();
+        let yaml = format!(
+            "name: t\nnodes:\n  train:\n    kind: lora-train\n{node_extra}    inputs: {{ model: model.gguf, dataset: data.bin }}\n"
+        );
+        std::fs::write(dir.join("p.yaml"), yaml).unwrap();
+        let pipeline = crate::spec::load(&dir.join("p.yaml"), &[]).unwrap();
+        Session::open(pipeline, &dir.join("cache"), Arc::new(Reporter::silent())).unwrap().with_gpus(gpus.to_vec())
+    }
+
+    fn key_extra(s: &Session) -> (Digest, BTreeMap<String, String>) {
+        let (parts, _) = s.key_parts(0, &HashMap::new()).unwrap();
+        (parts.key(), parts.extra)
+    }
+
+    #[test]
+    fn the_world_size_is_in_a_data_parallel_key_only_above_one_gpu() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one_gpu, extra) = key_extra(&session(dir.path(), "    device: cuda\n", &[0, 1]));
+        assert_eq!(extra.get("device").map(String::as_str), Some("cuda"));
+        assert!(!extra.contains_key("world_size"), "{extra:?}");
+        let (gpus_1, _) = key_extra(&session(dir.path(), "    gpus: 1\n", &[0, 1]));
+        assert_eq!(gpus_1, one_gpu, "`gpus: 1` keeps the key of a node without `gpus`");
+        let (gpus_2, extra) = key_extra(&session(dir.path(), "    gpus: 2\n", &[0, 1]));
+        assert_eq!(extra.get("world_size").map(String::as_str), Some("2"));
+        assert_ne!(gpus_2, one_gpu);
+        let (all, _) = key_extra(&session(dir.path(), "    gpus: all\n", &[3, 5]));
+        assert_eq!(all, gpus_2, "`all` of two GPUs is two GPUs, whichever ordinals");
+        let (all_three, extra) = key_extra(&session(dir.path(), "    gpus: all\n", &[0, 1, 2]));
+        assert_eq!(extra.get("world_size").map(String::as_str), Some("3"));
+        assert_ne!(all_three, gpus_2);
+    }
 }

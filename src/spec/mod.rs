@@ -12,6 +12,9 @@
 //!     inputs: { records: data/fortune.jsonl }   # files relative to this file, or `node.output`
 //!     params: { on_error: skip }
 //!     device: cpu                               # cpu | cuda | auto
+//!   train:
+//!     kind: lora-train
+//!     gpus: 2                                   # data-parallel kinds only: N | all (implies cuda)
 //! ```
 //!
 //! Loading never stops at the first problem: [`load`] collects every located diagnostic (syntax,
@@ -27,7 +30,7 @@ pub mod yaml;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::nodes::{self, DeviceReq, NodeKind};
+use crate::nodes::{self, DeviceReq, GpuCount, NodeKind};
 use params::{convert, convert_scalar, did_you_mean, Default as ParamDefault, Params};
 use validate::{suggest, Diagnostics, SpecError};
 use yaml::{Span, Yaml, YamlValue};
@@ -58,6 +61,10 @@ pub struct NodeSpec {
     pub params: Params,
     /// Where it runs.
     pub device: DeviceReq,
+    /// How many GPUs it runs on when it runs on CUDA (`gpus:`; one unless given).
+    pub gpus: GpuCount,
+    /// Where its `gpus:` value is in the file, when given (for errors found against the pool).
+    pub gpus_span: Option<Span>,
     /// Where its name is in the file.
     pub span: Span,
 }
@@ -124,7 +131,7 @@ impl Override {
 }
 
 const TOP_KEYS: &[&str] = &["name", "description", "defaults", "nodes"];
-const NODE_KEYS: &[&str] = &["kind", "inputs", "params", "device", "description"];
+const NODE_KEYS: &[&str] = &["kind", "inputs", "params", "device", "gpus", "description"];
 const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
 
 /// Reads, parses and validates a pipeline file, applying `--set` overrides.
@@ -330,7 +337,17 @@ impl Loader<'_> {
                 }
             }
         };
-        let device = match keys.get("device").map(|(_, v)| v).or_else(|| defaults.get("device").copied()) {
+        let gpus_key = keys.get("gpus").map(|(k, v)| (k, v));
+        let gpus = gpus_key.and_then(|(k, v)| self.gpus(&name, kind, k, v)).unwrap_or(GpuCount::Count(1));
+        let gpus_span = gpus_key.map(|(_, v)| v.span);
+        // `gpus:` asks for GPUs, so without a `device:` of its own the node runs on CUDA.
+        let device_yaml = match keys.get("device") {
+            Some((_, v)) => Some(v),
+            None if gpus_key.is_some() => None,
+            None => defaults.get("device").copied(),
+        };
+        let device = match device_yaml {
+            None if gpus_key.is_some() => DeviceReq::Cuda,
             None => kind.default_device(),
             Some(v) => match v.as_scalar() {
                 Some("cpu") => DeviceReq::Cpu,
@@ -343,13 +360,43 @@ impl Loader<'_> {
                 }
             },
         };
+        if device == DeviceReq::Cpu && gpus != GpuCount::Count(1) {
+            if let (Some((_, g)), Some((_, d))) = (gpus_key, keys.get("device")) {
+                let msg = format!("node `{name}` has `device: cpu` and `gpus: {gpus}`; data-parallel training runs on GPUs only");
+                let help = Some(format!("remove `device: cpu` (line {}) to run on CUDA, or remove `gpus`", d.span.line));
+                self.diag.error(g.span, msg, "needs CUDA", help);
+            }
+        }
         let params = self.params(&name, kind, keys.get("params").map(|(_, v)| v), defaults);
         let inputs = self.inputs(&name, span, kind, keys.get("inputs").map(|(_, v)| v));
         if let Err((param, message)) = kind.check_params(&params) {
             let at = keys.get("params").map(|(_, v)| v.span).unwrap_or(span);
             self.diag.error(at, format!("node `{name}`: parameter `{param}`: {message}"), "here", None);
         }
-        Some(NodeSpec { name, kind, inputs, params, device, span })
+        Some(NodeSpec { name, kind, inputs, params, device, gpus, gpus_span, span })
+    }
+
+    /// `gpus: N | all` on a data-parallel kind.
+    fn gpus(&mut self, node: &str, kind: &dyn NodeKind, key: &Yaml, v: &Yaml) -> Option<GpuCount> {
+        if !kind.data_parallel() {
+            let data_parallel: Vec<&str> = nodes::registry().iter().filter(|k| k.data_parallel()).map(|k| k.name()).collect();
+            let msg = format!("node `{node}` ({}) runs on one device; it takes no `gpus`", kind.name());
+            let help = Some(format!("`gpus` is for data-parallel kinds: {}", data_parallel.join(", ")));
+            self.diag.error(key.span, msg, "not data-parallel", help);
+            return None;
+        }
+        let count = match v.as_scalar() {
+            Some("all") => Some(GpuCount::All),
+            Some(t) if !v.is_null() => t.parse::<usize>().ok().filter(|&n| n >= 1).map(GpuCount::Count),
+            _ => None,
+        };
+        if count.is_none() {
+            let found =
+                v.as_scalar().filter(|_| !v.is_null()).map(|t| format!("`{t}`")).unwrap_or_else(|| v.type_name().to_string());
+            let msg = format!("node `{node}`: `gpus` must be a number of GPUs (1 or more) or `all`, found {found}");
+            self.diag.error(v.span, msg, "invalid value", Some("e.g. `gpus: 2`, or `gpus: all` for every GPU of the run".into()));
+        }
+        count
     }
 
     fn params(&mut self, node: &str, kind: &dyn NodeKind, y: Option<&Yaml>, defaults: &HashMap<String, &Yaml>) -> Params {

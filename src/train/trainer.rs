@@ -7,6 +7,10 @@
 //! a resumed run does exactly the arithmetic an uninterrupted run would, so on the CPU the final
 //! adapter is bit-identical.
 //!
+//! [`train_rank`] is the same loop as one rank of data-parallel training: two hooks, where the
+//! step's micro-batches are built (this rank's shard of each) and where its gradient is complete
+//! (summed across ranks); see [`super::parallel`].
+//!
 //! Precision follows the model's dtype ([`Model::dtype`]): the LoRA weights, gradients and AdamW
 //! moments are f32 whatever it is. An f16 model trains with dynamic loss scaling
 //! ([`super::scaler`]): a step whose scaled gradients overflow is skipped (its micro-batches are
@@ -31,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, State};
 use super::optim::{grad_norm_sq, AdamW, AdamWConfig, DeviceAdamW, Schedule};
+use super::parallel::{GradReduce, World};
 use super::scaler::{LossScaler, ScalerConfig, StepOutcome};
 use crate::model::llama::{splitmix, Batch, LoraGrads, LoraStep, Model};
 use crate::model::lora::{Layout, Module};
@@ -125,6 +130,22 @@ pub fn train(
     on_step: &mut dyn FnMut(&StepReport),
     note: &mut dyn FnMut(&str),
 ) -> Result<Trained, TrainError> {
+    train_rank(model, records, cfg, work, None, on_step, note)
+}
+
+/// [`train`] as one rank of a data-parallel group ([`super::parallel`]): with `reduce`, this
+/// rank trains on its shard of every micro-batch and sums the loss and gradients with the other
+/// ranks before each optimizer step; only rank 0 writes checkpoints. `None` is one device.
+pub fn train_rank(
+    model: &Model,
+    records: &[(Vec<u32>, Vec<i64>)],
+    cfg: &TrainConfig,
+    work: &Path,
+    mut reduce: Option<&mut dyn GradReduce>,
+    on_step: &mut dyn FnMut(&StepReport),
+    note: &mut dyn FnMut(&str),
+) -> Result<Trained, TrainError> {
+    let world = reduce.as_ref().map(|r| r.world()).unwrap_or(World::SINGLE);
     if records.is_empty() {
         return Err(TrainError::Data("the dataset has no records".into()));
     }
@@ -153,6 +174,8 @@ pub fn train(
     let accum = cfg.grad_accum.max(1);
     let n_batches = records.len().div_ceil(bs);
     let mut last_saved = step;
+    // A checkpoint rank 0 failed to write, reported to the other ranks at the next step.
+    let mut pending: Option<TrainError> = None;
     let device: &Device = &model.device;
     let mut params = Tensor::from_vec(params, layout.len, device)?;
     let mut opt = DeviceAdamW::from_host(&opt, device)?;
@@ -163,46 +186,69 @@ pub fn train(
         let order = epoch_order(records.len(), cfg.seed, epoch);
         let first = in_epoch as usize * accum;
         let last = (first + accum).min(n_batches);
-        let batches: Vec<Batch> = (first..last)
-            .map(|j| {
-                let seqs: Vec<(&[u32], Vec<i64>)> = order[j * bs..((j + 1) * bs).min(records.len())]
-                    .iter()
-                    .map(|&i| (records[i].0.as_slice(), records[i].1.clone()))
-                    .collect();
-                Batch::new(&seqs, 0, device)
-            })
-            .collect::<Result<_, _>>()?;
-        let denom: usize = batches.iter().map(Batch::n_targets).sum();
+        // Each rank builds its shard of every micro-batch (one device: all of it), padded to the
+        // micro-batch's length; the denominator and token count are the whole step's.
+        let micro_rows: Vec<&[usize]> = (first..last).map(|j| &order[j * bs..((j + 1) * bs).min(records.len())]).collect();
+        let denom: usize = micro_rows.iter().map(|rows| target_count(records, rows)).sum();
+        let tokens: usize = micro_rows.iter().map(|rows| rows.len() * padded_len(records, rows)).sum();
         let loss_scale = scaler.scale();
         // Dividing by denom / scale multiplies the loss gradient by the scale, exactly (a power of two).
         let grad_denom = denom.max(1) as f32 / loss_scale;
         let mut grads = LoraGrads::new();
         let mut loss_sum: Option<Tensor> = None;
-        let mut tokens = 0usize;
         // One cast of the master weights to the compute dtype serves every micro-batch.
         let mut st = LoraStep::new(&layout, &params, model.dtype, cfg.dropout, 0)?;
-        for (k, b) in batches.iter().enumerate() {
-            let micro = epoch * n_batches as u64 + (first + k) as u64;
-            st = st.with_seed(splitmix(cfg.seed ^ splitmix(micro)));
-            let (l, _) = model.loss_and_grad(b, Some(&st), grad_denom, Some(&mut grads), cfg.checkpointing)?;
-            loss_sum = Some(match loss_sum {
-                None => l,
-                Some(s) => (s + l)?,
-            });
-            tokens += b.b * b.t;
-        }
+        let mut local = || -> Result<(), TrainError> {
+            for (k, rows) in micro_rows.iter().enumerate() {
+                let shard = world.shard(rows.len());
+                if shard.is_empty() {
+                    continue;
+                }
+                let t = padded_len(records, rows);
+                let seqs: Vec<(&[u32], Vec<i64>)> =
+                    rows[shard.clone()].iter().map(|&i| (records[i].0.as_slice(), records[i].1.clone())).collect();
+                let b = Batch::with_len(&seqs, 0, t, device)?;
+                let micro = epoch * n_batches as u64 + (first + k) as u64;
+                st.seed = splitmix(cfg.seed ^ splitmix(micro));
+                st.first_row = shard.start * t;
+                let (l, _) = model.loss_and_grad(&b, Some(&st), grad_denom, Some(&mut grads), cfg.checkpointing)?;
+                loss_sum = Some(match loss_sum.take() {
+                    None => l,
+                    Some(s) => (s + l)?,
+                });
+            }
+            Ok(())
+        };
+        let local = local();
         drop(st);
         let zeros = || Tensor::zeros(layout.len, DType::F32, device);
-        let grads = match grads.tensor() {
+        let mut grads = match grads.tensor() {
             Some(g) => g.clone(),
             None => zeros()?,
         };
-        let loss_sum = match loss_sum {
-            Some(l) => l,
-            None => Tensor::zeros((), DType::F32, device)?,
+        let mut loss_sum = match loss_sum {
+            Some(l) => l.to_dtype(DType::F64)?,
+            None => Tensor::zeros((), DType::F64, device)?,
         };
+        if let Some(r) = reduce.as_deref_mut() {
+            // Status first: a rank that failed (here, or writing the last checkpoint) stops every
+            // rank at this step instead of leaving them waiting in the gradient sum.
+            let failed = local.is_err() || pending.is_some();
+            let mine = if local.is_ok() { loss_sum.to_scalar::<f64>()? } else { 0.0 };
+            let mut status = [mine, f64::from(u8::from(failed))];
+            r.sum_f64(&mut status).map_err(|e| TrainError::Data(e.to_string()))?;
+            if status[1] > 0.0 {
+                local?;
+                return Err(pending.take().unwrap_or_else(|| {
+                    TrainError::Data(format!("data-parallel training stopped at step {}: another rank failed", step + 1))
+                }));
+            }
+            loss_sum = Tensor::new(status[0], device)?;
+            grads = r.sum_tensor(&grads)?;
+        }
+        local?;
         // The step's one host read: the loss and the squared norm of the (scaled) gradients.
-        let stats = Tensor::stack(&[loss_sum.to_dtype(DType::F64)?, grad_norm_sq(&grads)?], 0)?.to_vec1::<f64>()?;
+        let stats = Tensor::stack(&[loss_sum, grad_norm_sq(&grads)?], 0)?.to_vec1::<f64>()?;
         let (loss, norm_sq) = (stats[0] / denom.max(1) as f64, stats[1]);
         // Without loss scaling a non-finite gradient is as fatal as a non-finite loss; with it, a
         // non-finite gradient (of a finite loss) is an overflow of the scale.
@@ -256,7 +302,7 @@ pub fn train(
             log.push(line.to_string());
         }
         on_step(&report);
-        if cfg.save_steps > 0 && step % cfg.save_steps == 0 && step < total {
+        if cfg.save_steps > 0 && step % cfg.save_steps == 0 && step < total && world.rank == 0 {
             let state = State {
                 version: 1,
                 step,
@@ -266,12 +312,32 @@ pub fn train(
                 loss_scaler: scaler.state(),
             };
             let (host_params, host_opt) = (params.to_vec1::<f32>()?, opt.to_host()?);
-            checkpoint::save(work, &state, &host_params, &host_opt, cfg.save_total_limit)
-                .map_err(|source| TrainError::Checkpoint { path: work.to_path_buf(), source })?;
+            match checkpoint::save(work, &state, &host_params, &host_opt, cfg.save_total_limit) {
+                Ok(_) => last_saved = step,
+                // The other ranks learn of it at the next step's status reduction.
+                Err(source) if world.size > 1 => pending = Some(TrainError::Checkpoint { path: work.to_path_buf(), source }),
+                Err(source) => return Err(TrainError::Checkpoint { path: work.to_path_buf(), source }),
+            }
+        } else if cfg.save_steps > 0 && step % cfg.save_steps == 0 && step < total {
+            // Other ranks keep rank 0's bookkeeping: the last good checkpoint's step.
             last_saved = step;
         }
     }
-    Ok(Trained { layout, params: params.to_device(&Device::Cpu)?.to_vec1()?, log, resumed_from })
+    match pending {
+        Some(e) => Err(e),
+        None => Ok(Trained { layout, params: params.to_device(&Device::Cpu)?.to_vec1()?, log, resumed_from }),
+    }
+}
+
+/// The length a micro-batch of these records pads to (as [`Batch::new`] would).
+fn padded_len(records: &[(Vec<u32>, Vec<i64>)], rows: &[usize]) -> usize {
+    rows.iter().map(|&i| records[i].0.len()).max().unwrap_or(1).max(1)
+}
+
+/// The micro-batch's positions with a next-token label ([`Batch::n_targets`] without building it).
+fn target_count(records: &[(Vec<u32>, Vec<i64>)], rows: &[usize]) -> usize {
+    let t = padded_len(records, rows);
+    rows.iter().map(|&i| records[i].1.iter().take(t).skip(1).filter(|&&l| l != -100).count()).sum()
 }
 
 #[cfg(test)]

@@ -234,3 +234,58 @@ fn errors_about_a_whole_mapping_point_at_its_start_not_at_a_colon() {
     assert!(err.contains("missing key `nodes`"), "{err}");
     assert!(err.contains("p.yaml:1:1]"), "expected the start of the file:\n{err}");
 }
+
+/// FORTUNE plus a lora-train node with `node_extra` lines (indented 4) after its kind; the model
+/// file exists so only `gpus` can be wrong.
+fn with_train(node_extra: &str) -> String {
+    format!(
+        "{FORTUNE}  train:\n    kind: lora-train\n{node_extra}    inputs: {{ model: model.gguf, dataset: tokenize.dataset }}\n"
+    )
+}
+
+fn invalid_with_model(yaml: &str) -> (TestContext, String) {
+    let t = TestContext::with_fixtures();
+    t.write("model.gguf", "not read: the pipeline is rejected first");
+    t.write("p.yaml", yaml);
+    let r = t.run("p.yaml", &[]).code(2);
+    assert_eq!(r.count("node_started"), 0, "{r:?}");
+    assert!(t.node_records().is_empty(), "nothing may run: {:?}", t.node_records());
+    (t, unwrap_diagnostics(&r.stderr))
+}
+
+/// The default (CI) build has no CUDA: `gpus: 2` names the node, the file, line and column
+/// before anything runs, and says what is missing.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn gpus_two_in_a_build_without_cuda_is_a_located_error_before_anything_runs() {
+    let (_t, err) = invalid_with_model(&with_train("    gpus: 2\n"));
+    assert!(err.contains("node `train` asks for 2 GPUs (`gpus: 2`)"), "{err}");
+    assert!(err.contains("no CUDA device is available"), "{err}");
+    assert!(err.contains("p.yaml:18:11"), "{err}");
+    assert!(err.contains("--features cuda"), "{err}");
+}
+
+#[test]
+fn gpus_zero_or_not_a_number_is_located() {
+    let (_t, err) = invalid_with_model(&with_train("    gpus: 0\n"));
+    assert!(err.contains("`gpus` must be a number of GPUs (1 or more) or `all`, found `0`"), "{err}");
+    assert!(err.contains("p.yaml:18:11"), "{err}");
+    let (_t, err) = invalid_with_model(&with_train("    gpus: many\n"));
+    assert!(err.contains("found `many`"), "{err}");
+}
+
+#[test]
+fn gpus_on_a_kind_that_runs_on_one_device_is_located() {
+    let yaml = FORTUNE.replace("    kind: tokenize\n", "    kind: tokenize\n    gpus: 2\n");
+    let (_t, err) = invalid(&yaml, &[]);
+    assert!(err.contains("node `tokenize` (tokenize) runs on one device; it takes no `gpus`"), "{err}");
+    assert!(err.contains("`gpus` is for data-parallel kinds: lora-train"), "{err}");
+    assert!(err.contains("p.yaml:11:5"), "{err}");
+}
+
+#[test]
+fn gpus_with_device_cpu_is_located() {
+    let (_t, err) = invalid_with_model(&with_train("    device: cpu\n    gpus: all\n"));
+    assert!(err.contains("node `train` has `device: cpu` and `gpus: all`"), "{err}");
+    assert!(err.contains("p.yaml:19:11"), "{err}");
+}

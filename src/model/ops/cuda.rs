@@ -342,7 +342,7 @@ pub(super) fn cross_entropy(logits: &Tensor, labels: &Tensor, scale: Option<f64>
 }
 
 /// See [`super::lora_dropout`].
-pub(super) fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
+pub(super) fn lora_dropout(x: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
     let dev = cuda_device(x)?;
     let stream = dev.cuda_stream();
     let x = x.contiguous()?;
@@ -354,8 +354,16 @@ pub(super) fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
         let xr = Read::new(&x);
         let (xp, _xg) = xr.ptr(&stream)?;
         let (yp, _yg) = ptr_mut(&mut y, &stream)?;
-        let args = [Arg::Ptr(xp), Arg::Ptr(yp), Arg::U64(n as u64), Arg::U64(seed), Arg::U32(threshold), Arg::F32(keep)];
-        launch(&dev, DROPOUT, &name, grid(n.div_ceil(2), 256), &args)?;
+        let args = [
+            Arg::Ptr(xp),
+            Arg::Ptr(yp),
+            Arg::U64(n as u64),
+            Arg::U64(first),
+            Arg::U64(seed),
+            Arg::U32(threshold),
+            Arg::F32(keep),
+        ];
+        launch(&dev, DROPOUT, &name, grid(n, 256), &args)?;
     }
     Ok(tensor(y, x.shape()))
 }

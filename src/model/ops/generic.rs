@@ -135,17 +135,22 @@ pub(crate) fn dropout_params(p: f32) -> (u32, f32) {
 /// The dropout mask `[n]` of 0 and `1/(1-p)` for `seed`, computed on the host: element `e` takes
 /// the low (even `e`) or high (odd `e`) half of `splitmix(seed ^ splitmix(e / 2))`.
 pub fn dropout_mask(seed: u64, n: usize, p: f32) -> Vec<f32> {
+    dropout_mask_at(seed, 0, n, p)
+}
+
+/// [`dropout_mask`]'s elements `first..first + n` (a data-parallel shard's rows of its
+/// micro-batch's mask).
+pub fn dropout_mask_at(seed: u64, first: u64, n: usize, p: f32) -> Vec<f32> {
     use rayon::prelude::*;
     let (threshold, keep) = dropout_params(p);
     let mut v = vec![0f32; n];
+    // Counter-based, so the parallel split cannot change a single bit.
     v.par_chunks_mut(4096).enumerate().for_each(|(c, chunk)| {
-        for (j, pair) in chunk.chunks_mut(2).enumerate() {
-            let r = splitmix(seed ^ splitmix((c * 2048 + j) as u64));
-            let (lo, hi) = (r as u32, (r >> 32) as u32);
-            pair[0] = if lo >= threshold { keep } else { 0.0 };
-            if pair.len() > 1 {
-                pair[1] = if hi >= threshold { keep } else { 0.0 };
-            }
+        for (j, m) in chunk.iter_mut().enumerate() {
+            let g = first + (c * 4096 + j) as u64;
+            let r = splitmix(seed ^ splitmix(g / 2));
+            let bits = if g % 2 == 0 { r as u32 } else { (r >> 32) as u32 };
+            *m = if bits >= threshold { keep } else { 0.0 };
         }
     });
     v
@@ -153,9 +158,9 @@ pub fn dropout_mask(seed: u64, n: usize, p: f32) -> Vec<f32> {
 
 /// See [`super::lora_dropout`]: the mask built on the host (the CPU reference; on CUDA the kernel
 /// hashes in place).
-pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
+pub fn lora_dropout(x: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
     let cdt = compute_dtype(x.dtype());
-    let mask = Tensor::from_vec(dropout_mask(seed, x.elem_count(), p), x.shape(), x.device())?;
+    let mask = Tensor::from_vec(dropout_mask_at(seed, first, x.elem_count(), p), x.shape(), x.device())?;
     (x.to_dtype(cdt)? * mask.to_dtype(cdt)?)?.to_dtype(x.dtype())
 }
 

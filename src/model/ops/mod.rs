@@ -242,6 +242,13 @@ pub fn cross_entropy_loss(logits: &Tensor, labels: &Tensor) -> Result<CrossEntro
 /// on the gradient, so no mask is stored; on CUDA none is built on the host or uploaded either.
 /// `p = 0` returns `x` unchanged.
 pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
+    lora_dropout_at(x, seed, p, 0)
+}
+
+/// [`lora_dropout`] for a tensor whose first element is element `first` of a larger one (a
+/// data-parallel shard's rows of its micro-batch): it gets exactly that part of the larger
+/// tensor's mask.
+pub fn lora_dropout_at(x: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
     check_float("lora_dropout", x)?;
     if !(0.0..1.0).contains(&p) {
         bail!("lora_dropout: p = {p} outside [0, 1)");
@@ -251,9 +258,9 @@ pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
     }
     if is_cuda(x) {
         #[cfg(feature = "cuda")]
-        return cuda::lora_dropout(x, seed, p);
+        return cuda::lora_dropout(x, seed, p, first);
     }
-    generic::lora_dropout(x, seed, p)
+    generic::lora_dropout(x, seed, p, first)
 }
 
 fn check_attention(what: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
