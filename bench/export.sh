@@ -128,12 +128,9 @@ nodes:
     inputs: {model: merge.model, prompts: prompts.txt}
     params: {type: Q8_0, llama_cpp: $GATE_LLAMA}
 YAML
-MERGED=$("$PIPE" --cache "$CACHE" run "$WORK/export.yaml" --target merge --json | python3 -c '
-import json, sys
-for l in sys.stdin:
-    e = json.loads(l)
-    if e.get("event") == "node_finished" and e["node"] == "merge":
-        print(e["outputs"]["model"])')
+"$PIPE" --cache "$CACHE" run "$WORK/export.yaml" --target merge >&2
+MERGED=$("$PIPE" --cache "$CACHE" show "$WORK/export.yaml" merge --json | python3 -c \
+  'import json, sys; print(json.load(sys.stdin)["outputs"]["model"]["path"])')
 [[ -f "$MERGED/model.safetensors" || -f "$MERGED/model.safetensors.index.json" ]] || { echo "no merged folder ($MERGED)" >&2; exit 1; }
 # The stat cache refuses files modified < 2 s before hashing; let the next run record them.
 sleep 3
