@@ -5,11 +5,15 @@ path on the same merged folder, interleaved, REPS times, and writes every sample
 Each sample records the command's wall time (process start to exit, around subprocess.run),
 its CPU time (user + sys of the child: the os.times() children counters around it), the 1-minute load average just before it,
 and how many `rustc` processes were running (other developers' builds on a shared machine).
-One untimed warm-up of every command comes first (page cache, Python bytecode).
+One untimed warm-up of every command comes first (page cache, Python bytecode). Each rep
+starts one command later in the list than the one before (rotation), and every timed command
+waits `settle_s` seconds first: on the VM of BENCHMARKS.md the cost of touching fresh memory
+depends on what exited just before (freed guest memory goes back to the host and faults in
+again slowly), so no command should always follow the same big process.
 
 usage: export_time.py CONFIG.json OUT.json
-CONFIG: {"reps": N, "gate_reps": N, "commands": {name: {"argv": [...], "node": NODE or null,
-         "gate": bool}}}. Commands run in the order given; `gate` commands run gate_reps times.
+CONFIG: {"reps": N, "gate_reps": N, "settle_s": S, "commands": {name: {"argv": [...],
+         "node": NODE or null, "gate": bool}}}. `gate` commands run gate_reps times.
 For pipe commands (`node` set) the node's `duration_ms` and its outputs are kept too.
 """
 import json
@@ -80,11 +84,15 @@ def main():
         print(f"warm-up: {name}", file=sys.stderr)
         run_once(spec, log)
     samples = {name: [] for name in cmds}
+    names = list(cmds)
+    settle = float(cfg.get("settle_s", 0))
     for rep in range(max(cfg["reps"], cfg.get("gate_reps", 0))):
-        for name, spec in cmds.items():
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            spec = cmds[name]
             n = cfg.get("gate_reps", 0) if spec.get("gate") else cfg["reps"]
             if rep >= n:
                 continue
+            time.sleep(settle)
             s = timed(spec, log)
             samples[name].append(s)
             extra = f", node {s['node_ms']:.0f} ms" if "node_ms" in s else ""
