@@ -28,9 +28,10 @@
 # Knobs: PIPE_BENCH_WORK (default /tmp/pipe-bench; this uses $PIPE_BENCH_WORK/export),
 # REPS (5), GATE_REPS (3), MERGE_DTYPE (f32), PIPE_BIN + SKIP_BUILD=1 (no cargo; default binary
 # ${CARGO_TARGET_DIR:-target}/release/pipe). The binary is copied aside before measuring.
-# SETTLE_S (5): seconds of pause before every timed command (see bench/export_time.py: on a VM
-# that hands freed memory back to the host, a command's page-fault cost depends on what ran
-# just before it); commands also rotate order from rep to rep.
+# CHURN_MIB (2048), SETTLE_S (5): before every timed command a helper touches and frees this
+# much memory, then the driver waits this long, so every command starts from the same state
+# (see bench/export_time.py: on this VM a command's page-fault cost depends on what ran just
+# before it). CHURN_MIB=0 SETTLE_S=0 runs them back to back. Each rep shuffles the order (SEED).
 # PIPE_BASELINE_BIN: a second pipe binary (an older build) timed in the same interleaved loop,
 # for before/after rows (verify off only).
 set -euo pipefail
@@ -40,6 +41,8 @@ WORK=${PIPE_BENCH_WORK:-/tmp/pipe-bench}/export
 REPS=${REPS:-5}
 GATE_REPS=${GATE_REPS:-3}
 SETTLE_S=${SETTLE_S:-5}
+CHURN_MIB=${CHURN_MIB:-2048}
+SEED=${SEED:-1}
 MERGE_DTYPE=${MERGE_DTYPE:-f32}
 CONVERT_PIP=${CONVERT_PIP:-"torch==2.15.0 numpy==2.4.6 sentencepiece==0.2.3 transformers==5.24.0 safetensors==0.8.0 protobuf"}
 LLAMA_VERSION=0.3.36
@@ -145,9 +148,9 @@ echo "merged folder: $MERGED ($WEIGHTS bytes of $MERGE_DTYPE weights)" >&2
 # --- 2 + 3. timings, interleaved ---------------------------------------------------------------
 LL="$WORK/llama"
 mkdir -p "$LL"
-python3 - "$WORK/config.json" "$PIPE" "$CACHE" "$WORK/export.yaml" "$PY" "$CONVERT" "$MERGED" "$LL" "$QUANTIZE" "$REPS" "$GATE_REPS" "$BASE" "$SETTLE_S" <<'PY'
+python3 - "$WORK/config.json" "$PIPE" "$CACHE" "$WORK/export.yaml" "$PY" "$CONVERT" "$MERGED" "$LL" "$QUANTIZE" "$REPS" "$GATE_REPS" "$BASE" "$SETTLE_S" "$CHURN_MIB" "$SEED" <<'PY'
 import json, sys
-out, pipe, cache, yaml, py, convert, merged, ll, quantize, reps, gate_reps, base, settle = sys.argv[1:]
+out, pipe, cache, yaml, py, convert, merged, ll, quantize, reps, gate_reps, base, settle, churn, seed = sys.argv[1:]
 def node(n, gate=False, exe=pipe):
     return {"argv": [exe, "--cache", cache, "run", yaml, "--target", n, "--force", n, "--json"], "node": n, "gate": gate}
 cmds = {
@@ -162,7 +165,7 @@ cmds = {
 if base:
     cmds = {"pipe_base_f16": node("export-f16", exe=base), **cmds}
     cmds["pipe_base_q8_0"] = node("export-q8_0", exe=base)
-json.dump({"reps": int(reps), "gate_reps": int(gate_reps), "settle_s": float(settle), "commands": cmds}, open(out, "w"), indent=1)
+json.dump({"reps": int(reps), "gate_reps": int(gate_reps), "settle_s": float(settle), "churn_mib": int(churn), "seed": int(seed), "commands": cmds}, open(out, "w"), indent=1)
 PY
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg), rustc $(pgrep -c rustc || true)"
 START=$(date -u +%Y-%m-%dT%H:%MZ)
@@ -193,6 +196,8 @@ MACHINE="$cpu, $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM, $(un
   echo
   echo "Merged folder: $MERGE_DTYPE weights, $WEIGHTS bytes ($MERGED)"
   echo
+  echo "Protocol: before each timed command ${CHURN_MIB} MiB touched and freed by a helper, then ${SETTLE_S} s pause; seed $SEED"
+  echo
   python3 - "$WORK/times.json" "$WORK/compare.json" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))["summary"]
@@ -217,7 +222,7 @@ print()
 print(f"llama-quantize alone: {w('llama_quantize_q8_0'):,.0f} ms. ", end="")
 for k, ty in (("pipe_f16_gate", "F16"), ("pipe_q8_0_gate", "Q8_0")):
     print(f"pipe with the gate on, {ty}: {w(k):,.0f} ms (node {t[k]['node_ms_median']:,.0f} ms, {t[k]['n']} reps). ", end="")
-print(f"Reps: {t['pipe_f16']['n']} (gate: {t['pipe_f16_gate']['n']}), interleaved in rotating order, medians.")
+print(f"Reps: {t['pipe_f16']['n']} (gate: {t['pipe_f16_gate']['n']}), shuffled per rep, medians.")
 if "pipe_base_f16" in t:
     print()
     for ty, k, b, l in (("F16", "pipe_f16", "pipe_base_f16", w("llama_convert_f16")),

@@ -5,19 +5,23 @@ path on the same merged folder, interleaved, REPS times, and writes every sample
 Each sample records the command's wall time (process start to exit, around subprocess.run),
 its CPU time (user + sys of the child: the os.times() children counters around it), the 1-minute load average just before it,
 and how many `rustc` processes were running (other developers' builds on a shared machine).
-One untimed warm-up of every command comes first (page cache, Python bytecode). Each rep
-starts one command later in the list than the one before (rotation), and every timed command
-waits `settle_s` seconds first: on the VM of BENCHMARKS.md the cost of touching fresh memory
-depends on what exited just before (freed guest memory goes back to the host and faults in
-again slowly), so no command should always follow the same big process.
+One untimed warm-up of every command comes first (page cache, Python bytecode). Each rep runs
+the commands in a new seeded random order. On the VM of BENCHMARKS.md the cost of touching
+fresh memory depends on what ran just before (memory a process freed a while ago faults in
+again slowly, probably because the guest hands it back to the host), so before every timed
+command a helper process can touch and free `churn_mib` MiB, then the driver waits `settle_s`
+seconds: every command then starts from the same state, the one it meets after a big step of
+a pipeline (merge, training) has exited. With churn_mib 0 and settle_s 0 the commands run back
+to back, each after whichever the shuffle put before it.
 
 usage: export_time.py CONFIG.json OUT.json
-CONFIG: {"reps": N, "gate_reps": N, "settle_s": S, "commands": {name: {"argv": [...],
+CONFIG: {"reps": N, "gate_reps": N, "settle_s": S, "churn_mib": M, "seed": K, "commands": {name: {"argv": [...],
          "node": NODE or null, "gate": bool}}}. `gate` commands run gate_reps times.
 For pipe commands (`node` set) the node's `duration_ms` and its outputs are kept too.
 """
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -84,16 +88,24 @@ def main():
         print(f"warm-up: {name}", file=sys.stderr)
         run_once(spec, log)
     samples = {name: [] for name in cmds}
-    names = list(cmds)
     settle = float(cfg.get("settle_s", 0))
+    churn = int(cfg.get("churn_mib", 0))
+    rng = random.Random(cfg.get("seed", 1))
+    prev = None
     for rep in range(max(cfg["reps"], cfg.get("gate_reps", 0))):
-        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+        names = list(cmds)
+        rng.shuffle(names)
+        for name in names:
             spec = cmds[name]
             n = cfg.get("gate_reps", 0) if spec.get("gate") else cfg["reps"]
             if rep >= n:
                 continue
+            if churn:
+                subprocess.run([sys.executable, "-c", f"b = b'\\x01' * ({churn} << 20)"], check=True)
             time.sleep(settle)
             s = timed(spec, log)
+            s["after"] = prev
+            prev = name
             samples[name].append(s)
             extra = f", node {s['node_ms']:.0f} ms" if "node_ms" in s else ""
             print(
