@@ -211,12 +211,13 @@ rows = [
      cpu("llama_convert_f16") + cpu("llama_quantize_q8_0"), "pipe_q8_0", "Q8_0 (vs llama-quantize)"),
     ("Q8_0", "convert --outtype q8_0", w("llama_convert_q8_0"), cpu("llama_convert_q8_0"), "pipe_q8_0", "Q8_0 (vs convert --outtype q8_0)"),
 ]
-print("| type | llama.cpp path | llama.cpp wall (median) | pipe export-gguf, verify off (median) | ratio (wall) | >= 5x | CPU time llama.cpp / pipe | same tensors, byte-identical | load (1 min), rustc |")
+print("| type | llama.cpp path | llama.cpp wall (median) | pipe export-gguf, verify off: median (min–max) | ratio (wall) | >= 5x | CPU time llama.cpp / pipe | same tensors, byte-identical | load (1 min), rustc |")
 print("|---|---|---|---|---|---|---|---|---|")
 for ty, path, lw, lc, pk, ck in rows:
     r = lw / w(pk)
     cc = c[ck]
-    print(f"| {ty} | {path} | {lw:,.0f} ms | {w(pk):,.0f} ms (node {t[pk]['node_ms_median']:,.0f} ms) | **{r:.1f}x** | {'yes' if r >= 5 else 'no'} "
+    rng = f"{t[pk]['wall_ms_min']:,.0f}–{t[pk]['wall_ms_max']:,.0f}"
+    print(f"| {ty} | {path} | {lw:,.0f} ms | {w(pk):,.0f} ms ({rng}; node {t[pk]['node_ms_median']:,.0f} ms) | **{r:.1f}x** | {'yes' if r >= 5 else 'no'} "
           f"| {lc:,.0f} / {cpu(pk):,.0f} ms ({lc / cpu(pk):.1f}x) | {cc['same_tensors']}, {cc['identical_bytes']}/{cc['compared']} | {load(pk)} |")
 print()
 print(f"llama-quantize alone: {w('llama_quantize_q8_0'):,.0f} ms. ", end="")
