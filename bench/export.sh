@@ -58,7 +58,7 @@ REV="$(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 git diff --quiet HEAD -- src Cargo.toml 2>/dev/null || REV="$REV+dirty"
 mkdir -p "$WORK/bin"
 PIPE="$WORK/bin/pipe-$REV"
-cp "$SRC_BIN" "$PIPE"
+[[ "$SRC_BIN" -ef "$PIPE" ]] || cp "$SRC_BIN" "$PIPE"
 BASE=""
 if [[ -n "${PIPE_BASELINE_BIN:-}" ]]; then
   BASE="$WORK/bin/pipe-baseline"
