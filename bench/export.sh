@@ -26,7 +26,7 @@
 #                    transformers safetensors); default: created in $WORK/venv and filled
 #                    with CONVERT_PIP (pinned to the versions measured) from PyPI (torch is large)
 # Knobs: PIPE_BENCH_WORK (default /tmp/pipe-bench; this uses $PIPE_BENCH_WORK/export),
-# REPS (5), GATE_REPS (3), MERGE_DTYPE (f32), PIPE_BIN + SKIP_BUILD=1 (no cargo; default binary
+# REPS (5), GATE_REPS (3; 0 leaves the gate runs out), MERGE_DTYPE (f32), PIPE_BIN + SKIP_BUILD=1 (no cargo; default binary
 # ${CARGO_TARGET_DIR:-target}/release/pipe). The binary is copied aside before measuring.
 # CHURN_MIB (2048), SETTLE_S (5): before every timed command a helper touches and frees this
 # much memory, then the driver waits this long, so every command starts from the same state
@@ -159,9 +159,10 @@ cmds = {
     "llama_quantize_q8_0": {"argv": [quantize, f"{ll}/f16.gguf", f"{ll}/q8_0-quantize.gguf", "Q8_0"]},
     "llama_convert_q8_0": {"argv": [py, convert, merged, "--outtype", "q8_0", "--outfile", f"{ll}/q8_0-convert.gguf"]},
     "pipe_q8_0": node("export-q8_0"),
-    "pipe_f16_gate": node("export-f16-gate", True),
-    "pipe_q8_0_gate": node("export-q8_0-gate", True),
 }
+if int(gate_reps) > 0:
+    cmds["pipe_f16_gate"] = node("export-f16-gate", True)
+    cmds["pipe_q8_0_gate"] = node("export-q8_0-gate", True)
 if base:
     cmds = {"pipe_base_f16": node("export-f16", exe=base), **cmds}
     cmds["pipe_base_q8_0"] = node("export-q8_0", exe=base)
@@ -222,8 +223,10 @@ for ty, path, lw, lc, pk, ck in rows:
 print()
 print(f"llama-quantize alone: {w('llama_quantize_q8_0'):,.0f} ms. ", end="")
 for k, ty in (("pipe_f16_gate", "F16"), ("pipe_q8_0_gate", "Q8_0")):
+    if k not in t:
+        continue
     print(f"pipe with the gate on, {ty}: {w(k):,.0f} ms (node {t[k]['node_ms_median']:,.0f} ms, {t[k]['n']} reps). ", end="")
-print(f"Reps: {t['pipe_f16']['n']} (gate: {t['pipe_f16_gate']['n']}), shuffled per rep, medians.")
+print(f"Reps: {t['pipe_f16']['n']} (gate: {t['pipe_f16_gate']['n'] if 'pipe_f16_gate' in t else 0}), shuffled per rep, medians.")
 if "pipe_base_f16" in t:
     print()
     for ty, k, b, l in (("F16", "pipe_f16", "pipe_base_f16", w("llama_convert_f16")),
