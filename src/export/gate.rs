@@ -6,7 +6,7 @@
 //! | `tensors` | the file loads with pipe's own loader (names, Q/K order, shapes, config) and every tensor is within its type's error bound of the source (relative RMS error, [`error_bound`]) |
 //! | `tokenizer` | the tokenizer built from the file encodes the samples to the training tokenizer's ids |
 //! | `llama.cpp tokenizer` | llama.cpp's `llama-tokenize` on the file gives the same ids |
-//! | `llama.cpp greedy` | F32/F16/BF16/Q8_0: `llama-simple`'s greedy continuation of each prompt equals pipe's on the same file for the first N tokens, or the two part only at a near-tie (pipe's top-2 logit margin below `tie_margin` where they part; reported) |
+//! | `llama.cpp greedy` | F32/F16/BF16/Q8_0: `llama-simple`'s greedy continuation of each prompt equals pipe's on the same file for the first N tokens, or the two part only at a near-tie (pipe's top-2 logit margin below `tie_margin` where they part; reported). For Q8_0 weights pipe rounds the activations to Q8_0 before those matmuls, as llama.cpp's CPU backend does; the unquantized source's agreement is reported for information |
 //! | `llama.cpp perplexity` | quantized below 8 bits: perplexity on the held-out text within a stated fraction of an F16 export's |
 //!
 //! The llama.cpp checks run when the tools are found (see [`super::llamacpp`]) and are listed as
@@ -21,7 +21,9 @@ use super::Written;
 use crate::gguf::ftype::FileType;
 use crate::gguf::quant::GgmlKind;
 use crate::gguf::GgufFile;
-use crate::model::generate::{argmax, decode};
+use crate::model::generate::{argmax, decode_with};
+use crate::model::ggml_cpu::ActRounding;
+use crate::model::lora::Module;
 use crate::model::gguf_names::gguf_name;
 use crate::model::llama::Model;
 use crate::tokenizer::fast::token_bytes;
@@ -130,7 +132,7 @@ impl Gate<'_> {
             }
             Some(l) => {
                 push(self.llama_tokenizer(l));
-                push(self.llama_greedy(l, &loaded));
+                push(self.llama_greedy(l, &file, &loaded));
                 push(self.llama_perplexity(l));
             }
         }
@@ -241,8 +243,11 @@ impl Gate<'_> {
     }
 
     /// `exported` is the file as pipe loads it: llama.cpp and pipe decode the same weights, so
-    /// a difference is a difference in how the file is read, not rounding of the export.
-    fn llama_greedy(&self, l: &LlamaCpp, exported: &Model) -> Check {
+    /// a difference is a difference in how the file is read, not rounding of the export. For
+    /// the matmuls whose weight the file stores as Q8_0, pipe's decode rounds the activations
+    /// to Q8_0 blocks first, as llama.cpp's CPU backend does ([`crate::model::ggml_cpu`]). How
+    /// the unquantized source model's greedy output compares is reported too, for information.
+    fn llama_greedy(&self, l: &LlamaCpp, file: &GgufFile, exported: &Model) -> Check {
         const NAME: &str = "llama.cpp greedy";
         if !matches!(self.file_type, FileType::F32 | FileType::F16 | FileType::BF16 | FileType::Q8_0) {
             return Check::skipped(NAME, format!("{} is compared by perplexity", self.file_type.name()));
@@ -250,20 +255,15 @@ impl Gate<'_> {
         if self.prompts.is_empty() {
             return Check::skipped(NAME, "no prompts");
         }
-        let (mut exact, mut ties) = (0usize, Vec::new());
+        let acts = q8_0_matmuls(file, exported.cfg.num_layers);
+        let acts = (acts.count() > 0).then(|| acts.with_f16_attention());
+        let (mut exact, mut ties, mut source_exact) = (0usize, Vec::new(), 0usize);
         for p in &self.prompts {
             let ids = match self.tokenizer.encode(p.as_str(), true) {
                 Ok(e) => e.get_ids().to_vec(),
                 Err(e) => return Check::new(NAME, false, format!("{p:?}: {e}")),
             };
-            let mut margins = Vec::new();
-            let ours = decode(exported, &ids, &self.stop, self.greedy_tokens, |v| {
-                let best = argmax(v) as usize;
-                let second = v.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, x)| *x).fold(f32::NEG_INFINITY, f32::max);
-                margins.push(v[best] - second);
-                best as u32
-            });
-            let ours = match ours {
+            let (ours, margins) = match greedy(exported, acts.as_ref(), &ids, &self.stop, self.greedy_tokens) {
                 Ok(g) => g,
                 Err(e) => return Check::new(NAME, false, format!("{p:?}: pipe's model: {e}")),
             };
@@ -271,56 +271,106 @@ impl Gate<'_> {
                 Ok(b) => b,
                 Err(e) => return Check::new(NAME, false, e.to_string()),
             };
-            // Compare bytes, token by token: the pieces of the prompt and of our tokens, as
-            // llama-simple prints them.
-            let mut bytes = Vec::new();
-            let mut ends = Vec::new();
-            for id in ids.iter().chain(&ours) {
-                match token_bytes(self.tokenizer, *id) {
-                    Some(b) => bytes.extend(b),
-                    None => return Check::new(NAME, false, format!("{p:?}: token {id} is not in the vocabulary")),
+            if acts.is_some() {
+                match greedy(self.source, None, &ids, &self.stop, self.greedy_tokens) {
+                    Ok((src, _)) => match self.parting(&ids, &src, &got) {
+                        Ok(None) => source_exact += 1,
+                        Ok(Some(_)) => {}
+                        Err(e) => return Check::new(NAME, false, format!("{p:?}: {e}")),
+                    },
+                    Err(e) => return Check::new(NAME, false, format!("{p:?}: the source model: {e}")),
                 }
-                ends.push(bytes.len());
             }
-            // ends[i]: where token i of ours ends; ends[ids.len() - 1]: where the prompt ends.
-            let prompt_end = ids.len().checked_sub(1).map_or(0, |i| ends[i]);
-            let ends = &ends[ids.len()..];
-            let common = bytes.iter().zip(&got).take_while(|(a, b)| a == b).count();
-            if common == bytes.len() && common == got.len() {
-                exact += 1;
-                continue;
-            }
-            // The first of our tokens whose bytes llama.cpp did not print.
-            let k = ends.iter().position(|&e| e > common).unwrap_or(ours.len());
-            // Token k is where the two part. A near-tie there (llama.cpp rounds activations to
-            // f16 or 8 bits inside its matmuls; pipe keeps f32) is reported, not failed.
-            let margin = margins.get(k).copied().unwrap_or(f32::INFINITY);
-            let start = if k == 0 { prompt_end } else { ends[k - 1] };
-            let tail = |s: &[u8]| String::from_utf8_lossy(&s[start.min(s.len())..(start + 48).min(s.len())]).into_owned();
+            let (first, k, ours_tail, got_tail) = match self.parting(&ids, &ours, &got) {
+                Ok(None) => {
+                    exact += 1;
+                    continue;
+                }
+                Ok(Some(x)) => x,
+                Err(e) => return Check::new(NAME, false, format!("{p:?}: {e}")),
+            };
+            // The two part at one of tokens first..=k (see `parting`). A near-tie there (rounding
+            // that pipe's reference does not reproduce bit for bit) is reported, not failed.
+            let margin = margins.get(first..=k.min(margins.len().saturating_sub(1))).and_then(|m| m.iter().copied().reduce(f32::min));
+            let margin = margin.unwrap_or(f32::INFINITY);
+            let at = if first == k { format!("token {k}") } else { format!("tokens {first}-{k}") };
             let detail = format!(
-                "{p:?}: token {k} differs: pipe {:?}, llama.cpp {:?}; pipe's top-2 logit margin there {margin:.4}",
-                tail(&bytes),
-                tail(&got)
+                "{p:?}: {at} differ: pipe {ours_tail:?}, llama.cpp {got_tail:?}; pipe's smallest top-2 logit margin there {margin:.4}"
             );
             if margin >= self.tie_margin {
                 return Check::new(NAME, false, format!("{detail} (not a near-tie: bound {})", self.tie_margin));
             }
-            ties.push(format!("token {k} (margin {margin:.4})"));
+            ties.push(format!("{at} (margin {margin:.4})"));
         }
         let ties = if ties.is_empty() {
             String::new()
         } else {
             format!("; {} part at a near-tie (top-2 margin below {}): {}", ties.len(), self.tie_margin, ties.join(", "))
         };
+        let how = match &acts {
+            Some(a) => format!(
+                " with Q8_0 activations in its {} Q8_0 matmuls and flash attention over an F16 KV cache, as llama.cpp's CPU backend computes them",
+                a.count()
+            ),
+            None => String::new(),
+        };
+        let source = if acts.is_some() {
+            format!(
+                "; for information, the unquantized source model's own greedy continuation equals llama.cpp's on the file for {source_exact} of {}",
+                self.prompts.len()
+            )
+        } else {
+            String::new()
+        };
         Check::new(
             NAME,
             true,
             format!(
-                "llama-simple's greedy continuation equals pipe's on the same file for {exact} of {} prompts ({} tokens each){ties}",
+                "llama-simple's greedy continuation equals pipe's on the same file{how} for {exact} of {} prompts ({} tokens each){ties}{source}",
                 self.prompts.len(),
                 self.greedy_tokens
             ),
         )
+    }
+
+    /// Where pipe's continuation `ours` of the prompt `ids` and llama-simple's output `got`
+    /// (the prompt's pieces, then each generated token's, as bytes) part: `None` when they are
+    /// equal, else the range `first..=k` of our tokens where the choice that parted them was
+    /// made, and up to 48 bytes of each side from token `first` on.
+    ///
+    /// `k` is our first token whose bytes llama.cpp did not print. llama-simple prints bytes, not
+    /// token ids, and a character outside ASCII may be spelled by several byte tokens: where the
+    /// two part inside such a character, llama.cpp may have chosen a different token already at
+    /// the token that began the character (`177` and `30746` both start with the same lead byte,
+    /// so the bytes agree one token longer than the choices did). `first` is that token: the one
+    /// holding the first byte of the UTF-8 character in which they part.
+    fn parting(&self, ids: &[u32], ours: &[u32], got: &[u8]) -> Result<Option<(usize, usize, String, String)>, String> {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for id in ids.iter().chain(ours) {
+            match token_bytes(self.tokenizer, *id) {
+                Some(b) => bytes.extend(b),
+                None => return Err(format!("token {id} is not in the vocabulary")),
+            }
+            ends.push(bytes.len());
+        }
+        // ends[i]: where token i of ours ends; ends[ids.len() - 1]: where the prompt ends.
+        let prompt_end = ids.len().checked_sub(1).map_or(0, |i| ends[i]);
+        let ends = &ends[ids.len()..];
+        let common = bytes.iter().zip(got).take_while(|(a, b)| a == b).count();
+        if common == bytes.len() && common == got.len() {
+            return Ok(None);
+        }
+        let k = ends.iter().position(|&e| e > common).unwrap_or(ours.len());
+        // The lead byte of the character the first differing byte belongs to.
+        let mut char_start = common.min(bytes.len());
+        while char_start > 0 && bytes.get(char_start).is_some_and(|b| b & 0xC0 == 0x80) {
+            char_start -= 1;
+        }
+        let first = ends.iter().position(|&e| e > char_start).unwrap_or(ours.len()).min(k);
+        let start = if first == 0 { prompt_end } else { ends[first - 1] };
+        let tail = |s: &[u8]| String::from_utf8_lossy(&s[start.min(s.len())..(start + 48).min(s.len())]).into_owned();
+        Ok(Some((first, k, tail(&bytes), tail(got))))
     }
 
     fn llama_perplexity(&self, l: &LlamaCpp) -> Check {
@@ -348,6 +398,52 @@ impl Gate<'_> {
             ),
         )
     }
+}
+
+/// pipe's greedy continuation of `ids` and its top-2 logit margin at each step.
+fn greedy(
+    model: &Model,
+    acts: Option<&ActRounding>,
+    ids: &[u32],
+    stop: &[u32],
+    n: usize,
+) -> candle_core::Result<(Vec<u32>, Vec<f32>)> {
+    let mut margins = Vec::new();
+    let out = decode_with(model, acts, ids, stop, n, |v| {
+        let best = argmax(v) as usize;
+        let second = v.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, x)| *x).fold(f32::NEG_INFINITY, f32::max);
+        margins.push(v[best] - second);
+        best as u32
+    })?;
+    Ok((out, margins))
+}
+
+/// The matmuls llama.cpp's CPU backend feeds Q8_0 activations in `file`: the projections and
+/// the output head whose weight the file stores as Q8_0 (the head is `token_embd.weight` when
+/// there is no `output.weight`).
+pub fn q8_0_matmuls(file: &GgufFile, layers: usize) -> ActRounding {
+    let q8 = |name: &str| file.tensor(name).and_then(|t| GgmlKind::from_id(t.ggml_type.id())) == Some(GgmlKind::Q8_0);
+    let mut acts = ActRounding::none(layers);
+    for l in 0..layers {
+        for (m, n) in [
+            (Module::Q, "attn_q"),
+            (Module::K, "attn_k"),
+            (Module::V, "attn_v"),
+            (Module::O, "attn_output"),
+            (Module::Gate, "ffn_gate"),
+            (Module::Up, "ffn_up"),
+            (Module::Down, "ffn_down"),
+        ] {
+            if q8(&format!("blk.{l}.{n}.weight")) {
+                acts = acts.with_q8_0(l, m);
+            }
+        }
+    }
+    let head = if file.tensor("output.weight").is_some() { "output.weight" } else { "token_embd.weight" };
+    if q8(head) {
+        acts = acts.with_q8_0_head();
+    }
+    acts
 }
 
 fn flat(t: &candle_core::Tensor) -> candle_core::Result<Vec<f32>> {

@@ -410,8 +410,20 @@ fn run_q8_0(x: &[f32], y: &mut [u8]) {
         let d = amax / 127.0;
         let id = inverse_or_zero(d);
         put_f16(y, 0, d);
-        for (q, &v) in y[2..34].iter_mut().zip(x) {
-            *q = c_round_to_i32(v * id) as u8;
+        if amax.is_finite() && id.is_finite() {
+            // |v * id| <= 127 (about), so the range checks of `c_round_to_i32` cannot trigger:
+            // the same rounding without branches, which the compiler vectorizes (SSE2
+            // truncation and compares; `f32::round` would be a libm call per value).
+            for (q, &v) in y[2..34].iter_mut().zip(x) {
+                let s = v * id;
+                let t = s as i32;
+                let frac = s - t as f32;
+                *q = (t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)) as u8;
+            }
+        } else {
+            for (q, &v) in y[2..34].iter_mut().zip(x) {
+                *q = c_round_to_i32(v * id) as u8;
+            }
         }
     }
 }
@@ -1063,6 +1075,39 @@ mod tests {
         assert_eq!(fp32_to_bf16(f32::from_bits(0x3f80_8000)), 0x3f80); // tie to even
         assert_eq!(fp32_to_bf16(f32::from_bits(0x3f81_8000)), 0x3f82);
         assert_eq!(fp32_to_bf16(f32::from_bits(0x7f80_0001)), 0x7fc0); // signalling NaN made quiet
+    }
+
+    /// The branch-free Q8_0 rounding gives the bytes of the direct port on halves, NaN inside a
+    /// block, infinities, subnormal blocks and ordinary values.
+    #[test]
+    fn q8_0_fast_rounding_equals_the_direct_port() {
+        fn direct(x: &[f32], y: &mut [u8]) {
+            for (x, y) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
+                let amax = x.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+                let d = amax / 127.0;
+                let id = inverse_or_zero(d);
+                put_f16(y, 0, d);
+                for (q, &v) in y[2..34].iter_mut().zip(x) {
+                    *q = c_round_to_i32(v * id) as u8;
+                }
+            }
+        }
+        let mut x: Vec<f32> = (0..32 * 64).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        x[0] = 127.0; // block 0: amax 127, so id = 1 and halves stay halves
+        for (j, v) in [0.5f32, 1.5, 2.5, -0.5, -1.5, 0.49999997, -0.49999997, 126.5].into_iter().enumerate() {
+            x[1 + j] = v;
+        }
+        x[40] = f32::NAN;
+        x[64] = f32::INFINITY;
+        x[97] = f32::NEG_INFINITY;
+        for v in &mut x[128..160] {
+            *v *= 1e-40; // subnormal block
+        }
+        x[160..192].fill(0.0);
+        let (mut a, mut b) = (vec![0u8; 34 * 64], vec![0u8; 34 * 64]);
+        run_q8_0(&x, &mut a);
+        direct(&x, &mut b);
+        assert_eq!(a, b);
     }
 
     #[test]

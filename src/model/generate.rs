@@ -3,6 +3,7 @@
 use candle_core::Result;
 use rand::{Rng, SeedableRng};
 
+use super::ggml_cpu::ActRounding;
 use super::llama::{KvCache, Model};
 
 /// Generates a continuation of `prompt_ids`: greedy when `temperature` is 0, else seeded
@@ -32,10 +33,23 @@ pub fn decode(
     prompt_ids: &[u32],
     stop: &[u32],
     max_new: usize,
+    pick: impl FnMut(&[f32]) -> u32,
+) -> Result<Vec<u32>> {
+    decode_with(model, None, prompt_ids, stop, max_new, pick)
+}
+
+/// [`decode`] with the matmuls `acts` names fed Q8_0 activations, as llama.cpp's CPU backend
+/// computes a Q8_0 file (see [`super::ggml_cpu`]).
+pub fn decode_with(
+    model: &Model,
+    acts: Option<&ActRounding>,
+    prompt_ids: &[u32],
+    stop: &[u32],
+    max_new: usize,
     mut pick: impl FnMut(&[f32]) -> u32,
 ) -> Result<Vec<u32>> {
     let mut cache = KvCache::new(model.cfg.num_layers);
-    let mut logits = model.forward_infer(prompt_ids, &mut cache)?;
+    let mut logits = model.forward_infer_with(prompt_ids, &mut cache, acts)?;
     let mut out = Vec::new();
     for _ in 0..max_new {
         let last = logits.get(logits.dim(0)? - 1)?;
@@ -45,7 +59,7 @@ pub fn decode(
             break;
         }
         out.push(next);
-        logits = model.forward_infer(&[next], &mut cache)?;
+        logits = model.forward_infer_with(&[next], &mut cache, acts)?;
     }
     Ok(out)
 }

@@ -54,6 +54,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use super::config::{Arch, Config};
+use super::ggml_cpu::{flash_attn_f16, round_f16, round_q8_0, ActRounding};
 use super::lora::{Layout, Module};
 use super::ops;
 
@@ -603,6 +604,18 @@ impl Model {
 
     /// Logits `[T, vocab]` (f32) for `ids` appended after `cache`'s positions (no LoRA: merge first).
     pub fn forward_infer(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.forward_infer_with(ids, cache, None)
+    }
+
+    /// [`Model::forward_infer`], with the matmuls that `acts` names fed Q8_0-rounded activations,
+    /// as ggml's CPU backend feeds a Q8_0 weight (see [`super::ggml_cpu`]).
+    pub fn forward_infer_with(&self, ids: &[u32], cache: &mut KvCache, acts: Option<&ActRounding>) -> Result<Tensor> {
+        let proj = |l: usize, m: Module, x: &Tensor| -> Result<Tensor> {
+            match acts {
+                Some(a) if a.q8_0(l, m) => Ok(self.proj_fwd(l, m, &round_q8_0(x)?, None)?.0),
+                _ => Ok(self.proj_fwd(l, m, x, None)?.0),
+            }
+        };
         let c = &self.cfg;
         let t = ids.len();
         let start = cache.len;
@@ -614,35 +627,46 @@ impl Model {
         for l in 0..c.num_layers {
             let ly = &self.layers[l];
             let (h1, _) = ops::rms_norm_fwd(&x, &ly.attn_norm, c.rms_norm_eps)?;
-            let (q2, _) = self.proj_fwd(l, Module::Q, &h1, None)?;
-            let (k2, _) = self.proj_fwd(l, Module::K, &h1, None)?;
-            let (v2, _) = self.proj_fwd(l, Module::V, &h1, None)?;
+            let q2 = proj(l, Module::Q, &h1)?;
+            let k2 = proj(l, Module::K, &h1)?;
+            let v2 = proj(l, Module::V, &h1)?;
             let q = rope_t.apply(&q2.reshape((1, t, nh, hd))?.transpose(1, 2)?)?;
             let k = rope_t.apply(&k2.reshape((1, t, nkv, hd))?.transpose(1, 2)?)?;
             let v = v2.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
+            let fa = acts.is_some_and(ActRounding::f16_attention);
+            let (k, v) = if fa { (round_f16(&k)?, round_f16(&v)?) } else { (k, v) };
             let (k, v) = match (&cache.k[l], &cache.v[l]) {
                 (Some(pk), Some(pv)) => (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?),
                 _ => (k, v),
             };
             cache.k[l] = Some(k.clone());
             cache.v[l] = Some(v.clone());
-            let rep = nh / nkv;
-            let k_rep = repeat_kv(&k, rep)?.contiguous()?;
-            let v_rep = repeat_kv(&v, rep)?.contiguous()?;
-            let s = (f32(&q.matmul(&k_rep.t()?)?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&mask)?;
-            let o = softmax_last_dim(&s)?.to_dtype(self.dtype)?.matmul(&v_rep)?;
-            let o_in = o.transpose(1, 2)?.contiguous()?.reshape((t, nh * hd))?;
-            let (attn, _) = self.proj_fwd(l, Module::O, &o_in, None)?;
+            let o_in = if fa {
+                let flat = |x: &Tensor| -> Result<Vec<f32>> { x.to_dtype(DType::F32)?.flatten_all()?.to_vec1() };
+                let o = flash_attn_f16(&flat(&q)?, &flat(&k)?, &flat(&v)?, nh, nkv, t, start, hd);
+                Tensor::from_vec(o, (t, nh * hd), &self.device)?.to_dtype(self.dtype)?
+            } else {
+                let rep = nh / nkv;
+                let k_rep = repeat_kv(&k, rep)?.contiguous()?;
+                let v_rep = repeat_kv(&v, rep)?.contiguous()?;
+                let s = (f32(&q.matmul(&k_rep.t()?)?)? * (1.0 / (hd as f64).sqrt()))?.broadcast_add(&mask)?;
+                let o = softmax_last_dim(&s)?.to_dtype(self.dtype)?.matmul(&v_rep)?;
+                o.transpose(1, 2)?.contiguous()?.reshape((t, nh * hd))?
+            };
+            let attn = proj(l, Module::O, &o_in)?;
             let x2 = (&x + attn)?;
             let (h2, _) = ops::rms_norm_fwd(&x2, &ly.mlp_norm, c.rms_norm_eps)?;
-            let (g, _) = self.proj_fwd(l, Module::Gate, &h2, None)?;
-            let (u, _) = self.proj_fwd(l, Module::Up, &h2, None)?;
+            let g = proj(l, Module::Gate, &h2)?;
+            let u = proj(l, Module::Up, &h2)?;
             let a = ops::swiglu_fwd(&g, &u)?;
-            let (d, _) = self.proj_fwd(l, Module::Down, &a, None)?;
+            let d = proj(l, Module::Down, &a)?;
             x = (x2 + d)?;
         }
         cache.len += t;
-        let (hf, _) = ops::rms_norm_fwd(&x, &self.norm, c.rms_norm_eps)?;
+        let (mut hf, _) = ops::rms_norm_fwd(&x, &self.norm, c.rms_norm_eps)?;
+        if acts.is_some_and(ActRounding::q8_0_head) {
+            hf = round_q8_0(&hf)?;
+        }
         f32(&hf.matmul(&self.head().t()?)?)
     }
 

@@ -190,9 +190,112 @@ fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError
     };
     let mut tensors = HashMap::new();
     for f in files {
-        tensors.extend(candle_core::safetensors::load(&f, device).map_err(|e| file_err(&f, e))?);
+        tensors.extend(read_safetensors(&f, device)?);
     }
     Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(dir, m))
+}
+
+/// Where one tensor of a safetensors file lies (the header's entry for it).
+#[derive(serde::Deserialize)]
+struct SafetensorsEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [u64; 2],
+}
+
+/// Reads one safetensors file tensor by tensor, each straight into the buffer its tensor keeps.
+///
+/// candle's `safetensors::load` reads the whole file into one buffer and then copies every
+/// tensor out of it: twice the weights in freshly touched memory. On the 2-core VM of
+/// BENCHMARKS.md the kernel zeroing fresh pages was most of an export's time (about 70% of an
+/// F16 export of the default model, a third of it that buffer). Here a small staging buffer
+/// carries the bytes from the page cache into each tensor's own `Vec`. The values are the
+/// same bits. A file holding a dtype other than F32, F16 or BF16 goes through candle's loader.
+fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let ferr = |e: std::io::Error| file_err(path, e);
+    let mut file = std::fs::File::open(path).map_err(ferr)?;
+    let file_len = file.metadata().map_err(ferr)?.len();
+    let mut n = [0u8; 8];
+    file.read_exact(&mut n).map_err(ferr)?;
+    let header_len = u64::from_le_bytes(n);
+    if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
+        return Err(file_err(path, format!("not a safetensors file (header length {header_len})")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(ferr)?;
+    let map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| file_err(path, format!("safetensors header: {e}")))?;
+    let base = 8 + header_len;
+    let mut entries = Vec::with_capacity(map.len());
+    for (name, v) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let e: SafetensorsEntry =
+            serde_json::from_value(v).map_err(|e| file_err(path, format!("safetensors header, tensor `{name}`: {e}")))?;
+        let dtype = match e.dtype.as_str() {
+            "F32" => candle_core::DType::F32,
+            "F16" => candle_core::DType::F16,
+            "BF16" => candle_core::DType::BF16,
+            _ => return candle_core::safetensors::load(path, device).map_err(|e| file_err(path, e)),
+        };
+        let [begin, end] = e.data_offsets;
+        let want = e.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
+        if end < begin || end - begin != want || base + end > file_len {
+            return Err(file_err(path, format!("safetensors header: tensor `{name}` has data offsets {begin}..{end}, which do not fit its shape or the file")));
+        }
+        entries.push((name, dtype, e.shape, begin));
+    }
+    entries.sort_by_key(|e| e.3);
+    let mut stage = vec![0u8; 1 << 18];
+    let mut at = base;
+    let mut out = HashMap::with_capacity(entries.len());
+    for (name, dtype, shape, begin) in entries {
+        if base + begin != at {
+            file.seek(SeekFrom::Start(base + begin)).map_err(ferr)?;
+        }
+        let count = shape.iter().product::<usize>();
+        let t = match dtype {
+            candle_core::DType::F32 => {
+                Tensor::from_vec(read_values(&mut file, count, &mut stage, f32::from_le_bytes).map_err(ferr)?, shape, device)
+            }
+            candle_core::DType::F16 => Tensor::from_vec(
+                read_values(&mut file, count, &mut stage, |b| half::f16::from_bits(u16::from_le_bytes(b))).map_err(ferr)?,
+                shape,
+                device,
+            ),
+            _ => Tensor::from_vec(
+                read_values(&mut file, count, &mut stage, |b| half::bf16::from_bits(u16::from_le_bytes(b))).map_err(ferr)?,
+                shape,
+                device,
+            ),
+        }
+        .map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))?;
+        at = base + begin + (count * dtype.size_in_bytes()) as u64;
+        out.insert(name, t);
+    }
+    Ok(out)
+}
+
+/// Reads `count` little-endian values of `N` bytes each through `stage`.
+fn read_values<T, const N: usize>(
+    r: &mut impl std::io::Read,
+    count: usize,
+    stage: &mut [u8],
+    conv: impl Fn([u8; N]) -> T,
+) -> std::io::Result<Vec<T>> {
+    let mut out = Vec::with_capacity(count);
+    let per = stage.len() / N;
+    let mut left = count;
+    while left > 0 {
+        let k = left.min(per);
+        let buf = &mut stage[..k * N];
+        r.read_exact(buf)?;
+        out.extend(buf.chunks_exact(N).map(|c| conv(c.try_into().expect("chunks of N bytes"))));
+        left -= k;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -307,6 +410,52 @@ mod tests {
         assert_eq!(b.cfg.hf_rope_scaling().unwrap(), None);
         let odd = Config { rope_freq_factors: Some((0..32).map(|i| 1.0 + (i % 3) as f32).collect()), ..cfg };
         assert!(odd.hf_rope_scaling().is_err(), "factors that are no llama3 scaling cannot go into config.json");
+    }
+
+    #[test]
+    fn safetensors_read_tensor_by_tensor_equal_candles_loader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let dev = Device::Cpu;
+        let vals: Vec<f32> = (0..3 * 70).map(|i| ((i as f32) * 0.37).sin() * 1e3).collect();
+        let mut map = HashMap::new();
+        let f32s = Tensor::from_vec(vals.clone(), (3, 70), &dev).unwrap();
+        map.insert("a.weight".to_string(), f32s.clone());
+        map.insert("b.bf16".to_string(), f32s.to_dtype(candle_core::DType::BF16).unwrap());
+        map.insert("c.f16".to_string(), f32s.narrow(1, 0, 5).unwrap().to_dtype(candle_core::DType::F16).unwrap());
+        map.insert("d.scalar".to_string(), Tensor::new(7.5f32, &dev).unwrap());
+        candle_core::safetensors::save(&map, &path).unwrap();
+        let want = candle_core::safetensors::load(&path, &dev).unwrap();
+        let got = read_safetensors(&path, &dev).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (name, w) in &want {
+            let g = &got[name];
+            assert_eq!((g.dtype(), g.dims()), (w.dtype(), w.dims()), "{name}");
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+            };
+            assert_eq!(bits(g), bits(w), "{name}");
+        }
+        // Other dtypes go through candle's loader.
+        map.insert("e.u8".to_string(), Tensor::new(&[1u8, 2, 3], &dev).unwrap());
+        candle_core::safetensors::save(&map, &path).unwrap();
+        let got = read_safetensors(&path, &dev).unwrap();
+        assert_eq!(got["e.u8"].to_vec1::<u8>().unwrap(), vec![1, 2, 3]);
+        assert_eq!(got["a.weight"].flatten_all().unwrap().to_vec1::<f32>().unwrap(), vals);
+    }
+
+    #[test]
+    fn a_truncated_safetensors_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let t = Tensor::from_vec(vec![1f32; 64], 64, &Device::Cpu).unwrap();
+        candle_core::safetensors::save(&HashMap::from([("w".to_string(), t)]), &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let e = read_safetensors(&path, &Device::Cpu).unwrap_err().to_string();
+        assert!(e.contains("tensor `w` has data offsets"), "{e}");
+        std::fs::write(&path, &bytes[..4]).unwrap();
+        assert!(read_safetensors(&path, &Device::Cpu).is_err());
     }
 
     /// Our logits for SmolLM2-135M-Instruct (the default model) against an independent numpy

@@ -7,6 +7,7 @@
 //! | [`lora`] | the flat LoRA parameter layout and peft-style init |
 //! | [`gguf_names`] | tensor names and Q/K row order in GGUF, both ways |
 //! | [`generate`] | greedy or sampled decoding with the KV cache |
+//! | [`ggml_cpu`] | the activation rounding llama.cpp's CPU matmuls do for Q8_0 weights (for the export gate) |
 //! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
 //! | [`to_gguf`] | a model as GGUF metadata and tensors (for the export) |
 //! | [`peft`] | reading and writing peft adapter folders |
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod generate;
+pub mod ggml_cpu;
 pub mod gguf_names;
 pub mod llama;
 pub mod load;

@@ -18,7 +18,7 @@
 //! per-frequency factors, not as metadata. Tied embeddings are written once, as
 //! `token_embd.weight`, with no `output.weight` (llama.cpp ties them back on load).
 
-use candle_core::{Result, Tensor};
+use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 
 use super::config::{Arch, Config};
 use super::gguf_names::{gguf_name, permute};
@@ -100,19 +100,68 @@ enum Source {
     Values(Vec<f32>),
 }
 
-impl ExportTensor {
-    /// The values in llama.cpp order, as f32.
-    pub fn values(&self) -> Result<Vec<f32>> {
-        match &self.source {
-            Source::Values(v) => Ok(v.clone()),
-            Source::Model { tensor, permute_heads } => {
-                let v: Vec<f32> = tensor.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
-                Ok(match permute_heads {
-                    Some(h) => permute(&v, self.shape[0], self.shape[1], *h),
-                    None => v,
-                })
-            }
+/// An export tensor's values in llama.cpp order (see [`ExportTensor::values`]): a slice.
+///
+/// Borrowed from the model's own storage when the tensor is a contiguous f32 tensor on the CPU
+/// and needs no reordering (holding a read lock on that storage until dropped); otherwise owned.
+/// Borrowing spares a copy of every tensor into freshly allocated memory, which an export of a
+/// whole model into a new process pays for in page faults (see BENCHMARKS.md, Export).
+pub struct Values<'a>(ValuesInner<'a>);
+
+enum ValuesInner<'a> {
+    Owned(Vec<f32>),
+    Slice(&'a [f32]),
+    /// A contiguous f32 CPU tensor's storage and the range of its values in it.
+    Storage { storage: StorageRef<'a>, start: usize, end: usize },
+}
+
+impl std::ops::Deref for Values<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match &self.0 {
+            ValuesInner::Owned(v) => v,
+            ValuesInner::Slice(v) => v,
+            ValuesInner::Storage { storage, start, end } => match &**storage {
+                Storage::Cpu(CpuStorage::F32(v)) => &v[*start..*end],
+                _ => unreachable!("only f32 CPU storage is borrowed"),
+            },
         }
+    }
+}
+
+impl std::fmt::Debug for Values<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq<Vec<f32>> for Values<'_> {
+    fn eq(&self, other: &Vec<f32>) -> bool {
+        **self == **other
+    }
+}
+
+impl ExportTensor {
+    /// The values in llama.cpp order, as f32: borrowed where the model's storage already holds
+    /// them so (see [`Values`]).
+    pub fn values(&self) -> Result<Values<'_>> {
+        let (tensor, permute_heads) = match &self.source {
+            Source::Values(v) => return Ok(Values(ValuesInner::Slice(v))),
+            Source::Model { tensor, permute_heads } => (tensor, *permute_heads),
+        };
+        let (storage, layout) = tensor.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
+            return Ok(Values(match permute_heads {
+                Some(h) => ValuesInner::Owned(permute(&v[start..end], self.shape[0], self.shape[1], h)),
+                None => ValuesInner::Storage { storage, start, end },
+            }));
+        }
+        drop(storage);
+        let v: Vec<f32> = tensor.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1()?;
+        Ok(Values(ValuesInner::Owned(match permute_heads {
+            Some(h) => permute(&v, self.shape[0], self.shape[1], h),
+            None => v,
+        })))
     }
 }
 
@@ -142,6 +191,33 @@ mod tests {
     use super::*;
     use crate::model::config::RopeScaling;
     use candle_core::Device;
+
+    #[test]
+    fn values_are_the_same_borrowed_offset_strided_converted_and_permuted() {
+        let dev = Device::Cpu;
+        let plain = Tensor::arange(0f32, 96., &dev).unwrap().reshape((8, 12)).unwrap();
+        let cases = [
+            ("contiguous", plain.clone(), true),
+            ("offset", Tensor::arange(-96f32, 96., &dev).unwrap().reshape((16, 12)).unwrap().narrow(0, 8, 8).unwrap(), true),
+            ("strided", plain.t().unwrap().contiguous().unwrap().t().unwrap(), false),
+            ("bf16", plain.to_dtype(candle_core::DType::BF16).unwrap(), false),
+        ];
+        let want: Vec<f32> = plain.flatten_all().unwrap().to_vec1().unwrap();
+        for (what, tensor, borrowed) in cases {
+            for heads in [None, Some(2)] {
+                let e = ExportTensor {
+                    name: "w".into(),
+                    shape: vec![8, 12],
+                    source: Source::Model { tensor: tensor.clone(), permute_heads: heads },
+                };
+                let v = e.values().unwrap();
+                let want = heads.map_or(want.clone(), |h| permute(&want, 8, 12, h));
+                assert_eq!(v, want, "{what} {heads:?}");
+                let is_borrowed = matches!(v.0, ValuesInner::Storage { .. });
+                assert_eq!(is_borrowed, borrowed && heads.is_none(), "{what} {heads:?}");
+            }
+        }
+    }
 
     #[test]
     fn tied_llama_has_no_output_tensor_and_permutes_only_q_and_k_weights() {
