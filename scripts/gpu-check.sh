@@ -56,16 +56,23 @@ YAML
     p=$("$BIN/pipe" show "$W/$dev-$dtype.yaml" train --cache "$W/cache" --json | python3 -c 'import sys,json; print(json.load(sys.stdin)["outputs"]["log"]["path"])')
     cp "$p" "$OUT/tiny-$dev-$dtype.jsonl"
   done
-  bound=$([ $dtype = f32 ] && echo 1e-3 || echo 3e-2)
-  python3 - "$OUT/tiny-cpu-$dtype.jsonl" "$OUT/tiny-cuda-$dtype.jsonl" $dtype $bound <<'PY' | tee -a "$OUT/parity.txt" || fail=1
+  # Step 1 compares the kernels themselves (same weights, same batch, same dropout masks). Later
+  # steps also carry AdamW's amplification of rounding differences: at lr 0.01 a 1e-7 difference
+  # in step 1 grows about 3x per step (measured on an H100: f32 1.3e-7, 3.5e-6, 8.8e-6 in steps
+  # 1-3, ~2e-3 by step 13), so the first three steps get the tight bound and the whole curve a
+  # loose one. A wrong kernel or mask shows at step 1 or 2.
+  early=$([ $dtype = f32 ] && echo 1e-4 || echo 5e-3)
+  bound=$([ $dtype = f32 ] && echo 1e-2 || echo 3e-2)
+  python3 - "$OUT/tiny-cpu-$dtype.jsonl" "$OUT/tiny-cuda-$dtype.jsonl" $dtype $early $bound <<'PY' | tee -a "$OUT/parity.txt" || fail=1
 import json, sys
 a = [json.loads(l)["loss"] for l in open(sys.argv[1])]
 b = [json.loads(l)["loss"] for l in open(sys.argv[2])]
-bound = float(sys.argv[4])
-worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-ok = len(a) == len(b) == 20 and worst < bound
+early, bound = float(sys.argv[4]), float(sys.argv[5])
+rel = [abs(x - y) / abs(x) for x, y in zip(a, b)]
+ok = len(a) == len(b) == 20 and max(rel[:3]) < early and max(rel) < bound
 print(f"tiny Llama (hidden 256), 20 steps, dropout 0.1, {sys.argv[3]}: cpu {a[0]:.5f} -> {a[-1]:.5f}, cuda {b[0]:.5f} -> {b[-1]:.5f}, "
-      f"worst relative loss difference {worst:.2e} (bound {bound:g}) {'PASS' if ok else 'FAIL'}")
+      f"relative loss difference steps 1-3 {' '.join(f'{r:.1e}' for r in rel[:3])} (bound {early:g}), worst {max(rel):.2e} (bound {bound:g}) "
+      f"{'PASS' if ok else 'FAIL'}")
 sys.exit(0 if ok else 1)
 PY
 done
