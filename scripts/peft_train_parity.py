@@ -76,7 +76,10 @@ def pad_batch(records):
 
 
 def pipe(args, *cmd):
-    return subprocess.run([args.pipe, *cmd], check=True, capture_output=True, text=True).stdout
+    r = subprocess.run([args.pipe, *cmd], capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"FAIL: pipe {' '.join(cmd)} exited {r.returncode}:\n{r.stderr}")
+    return r.stdout
 
 
 def output_path(args, yaml, node, output):
@@ -158,7 +161,8 @@ def main():
     try:
         # 1. pipe makes the base model and the dataset.
         (args.work / "tok").mkdir(exist_ok=True)
-        shutil.copy(REPO / "tests/data/tiny-tokenizer/tokenizer.json", args.work / "tok/tokenizer.json")
+        for f in ["tokenizer.json", "tokenizer_config.json"]:
+            shutil.copy(REPO / "tests/data/tiny-tokenizer" / f, args.work / "tok" / f)
         (args.work / "data").mkdir(exist_ok=True)
         lines = (REPO / "pipelines/data/fortune.jsonl").read_text(encoding="utf-8").splitlines()[: args.records]
         (args.work / "data/records.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -196,7 +200,7 @@ def main():
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            peft_loss.append(float(loss))
+            peft_loss.append(loss.item())
         peft_secs = time.time() - t0
         model.eval()
 
