@@ -10,6 +10,11 @@
 //! tokens, and with `dtype: f16` loss_scale and skipped; deterministic, so `pipe verify` can
 //! compare it; tokens/s goes to the run log), and `curve` (the loss curve as a PNG).
 //!
+//! The optional `init` input is a peft adapter folder the LoRA parameters start from instead of
+//! the seeded init (checked against r, alpha and targets; a resumed checkpoint wins), so pipe and
+//! peft can train from the same initial values (`scripts/peft_train_parity.py`). Being an
+//! input, its bytes are in the node key.
+//!
 //! `dtype` picks the compute dtype: the model is loaded with its frozen weights in it (bf16 and
 //! f16 halve the weights' memory) while the LoRA weights, their gradients and the AdamW moments
 //! stay f32 (see [`crate::model::llama`] for the full split); f16 adds dynamic loss scaling
@@ -46,6 +51,12 @@ const INPUTS: &[InputSpec] = &[
         doc: "the base model: a GGUF file, a Hugging Face folder, or a source",
     },
     InputSpec { name: "dataset", required: true, accepts: Accepts::File, doc: "a token dataset (tokenize's `dataset`)" },
+    InputSpec {
+        name: "init",
+        required: false,
+        accepts: Accepts::Model,
+        doc: "a LoRA adapter folder in peft's format to start from instead of the seeded init (e.g. one peft saved before training, to train both from the same values); its r, alpha and targets must match the params. A resumed checkpoint takes precedence",
+    },
 ];
 
 const INT: ParamType = ParamType::Int { min: 0, max: i64::MAX };
@@ -172,6 +183,7 @@ pub fn train_config(params: &Params) -> Result<TrainConfig, (String, String)> {
         save_steps: params.int("save_steps") as u64,
         save_total_limit: params.int("save_total_limit") as usize,
         loss_scaler: ScalerConfig::default(),
+        init: None,
     })
 }
 
@@ -263,7 +275,8 @@ impl NodeKind for LoraTrain {
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let cfg = train_config(ctx.params).map_err(|(p, m)| NodeError::Failed(format!("param `{p}`: {m}")))?;
+        let mut cfg = train_config(ctx.params).map_err(|(p, m)| NodeError::Failed(format!("param `{p}`: {m}")))?;
+        cfg.init = ctx.inputs.get("init").cloned();
         let dtype = match ctx.params.str("dtype") {
             Some("bf16") => DType::BF16,
             Some("f16") => DType::F16,

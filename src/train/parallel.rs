@@ -376,6 +376,7 @@ mod tests {
             save_steps: 1,
             save_total_limit: 1,
             loss_scaler: ScalerConfig::default(),
+            init: None,
         }
     }
 

@@ -25,7 +25,7 @@
 //! follow from those two numbers); clipping, unscaling and AdamW are tensor ops on the whole
 //! buffer. Only a checkpoint copies the parameters and moments to the host.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -64,6 +64,10 @@ pub struct TrainConfig {
     pub save_total_limit: usize,
     /// Dynamic loss scaling, used when the model computes in f16 (GradScaler's defaults).
     pub loss_scaler: ScalerConfig,
+    /// A peft adapter folder to start from instead of the seeded init (`layout.init(seed)`);
+    /// its r, alpha and targets must be the training's. A resumed checkpoint wins over it.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 /// One optimizer step, for progress reporting.
@@ -93,6 +97,12 @@ pub enum TrainError {
     NonFinite { step: u64, loss: f64, last_good: u64 },
     #[error("{0}")]
     Data(String),
+    /// The `init` adapter could not be read for this model.
+    #[error("reading the init adapter {path}: {reason}")]
+    InitRead { path: PathBuf, reason: String },
+    /// The `init` adapter's shape is not the training's.
+    #[error("the init adapter {path} has {what} {adapter}, but training has {what} {training}")]
+    InitMismatch { path: PathBuf, what: &'static str, adapter: String, training: String },
 }
 
 /// What training produced.
@@ -167,7 +177,7 @@ pub fn train_rank(
             note(&format!("resuming from checkpoint at step {} of {total}", state.step));
             (state.step, params, opt, state.log, scaler.with_state(state.loss_scaler))
         }
-        _ => (0, layout.init(cfg.seed), AdamW::new(layout.len), Vec::new(), scaler),
+        _ => (0, initial_params(&layout, &model.cfg, cfg)?, AdamW::new(layout.len), Vec::new(), scaler),
     };
     let resumed_from = step;
     let bs = cfg.batch_size.max(1);
@@ -329,6 +339,31 @@ pub fn train_rank(
     }
 }
 
+/// The LoRA parameters a fresh run starts from: the `init` adapter when given (checked against
+/// the training's r, alpha and targets), else peft's init seeded by `seed`.
+fn initial_params(layout: &Layout, model: &crate::model::config::Config, cfg: &TrainConfig) -> Result<Vec<f32>, TrainError> {
+    let Some(dir) = &cfg.init else { return Ok(layout.init(cfg.seed)) };
+    let (theirs, params) =
+        crate::model::peft::read_adapter(dir, model).map_err(|reason| TrainError::InitRead { path: dir.clone(), reason })?;
+    let mismatch = |what, adapter: String, training: String| TrainError::InitMismatch { path: dir.clone(), what, adapter, training };
+    if theirs.r != layout.r {
+        return Err(mismatch("r", theirs.r.to_string(), layout.r.to_string()));
+    }
+    if theirs.scaling != layout.scaling {
+        let alpha = |l: &Layout| (l.scaling * l.r as f32).to_string();
+        return Err(mismatch("alpha", alpha(&theirs), alpha(layout)));
+    }
+    let modules = |l: &Layout| {
+        let mut m: Vec<&str> = l.entries.iter().filter(|e| e.layer == 0).map(|e| e.module.hf_name()).collect();
+        m.sort_unstable();
+        m.join(", ")
+    };
+    if theirs.entries != layout.entries {
+        return Err(mismatch("targets", modules(&theirs), modules(layout)));
+    }
+    Ok(params)
+}
+
 /// The length a micro-batch of these records pads to (as [`Batch::new`] would).
 fn padded_len(records: &[(Vec<u32>, Vec<i64>)], rows: &[usize]) -> usize {
     rows.iter().map(|&i| records[i].0.len()).max().unwrap_or(1).max(1)
@@ -370,6 +405,7 @@ mod tests {
             save_steps: 1,
             save_total_limit: 1,
             loss_scaler: ScalerConfig::default(),
+            init: None,
         }
     }
 

@@ -358,3 +358,64 @@ fn the_full_size_pipeline_validates_and_a_cpu_build_refuses_its_gpu_nodes_before
         assert!(t.cache_listing().iter().all(|p| !p.contains("objects/")), "nothing ran: {:?}", t.cache_listing());
     }
 }
+
+/// Writes pipe's own seeded init (r, alpha 32, all targets, seed 42: the node's defaults) for
+/// the project's model as a peft adapter folder at `rel`.
+fn write_seeded_init(t: &TestContext, rel: &str, r: usize) {
+    use pipe::model::lora::{Layout, Module};
+    let model = pipe::model::load::load(&t.path("model"), &Device::Cpu).expect("tiny model loads");
+    let layout = Layout::new(&model.cfg, r, 32.0, &Module::ALL);
+    pipe::model::peft::write_adapter(&t.path(rel), &layout, &layout.init(42), 32.0, 0.1, &Module::ALL, "model").unwrap();
+}
+
+#[test]
+fn training_from_an_init_adapter_equal_to_the_seeded_init_gives_the_same_adapter() {
+    let t = project(2, 0);
+    t.run("p.yaml", &[]).success();
+    let seeded = adapter_digest(&t);
+    write_seeded_init(&t, "init", 4);
+    let yaml = t.read("p.yaml").replace("inputs: { model: model, dataset: tok.dataset }", "inputs: { model: model, dataset: tok.dataset, init: init }");
+    t.write("p.yaml", yaml);
+    let out = t.run("p.yaml", &[]).success();
+    assert!(out.stdout.contains("\"train\""), "{}", out.stdout);
+    assert_eq!(adapter_digest(&t), seeded, "starting from the seeded init as an adapter must train the same adapter");
+    // A different r is a clear error naming the mismatch.
+    write_seeded_init(&t, "init", 2);
+    let out = t.run("p.yaml", &[]).code(1);
+    assert!(out.stderr.contains("has r 2, but training has r 4"), "{}", out.stderr);
+}
+
+/// scripts/peft_train_parity.py on the tiny model in f32 on the CPU: pipe and peft, from the same
+/// weights, LoRA init and batches, follow the same loss curve within 1e-4 (relative) over 50
+/// steps, and pipe's adapter gives peft's logits. Needs a Python with torch, transformers and peft
+/// (`PIPE_TORCH_PYTHON`, else `python3`); skipped without one unless `PIPE_REQUIRE_TORCH=1`.
+#[test]
+fn pipe_and_peft_follow_the_same_loss_curve_from_the_same_init() {
+    let python = std::env::var("PIPE_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers, peft"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !has {
+        assert!(
+            std::env::var("PIPE_REQUIRE_TORCH").as_deref() != Ok("1"),
+            "PIPE_REQUIRE_TORCH=1 but `{python}` cannot import torch, transformers and peft"
+        );
+        eprintln!("SKIPPED: `{python}` cannot import torch, transformers and peft (set PIPE_TORCH_PYTHON; PIPE_REQUIRE_TORCH=1 makes this a failure)");
+        return;
+    }
+    let out = std::process::Command::new(&python)
+        .arg(crate::common::repo().join("scripts/peft_train_parity.py"))
+        .args(["--pipe", crate::common::PIPE, "--device", "cpu", "--dtype", "f32", "--shape", "tiny", "--steps", "50"])
+        .args(["--curve-tol", "1e-4"])
+        .output()
+        .expect("python runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "parity failed:\n{stdout}\n{stderr}");
+    let line = stdout.lines().find(|l| l.starts_with("{\"parity\"")).expect("a summary line");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let curve = v["parity"]["curve_rel"].as_f64().unwrap();
+    assert!(curve <= 1e-4, "loss curves differ by {curve:e}:\n{stdout}");
+    eprintln!("{stdout}");
+}
