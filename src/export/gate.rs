@@ -23,9 +23,9 @@ use crate::gguf::quant::GgmlKind;
 use crate::gguf::GgufFile;
 use crate::model::generate::{argmax, decode_with};
 use crate::model::ggml_cpu::ActRounding;
-use crate::model::lora::Module;
 use crate::model::gguf_names::gguf_name;
 use crate::model::llama::Model;
+use crate::model::lora::Module;
 use crate::tokenizer::fast::token_bytes;
 
 /// One check's outcome.
@@ -291,7 +291,8 @@ impl Gate<'_> {
             };
             // The two part at one of tokens first..=k (see `parting`). A near-tie there (rounding
             // that pipe's reference does not reproduce bit for bit) is reported, not failed.
-            let margin = margins.get(first..=k.min(margins.len().saturating_sub(1))).and_then(|m| m.iter().copied().reduce(f32::min));
+            let margin =
+                margins.get(first..=k.min(margins.len().saturating_sub(1))).and_then(|m| m.iter().copied().reduce(f32::min));
             let margin = margin.unwrap_or(f32::INFINITY);
             let at = if first == k { format!("token {k}") } else { format!("tokens {first}-{k}") };
             let detail = format!(

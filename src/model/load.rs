@@ -243,7 +243,12 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
         let [begin, end] = e.data_offsets;
         let want = e.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
         if end < begin || end - begin != want || base + end > file_len {
-            return Err(file_err(path, format!("safetensors header: tensor `{name}` has data offsets {begin}..{end}, which do not fit its shape or the file")));
+            return Err(file_err(
+                path,
+                format!(
+                    "safetensors header: tensor `{name}` has data offsets {begin}..{end}, which do not fit its shape or the file"
+                ),
+            ));
         }
         entries.push((name, dtype, e.shape, begin));
     }
@@ -432,7 +437,15 @@ mod tests {
             let g = &got[name];
             assert_eq!((g.dtype(), g.dims()), (w.dtype(), w.dims()), "{name}");
             let bits = |t: &Tensor| -> Vec<u32> {
-                t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|x| x.to_bits()).collect()
+                t.to_dtype(candle_core::DType::F32)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.to_bits())
+                    .collect()
             };
             assert_eq!(bits(g), bits(w), "{name}");
         }

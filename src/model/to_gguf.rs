@@ -112,7 +112,11 @@ enum ValuesInner<'a> {
     Owned(Vec<f32>),
     Slice(&'a [f32]),
     /// A contiguous f32 CPU tensor's storage and the range of its values in it.
-    Storage { storage: StorageRef<'a>, start: usize, end: usize },
+    Storage {
+        storage: StorageRef<'a>,
+        start: usize,
+        end: usize,
+    },
 }
 
 impl std::ops::Deref for Values<'_> {

@@ -345,7 +345,8 @@ fn initial_params(layout: &Layout, model: &crate::model::config::Config, cfg: &T
     let Some(dir) = &cfg.init else { return Ok(layout.init(cfg.seed)) };
     let (theirs, params) =
         crate::model::peft::read_adapter(dir, model).map_err(|reason| TrainError::InitRead { path: dir.clone(), reason })?;
-    let mismatch = |what, adapter: String, training: String| TrainError::InitMismatch { path: dir.clone(), what, adapter, training };
+    let mismatch =
+        |what, adapter: String, training: String| TrainError::InitMismatch { path: dir.clone(), what, adapter, training };
     if theirs.r != layout.r {
         return Err(mismatch("r", theirs.r.to_string(), layout.r.to_string()));
     }

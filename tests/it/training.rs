@@ -374,7 +374,9 @@ fn training_from_an_init_adapter_equal_to_the_seeded_init_gives_the_same_adapter
     t.run("p.yaml", &[]).success();
     let seeded = adapter_digest(&t);
     write_seeded_init(&t, "init", 4);
-    let yaml = t.read("p.yaml").replace("inputs: { model: model, dataset: tok.dataset }", "inputs: { model: model, dataset: tok.dataset, init: init }");
+    let yaml = t
+        .read("p.yaml")
+        .replace("inputs: { model: model, dataset: tok.dataset }", "inputs: { model: model, dataset: tok.dataset, init: init }");
     t.write("p.yaml", yaml);
     let out = t.run("p.yaml", &[]).success();
     assert!(out.stdout.contains("\"train\""), "{}", out.stdout);
