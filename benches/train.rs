@@ -25,7 +25,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use pipe::model::config::{Arch, Config};
+use pipe::model::config::Config;
 use pipe::model::llama::{Batch, LoraGrads, LoraStep, Model};
 use pipe::model::lora::{Layout, Module};
 use pipe::train::optim::{grad_norm_sq, AdamW, AdamWConfig, DeviceAdamW};
@@ -84,32 +84,8 @@ impl MemSampler {
 }
 
 fn shape_config(name: &str) -> Option<Config> {
-    // (hidden, intermediate, layers, heads, kv heads, vocab, tied), as in peft_baseline.py.
-    if name == "tiny" {
-        return Some(Config::tiny(Arch::Llama, 512, 64));
-    }
-    let (h, i, l, nh, kv, v, tie) = match name {
-        "smollm2-135m" => (576, 1536, 30, 9, 3, 49152, true),
-        "tinyllama-1.1b" => (2048, 5632, 22, 32, 4, 32000, false),
-        "deepseek-7b" => (4096, 11008, 30, 32, 32, 102400, false),
-        _ => return None,
-    };
-    Some(Config {
-        arch: Arch::Llama,
-        vocab_size: v,
-        hidden_size: h,
-        intermediate_size: i,
-        num_layers: l,
-        num_heads: nh,
-        num_kv_heads: kv,
-        head_dim: h / nh,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        rope_freq_factors: None,
-        rms_norm_eps: 1e-5,
-        tie_word_embeddings: tie,
-        max_position_embeddings: 4096,
-    })
+    // The shapes of peft_baseline.py; its 7B is called deepseek-7b there.
+    Config::preset(if name == "deepseek-7b" { "deepseek-llm-7b" } else { name })
 }
 
 fn main() {

@@ -296,6 +296,15 @@ impl Batch {
     }
 }
 
+/// Element `i` of a normal(0, `std`) sequence seeded by `seed`: Box-Muller from two uniforms of
+/// one 64-bit hash, so any element can be drawn alone (and in parallel).
+pub fn normal(seed: u64, i: u64, std: f64) -> f32 {
+    let r = splitmix(seed ^ splitmix(i));
+    let u1 = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+    let u2 = ((r & 0x7ff) as f64 + 0.5) / 2048.0;
+    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
+}
+
 /// SplitMix64: the counter-based hash behind dropout masks and training seeds.
 pub fn splitmix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -807,15 +816,7 @@ impl Model {
         let mut rnd = |shape: (usize, usize)| -> Result<Tensor> {
             s = splitmix(s);
             let n = shape.0 * shape.1;
-            let v: Vec<f32> = (0..n)
-                .map(|i| {
-                    // Box-Muller from two hashed uniforms.
-                    let r = splitmix(s ^ splitmix(i as u64));
-                    let u1 = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-                    let u2 = (((r & 0x7ff) as f64) + 0.5) / 2048.0;
-                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-                })
-                .collect();
+            let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
             Tensor::from_vec(v, shape, device)
         };
         let h = cfg.hidden_size;

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::config::{Arch, Config};
-use crate::model::llama::splitmix;
+use crate::model::llama::{normal, splitmix};
 use crate::model::lora::Module;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params, Value};
 
@@ -107,14 +107,6 @@ pub fn tensor_list(cfg: &Config) -> Vec<(String, Vec<usize>, bool)> {
         out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h], true));
     }
     out
-}
-
-/// Element `i` of a normal(0, std) tensor seeded by `seed`: Box-Muller on one 64-bit hash.
-fn normal(seed: u64, i: u64, std: f64) -> f32 {
-    let r = splitmix(seed ^ splitmix(i));
-    let u1 = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let u2 = ((r & 0x7ff) as f64 + 0.5) / 2048.0;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
 }
 
 /// The little-endian bytes of one tensor.
@@ -237,8 +229,9 @@ impl NodeKind for RandomModel {
                 &serde_json::json!({"bos_token_id": bos, "eos_token_id": eos, "do_sample": false}),
             )?;
         }
-        let n_tensors = tensor_list(&cfg).len();
-        let params: usize = tensor_list(&cfg).iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
+        let tensors = tensor_list(&cfg);
+        let n_tensors = tensors.len();
+        let params: usize = tensors.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
         ctx.log(format!("{} tensors, {params} parameters, {dtype}", n_tensors));
         ctx.progress.start(Some(n_tensors as u64), "tensors");
         let progress = ctx.progress.clone();
