@@ -26,6 +26,7 @@ const SWIGLU: (&str, &str) = ("pipe_swiglu", include_str!(concat!(env!("OUT_DIR"
 const CROSS_ENTROPY: (&str, &str) = ("pipe_cross_entropy", include_str!(concat!(env!("OUT_DIR"), "/cross_entropy.ptx")));
 const DROPOUT: (&str, &str) = ("pipe_dropout", include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx")));
 const ATTENTION: (&str, &str) = ("pipe_attention", include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")));
+const ATTENTION_TC: (&str, &str) = ("pipe_attention_tc", include_str!(concat!(env!("OUT_DIR"), "/attention_tc.ptx")));
 
 /// A kernel argument.
 enum Arg {
@@ -72,6 +73,16 @@ fn launch(dev: &CudaDevice, module: (&str, &str), name: &str, cfg: LaunchConfig,
     // the sizes the kernel indexes, and a grid that covers (only) its index range.
     unsafe { b.launch(cfg) }.w()?;
     Ok(())
+}
+
+/// [`launch`] for a kernel whose dynamic shared memory (`cfg.shared_mem_bytes`) may exceed the
+/// default 48 KiB: raises the function's limit first.
+fn launch_smem(dev: &CudaDevice, module: (&str, &str), name: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum;
+    let func = dev.get_or_load_custom_func(name, module.0, module.1)?;
+    let attr = CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    func.set_attribute(attr, cfg.shared_mem_bytes as i32).w()?;
+    launch(dev, module, name, cfg, args)
 }
 
 fn grid(n: usize, block: u32) -> LaunchConfig {
@@ -408,6 +419,43 @@ fn attention_grid(t: usize, heads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (t.div_ceil(8) as u32, heads as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Shared-memory bytes of the tensor-core kernels (attention_tc.cu's `TcLayout`), 16-bit dtypes.
+struct TcSmem {
+    fwd: u32,
+    dq: u32,
+    dkv: u32,
+}
+
+fn tc_smem(d: usize) -> TcSmem {
+    let (tile, warps) = (64, 4);
+    let tile_bytes = tile * (d + 8) * 2;
+    let s_bytes = warps * 16 * (tile + 4) * 4;
+    let p_bytes = warps * 16 * (tile + 8) * 2;
+    let o_bytes = warps * 16 * (d + 4) * 4;
+    TcSmem {
+        fwd: (3 * tile_bytes + s_bytes + p_bytes + o_bytes) as u32,
+        dq: (4 * tile_bytes + 2 * s_bytes + p_bytes) as u32,
+        dkv: (4 * tile_bytes + 2 * s_bytes + 2 * p_bytes + 2 * tile * 4) as u32,
+    }
+}
+
+/// Whether the tensor-core kernels take these tensors: a 16-bit dtype, and every row start
+/// 16-byte aligned (the kernels read rows as 16-byte vectors): pointers and the strides of
+/// dims longer than 1 multiples of 8 elements. The f32 path and other layouts run the CUDA-core
+/// kernels of attention.cu.
+fn tc_fits(dev: &CudaDevice, name: &str, rows: &[(u64, &Tensor)]) -> bool {
+    let aligned =
+        rows.iter().all(|(p, t)| p % 16 == 0 && t.dims()[..3].iter().zip(t.stride()).all(|(&n, &s)| n == 1 || s % 8 == 0));
+    let dtype_ok = rows.iter().all(|(_, t)| matches!(t.dtype(), DType::BF16 | DType::F16));
+    // A build for a pre-Ampere card compiles the tensor-core kernels out.
+    dtype_ok && aligned && dev.get_or_load_custom_func(name, ATTENTION_TC.0, ATTENTION_TC.1).is_ok()
+}
+
+/// 64 query (or key) rows per block, four warps, as `TILE` and `TC_WARPS` in attention_tc.cu.
+fn tc_grid(t: usize, heads: usize, smem: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (t.div_ceil(64) as u32, heads as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: smem }
+}
+
 /// See [`super::attention_fwd`].
 pub(super) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
     let dev = cuda_device(q)?;
@@ -418,7 +466,7 @@ pub(super) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> R
     let mut o = alloc(&dev, q.dtype(), q.elem_count())?;
     let mut lse = alloc(&dev, DType::F32, b * hq * t)?;
     if q.elem_count() > 0 {
-        let name = format!("attn_fwd_{}_d{d}", suffix(q.dtype())?);
+        let sfx = suffix(q.dtype())?;
         let (qr, kr, vr) = (Read::new(&q), Read::new(&k), Read::new(&v));
         let (qp, _qg) = qr.ptr(&stream)?;
         let (kp, _kg) = kr.ptr(&stream)?;
@@ -429,7 +477,12 @@ pub(super) fn attention_fwd(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> R
         args.extend([Arg::I32(hq as i32), Arg::I32(hkv as i32), Arg::I32(i32_of(t, "seq")?)]);
         args.extend([strides(&q), strides(&k), strides(&v), token_major(t, hq, d)].map(Arg::Strides));
         args.push(Arg::F32(scale as f32));
-        launch(&dev, ATTENTION, &name, attention_grid(t, b * hq), &args)?;
+        let tc_name = format!("attn_fwd_tc_{sfx}_d{d}");
+        if tc_fits(&dev, &tc_name, &[(qp, &q), (kp, &k), (vp, &v)]) {
+            launch_smem(&dev, ATTENTION_TC, &tc_name, tc_grid(t, b * hq, tc_smem(d).fwd), &args)?;
+        } else {
+            launch(&dev, ATTENTION, &format!("attn_fwd_{sfx}_d{d}"), attention_grid(t, b * hq), &args)?;
+        }
     }
     Ok((bhtd_view(o, b, hq, t, d)?, tensor(lse, (b, hq, t))))
 }
@@ -465,16 +518,40 @@ pub(super) fn attention_bwd(
         let (op, _og) = or.ptr(&stream)?;
         let (dop, _dog) = dor.ptr(&stream)?;
         let (lp, _lg) = lr.ptr(&stream)?;
+        let dq_tc = format!("attn_bwd_dq_tc_{sfx}_d{d}");
+        let tc = tc_fits(&dev, &dq_tc, &[(qp, &q), (kp, &k), (vp, &v), (dop, &dout)]);
+        if tc {
+            // delta = rowsum(dout * o) first; both backward kernels read it.
+            let (dp, _dg) = ptr_mut(&mut delta, &stream)?;
+            let mut args = vec![Arg::Ptr(op), Arg::Ptr(dop), Arg::Ptr(dp), Arg::I32(hq as i32), Arg::I32(t as i32)];
+            args.extend([Arg::I32(d as i32), Arg::Strides(strides(&o)), Arg::Strides(strides(&dout))]);
+            let cfg = LaunchConfig {
+                grid_dim: (t.div_ceil(8) as u32, (b * hq) as u32, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            launch(&dev, ATTENTION_TC, &format!("attn_delta_{sfx}"), cfg, &args)?;
+        }
         {
             let (dp, _dg) = ptr_mut(&mut delta, &stream)?;
             let (dqp, _dqg) = ptr_mut(&mut dq, &stream)?;
-            let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(op), Arg::Ptr(dop), Arg::Ptr(lp)];
-            args.extend([Arg::Ptr(dp), Arg::Ptr(dqp)]);
-            args.extend(sizes());
-            let st = [strides(&q), strides(&k), strides(&v), strides(&o), strides(&dout), token_major(t, hq, d)];
-            args.extend(st.map(Arg::Strides));
-            args.push(Arg::F32(scale as f32));
-            launch(&dev, ATTENTION, &format!("attn_bwd_dq_{sfx}_d{d}"), attention_grid(t, b * hq), &args)?;
+            if tc {
+                let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(dop), Arg::Ptr(lp)];
+                args.extend([Arg::Ptr(dp), Arg::Ptr(dqp)]);
+                args.extend(sizes());
+                let st = [strides(&q), strides(&k), strides(&v), strides(&dout), token_major(t, hq, d)];
+                args.extend(st.map(Arg::Strides));
+                args.push(Arg::F32(scale as f32));
+                launch_smem(&dev, ATTENTION_TC, &dq_tc, tc_grid(t, b * hq, tc_smem(d).dq), &args)?;
+            } else {
+                let mut args = vec![Arg::Ptr(qp), Arg::Ptr(kp), Arg::Ptr(vp), Arg::Ptr(op), Arg::Ptr(dop), Arg::Ptr(lp)];
+                args.extend([Arg::Ptr(dp), Arg::Ptr(dqp)]);
+                args.extend(sizes());
+                let st = [strides(&q), strides(&k), strides(&v), strides(&o), strides(&dout), token_major(t, hq, d)];
+                args.extend(st.map(Arg::Strides));
+                args.push(Arg::F32(scale as f32));
+                launch(&dev, ATTENTION, &format!("attn_bwd_dq_{sfx}_d{d}"), attention_grid(t, b * hq), &args)?;
+            }
         }
         let delta = tensor(delta, (b, hq, t));
         let dr = Read::new(&delta);
@@ -487,7 +564,12 @@ pub(super) fn attention_bwd(
         let st = [strides(&q), strides(&k), strides(&v), strides(&dout), token_major(t, hkv, d), token_major(t, hkv, d)];
         args.extend(st.map(Arg::Strides));
         args.push(Arg::F32(scale as f32));
-        launch(&dev, ATTENTION, &format!("attn_bwd_dkv_{sfx}_d{d}"), attention_grid(t, b * hkv), &args)?;
+        if tc {
+            let name = format!("attn_bwd_dkv_tc_{sfx}_d{d}");
+            launch_smem(&dev, ATTENTION_TC, &name, tc_grid(t, b * hkv, tc_smem(d).dkv), &args)?;
+        } else {
+            launch(&dev, ATTENTION, &format!("attn_bwd_dkv_{sfx}_d{d}"), attention_grid(t, b * hkv), &args)?;
+        }
     }
     Ok((bhtd_view(dq, b, hq, t, d)?, bhtd_view(dk, b, hkv, t, d)?, bhtd_view(dv, b, hkv, t, d)?))
 }
