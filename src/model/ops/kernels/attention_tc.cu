@@ -33,6 +33,12 @@ using namespace nvcuda;
 #define TILE 64   // query rows and keys per tile
 #define TC_WARPS 4
 
+__device__ __forceinline__ float tc_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(TC_FULL, v, o));
+    return v;
+}
+
 struct TcStrides {
     long long b, h, t;
 };
@@ -136,43 +142,55 @@ __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T
     T *Pw = Ps + warp * 16 * LP;
     tc_load_rows<T, D, LD>(Qs, qp, qs_.t, row0, t);
     for (int idx = lane; idx < 16 * LO; idx += 32) Ow[idx] = 0.f;
-    // Two lanes per row: lane pair (2r, 2r + 1) owns row r of the warp's 16, each half the columns.
-    const int r = lane >> 1, half = lane & 1;
-    const int i = row0 + warp * 16 + r;
-    const int warp_last = row0 + warp * 16 + 15;
-    float m = -INFINITY, l = 0.f;
+    __syncthreads();
+    // The warp's 16 query rows stay in registers as A fragments for every key tile.
+    FragA<T> qf[D / 16];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) wmma::load_matrix_sync(qf[kk], Qs + (warp * 16) * LD + kk * 16, LD);
+    // Row statistics of the warp's 16 rows, held by every lane; lane l owns columns l and l + 32
+    // of each row in the elementwise phase (conflict-free shared-memory access).
+    const int i0 = row0 + warp * 16;
+    float m[16], l[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) m[r] = -INFINITY, l[r] = 0.f;
     const int last = min(row0 + TILE, t) - 1;
     for (int c0 = 0; c0 <= last; c0 += TILE) {
-        __syncthreads();  // the previous K/V tiles are no longer read (and Qs is complete)
+        __syncthreads();  // the previous K/V tiles are no longer read
         tc_load_rows<T, D, LD>(Ks, kp, ks_.t, c0, t);
         tc_load_rows<T, D, LD>(Vs, vp, vs_.t, c0, t);
         __syncthreads();
-        if (c0 > warp_last) continue;  // no key of this tile is visible to any row of this warp
-        tc_abt<T, D, LD, LS>(Sw, Qs + (warp * 16) * LD, Ks);
+        if (c0 > i0 + 15) continue;  // no key of this tile is visible to any row of this warp
+        {
+            FragBCol<T> fb;
+            FragC acc;
+#pragma unroll
+            for (int j = 0; j < TILE / 16; ++j) {
+                wmma::fill_fragment(acc, 0.f);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    wmma::load_matrix_sync(fb, Ks + (j * 16) * LD + kk * 16, LD);
+                    wmma::mma_sync(acc, qf[kk], fb, acc);
+                }
+                wmma::store_matrix_sync(Sw + j * 16, acc, LS, wmma::mem_row_major);
+            }
+        }
         __syncwarp();
-        float s[32];
-        float mx = -INFINITY;
 #pragma unroll
-        for (int c = 0; c < 32; ++c) {
-            const int j = c0 + half * 32 + c;
-            s[c] = (j <= i && j < t) ? Sw[r * LS + half * 32 + c] * scale : -INFINITY;
-            mx = fmaxf(mx, s[c]);
-        }
-        mx = fmaxf(mx, __shfl_xor_sync(TC_FULL, mx, 1));
-        const float mn = fmaxf(m, mx);
-        const float corr = m == -INFINITY ? 0.f : expf(m - mn);
-        float sum = 0.f;
+        for (int r = 0; r < 16; ++r) {
+            const int i = i0 + r, ja = c0 + lane, jb = ja + 32;
+            const float sa = (ja <= i && ja < t) ? Sw[r * LS + lane] * scale : -INFINITY;
+            const float sb = (jb <= i && jb < t) ? Sw[r * LS + lane + 32] * scale : -INFINITY;
+            const float mn = fmaxf(m[r], tc_warp_max(fmaxf(sa, sb)));
+            const float corr = m[r] == -INFINITY ? 0.f : expf(m[r] - mn);
+            const float pa = sa == -INFINITY ? 0.f : expf(sa - mn);
+            const float pb = sb == -INFINITY ? 0.f : expf(sb - mn);
+            Pw[r * LP + lane] = from_f<T>(pa);
+            Pw[r * LP + lane + 32] = from_f<T>(pb);
+            l[r] = l[r] * corr + warp_sum(pa + pb);
+            m[r] = mn;
 #pragma unroll
-        for (int c = 0; c < 32; ++c) {
-            const float p = s[c] == -INFINITY ? 0.f : expf(s[c] - mn);
-            Pw[r * LP + half * 32 + c] = from_f<T>(p);
-            sum += p;
+            for (int d = lane; d < D; d += 32) Ow[r * LO + d] *= corr;
         }
-        sum += __shfl_xor_sync(TC_FULL, sum, 1);
-        l = l * corr + sum;
-        m = mn;
-#pragma unroll 8
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) Ow[r * LO + d] *= corr;
         __syncwarp();
         FragA<T> fa;
         FragBRow<T> fb;
@@ -190,11 +208,15 @@ __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T
         }
         __syncwarp();
     }
-    if (i >= t) return;
-    T *op = tc_at(o, os_, b, h) + (size_t)i * os_.t;
-    const float inv = 1.f / l;
-    for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) op[d] = from_f<T>(Ow[r * LO + d] * inv);
-    if (half == 0) lse[((size_t)b * hq + h) * t + i] = m + logf(l);
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+        const int i = i0 + r;
+        if (i >= t) break;
+        T *op = tc_at(o, os_, b, h) + (size_t)i * os_.t;
+        const float inv = 1.f / l[r];
+        for (int d = lane; d < D; d += 32) op[d] = from_f<T>(Ow[r * LO + d] * inv);
+        if (lane == 0) lse[((size_t)b * hq + h) * t + i] = m[r] + logf(l[r]);
+    }
 }
 
 // delta_i = do_i . o_i in f32; one warp per row, 8 rows per block.
@@ -235,11 +257,22 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
     T *dSw = dSs + warp * 16 * LP;
     tc_load_rows<T, D, LD>(Qs, qp, qs_.t, row0, t);
     tc_load_rows<T, D, LD>(dOs, dop, dos_.t, row0, t);
-    const int r = lane >> 1, half = lane & 1;
-    const int i = row0 + warp * 16 + r;
-    const size_t row = ((size_t)b * hq + h) * t + i;
-    const float li = i < t ? lse[row] : 0.f, di = i < t ? delta[row] : 0.f;
-    const int warp_last = row0 + warp * 16 + 15;
+    const int i0 = row0 + warp * 16;
+    const size_t rows = ((size_t)b * hq + h) * t;
+    float li[16], di[16];
+#pragma unroll
+    for (int r = 0; r < 16; ++r) {
+        li[r] = i0 + r < t ? lse[rows + i0 + r] : 0.f;
+        di[r] = i0 + r < t ? delta[rows + i0 + r] : 0.f;
+    }
+    __syncthreads();
+    // The warp's Q and dO rows stay in registers as A fragments for every key tile.
+    FragA<T> qf[D / 16], dof[D / 16];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        wmma::load_matrix_sync(qf[kk], Qs + (warp * 16) * LD + kk * 16, LD);
+        wmma::load_matrix_sync(dof[kk], dOs + (warp * 16) * LD + kk * 16, LD);
+    }
     FragC acc[D / 16];
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
@@ -249,19 +282,42 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
         tc_load_rows<T, D, LD>(Ks, kp, ks_.t, c0, t);
         tc_load_rows<T, D, LD>(Vs, vp, vs_.t, c0, t);
         __syncthreads();
-        if (c0 > warp_last) continue;
-        tc_abt<T, D, LD, LS>(Sw, Qs + (warp * 16) * LD, Ks);
-        tc_abt<T, D, LD, LS>(dPw, dOs + (warp * 16) * LD, Vs);
-        __syncwarp();
-#pragma unroll 8
-        for (int c = 0; c < 32; ++c) {
-            const int col = half * 32 + c, j = c0 + col;
-            float ds = 0.f;
-            if (j <= i && j < t && i < t) {
-                const float p = expf(Sw[r * LS + col] * scale - li);
-                ds = p * (dPw[r * LS + col] - di);
+        if (c0 > i0 + 15) continue;
+        {
+            FragBCol<T> fb;
+            FragC sacc;
+#pragma unroll
+            for (int j = 0; j < TILE / 16; ++j) {
+                wmma::fill_fragment(sacc, 0.f);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    wmma::load_matrix_sync(fb, Ks + (j * 16) * LD + kk * 16, LD);
+                    wmma::mma_sync(sacc, qf[kk], fb, sacc);
+                }
+                wmma::store_matrix_sync(Sw + j * 16, sacc, LS, wmma::mem_row_major);
+                wmma::fill_fragment(sacc, 0.f);
+#pragma unroll
+                for (int kk = 0; kk < D / 16; ++kk) {
+                    wmma::load_matrix_sync(fb, Vs + (j * 16) * LD + kk * 16, LD);
+                    wmma::mma_sync(sacc, dof[kk], fb, sacc);
+                }
+                wmma::store_matrix_sync(dPw + j * 16, sacc, LS, wmma::mem_row_major);
             }
-            dSw[r * LP + col] = from_f<T>(ds);
+        }
+        __syncwarp();
+#pragma unroll
+        for (int r = 0; r < 16; ++r) {
+            const int i = i0 + r;
+#pragma unroll
+            for (int c = lane; c < TILE; c += 32) {
+                const int j = c0 + c;
+                float ds = 0.f;
+                if (j <= i && j < t && i < t) {
+                    const float p = expf(Sw[r * LS + c] * scale - li[r]);
+                    ds = p * (dPw[r * LS + c] - di[r]);
+                }
+                dSw[r * LP + c] = from_f<T>(ds);
+            }
         }
         __syncwarp();
         tc_ab_acc<T, D, LD, LP>(acc, dSw, Ks);
@@ -271,9 +327,12 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(stage + n * 16, acc[n], LO, wmma::mem_row_major);
     __syncwarp();
-    if (i >= t) return;
-    T *dqp = tc_at(dq, dqs_, b, h) + (size_t)i * dqs_.t;
-    for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) dqp[d] = from_f<T>(stage[r * LO + d] * scale);
+    for (int r = 0; r < 16; ++r) {
+        const int i = i0 + r;
+        if (i >= t) break;
+        T *dqp = tc_at(dq, dqs_, b, h) + (size_t)i * dqs_.t;
+        for (int d = lane; d < D; d += 32) dqp[d] = from_f<T>(stage[r * LO + d] * scale);
+    }
 }
 
 template <typename T, int D>
@@ -302,8 +361,7 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
     T *PTw = PTs + warp * 16 * LP, *dSTw = dSTs + warp * 16 * LP;
     tc_load_rows<T, D, LD>(Ks, kp, ks_.t, j0, t);
     tc_load_rows<T, D, LD>(Vs, vp, vs_.t, j0, t);
-    const int r = lane >> 1, half = lane & 1;
-    const int j = j0 + warp * 16 + r;  // this lane pair's key
+    const int jw = j0 + warp * 16;  // the warp's first key
     FragC dka[D / 16], dva[D / 16];
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) {
@@ -327,16 +385,22 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
             tc_abt<T, D, LD, LS>(STw, Ks + (warp * 16) * LD, Qs);   // S^T: keys x queries
             tc_abt<T, D, LD, LS>(dPTw, Vs + (warp * 16) * LD, dOs);  // dP^T
             __syncwarp();
-#pragma unroll 8
-            for (int c = 0; c < 32; ++c) {
-                const int col = half * 32 + c, i = c0 + col;
-                float p = 0.f, ds = 0.f;
-                if (i >= j && i < t && j < t) {
-                    p = expf(STw[r * LS + col] * scale - lse_t[col]);
-                    ds = p * (dPTw[r * LS + col] - delta_t[col]);
+            const float lse_a = lse_t[lane], lse_b = lse_t[lane + 32];
+            const float del_a = delta_t[lane], del_b = delta_t[lane + 32];
+#pragma unroll
+            for (int r = 0; r < 16; ++r) {
+                const int j = jw + r;
+#pragma unroll
+                for (int hh = 0; hh < 2; ++hh) {
+                    const int c = lane + 32 * hh, i = c0 + c;
+                    float p = 0.f, ds = 0.f;
+                    if (i >= j && i < t && j < t) {
+                        p = expf(STw[r * LS + c] * scale - (hh ? lse_b : lse_a));
+                        ds = p * (dPTw[r * LS + c] - (hh ? del_b : del_a));
+                    }
+                    PTw[r * LP + c] = from_f<T>(p);
+                    dSTw[r * LP + c] = from_f<T>(ds);
                 }
-                PTw[r * LP + col] = from_f<T>(p);
-                dSTw[r * LP + col] = from_f<T>(ds);
             }
             __syncwarp();
             tc_ab_acc<T, D, LD, LP>(dva, PTw, dOs);
@@ -345,18 +409,21 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
     }
     __syncthreads();  // Q/dO tiles are done with: reuse them as f32 staging, 16 x LO per warp
     float *stage = reinterpret_cast<float *>(smem + 2 * L::TILE_BYTES) + warp * 16 * LO;
-    T *dkp = tc_at(dk, dks_, b, hk) + (size_t)j * dks_.t, *dvp = tc_at(dv, dvs_, b, hk) + (size_t)j * dvs_.t;
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(stage + n * 16, dka[n], LO, wmma::mem_row_major);
     __syncwarp();
-    if (j < t)
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) dkp[d] = from_f<T>(stage[r * LO + d] * scale);
+    for (int r = 0; r < 16 && jw + r < t; ++r) {
+        T *dkp = tc_at(dk, dks_, b, hk) + (size_t)(jw + r) * dks_.t;
+        for (int d = lane; d < D; d += 32) dkp[d] = from_f<T>(stage[r * LO + d] * scale);
+    }
     __syncwarp();
 #pragma unroll
     for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(stage + n * 16, dva[n], LO, wmma::mem_row_major);
     __syncwarp();
-    if (j < t)
-        for (int d = half * (D / 2); d < (half + 1) * (D / 2); ++d) dvp[d] = from_f<T>(stage[r * LO + d]);
+    for (int r = 0; r < 16 && jw + r < t; ++r) {
+        T *dvp = tc_at(dv, dvs_, b, hk) + (size_t)(jw + r) * dvs_.t;
+        for (int d = lane; d < D; d += 32) dvp[d] = from_f<T>(stage[r * LO + d]);
+    }
 }
 
 #define ATTN_TC(TN, T, D)                                                                                  \
