@@ -419,7 +419,7 @@ fn attention_grid(t: usize, heads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (t.div_ceil(8) as u32, heads as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Shared-memory bytes of the tensor-core kernels (attention_tc.cu's `TcLayout`), 16-bit dtypes.
+/// Shared-memory bytes of the tensor-core kernels (attention_tc.cu's 64-row tiles), 16-bit dtypes.
 struct TcSmem {
     fwd: u32,
     dq: u32,
@@ -427,16 +427,8 @@ struct TcSmem {
 }
 
 fn tc_smem(d: usize) -> TcSmem {
-    let (tile, warps) = (64, 4);
-    let tile_bytes = tile * (d + 8) * 2;
-    let s_bytes = warps * 16 * (tile + 4) * 4;
-    let p_bytes = warps * 16 * (tile + 8) * 2;
-    let o_bytes = warps * 16 * (d + 4) * 4;
-    TcSmem {
-        fwd: (3 * tile_bytes + s_bytes + p_bytes + o_bytes) as u32,
-        dq: (4 * tile_bytes + 2 * s_bytes + p_bytes) as u32,
-        dkv: (4 * tile_bytes + 2 * s_bytes + 2 * p_bytes + 2 * tile * 4) as u32,
-    }
+    let tile_bytes = 64 * (d + 8) * 2;
+    TcSmem { fwd: (2 * tile_bytes) as u32, dq: (4 * tile_bytes) as u32, dkv: (4 * tile_bytes + 2 * 64 * 4) as u32 }
 }
 
 /// Whether the tensor-core kernels take these tensors: a 16-bit dtype, and every row start

@@ -1,43 +1,36 @@
 // Causal self-attention on tensor cores (bf16 and f16, head dims 64 and 128), forward and
-// backward, flash-style: no [T, T] score matrix in global memory. Same contract, strides and
-// outputs as attention.cu (which keeps the f32 path and other cases); this file only runs the
-// matmuls on tensor cores (wmma 16x16x16, f32 accumulation).
+// backward, FlashAttention-2 style: no [T, T] score matrix in global memory, and none in shared
+// memory either. Same contract, strides and outputs as attention.cu (which keeps the f32 path
+// and other layouts).
 //
-// Tiles of 64 query rows x 64 keys; 4 warps per block, each warp owning 16 rows of the tile.
-// Per key tile a warp computes its 16 x 64 scores S = Q K^T into shared memory (f32), does the
-// softmax arithmetic there in f32 (two lanes per row), rounds the probabilities P (and in the
-// backward dS) once to the storage dtype, and multiplies them on the tensor cores. Rounding P
-// and dS before their matmuls is what FlashAttention does; everything else matches the f32
-// reference up to summation order.
+// Tiles of 64 query rows x 64 keys; 4 warps per block, each warp owning 16 rows (queries in the
+// forward and dq kernels, keys in the dkv kernel). Shared memory holds only the 64-row Q/K/V/dO
+// tiles (16-bit, rows padded by 16 bytes so ldmatrix is conflict-free). The matmuls are PTX
+// `mma.sync.m16n8k16` (f32 accumulation) on fragments loaded with `ldmatrix`; scores,
+// probabilities and their gradients never leave registers: an accumulator tile of S = Q K^T has
+// the register layout of the A operand of the next matmul, so P (and dS) are rounded once to the
+// storage dtype and fed straight back in. Rounding P and dS before their matmuls is what
+// FlashAttention does; everything else matches the f32 reference up to summation order.
 //
-//   attn_fwd_tc:    O = softmax(scale Q K^T) V with an online softmax over key tiles; the
-//                   output accumulator lives in shared memory (f32) so each row can be rescaled.
-//                   Writes o and lse (f32, [B, H, T]).
-//   attn_delta:     delta_i = do_i . o_i (f32), for both backward kernels.
-//   attn_bwd_dq_tc: per query tile: dS = P (dO V^T - delta), dQ = scale dS K, accumulated in
-//                   registers (wmma fragments) over key tiles.
+// Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16/.f16): g = lane / 4, c = lane % 4.
+//   A 16x16: a0 = (g, 2c..2c+1), a1 = (g+8, 2c..), a2 = (g, 2c+8..), a3 = (g+8, 2c+8..)
+//   B 16x8:  b0 = (k 2c..2c+1, n g), b1 = (k 2c+8.., n g)
+//   C 16x8:  c0, c1 = (g, 2c..2c+1), c2, c3 = (g+8, 2c..2c+1)
+//
+//   attn_fwd_tc:     online softmax over key tiles; O accumulates in registers. Writes o and lse.
+//   attn_delta:      delta_i = do_i . o_i (f32), for both backward kernels.
+//   attn_bwd_dq_tc:  per query tile: dS = P (dO V^T - delta), dQ = scale dS K.
 //   attn_bwd_dkv_tc: per key tile, over the query tiles at or below the diagonal and the query
-//                   heads of the KV head's group: dV = P^T dO, dK = scale dS^T Q, both in
-//                   registers. No atomics: results are deterministic.
-//
-// Shared memory is dynamic (over 48 KiB); the launcher raises the kernel's limit. Global rows
-// are read as 16-byte vectors: the launcher checks that every row start is 16-byte aligned.
+//                    heads of the KV head's group: dV = P^T dO, dK = scale dS^T Q.
+// No atomics: results are deterministic. The launcher checks that every row start is 16-byte
+// aligned (tiles are read as 16-byte vectors).
 #include "common.cuh"
-#include <mma.h>
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
 
-using namespace nvcuda;
-
 #define TC_FULL 0xffffffffu
-#define TILE 64   // query rows and keys per tile
+#define TILE 64  // query rows and keys per tile
 #define TC_WARPS 4
-
-__device__ __forceinline__ float tc_warp_max(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(TC_FULL, v, o));
-    return v;
-}
 
 struct TcStrides {
     long long b, h, t;
@@ -65,157 +58,241 @@ __device__ __forceinline__ void tc_load_rows(T *dst, const T *src, long long rs,
     }
 }
 
-template <typename T>
-using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-template <typename T>
-using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major>;
-template <typename T>
-using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-using FragC = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-
-// out[16 x 64] (f32, row stride LS) = A[16 x D] B^T where B is 64 x D (both row-major tiles,
-// row stride LD): B read column-major, i.e. as its transpose.
-template <typename T, int D, int LD, int LS>
-__device__ __forceinline__ void tc_abt(float *out, const T *a, const T *b) {
-    FragA<T> fa;
-    FragBCol<T> fb;
-    FragC acc;
-#pragma unroll
-    for (int j = 0; j < TILE / 16; ++j) {
-        wmma::fill_fragment(acc, 0.f);
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            wmma::load_matrix_sync(fa, a + kk * 16, LD);
-            wmma::load_matrix_sync(fb, b + (j * 16) * LD + kk * 16, LD);
-            wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(out + j * 16, acc, LS, wmma::mem_row_major);
-    }
+__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
 }
 
-// acc[n] += A[16 x 64] (row stride LP) B[64 x D] (row stride LD), n over D / 16 column blocks.
-template <typename T, int D, int LD, int LP>
-__device__ __forceinline__ void tc_ab_acc(FragC *acc, const T *a, const T *b) {
-    FragA<T> fa;
-    FragBRow<T> fb;
-#pragma unroll
-    for (int kk = 0; kk < TILE / 16; ++kk) {
-        wmma::load_matrix_sync(fa, a + kk * 16, LP);
-#pragma unroll
-        for (int n = 0; n < D / 16; ++n) {
-            wmma::load_matrix_sync(fb, b + (kk * 16) * LD + n * 16, LD);
-            wmma::mma_sync(acc[n], fa, fb, acc[n]);
-        }
-    }
+__device__ __forceinline__ void ldsm_x4_t(uint32_t r[4], const void *p) {
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<__half>(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Two floats rounded to the storage dtype and packed: `lo` in the low half (the lower column).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<__half>(float lo, float hi) {
+    const __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t *>(&v);
+}
+
+// The A fragment (16 x 16) at rows [0, 16), cols [k0, k0 + 16) of a row-major tile (stride LD).
+template <int LD, typename T>
+__device__ __forceinline__ void load_a(uint32_t a[4], const T *tile, int k0, int lane) {
+    ldsm_x4(a, tile + (lane & 15) * LD + k0 + (lane >> 4) * 8);
+}
+
+// B fragments of two n8 blocks for B = tile^T: tile rows [n0, n0 + 16) are the n index, cols
+// [k0, k0 + 16) the k index (scores against K rows). b[0..1]: rows n0..n0+7, b[2..3]: n0+8...
+template <int LD, typename T>
+__device__ __forceinline__ void load_bt(uint32_t b[4], const T *tile, int n0, int k0, int lane) {
+    ldsm_x4(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * LD + k0 + ((lane >> 3) & 1) * 8);
+}
+
+// B fragments of two n8 blocks for B = tile: tile rows [k0, k0 + 16) are the k index, cols
+// [n0, n0 + 16) the n index (probabilities times V rows). b[0..1]: cols n0..n0+7, b[2..3]: n0+8...
+template <int LD, typename T>
+__device__ __forceinline__ void load_b(uint32_t b[4], const T *tile, int k0, int n0, int lane) {
+    ldsm_x4_t(b, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + n0 + (lane >> 4) * 8);
 }
 
 template <typename T, int D>
 struct TcLayout {
-    static constexpr int LD = D + 8;     // 16-bit tiles: rows of D plus 16 bytes (bank spread)
-    static constexpr int LS = TILE + 4;  // f32 score tiles
-    static constexpr int LP = TILE + 8;  // 16-bit probability tiles
-    static constexpr int LO = D + 4;     // f32 output tiles
+    static constexpr int LD = D + 8;  // 16-bit tiles: rows of D plus 16 bytes (conflict-free ldmatrix)
     static constexpr int TILE_BYTES = TILE * LD * sizeof(T);
-    static constexpr int S_BYTES = TC_WARPS * 16 * LS * 4;
-    static constexpr int P_BYTES = TC_WARPS * 16 * LP * sizeof(T);
-    static constexpr int O_BYTES = TC_WARPS * 16 * LO * 4;
 };
+
+// acc[16 x 8 * NB] += (16 x 64 probabilities, as 8 C tiles of 16 x 8 in `p`) times the 64 x D
+// tile `b` restricted to n8 blocks [nb0, nb0 + NB): the probabilities become A fragments.
+template <typename T, int D, int LD>
+__device__ __forceinline__ void pv_acc(float (*acc)[4], const float (*p)[4], const T *b, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < TILE / 16; ++kk) {
+        uint32_t a[4];
+        a[0] = pack2<T>(p[2 * kk][0], p[2 * kk][1]);
+        a[1] = pack2<T>(p[2 * kk][2], p[2 * kk][3]);
+        a[2] = pack2<T>(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+        a[3] = pack2<T>(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+#pragma unroll
+        for (int np = 0; np < D / 16; ++np) {
+            uint32_t bf[4];
+            load_b<LD>(bf, b, kk * 16, np * 16, lane);
+            mma16816<T>(acc[2 * np], a, bf[0], bf[1]);
+            mma16816<T>(acc[2 * np + 1], a, bf[2], bf[3]);
+        }
+    }
+}
+
+// s[16 x 64] = A (16 x D, fragments `a`) times tile^T (tile: 64 x D rows).
+template <typename T, int D, int LD>
+__device__ __forceinline__ void scores(float (*s)[4], const uint32_t (*a)[4], const T *tile, int lane) {
+#pragma unroll
+    for (int j = 0; j < TILE / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int jp = 0; jp < TILE / 16; ++jp) {
+            uint32_t bf[4];
+            load_bt<LD>(bf, tile, jp * 16, kk * 16, lane);
+            mma16816<T>(s[2 * jp], a[kk], bf[0], bf[1]);
+            mma16816<T>(s[2 * jp + 1], a[kk], bf[2], bf[3]);
+        }
+    }
+}
+
+// The same with the A rows read from shared memory per k step (rows [0, 16) of `atile`).
+template <typename T, int D, int LD>
+__device__ __forceinline__ void scores_smem(float (*s)[4], const T *atile, const T *tile, int lane) {
+#pragma unroll
+    for (int j = 0; j < TILE / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[4];
+        load_a<LD>(a, atile, kk * 16, lane);
+#pragma unroll
+        for (int jp = 0; jp < TILE / 16; ++jp) {
+            uint32_t bf[4];
+            load_bt<LD>(bf, tile, jp * 16, kk * 16, lane);
+            mma16816<T>(s[2 * jp], a, bf[0], bf[1]);
+            mma16816<T>(s[2 * jp + 1], a, bf[2], bf[3]);
+        }
+    }
+}
+
+// Writes a warp's 16 x D accumulator (times `mul`) to rows row0.. of a [T, D] slice (row
+// stride rs), rows at or past t skipped.
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(T *dst, long long rs, int row0, int t, const float (*acc)[4], float mul,
+                                           int lane) {
+    const int g = lane >> 2, c = lane & 3;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int row = row0 + g + 8 * half;
+        if (row >= t) continue;
+        T *p = dst + (size_t)row * rs;
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb) {
+            const uint32_t v = pack2<T>(acc[nb][2 * half] * mul, acc[nb][2 * half + 1] * mul);
+            *reinterpret_cast<uint32_t *>(p + nb * 8 + 2 * c) = v;
+        }
+    }
+}
 
 template <typename T, int D>
 __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T *v, T *o, float *lse, int hq,
                                                  int hkv, int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
                                                  TcStrides os_, float scale) {
-    using L = TcLayout<T, D>;
-    constexpr int LD = L::LD, LS = L::LS, LP = L::LP, LO = L::LO;
+    constexpr int LD = TcLayout<T, D>::LD;
     extern __shared__ __align__(128) unsigned char smem[];
-    T *Qs = reinterpret_cast<T *>(smem);
-    T *Ks = reinterpret_cast<T *>(smem + L::TILE_BYTES);
-    T *Vs = reinterpret_cast<T *>(smem + 2 * L::TILE_BYTES);
-    float *Ss = reinterpret_cast<float *>(smem + 3 * L::TILE_BYTES);
-    T *Ps = reinterpret_cast<T *>(smem + 3 * L::TILE_BYTES + L::S_BYTES);
-    float *Os = reinterpret_cast<float *>(smem + 3 * L::TILE_BYTES + L::S_BYTES + L::P_BYTES);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    T *Ks = reinterpret_cast<T *>(smem);
+    T *Vs = reinterpret_cast<T *>(smem + TcLayout<T, D>::TILE_BYTES);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, hk = h / (hq / hkv);
-    const int row0 = blockIdx.x * TILE;
+    const int row0 = blockIdx.x * TILE, i0 = row0 + warp * 16;
     const T *qp = tc_at(q, qs_, b, h), *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
-    float *Sw = Ss + warp * 16 * LS, *Ow = Os + warp * 16 * LO;
-    T *Pw = Ps + warp * 16 * LP;
-    tc_load_rows<T, D, LD>(Qs, qp, qs_.t, row0, t);
-    for (int idx = lane; idx < 16 * LO; idx += 32) Ow[idx] = 0.f;
+    // The Q tile passes through the K buffer into registers: the warp's 16 rows as A fragments.
+    tc_load_rows<T, D, LD>(Ks, qp, qs_.t, row0, t);
     __syncthreads();
-    // The warp's 16 query rows stay in registers as A fragments for every key tile.
-    FragA<T> qf[D / 16];
+    uint32_t qa[D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) wmma::load_matrix_sync(qf[kk], Qs + (warp * 16) * LD + kk * 16, LD);
-    // Row statistics of the warp's 16 rows, held by every lane; lane l owns columns l and l + 32
-    // of each row in the elementwise phase (conflict-free shared-memory access).
-    const int i0 = row0 + warp * 16;
-    float m[16], l[16];
+    for (int kk = 0; kk < D / 16; ++kk) load_a<LD>(qa[kk], Ks + (warp * 16) * LD, kk * 16, lane);
+    // This thread's rows are i0 + g and i0 + g + 8; l is its partial sum over its own columns.
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    float acc[D / 8][4];
 #pragma unroll
-    for (int r = 0; r < 16; ++r) m[r] = -INFINITY, l[r] = 0.f;
+    for (int nb = 0; nb < D / 8; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.f;
     const int last = min(row0 + TILE, t) - 1;
     for (int c0 = 0; c0 <= last; c0 += TILE) {
-        __syncthreads();  // the previous K/V tiles are no longer read
+        __syncthreads();  // Q fragments are loaded / the previous K and V tiles are no longer read
         tc_load_rows<T, D, LD>(Ks, kp, ks_.t, c0, t);
         tc_load_rows<T, D, LD>(Vs, vp, vs_.t, c0, t);
         __syncthreads();
         if (c0 > i0 + 15) continue;  // no key of this tile is visible to any row of this warp
-        {
-            FragBCol<T> fb;
-            FragC acc;
+        float s[TILE / 8][4];
+        scores<T, D, LD>(s, qa, Ks, lane);
+        float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
-            for (int j = 0; j < TILE / 16; ++j) {
-                wmma::fill_fragment(acc, 0.f);
+        for (int j = 0; j < TILE / 8; ++j)
 #pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    wmma::load_matrix_sync(fb, Ks + (j * 16) * LD + kk * 16, LD);
-                    wmma::mma_sync(acc, qf[kk], fb, acc);
-                }
-                wmma::store_matrix_sync(Sw + j * 16, acc, LS, wmma::mem_row_major);
+            for (int e = 0; e < 4; ++e) {
+                const int i = i0 + g + 8 * (e >> 1), col = c0 + j * 8 + 2 * c + (e & 1);
+                const float x = (col <= i && col < t) ? s[j][e] * scale : -INFINITY;
+                s[j][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
-        }
-        __syncwarp();
+        float corr[2];
 #pragma unroll
-        for (int r = 0; r < 16; ++r) {
-            const int i = i0 + r, ja = c0 + lane, jb = ja + 32;
-            const float sa = (ja <= i && ja < t) ? Sw[r * LS + lane] * scale : -INFINITY;
-            const float sb = (jb <= i && jb < t) ? Sw[r * LS + lane + 32] * scale : -INFINITY;
-            const float mn = fmaxf(m[r], tc_warp_max(fmaxf(sa, sb)));
-            const float corr = m[r] == -INFINITY ? 0.f : expf(m[r] - mn);
-            const float pa = sa == -INFINITY ? 0.f : expf(sa - mn);
-            const float pb = sb == -INFINITY ? 0.f : expf(sb - mn);
-            Pw[r * LP + lane] = from_f<T>(pa);
-            Pw[r * LP + lane + 32] = from_f<T>(pb);
-            l[r] = l[r] * corr + warp_sum(pa + pb);
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(TC_FULL, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(TC_FULL, mx[r], 2));
+            const float mn = fmaxf(m[r], mx[r]);
+            corr[r] = m[r] == -INFINITY ? 0.f : expf(m[r] - mn);
             m[r] = mn;
-#pragma unroll
-            for (int d = lane; d < D; d += 32) Ow[r * LO + d] *= corr;
+            l[r] *= corr[r];
         }
-        __syncwarp();
-        FragA<T> fa;
-        FragBRow<T> fb;
-        FragC acc;
 #pragma unroll
-        for (int n = 0; n < D / 16; ++n) {
-            wmma::load_matrix_sync(acc, Ow + n * 16, LO, wmma::mem_row_major);
+        for (int j = 0; j < TILE / 8; ++j)
 #pragma unroll
-            for (int kk = 0; kk < TILE / 16; ++kk) {
-                wmma::load_matrix_sync(fa, Pw + kk * 16, LP);
-                wmma::load_matrix_sync(fb, Vs + (kk * 16) * LD + n * 16, LD);
-                wmma::mma_sync(acc, fa, fb, acc);
+            for (int e = 0; e < 4; ++e) {
+                const float p = s[j][e] == -INFINITY ? 0.f : expf(s[j][e] - m[e >> 1]);
+                s[j][e] = p;
+                l[e >> 1] += p;
             }
-            wmma::store_matrix_sync(Ow + n * 16, acc, LO, wmma::mem_row_major);
-        }
-        __syncwarp();
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[nb][e] *= corr[e >> 1];
+        pv_acc<T, D, LD>(acc, s, Vs, lane);
     }
 #pragma unroll
-    for (int r = 0; r < 16; ++r) {
-        const int i = i0 + r;
-        if (i >= t) break;
-        T *op = tc_at(o, os_, b, h) + (size_t)i * os_.t;
-        const float inv = 1.f / l[r];
-        for (int d = lane; d < D; d += 32) op[d] = from_f<T>(Ow[r * LO + d] * inv);
-        if (lane == 0) lse[((size_t)b * hq + h) * t + i] = m[r] + logf(l[r]);
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(TC_FULL, l[r], 1);
+        l[r] += __shfl_xor_sync(TC_FULL, l[r], 2);
+    }
+    T *ob = tc_at(o, os_, b, h);
+    const int g8 = lane >> 2;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        const int i = i0 + g8 + 8 * half;
+        if (i >= t) continue;
+        const float inv = 1.f / l[half];
+        T *p = ob + (size_t)i * os_.t;
+#pragma unroll
+        for (int nb = 0; nb < D / 8; ++nb)
+            *reinterpret_cast<uint32_t *>(p + nb * 8 + 2 * c) =
+                pack2<T>(acc[nb][2 * half] * inv, acc[nb][2 * half + 1] * inv);
+        if (c == 0) lse[((size_t)b * hq + h) * t + i] = m[half] + logf(l[half]);
     }
 }
 
@@ -238,44 +315,30 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
                                                     const float *lse, const float *delta, T *dq, int hq, int hkv,
                                                     int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
                                                     TcStrides dos_, TcStrides dqs_, float scale) {
-    using L = TcLayout<T, D>;
-    constexpr int LD = L::LD, LS = L::LS, LP = L::LP, LO = L::LO;
+    constexpr int LD = TcLayout<T, D>::LD, TB = TcLayout<T, D>::TILE_BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
     T *Qs = reinterpret_cast<T *>(smem);
-    T *dOs = reinterpret_cast<T *>(smem + L::TILE_BYTES);
-    T *Ks = reinterpret_cast<T *>(smem + 2 * L::TILE_BYTES);
-    T *Vs = reinterpret_cast<T *>(smem + 3 * L::TILE_BYTES);
-    float *Ss = reinterpret_cast<float *>(smem + 4 * L::TILE_BYTES);
-    float *dPs = reinterpret_cast<float *>(smem + 4 * L::TILE_BYTES + L::S_BYTES);
-    T *dSs = reinterpret_cast<T *>(smem + 4 * L::TILE_BYTES + 2 * L::S_BYTES);
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    T *dOs = reinterpret_cast<T *>(smem + TB);
+    T *Ks = reinterpret_cast<T *>(smem + 2 * TB);
+    T *Vs = reinterpret_cast<T *>(smem + 3 * TB);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, hk = h / (hq / hkv);
-    const int row0 = blockIdx.x * TILE;
+    const int row0 = blockIdx.x * TILE, i0 = row0 + warp * 16;
     const T *qp = tc_at(q, qs_, b, h), *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
     const T *dop = tc_at(dout, dos_, b, h);
-    float *Sw = Ss + warp * 16 * LS, *dPw = dPs + warp * 16 * LS;
-    T *dSw = dSs + warp * 16 * LP;
     tc_load_rows<T, D, LD>(Qs, qp, qs_.t, row0, t);
     tc_load_rows<T, D, LD>(dOs, dop, dos_.t, row0, t);
-    const int i0 = row0 + warp * 16;
     const size_t rows = ((size_t)b * hq + h) * t;
-    float li[16], di[16];
+    float li[2], di[2];
 #pragma unroll
-    for (int r = 0; r < 16; ++r) {
-        li[r] = i0 + r < t ? lse[rows + i0 + r] : 0.f;
-        di[r] = i0 + r < t ? delta[rows + i0 + r] : 0.f;
+    for (int r = 0; r < 2; ++r) {
+        const int i = i0 + g + 8 * r;
+        li[r] = i < t ? lse[rows + i] : 0.f;
+        di[r] = i < t ? delta[rows + i] : 0.f;
     }
-    __syncthreads();
-    // The warp's Q and dO rows stay in registers as A fragments for every key tile.
-    FragA<T> qf[D / 16], dof[D / 16];
+    float acc[D / 8][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-        wmma::load_matrix_sync(qf[kk], Qs + (warp * 16) * LD + kk * 16, LD);
-        wmma::load_matrix_sync(dof[kk], dOs + (warp * 16) * LD + kk * 16, LD);
-    }
-    FragC acc[D / 16];
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(acc[n], 0.f);
+    for (int nb = 0; nb < D / 8; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.f;
     const int last = min(row0 + TILE, t) - 1;
     for (int c0 = 0; c0 <= last; c0 += TILE) {
         __syncthreads();
@@ -283,56 +346,24 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
         tc_load_rows<T, D, LD>(Vs, vp, vs_.t, c0, t);
         __syncthreads();
         if (c0 > i0 + 15) continue;
-        {
-            FragBCol<T> fb;
-            FragC sacc;
+        float s[TILE / 8][4], dp[TILE / 8][4];
+        scores_smem<T, D, LD>(s, Qs + (warp * 16) * LD, Ks, lane);
+        scores_smem<T, D, LD>(dp, dOs + (warp * 16) * LD, Vs, lane);
 #pragma unroll
-            for (int j = 0; j < TILE / 16; ++j) {
-                wmma::fill_fragment(sacc, 0.f);
+        for (int j = 0; j < TILE / 8; ++j)
 #pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    wmma::load_matrix_sync(fb, Ks + (j * 16) * LD + kk * 16, LD);
-                    wmma::mma_sync(sacc, qf[kk], fb, sacc);
-                }
-                wmma::store_matrix_sync(Sw + j * 16, sacc, LS, wmma::mem_row_major);
-                wmma::fill_fragment(sacc, 0.f);
-#pragma unroll
-                for (int kk = 0; kk < D / 16; ++kk) {
-                    wmma::load_matrix_sync(fb, Vs + (j * 16) * LD + kk * 16, LD);
-                    wmma::mma_sync(sacc, dof[kk], fb, sacc);
-                }
-                wmma::store_matrix_sync(dPw + j * 16, sacc, LS, wmma::mem_row_major);
-            }
-        }
-        __syncwarp();
-#pragma unroll
-        for (int r = 0; r < 16; ++r) {
-            const int i = i0 + r;
-#pragma unroll
-            for (int c = lane; c < TILE; c += 32) {
-                const int j = c0 + c;
+            for (int e = 0; e < 4; ++e) {
+                const int i = i0 + g + 8 * (e >> 1), col = c0 + j * 8 + 2 * c + (e & 1);
                 float ds = 0.f;
-                if (j <= i && j < t && i < t) {
-                    const float p = expf(Sw[r * LS + c] * scale - li[r]);
-                    ds = p * (dPw[r * LS + c] - di[r]);
+                if (col <= i && col < t && i < t) {
+                    const float p = expf(s[j][e] * scale - li[e >> 1]);
+                    ds = p * (dp[j][e] - di[e >> 1]);
                 }
-                dSw[r * LP + c] = from_f<T>(ds);
+                s[j][e] = ds;
             }
-        }
-        __syncwarp();
-        tc_ab_acc<T, D, LD, LP>(acc, dSw, Ks);
+        pv_acc<T, D, LD>(acc, s, Ks, lane);  // dQ += dS K
     }
-    __syncthreads();  // K/V tiles are done with: reuse them as f32 staging, 16 x LO per warp
-    float *stage = reinterpret_cast<float *>(smem + 2 * L::TILE_BYTES) + warp * 16 * LO;
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(stage + n * 16, acc[n], LO, wmma::mem_row_major);
-    __syncwarp();
-    for (int r = 0; r < 16; ++r) {
-        const int i = i0 + r;
-        if (i >= t) break;
-        T *dqp = tc_at(dq, dqs_, b, h) + (size_t)i * dqs_.t;
-        for (int d = lane; d < D; d += 32) dqp[d] = from_f<T>(stage[r * LO + d] * scale);
-    }
+    store_rows<T, D>(tc_at(dq, dqs_, b, h), dqs_.t, i0, t, acc, scale, lane);
 }
 
 template <typename T, int D>
@@ -340,34 +371,25 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
                                                      const float *lse, const float *delta, T *dk, T *dv, int hq,
                                                      int hkv, int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
                                                      TcStrides dos_, TcStrides dks_, TcStrides dvs_, float scale) {
-    using L = TcLayout<T, D>;
-    constexpr int LD = L::LD, LS = L::LS, LP = L::LP, LO = L::LO;
+    constexpr int LD = TcLayout<T, D>::LD, TB = TcLayout<T, D>::TILE_BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
     T *Ks = reinterpret_cast<T *>(smem);
-    T *Vs = reinterpret_cast<T *>(smem + L::TILE_BYTES);
-    T *Qs = reinterpret_cast<T *>(smem + 2 * L::TILE_BYTES);
-    T *dOs = reinterpret_cast<T *>(smem + 3 * L::TILE_BYTES);
-    float *STs = reinterpret_cast<float *>(smem + 4 * L::TILE_BYTES);
-    float *dPTs = reinterpret_cast<float *>(smem + 4 * L::TILE_BYTES + L::S_BYTES);
-    T *PTs = reinterpret_cast<T *>(smem + 4 * L::TILE_BYTES + 2 * L::S_BYTES);
-    T *dSTs = reinterpret_cast<T *>(smem + 4 * L::TILE_BYTES + 2 * L::S_BYTES + L::P_BYTES);
-    float *lse_t = reinterpret_cast<float *>(smem + 4 * L::TILE_BYTES + 2 * L::S_BYTES + 2 * L::P_BYTES);
+    T *Vs = reinterpret_cast<T *>(smem + TB);
+    T *Qs = reinterpret_cast<T *>(smem + 2 * TB);
+    T *dOs = reinterpret_cast<T *>(smem + 3 * TB);
+    float *lse_t = reinterpret_cast<float *>(smem + 4 * TB);
     float *delta_t = lse_t + TILE;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hkv, hk = blockIdx.y % hkv, group = hq / hkv;
-    const int j0 = blockIdx.x * TILE;
+    const int j0 = blockIdx.x * TILE, jw = j0 + warp * 16;  // the block's and the warp's first key
     const T *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
-    float *STw = STs + warp * 16 * LS, *dPTw = dPTs + warp * 16 * LS;
-    T *PTw = PTs + warp * 16 * LP, *dSTw = dSTs + warp * 16 * LP;
     tc_load_rows<T, D, LD>(Ks, kp, ks_.t, j0, t);
     tc_load_rows<T, D, LD>(Vs, vp, vs_.t, j0, t);
-    const int jw = j0 + warp * 16;  // the warp's first key
-    FragC dka[D / 16], dva[D / 16];
+    float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 16; ++n) {
-        wmma::fill_fragment(dka[n], 0.f);
-        wmma::fill_fragment(dva[n], 0.f);
-    }
+    for (int nb = 0; nb < D / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[nb][e] = dva[nb][e] = 0.f;
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
         const T *qp = tc_at(q, qs_, b, h), *dop = tc_at(dout, dos_, b, h);
         const size_t rows = ((size_t)b * hq + h) * t;
@@ -382,48 +404,29 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
                 delta_t[threadIdx.x] = i < t ? delta[rows + i] : 0.f;
             }
             __syncthreads();
-            tc_abt<T, D, LD, LS>(STw, Ks + (warp * 16) * LD, Qs);   // S^T: keys x queries
-            tc_abt<T, D, LD, LS>(dPTw, Vs + (warp * 16) * LD, dOs);  // dP^T
-            __syncwarp();
-            const float lse_a = lse_t[lane], lse_b = lse_t[lane + 32];
-            const float del_a = delta_t[lane], del_b = delta_t[lane + 32];
+            // S^T (keys x queries) and dP^T = V dO^T, the warp's 16 keys against the 64 queries.
+            float st[TILE / 8][4], dpt[TILE / 8][4];
+            scores_smem<T, D, LD>(st, Ks + (warp * 16) * LD, Qs, lane);
+            scores_smem<T, D, LD>(dpt, Vs + (warp * 16) * LD, dOs, lane);
 #pragma unroll
-            for (int r = 0; r < 16; ++r) {
-                const int j = jw + r;
+            for (int jq = 0; jq < TILE / 8; ++jq)
 #pragma unroll
-                for (int hh = 0; hh < 2; ++hh) {
-                    const int c = lane + 32 * hh, i = c0 + c;
+                for (int e = 0; e < 4; ++e) {
+                    const int j = jw + g + 8 * (e >> 1), col = jq * 8 + 2 * c + (e & 1), i = c0 + col;
                     float p = 0.f, ds = 0.f;
                     if (i >= j && i < t && j < t) {
-                        p = expf(STw[r * LS + c] * scale - (hh ? lse_b : lse_a));
-                        ds = p * (dPTw[r * LS + c] - (hh ? del_b : del_a));
+                        p = expf(st[jq][e] * scale - lse_t[col]);
+                        ds = p * (dpt[jq][e] - delta_t[col]);
                     }
-                    PTw[r * LP + c] = from_f<T>(p);
-                    dSTw[r * LP + c] = from_f<T>(ds);
+                    st[jq][e] = p;
+                    dpt[jq][e] = ds;
                 }
-            }
-            __syncwarp();
-            tc_ab_acc<T, D, LD, LP>(dva, PTw, dOs);
-            tc_ab_acc<T, D, LD, LP>(dka, dSTw, Qs);
+            pv_acc<T, D, LD>(dva, st, dOs, lane);  // dV += P^T dO
+            pv_acc<T, D, LD>(dka, dpt, Qs, lane);  // dK += dS^T Q
         }
     }
-    __syncthreads();  // Q/dO tiles are done with: reuse them as f32 staging, 16 x LO per warp
-    float *stage = reinterpret_cast<float *>(smem + 2 * L::TILE_BYTES) + warp * 16 * LO;
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(stage + n * 16, dka[n], LO, wmma::mem_row_major);
-    __syncwarp();
-    for (int r = 0; r < 16 && jw + r < t; ++r) {
-        T *dkp = tc_at(dk, dks_, b, hk) + (size_t)(jw + r) * dks_.t;
-        for (int d = lane; d < D; d += 32) dkp[d] = from_f<T>(stage[r * LO + d] * scale);
-    }
-    __syncwarp();
-#pragma unroll
-    for (int n = 0; n < D / 16; ++n) wmma::store_matrix_sync(stage + n * 16, dva[n], LO, wmma::mem_row_major);
-    __syncwarp();
-    for (int r = 0; r < 16 && jw + r < t; ++r) {
-        T *dvp = tc_at(dv, dvs_, b, hk) + (size_t)(jw + r) * dvs_.t;
-        for (int d = lane; d < D; d += 32) dvp[d] = from_f<T>(stage[r * LO + d]);
-    }
+    store_rows<T, D>(tc_at(dk, dks_, b, hk), dks_.t, jw, t, dka, scale, lane);
+    store_rows<T, D>(tc_at(dv, dvs_, b, hk), dvs_.t, jw, t, dva, 1.f, lane);
 }
 
 #define ATTN_TC(TN, T, D)                                                                                  \
