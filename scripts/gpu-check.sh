@@ -4,7 +4,7 @@
 # `--features cuda` (see the README's CUDA section) and copied into BIN (default bin-cuda/):
 # pipe, tiny_model, pipe-bench-train (and ops_check, run first with OPS_CHECK=1). The peft baseline
 # script is taken from PEFT_BASELINE (default BIN/peft_baseline.py). Results go to OUT (default
-# $OUT, else ./gpu-results): parity.txt, bench.txt (raw lines) and bench.md (the table).
+# $OUT, else ./gpu-results): parity.txt, peft-parity.txt, bench.txt (raw lines) and bench.md (the table).
 #
 #   scripts/gpu-check.sh [BIN] [OUT]
 #
@@ -77,6 +77,21 @@ sys.exit(0 if ok else 1)
 PY
 done
 rm -rf "$W"
+
+# 1b. Parity with peft on the GPU (PEFT_PARITY=0 skips): the same LoRA trained by peft and by
+# pipe from the same base weights, LoRA init and batches, dropout 0, 50 steps; the loss curves
+# and the trained adapter's logits in peft are compared (scripts/peft_train_parity.py). Needs
+# torch, transformers and peft.
+if [ "${PEFT_PARITY:-1}" = 1 ] && python3 -c 'import torch, peft, transformers' 2>/dev/null; then
+  : > "$OUT/peft-parity.txt"
+  for shape in ${PARITY_SHAPES:-tiny smollm2-135m}; do
+    for dtype in f32 bf16; do
+      timeout 600 python3 scripts/peft_train_parity.py --pipe "$BIN/pipe" --device cuda --dtype $dtype --shape $shape \
+        > "$OUT/peft-parity-$shape-$dtype.log" 2>&1 || { echo "peft parity $shape $dtype FAILED"; fail=1; }
+      grep -E '^\{|parity|PASS|FAIL' "$OUT/peft-parity-$shape-$dtype.log" | tail -3 | sed "s/^/$shape $dtype: /" | tee -a "$OUT/peft-parity.txt"
+    done
+  done
+fi
 
 # 2. Benchmarks: pipe's bf16 step and the peft baseline, same card, same call, batch 8 x 384.
 peak() {  # run a command while nvidia-smi samples GPU memory; prints the peak in MiB after its output
