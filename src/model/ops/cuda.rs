@@ -428,7 +428,7 @@ struct TcSmem {
 
 fn tc_smem(d: usize) -> TcSmem {
     let tile_bytes = 64 * (d + 8) * 2;
-    TcSmem { fwd: (2 * tile_bytes) as u32, dq: (4 * tile_bytes) as u32, dkv: (4 * tile_bytes + 2 * 64 * 4) as u32 }
+    TcSmem { fwd: (4 * tile_bytes) as u32, dq: (6 * tile_bytes) as u32, dkv: (6 * tile_bytes + 4 * 64 * 4) as u32 }
 }
 
 /// Whether the tensor-core kernels take these tensors: a 16-bit dtype, and every row start

@@ -58,6 +58,33 @@ __device__ __forceinline__ void tc_load_rows(T *dst, const T *src, long long rs,
     }
 }
 
+// The same rows copied asynchronously (cp.async, 16 bytes per copy, L2 only): the caller commits
+// the group and waits for it before a __syncthreads. Rows past t are zeroed with plain stores.
+template <typename T, int D, int LD>
+__device__ __forceinline__ void tc_load_rows_async(T *dst, const T *src, long long rs, int r0, int t) {
+    constexpr int CH = D / 8;
+    for (int idx = threadIdx.x; idx < TILE * CH; idx += blockDim.x) {
+        const int r = idx / CH, c = (idx % CH) * 8, row = r0 + r;
+        T *d = dst + r * LD + c;
+        if (row < t) {
+            const unsigned sa = static_cast<unsigned>(__cvta_generic_to_shared(d));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(src + (size_t)row * rs + c));
+        } else {
+            *reinterpret_cast<uint4 *>(d) = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most `pending` committed groups of this thread are still in flight.
+__device__ __forceinline__ void cp_async_wait(bool one_pending) {
+    if (one_pending)
+        asm volatile("cp.async.wait_group 1;\n" ::);
+    else
+        asm volatile("cp.async.wait_group 0;\n" ::);
+}
+
 __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const void *p) {
     const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
@@ -213,32 +240,44 @@ template <typename T, int D>
 __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T *v, T *o, float *lse, int hq,
                                                  int hkv, int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
                                                  TcStrides os_, float scale) {
-    constexpr int LD = TcLayout<T, D>::LD;
+    constexpr int LD = TcLayout<T, D>::LD, TB = TcLayout<T, D>::TILE_BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
-    T *Ks = reinterpret_cast<T *>(smem);
-    T *Vs = reinterpret_cast<T *>(smem + TcLayout<T, D>::TILE_BYTES);
+    // K and V tiles double-buffered: tile n + 1 is copied while tile n is multiplied.
+    // Buffer n of K at smem + 2 n TB, of V one tile later.
+    auto Kb = [&](int n) { return reinterpret_cast<T *>(smem + 2 * n * TB); };
+    auto Vb = [&](int n) { return reinterpret_cast<T *>(smem + (2 * n + 1) * TB); };
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, hk = h / (hq / hkv);
     const int row0 = blockIdx.x * TILE, i0 = row0 + warp * 16;
     const T *qp = tc_at(q, qs_, b, h), *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
-    // The Q tile passes through the K buffer into registers: the warp's 16 rows as A fragments.
-    tc_load_rows<T, D, LD>(Ks, qp, qs_.t, row0, t);
+    // The Q tile passes through the second K buffer into registers: the warp's 16 rows as A fragments.
+    tc_load_rows<T, D, LD>(Kb(1), qp, qs_.t, row0, t);
     __syncthreads();
     uint32_t qa[D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) load_a<LD>(qa[kk], Ks + (warp * 16) * LD, kk * 16, lane);
+    for (int kk = 0; kk < D / 16; ++kk) load_a<LD>(qa[kk], Kb(1) + (warp * 16) * LD, kk * 16, lane);
+    __syncthreads();
     // This thread's rows are i0 + g and i0 + g + 8; l is its partial sum over its own columns.
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
     float acc[D / 8][4];
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.f;
-    const int last = min(row0 + TILE, t) - 1;
-    for (int c0 = 0; c0 <= last; c0 += TILE) {
-        __syncthreads();  // Q fragments are loaded / the previous K and V tiles are no longer read
-        tc_load_rows<T, D, LD>(Ks, kp, ks_.t, c0, t);
-        tc_load_rows<T, D, LD>(Vs, vp, vs_.t, c0, t);
+    const int tiles = (min(row0 + TILE, t) - 1) / TILE + 1;
+    tc_load_rows_async<T, D, LD>(Kb(0), kp, ks_.t, 0, t);
+    tc_load_rows_async<T, D, LD>(Vb(0), vp, vs_.t, 0, t);
+    cp_async_commit();
+    for (int it = 0; it < tiles; ++it) {
+        const int c0 = it * TILE;
+        const bool more = it + 1 < tiles;
+        if (more) {
+            tc_load_rows_async<T, D, LD>(Kb((it + 1) & 1), kp, ks_.t, c0 + TILE, t);
+            tc_load_rows_async<T, D, LD>(Vb((it + 1) & 1), vp, vs_.t, c0 + TILE, t);
+            cp_async_commit();
+        }
+        cp_async_wait(more);
         __syncthreads();
-        if (c0 > i0 + 15) continue;  // no key of this tile is visible to any row of this warp
+        const T *Ks = Kb(it & 1), *Vs = Vb(it & 1);
+        if (c0 <= i0 + 15) {  // else no key of this tile is visible to any row of this warp
         float s[TILE / 8][4];
         scores<T, D, LD>(s, qa, Ks, lane);
         float mx[2] = {-INFINITY, -INFINITY};
@@ -274,6 +313,8 @@ __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[nb][e] *= corr[e >> 1];
         pv_acc<T, D, LD>(acc, s, Vs, lane);
+        }
+        __syncthreads();  // this buffer is refilled by the next iteration's copy
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -319,15 +360,19 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
     extern __shared__ __align__(128) unsigned char smem[];
     T *Qs = reinterpret_cast<T *>(smem);
     T *dOs = reinterpret_cast<T *>(smem + TB);
-    T *Ks = reinterpret_cast<T *>(smem + 2 * TB);
-    T *Vs = reinterpret_cast<T *>(smem + 3 * TB);
+    // K and V tiles double-buffered: tile n + 1 is copied while tile n is multiplied.
+    auto Kb = [&](int n) { return reinterpret_cast<T *>(smem + (2 + 2 * n) * TB); };
+    auto Vb = [&](int n) { return reinterpret_cast<T *>(smem + (3 + 2 * n) * TB); };
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, hk = h / (hq / hkv);
     const int row0 = blockIdx.x * TILE, i0 = row0 + warp * 16;
     const T *qp = tc_at(q, qs_, b, h), *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
     const T *dop = tc_at(dout, dos_, b, h);
-    tc_load_rows<T, D, LD>(Qs, qp, qs_.t, row0, t);
-    tc_load_rows<T, D, LD>(dOs, dop, dos_.t, row0, t);
+    tc_load_rows_async<T, D, LD>(Qs, qp, qs_.t, row0, t);
+    tc_load_rows_async<T, D, LD>(dOs, dop, dos_.t, row0, t);
+    tc_load_rows_async<T, D, LD>(Kb(0), kp, ks_.t, 0, t);
+    tc_load_rows_async<T, D, LD>(Vb(0), vp, vs_.t, 0, t);
+    cp_async_commit();
     const size_t rows = ((size_t)b * hq + h) * t;
     float li[2], di[2];
 #pragma unroll
@@ -339,13 +384,19 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
     float acc[D / 8][4];
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb) acc[nb][0] = acc[nb][1] = acc[nb][2] = acc[nb][3] = 0.f;
-    const int last = min(row0 + TILE, t) - 1;
-    for (int c0 = 0; c0 <= last; c0 += TILE) {
+    const int tiles = (min(row0 + TILE, t) - 1) / TILE + 1;
+    for (int it = 0; it < tiles; ++it) {
+        const int c0 = it * TILE;
+        const bool more = it + 1 < tiles;
+        if (more) {
+            tc_load_rows_async<T, D, LD>(Kb((it + 1) & 1), kp, ks_.t, c0 + TILE, t);
+            tc_load_rows_async<T, D, LD>(Vb((it + 1) & 1), vp, vs_.t, c0 + TILE, t);
+            cp_async_commit();
+        }
+        cp_async_wait(more);
         __syncthreads();
-        tc_load_rows<T, D, LD>(Ks, kp, ks_.t, c0, t);
-        tc_load_rows<T, D, LD>(Vs, vp, vs_.t, c0, t);
-        __syncthreads();
-        if (c0 > i0 + 15) continue;
+        const T *Ks = Kb(it & 1), *Vs = Vb(it & 1);
+        if (c0 <= i0 + 15) {
         float s[TILE / 8][4], dp[TILE / 8][4];
         scores_smem<T, D, LD>(s, Qs + (warp * 16) * LD, Ks, lane);
         scores_smem<T, D, LD>(dp, dOs + (warp * 16) * LD, Vs, lane);
@@ -362,6 +413,8 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
                 s[j][e] = ds;
             }
         pv_acc<T, D, LD>(acc, s, Ks, lane);  // dQ += dS K
+        }
+        __syncthreads();  // this buffer is refilled by the next iteration's copy
     }
     store_rows<T, D>(tc_at(dq, dqs_, b, h), dqs_.t, i0, t, acc, scale, lane);
 }
@@ -375,35 +428,50 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
     extern __shared__ __align__(128) unsigned char smem[];
     T *Ks = reinterpret_cast<T *>(smem);
     T *Vs = reinterpret_cast<T *>(smem + TB);
-    T *Qs = reinterpret_cast<T *>(smem + 2 * TB);
-    T *dOs = reinterpret_cast<T *>(smem + 3 * TB);
-    float *lse_t = reinterpret_cast<float *>(smem + 4 * TB);
-    float *delta_t = lse_t + TILE;
+    // Q and dO tiles (and their rows' lse and delta) double-buffered.
+    auto Qb = [&](int n) { return reinterpret_cast<T *>(smem + (2 + 2 * n) * TB); };
+    auto dOb = [&](int n) { return reinterpret_cast<T *>(smem + (3 + 2 * n) * TB); };
+    float *lse_b = reinterpret_cast<float *>(smem + 6 * TB);  // [2][TILE]
+    float *delta_b = lse_b + 2 * TILE;                         // [2][TILE]
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hkv, hk = blockIdx.y % hkv, group = hq / hkv;
     const int j0 = blockIdx.x * TILE, jw = j0 + warp * 16;  // the block's and the warp's first key
     const T *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
-    tc_load_rows<T, D, LD>(Ks, kp, ks_.t, j0, t);
-    tc_load_rows<T, D, LD>(Vs, vp, vs_.t, j0, t);
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dka[nb][e] = dva[nb][e] = 0.f;
-    for (int h = hk * group; h < (hk + 1) * group; ++h) {
-        const T *qp = tc_at(q, qs_, b, h), *dop = tc_at(dout, dos_, b, h);
-        const size_t rows = ((size_t)b * hq + h) * t;
-        // Queries i >= j only: the first query tile that sees any of these keys starts at j0.
-        for (int c0 = j0; c0 < t; c0 += TILE) {
-            __syncthreads();
-            tc_load_rows<T, D, LD>(Qs, qp, qs_.t, c0, t);
-            tc_load_rows<T, D, LD>(dOs, dop, dos_.t, c0, t);
-            if (threadIdx.x < TILE) {
-                const int i = c0 + threadIdx.x;
-                lse_t[threadIdx.x] = i < t ? lse[rows + i] : 0.f;
-                delta_t[threadIdx.x] = i < t ? delta[rows + i] : 0.f;
-            }
-            __syncthreads();
+    // Work items: (query head of the group, query tile at or below the diagonal). Queries i >= j
+    // only, so the first query tile that sees any of these keys starts at j0.
+    const int qtiles = (t - j0 + TILE - 1) / TILE, items = group * qtiles;
+    auto issue = [&](int it) {
+        const int h = hk * group + it / qtiles, c0 = j0 + (it % qtiles) * TILE;
+        tc_load_rows_async<T, D, LD>(Qb(it & 1), tc_at(q, qs_, b, h), qs_.t, c0, t);
+        tc_load_rows_async<T, D, LD>(dOb(it & 1), tc_at(dout, dos_, b, h), dos_.t, c0, t);
+        if (threadIdx.x < TILE) {
+            const size_t rows = ((size_t)b * hq + h) * t;
+            const int i = c0 + threadIdx.x;
+            lse_b[(it & 1) * TILE + threadIdx.x] = i < t ? lse[rows + i] : 0.f;
+            delta_b[(it & 1) * TILE + threadIdx.x] = i < t ? delta[rows + i] : 0.f;
+        }
+    };
+    tc_load_rows_async<T, D, LD>(Ks, kp, ks_.t, j0, t);
+    tc_load_rows_async<T, D, LD>(Vs, vp, vs_.t, j0, t);
+    issue(0);
+    cp_async_commit();
+    for (int it = 0; it < items; ++it) {
+        const int c0 = j0 + (it % qtiles) * TILE;
+        const bool more = it + 1 < items;
+        if (more) {
+            issue(it + 1);
+            cp_async_commit();
+        }
+        cp_async_wait(more);
+        __syncthreads();
+        const T *Qs = Qb(it & 1), *dOs = dOb(it & 1);
+        const float *lse_t = lse_b + (it & 1) * TILE, *delta_t = delta_b + (it & 1) * TILE;
+        {
             // S^T (keys x queries) and dP^T = V dO^T, the warp's 16 keys against the 64 queries.
             float st[TILE / 8][4], dpt[TILE / 8][4];
             scores_smem<T, D, LD>(st, Ks + (warp * 16) * LD, Qs, lane);
@@ -424,6 +492,7 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
             pv_acc<T, D, LD>(dva, st, dOs, lane);  // dV += P^T dO
             pv_acc<T, D, LD>(dka, dpt, Qs, lane);  // dK += dS^T Q
         }
+        __syncthreads();  // this buffer is refilled by the next iteration's copy
     }
     store_rows<T, D>(tc_at(dk, dks_, b, hk), dks_.t, jw, t, dka, scale, lane);
     store_rows<T, D>(tc_at(dv, dvs_, b, hk), dvs_.t, jw, t, dva, 1.f, lane);
