@@ -198,10 +198,11 @@ __device__ __forceinline__ void lora_down_impl(const T *__restrict__ x, const T 
                                                uint64_t first, uint64_t seed, unsigned int threshold,
                                                float keep) {
     const LoraTile t = lora_tile<C>(n, k);
-    const bool vec = lora_aligned16(x) && lora_aligned16(a) && lora_vec_ok<T, C>(k);
+    const bool vec = lora_aligned16(x) && lora_vec_ok<T, C>(k);
     float w[R][C];
 #pragma unroll
-    for (int j = 0; j < R; ++j) lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec, w[j]);
+    for (int j = 0; j < R; ++j)
+        lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec && lora_aligned16(a), w[j]);
     const bool owner = lora_spread_owner<R>();
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL) {
         float xv[LORA_UNROLL][C];
@@ -343,12 +344,12 @@ __device__ __forceinline__ void lora_bwd_x_impl(const T *__restrict__ x, const T
                                                 int k, int r, int masked, uint64_t first, uint64_t seed,
                                                 unsigned int threshold, float keep) {
     const LoraTile t = lora_tile<C>(n, k);
-    const bool vec = lora_aligned16(x) && lora_aligned16(dx) && lora_aligned16(dx_out) && lora_aligned16(a) &&
-                     lora_vec_ok<T, C>(k);
+    const bool vec = lora_aligned16(x) && lora_aligned16(dx) && lora_aligned16(dx_out) && lora_vec_ok<T, C>(k);
     float w[R][C];
     float acc[C * R];
 #pragma unroll
-    for (int j = 0; j < R; ++j) lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec, w[j]);
+    for (int j = 0; j < R; ++j)
+        lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec && lora_aligned16(a), w[j]);
 #pragma unroll
     for (int i = 0; i < C * R; ++i) acc[i] = 0.f;
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL_X) {
