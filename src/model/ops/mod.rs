@@ -45,6 +45,9 @@
 //! - The kernels index rows and hidden sizes with 32-bit integers (element counts are 64-bit).
 //! - A cross-entropy label outside `[0, V)` other than [`IGNORE_INDEX`] is an error on the CPU
 //!   and a NaN loss on CUDA (checking it there would need a copy to the host).
+//! - The LoRA kernels take ranks up to [`LORA_KERNEL_MAX_RANK`] (compiled for 8, 16, 32, 64; a
+//!   rank in between runs the next one with zero padding); larger ranks, and f64, run the
+//!   [`generic`] composition on the GPU. At most 65535 * 128 rows.
 
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 
