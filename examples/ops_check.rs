@@ -260,6 +260,60 @@ impl Check {
         }
         Ok(())
     }
+    /// The fused LoRA ops against the CPU composition: `dims` = (N, in, out, r, first, p), with
+    /// `first` the shard offset in rows. The backward writes into a buffer with guard values
+    /// around an odd-offset slot, checked untouched, and runs twice to check the gradients are
+    /// bitwise reproducible.
+    fn lora(&mut self, dims: (usize, usize, usize, usize, usize, f32), dt: DType, time: bool) -> Result<()> {
+        let (n, k, o, r, first_row, p) = dims;
+        let shape = format!("{n}x{k}>{o} r{r}{}", if first_row > 0 { format!(" @{first_row}") } else { String::new() });
+        let first = (first_row * k) as u64;
+        let seed = self.rng.random::<u64>();
+        let (x, xg) = self.randn(&[n, k], dt, 2.0)?;
+        let (a, ag) = self.randn(&[r, k], dt, 0.5)?;
+        let (sb, sbg) = self.randn(&[o, r], dt, 0.5)?;
+        let (y, yg) = self.randn(&[n, o], dt, 2.0)?;
+        let (dy, dyg) = self.randn(&[n, o], dt, 1.0)?;
+        let (dx, dxg) = self.randn(&[n, k], dt, 1.0)?;
+        let z = ops::lora_down(&x, &a, seed, p, first)?;
+        let zg = ops::lora_down(&xg, &ag, seed, p, first)?;
+        self.report("lora_down z", &shape, dt, err(&zg, &z)?, tol(dt));
+        // The CPU's z on both sides, so each op is checked on its own.
+        let zc = z.to_device(&self.gpu)?;
+        let up = ops::lora_up_add(&y, &z, &sb)?;
+        self.report("lora_up_add", &shape, dt, err(&ops::lora_up_add(&yg, &zc, &sbg)?, &up)?, tol(dt));
+        let (sa, sbo) = (3, 4 + r * k);
+        let len = sbo + o * r + 5;
+        let guard = -3f32;
+        let buf = Tensor::full(guard, len, &self.cpu)?;
+        let bufg = Tensor::full(guard, len, &self.gpu)?;
+        let slot = |buf| ops::LoraGradSlot { buf, a: sa, b: sbo, scaling: 2.0 };
+        let dxo = ops::lora_bwd(&dy, &x, &z, &dx, &a, &sb, seed, p, first, &slot(&buf))?;
+        let dxog = ops::lora_bwd(&dyg, &xg, &zc, &dxg, &ag, &sbg, seed, p, first, &slot(&bufg))?;
+        self.report("lora_bwd dx", &shape, dt, err(&dxog, &dxo)?, tol(dt));
+        let part = |b: &Tensor, at: usize, len: usize| b.narrow(0, at, len);
+        self.report("lora_bwd dA", &shape, dt, err(&part(&bufg, sa, r * k)?, &part(&buf, sa, r * k)?)?, tol(dt));
+        self.report("lora_bwd dB", &shape, dt, err(&part(&bufg, sbo, o * r)?, &part(&buf, sbo, o * r)?)?, tol(dt));
+        let outside = |b: &Tensor| -> Result<Vec<f32>> {
+            let v = b.to_device(&self.cpu)?.to_vec1::<f32>()?;
+            Ok([&v[..sa], &v[sa + r * k..sbo], &v[sbo + o * r..]].concat())
+        };
+        let untouched = outside(&bufg)?.iter().all(|v| *v == guard);
+        self.report("lora_bwd guards", &shape, dt, if untouched { (0.0, 0.0) } else { (f64::NAN, f64::NAN) }, 0.0);
+        let again = Tensor::full(guard, len, &self.gpu)?;
+        ops::lora_bwd(&dyg, &xg, &zc, &dxg, &ag, &sbg, seed, p, first, &slot(&again))?;
+        self.report("lora_bwd repeat", &shape, dt, err(&again, &bufg)?, 0.0);
+        if time {
+            let k = self.time(|| ops::lora_up_add(&yg, &ops::lora_down(&xg, &ag, seed, p, first)?, &sbg).map(drop))?;
+            let g = self.time(|| generic::lora_up_add(&yg, &generic::lora_down(&xg, &ag, seed, p, first)?, &sbg).map(drop))?;
+            self.timing("lora fwd", &shape, dt, k, g, None);
+            let k = self.time(|| ops::lora_bwd(&dyg, &xg, &zc, &dxg, &ag, &sbg, seed, p, first, &slot(&bufg)).map(drop))?;
+            let g = self.time(|| generic::lora_bwd(&dyg, &xg, &zc, &dxg, &ag, &sbg, seed, p, first, &slot(&bufg)).map(drop))?;
+            self.timing("lora bwd", &shape, dt, k, g, None);
+        }
+        Ok(())
+    }
+
     fn attention(&mut self, dims: (usize, usize, usize, usize, usize), dt: DType, time: bool) -> Result<()> {
         let (b, hq, hkv, t, d) = dims;
         let shape = format!("{b}x{hq}/{hkv}x{t}x{d}");
@@ -343,6 +397,31 @@ fn main() -> Result<()> {
             c.guard("attention", r);
         }
     }
+    // LoRA (N, in, out, r, first row, p): SmolLM2-135M and 7B projections (q, gate/up, down),
+    // rank 16, no dropout, a shard, odd widths (scalar loads), rank 40 (the r = 64 kernels) and
+    // rank 80 (the generic fallback on the GPU).
+    for dt in [DType::F32, DType::BF16] {
+        for (dims, tm) in [
+            ((3072, 576, 576, 8, 0, 0.1), true),
+            ((3072, 576, 1536, 8, 0, 0.1), true),
+            ((3072, 1536, 576, 8, 0, 0.1), true),
+            ((3072, 4096, 4096, 8, 0, 0.1), true),
+            ((3072, 4096, 11008, 8, 0, 0.1), true),
+            ((3072, 11008, 4096, 8, 0, 0.1), true),
+            ((3072, 4096, 4096, 16, 0, 0.1), true),
+            ((3072, 4096, 4096, 8, 0, 0.0), true),
+            ((1536, 576, 1536, 8, 1536, 0.1), false),
+            ((7, 33, 13, 3, 5, 0.1), false),
+            ((37, 64, 96, 8, 3, 0.1), false),
+            ((130, 70, 45, 5, 7, 0.3), false),
+            ((300, 96, 130, 16, 0, 0.1), false),
+            ((20, 40, 33, 40, 1, 0.1), false),
+            ((5, 13, 7, 80, 0, 0.1), false),
+        ] {
+            let r = c.lora(dims, dt, tm && timed);
+            c.guard("lora", r);
+        }
+    }
     // f16: correctness only, small shapes.
     let r = c.rms_norm(7, 576, DType::F16, false);
     c.guard("rms_norm", r);
@@ -356,6 +435,8 @@ fn main() -> Result<()> {
     c.guard("dropout", r);
     let r = c.attention((2, 4, 2, 37, 64), DType::F16, false);
     c.guard("attention", r);
+    let r = c.lora((37, 64, 96, 8, 3, 0.1), DType::F16, false);
+    c.guard("lora", r);
     let verdict = if c.failed == 0 { "all PASS".to_string() } else { format!("{} FAIL", c.failed) };
     println!("ops_check: {verdict} in {:.1}s", t0.elapsed().as_secs_f64());
     std::process::exit(if c.failed == 0 { 0 } else { 1 })

@@ -13,7 +13,7 @@
 #define __device__
 #define __forceinline__ inline
 #define __restrict__
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(n) __attribute__((aligned(n)))
 using std::min;
@@ -21,6 +21,8 @@ struct dim3u { unsigned x = 0, y = 0, z = 0; };
 inline thread_local dim3u threadIdx, blockIdx;
 inline dim3u blockDim, gridDim;
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
 inline std::barrier<> *g_block;
 inline std::vector<std::unique_ptr<std::barrier<>>> g_warps;
 inline float g_f[32][32];

@@ -8,6 +8,7 @@
 #include "cross_entropy.cu"
 #include "dropout.cu"
 #include "attention.cu"
+#include "lora.cu"
 
 static std::mt19937_64 rng(1);
 static std::vector<float> randv(size_t n, float a = 2.f) {
@@ -170,6 +171,87 @@ template <int D> static void test_attention(int B, int HQ, int HKV, int T) {
     cmp("attn o", o, wo, 1e-5); cmp("attn lse", lse, wl, 1e-5); cmp("attn dq", dq, wdq, 1e-5); cmp("attn dk", dk, wdk, 1e-5); cmp("attn dv", dv, wdv, 1e-5);
 }
 
+// The LoRA kernels, launched as src/model/ops/cuda.rs does, against f64 loops on the same
+// rounded inputs (and dropout mask). `first` offsets the mask as a data-parallel shard does.
+template <typename T, int R> struct LoraK;
+#define LORA_K(TN, T, R) template <> struct LoraK<T, R> { \
+    static constexpr auto down = lora_down_##TN##_r##R; static constexpr auto up = lora_up_add_##TN##_r##R; \
+    static constexpr auto dy = lora_bwd_dy_##TN##_r##R; static constexpr auto x = lora_bwd_x_##TN##_r##R; \
+    static constexpr auto reduce = lora_reduce_##TN; };
+LORA_K(f32, float, 8) LORA_K(f32, float, 16) LORA_K(f32, float, 64) LORA_K(bf16, __nv_bfloat16, 8) LORA_K(bf16, __nv_bfloat16, 16)
+
+template <typename T> static std::vector<T> toT(const std::vector<float> &v) { std::vector<T> r(v.size()); for (size_t i = 0; i < v.size(); ++i) r[i] = from_f<T>(v[i]); return r; }
+template <typename T> static std::vector<float> fromT(const std::vector<T> &v) { std::vector<float> r(v.size()); for (size_t i = 0; i < v.size(); ++i) r[i] = to_f(v[i]); return r; }
+template <typename T> static double rnd(double v) { return to_f(from_f<T>((float)v)); }
+
+template <typename T, int R> static void test_lora(int n, int kin, int kout, int r, uint64_t first, float p) {
+    using K = LoraK<T, R>;
+    const bool bf = sizeof(T) == 2;
+    const double tol = bf ? 1e-2 : 2e-5;
+    char tag[96]; snprintf(tag, sizeof tag, "%s r%d/%d %dx%d->%d first %llu p %.1f", bf ? "bf16" : "f32", r, R, n, kin, kout, (unsigned long long)first, p);
+    // inputs, rounded to T
+    auto xT = toT<T>(randv((size_t)n * kin)), aT = toT<T>(randv((size_t)r * kin, 0.5f)), sbT = toT<T>(randv((size_t)kout * r, 0.5f));
+    auto yT = toT<T>(randv((size_t)n * kout)), dyT = toT<T>(randv((size_t)n * kout)), dxT = toT<T>(randv((size_t)n * kin));
+    auto x = fromT(xT), a = fromT(aT), sb = fromT(sbT), y = fromT(yT), dy = fromT(dyT), dx = fromT(dxT);
+    const int masked = p > 0; const uint64_t seed = 0xC0FFEE;
+    const unsigned thr = (unsigned)((double)p * 4294967295.0); const float keep = 1.f / (1.f - p);
+    const int cf = LORA_C_FWD(R), cb = LORA_C_BWD(R);
+    const unsigned chunks = (n + LORA_BLOCK_ROWS - 1) / LORA_BLOCK_ROWS;
+    const float scaling = 0.75f;
+    // forward
+    const unsigned tin = (kin + 32 * cf - 1) / (32 * cf);
+    std::vector<float> zp((size_t)tin * n * R, NAN);
+    std::vector<T> zT((size_t)n * r);
+    launch({tin, chunks}, {256}, [&] { K::down(xT.data(), aT.data(), zp.data(), n, kin, r, masked, first, seed, thr, keep); });
+    launch({(unsigned)((n * r + 255) / 256)}, {256}, [&] { K::reduce(zp.data(), tin, (size_t)n * R, n, r, r, R, zT.data(), r, 1, 1.f, 0); });
+    std::vector<T> outT((size_t)n * kout);
+    launch({(unsigned)((kout + 32 * cf - 1) / (32 * cf)), chunks}, {256}, [&] { K::up(yT.data(), zT.data(), sbT.data(), outT.data(), n, kout, r); });
+    // backward
+    const unsigned tout = (kout + 32 * cb - 1) / (32 * cb);
+    std::vector<float> dzp((size_t)tout * n * R, NAN), dbp((size_t)chunks * kout * R, NAN), dz((size_t)n * R, NAN);
+    launch({tout, chunks}, {256}, [&] { K::dy(dyT.data(), zT.data(), sbT.data(), dzp.data(), dbp.data(), n, kout, r); });
+    launch({(unsigned)((n * R + 255) / 256)}, {256}, [&] { K::reduce(dzp.data(), tout, (size_t)n * R, n, R, r, R, dz.data(), R, 1, 1.f, 1); });
+    std::vector<float> dap((size_t)chunks * kin * R, NAN);
+    std::vector<T> dxoT((size_t)n * kin);
+    launch({(unsigned)((kin + 32 * cb - 1) / (32 * cb)), chunks}, {256}, [&] { K::x(xT.data(), dxT.data(), dz.data(), aT.data(), dxoT.data(), dap.data(), n, kin, r, masked, first, seed, thr, keep); });
+    // the gradient buffer: [guard | dA | guard | dB | guard]
+    const size_t offa = 3, offb = offa + (size_t)r * kin + 2, len = offb + (size_t)kout * r + 5;
+    std::vector<float> buf(len, -7.f);
+    launch({(unsigned)((kout * r + 255) / 256)}, {256}, [&] { K::reduce(dbp.data(), chunks, (size_t)kout * R, kout, r, r, R, buf.data() + offb, r, 1, scaling, 2); });
+    launch({(unsigned)((kin * r + 255) / 256)}, {256}, [&] { K::reduce(dap.data(), chunks, (size_t)kin * R, kin, r, r, R, buf.data() + offa, 1, kin, 1.f, 2); });
+    // reference
+    std::vector<double> m((size_t)n * kin, 1.0), xd((size_t)n * kin);
+    for (int i = 0; i < n; ++i) for (int c = 0; c < kin; ++c) {
+        size_t e = (size_t)i * kin + c;
+        if (masked) { uint64_t g = first + e; uint64_t h = sm(seed ^ sm(g / 2)); unsigned bits = g % 2 ? (unsigned)(h >> 32) : (unsigned)h; m[e] = bits >= thr ? keep : 0.0; xd[e] = rnd<T>(x[e] * (float)m[e]); }
+        else xd[e] = x[e];
+    }
+    std::vector<double> wz((size_t)n * r), wzr((size_t)n * r), wout((size_t)n * kout), wdz((size_t)n * r), wdb((size_t)kout * r, 0), wda((size_t)r * kin, 0), wdx((size_t)n * kin);
+    for (int i = 0; i < n; ++i) for (int j = 0; j < r; ++j) { double s = 0; for (int c = 0; c < kin; ++c) s += xd[(size_t)i*kin+c] * a[(size_t)j*kin+c]; wz[(size_t)i*r+j] = s; wzr[(size_t)i*r+j] = to_f(zT[(size_t)i*r+j]); }
+    for (int i = 0; i < n; ++i) for (int o = 0; o < kout; ++o) { double s = y[(size_t)i*kout+o]; for (int j = 0; j < r; ++j) s += wzr[(size_t)i*r+j] * sb[(size_t)o*r+j]; wout[(size_t)i*kout+o] = s; }
+    for (int i = 0; i < n; ++i) for (int j = 0; j < r; ++j) { double s = 0; for (int o = 0; o < kout; ++o) s += dy[(size_t)i*kout+o] * sb[(size_t)o*r+j]; wdz[(size_t)i*r+j] = s; }
+    std::vector<double> dzr((size_t)n * r);
+    for (int i = 0; i < n; ++i) for (int j = 0; j < r; ++j) dzr[(size_t)i*r+j] = dz[(size_t)i*R+j];
+    for (int i = 0; i < n; ++i) for (int o = 0; o < kout; ++o) for (int j = 0; j < r; ++j) wdb[(size_t)o*r+j] += scaling * dy[(size_t)i*kout+o] * wzr[(size_t)i*r+j];
+    for (int i = 0; i < n; ++i) for (int c = 0; c < kin; ++c) {
+        double g = 0;
+        for (int j = 0; j < r; ++j) { wda[(size_t)j*kin+c] += dzr[(size_t)i*r+j] * xd[(size_t)i*kin+c]; g += dzr[(size_t)i*r+j] * a[(size_t)j*kin+c]; }
+        wdx[(size_t)i*kin+c] = dx[(size_t)i*kin+c] + m[(size_t)i*kin+c] * g;
+    }
+    std::string t(tag);
+    cmp((t + " z").c_str(), fromT(zT), wz, tol);
+    cmp((t + " up_add").c_str(), fromT(outT), wout, tol);
+    std::vector<float> dzv((size_t)n * r); for (size_t i = 0; i < dzv.size(); ++i) dzv[i] = (float)dzr[i];
+    cmp((t + " dz").c_str(), dzv, wdz, tol);
+    bool pad = true; for (int i = 0; i < n; ++i) for (int j = r; j < R; ++j) pad &= dz[(size_t)i*R+j] == 0.f;
+    if (!pad) { ++fails; printf("%s dz padding not zero FAIL\n", tag); }
+    cmp((t + " dx").c_str(), fromT(dxoT), wdx, tol);
+    cmp((t + " dA").c_str(), std::vector<float>(buf.begin() + offa, buf.begin() + offa + (size_t)r * kin), wda, tol);
+    cmp((t + " dB").c_str(), std::vector<float>(buf.begin() + offb, buf.begin() + offb + (size_t)kout * r), wdb, tol);
+    bool guard = buf[0] == -7.f && buf[offa - 1] == -7.f && buf[offb - 1] == -7.f && buf[offb - 2] == -7.f && buf[len - 1] == -7.f && buf[offb + (size_t)kout * r] == -7.f;
+    if (!guard) { ++fails; printf("%s wrote outside dA/dB FAIL\n", tag); }
+}
+
 int main() {
     test_rms(7, 576); test_rms(5, 33); test_rms(1, 3);
     test_rope(2, 3, 5, 8); test_rope(1, 9, 40, 64);
@@ -177,6 +259,9 @@ int main() {
     test_ce(9, 1000, 64); test_ce(6, 5000, 256); test_ce(3, 1, 64); test_ce(5, 20000, 1024);
     test_dropout(1001); test_dropout(4096);
     test_attention<64>(2, 4, 2, 37); test_attention<64>(1, 3, 3, 70); test_attention<64>(1, 2, 1, 2); test_attention<128>(1, 4, 1, 45); test_attention<128>(2, 2, 2, 16);
+    test_lora<float, 8>(37, 70, 45, 8, 0, 0.1f); test_lora<float, 8>(300, 264, 96, 5, 7, 0.3f); test_lora<float, 8>(130, 256, 40, 8, 0, 0.f);
+    test_lora<float, 16>(33, 96, 130, 16, 3, 0.1f); test_lora<float, 64>(20, 40, 33, 40, 0, 0.1f);
+    test_lora<__nv_bfloat16, 8>(140, 512, 72, 8, 11, 0.1f); test_lora<__nv_bfloat16, 8>(9, 13, 7, 3, 1, 0.1f); test_lora<__nv_bfloat16, 16>(40, 64, 264, 16, 0, 0.f);
     printf("%s (%d failures)\n", fails ? "FAIL" : "ALL PASS", fails);
     return fails != 0;
 }

@@ -8,8 +8,8 @@
 //! activation memory is one block's worth plus one hidden state per layer.
 //!
 //! One code path for the CPU and CUDA: the block is candle matmuls plus the fused ops of
-//! [`super::ops`] (RMS norm, RoPE, flash-style causal attention, SwiGLU, LoRA dropout,
-//! cross-entropy), each a hand-written kernel on CUDA and a composition of candle ops on the CPU
+//! [`super::ops`] (RMS norm, RoPE, flash-style causal attention, SwiGLU, the LoRA path of each
+//! projection with its dropout, cross-entropy), each a hand-written kernel on CUDA and a composition of candle ops on the CPU
 //! (the reference). Shapes: hidden states are `[N, H]` with `N = batch * seq`; attention works
 //! on `[B, heads, T, head_dim]` views of the projections (no copies on CUDA; K/V heads are
 //! never repeated; no `[B, H, T, T]` tensor is kept, the backward recomputes probabilities
@@ -38,8 +38,8 @@
 //! | RoPE inputs/outputs (tables rounded to the dtype, as transformers does) | RoPE and SwiGLU arithmetic; dropout masks |
 //! | logits out of the head matmul (as transformers) | log-softmax, cross-entropy, the loss sum and `dlogits` (rounded once) |
 //!
-//! Each LoRA gradient matmul's result is upcast (a no-op on f32) and written into the f32
-//! gradient buffer. Scaling the loss for f16 is the caller's business: pass `denom / scale` to
+//! LoRA's A and B gradients are summed in f32 and written into the f32 gradient buffer (on CUDA
+//! by the fused backward, in a fixed order; on the CPU each matmul's result is upcast and copied). Scaling the loss for f16 is the caller's business: pass `denom / scale` to
 //! [`Model::loss_and_grad`] (exact for a power-of-two scale).
 //!
 //! candle 0.11's CPU backend has every op used here for bf16 and f16 (unary, binary, reductions,
@@ -195,10 +195,11 @@ impl<'a> LoraStep<'a> {
         self.index.get(layer).and_then(|x| x[m as usize])
     }
 
-    /// `x` with (layer, module)'s dropout mask applied (its own backward, too).
-    fn drop(&self, x: &Tensor, layer: usize, m: Module) -> Result<Tensor> {
+    /// (layer, module)'s dropout mask for activations `x: [N, d]`: the seed, and the index of
+    /// x's first element in the micro-batch (the `first` of [`ops::lora_dropout_at`]).
+    fn mask(&self, x: &Tensor, layer: usize, m: Module) -> Result<(u64, u64)> {
         let d = x.dim(candle_core::D::Minus1)?;
-        ops::lora_dropout_at(x, mask_seed(self.seed, layer, m), self.dropout, (self.first_row * d) as u64)
+        Ok((mask_seed(self.seed, layer, m), (self.first_row * d) as u64))
     }
 }
 
@@ -420,9 +421,9 @@ impl Model {
         }
         let Some((lora, i)) = lora.and_then(|s| Some((s, s.entry(l, m)?))) else { return Ok((y, None)) };
         let (a, b) = &lora.ab[i];
-        let z = lora.drop(x, l, m)?.matmul(&a.t()?)?;
-        y = (y + z.matmul(&b.t()?)?)?;
-        Ok((y, Some(z)))
+        let (seed, first) = lora.mask(x, l, m)?;
+        let z = ops::lora_down(x, a, seed, lora.dropout, first)?;
+        Ok((ops::lora_up_add(&y, &z, b)?, Some(z)))
     }
 
     /// The input gradient of [`Model::proj_fwd`] given `dy`; writes the entry's A and B
@@ -443,13 +444,9 @@ impl Model {
         let (Some(lora), Some(z), Some(buf)) = (lora, z, buf) else { return Ok(dx) };
         let i = lora.entry(l, m).expect("a saved LoRA z implies an entry");
         let (e, (a, b)) = (&lora.layout.entries[i], &lora.ab[i]);
-        // y += z (s B)^T with z = xd A^T: dB = s dy^T z (scaled in f32), dz = dy (s B), dA = dz^T xd.
-        let db = (f32(&dy.t()?.matmul(z)?)? * f64::from(lora.layout.scaling))?;
-        let dz = dy.matmul(b)?;
-        let da = f32(&dz.t()?.matmul(&lora.drop(x, l, m)?)?)?;
-        buf.slice_set(&da.flatten_all()?, 0, e.a)?;
-        buf.slice_set(&db.flatten_all()?, 0, e.b)?;
-        dx + lora.drop(&dz.matmul(a)?, l, m)?
+        let (seed, first) = lora.mask(x, l, m)?;
+        let slot = ops::LoraGradSlot { buf, a: e.a, b: e.b, scaling: lora.layout.scaling };
+        ops::lora_bwd(dy, x, z, &dx, a, b, seed, lora.dropout, first, &slot)
     }
 
     /// One block forward on `x: [B*T, H]`; returns the output and, when asked, what backward needs.

@@ -15,9 +15,10 @@ use candle_core::cuda_backend::cudarc::driver::{
 use candle_core::cuda_backend::{CudaDType, CudaStorageSlice, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{bail, CudaDevice, CudaStorage, DType, Device, Layout, Shape, Storage, StorageRef, Tensor, D};
+use candle_core::{CpuStorage, InplaceOp1};
 use half::{bf16, f16};
 
-use super::CrossEntropy;
+use super::{CrossEntropy, LoraGradSlot};
 use candle_core::Result;
 
 const RMS_NORM: (&str, &str) = ("pipe_rms_norm", include_str!(concat!(env!("OUT_DIR"), "/rms_norm.ptx")));
@@ -27,6 +28,7 @@ const CROSS_ENTROPY: (&str, &str) = ("pipe_cross_entropy", include_str!(concat!(
 const DROPOUT: (&str, &str) = ("pipe_dropout", include_str!(concat!(env!("OUT_DIR"), "/dropout.ptx")));
 const ATTENTION: (&str, &str) = ("pipe_attention", include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")));
 const ATTENTION_TC: (&str, &str) = ("pipe_attention_tc", include_str!(concat!(env!("OUT_DIR"), "/attention_tc.ptx")));
+const LORA: (&str, &str) = ("pipe_lora", include_str!(concat!(env!("OUT_DIR"), "/lora.ptx")));
 
 /// A kernel argument.
 enum Arg {
@@ -579,4 +581,321 @@ pub(super) fn attention_bwd(
         }
     }
     Ok((bhtd_view(dq, b, hq, t, d)?, bhtd_view(dk, b, hkv, t, d)?, bhtd_view(dv, b, hkv, t, d)?))
+}
+
+/// Rows per block of the LoRA kernels (`LORA_BLOCK_ROWS` in lora.cu) and threads per block.
+const LORA_BLOCK_ROWS: usize = 128;
+const LORA_THREADS: u32 = 256;
+
+/// The compiled rank `R >= r` of the LoRA kernels (8, 16, 32 or 64) and the columns per lane of
+/// its forward and backward kernels (`LORA_C_FWD`, `LORA_C_BWD` in lora.cu).
+struct LoraVariant {
+    rank: usize,
+    cols_fwd: usize,
+    cols_bwd: usize,
+}
+
+fn lora_variant(r: usize) -> Result<LoraVariant> {
+    let Some(rank) = [8, 16, 32, 64].into_iter().find(|&v| r <= v) else {
+        bail!("LoRA rank {r} is above the kernels' {}", super::LORA_KERNEL_MAX_RANK)
+    };
+    Ok(LoraVariant { rank, cols_fwd: (64 / rank).max(1), cols_bwd: (32 / rank).max(1) })
+}
+
+/// Column tiles of `32 * cols` by row blocks of [`LORA_BLOCK_ROWS`] over an `[n, k]` activation.
+fn lora_grid(n: usize, k: usize, cols: usize) -> Result<LaunchConfig> {
+    let blocks = n.div_ceil(LORA_BLOCK_ROWS);
+    if blocks > 65535 {
+        bail!("{n} rows are too many for the LoRA kernels");
+    }
+    i32_of(n, "rows")?;
+    i32_of(k, "hidden")?;
+    Ok(LaunchConfig {
+        grid_dim: (k.div_ceil(32 * cols) as u32, blocks as u32, 1),
+        block_dim: (LORA_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// One `lora_reduce` launch: `out[row * s_row + j * s_j] = sum over parts of part[p][row][j]`
+/// for `row < rows`, `j < cols` (see lora.cu for `mode`).
+struct LoraReduce {
+    part: u64,
+    parts: usize,
+    rows: usize,
+    cols: usize,
+    r: usize,
+    rank: usize,
+    out: u64,
+    s_row: usize,
+    s_j: usize,
+    scale: f32,
+    mode: i32,
+}
+
+fn lora_reduce(dev: &CudaDevice, dt: DType, l: LoraReduce) -> Result<()> {
+    let name = format!("lora_reduce_{}", suffix(dt)?);
+    let args = [
+        Arg::Ptr(l.part),
+        Arg::I32(i32_of(l.parts, "partials")?),
+        Arg::U64((l.rows * l.rank) as u64),
+        Arg::I32(i32_of(l.rows, "rows")?),
+        Arg::I32(l.cols as i32),
+        Arg::I32(l.r as i32),
+        Arg::I32(l.rank as i32),
+        Arg::Ptr(l.out),
+        Arg::I64(l.s_row as i64),
+        Arg::I64(l.s_j as i64),
+        Arg::F32(l.scale),
+        Arg::I32(l.mode),
+    ];
+    launch(dev, LORA, &name, grid(l.rows * l.cols, 256), &args)
+}
+
+/// The kernels' dropout arguments: masked (0/1), threshold, keep.
+fn lora_mask_args(p: f32) -> [Arg; 3] {
+    let (threshold, keep) = super::generic::dropout_params(p);
+    [Arg::I32(i32::from(p > 0.0)), Arg::U32(threshold), Arg::F32(keep)]
+}
+
+/// See [`super::lora_down`].
+pub(super) fn lora_down(x: &Tensor, a: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
+    let dev = cuda_device(x)?;
+    let stream = dev.cuda_stream();
+    let (x, a) = (x.contiguous()?, a.contiguous()?);
+    let (n, k) = x.dims2()?;
+    let r = a.dim(0)?;
+    let v = lora_variant(r)?;
+    let sfx = suffix(x.dtype())?;
+    let cfg = lora_grid(n, k, v.cols_fwd)?;
+    let tiles = cfg.grid_dim.0 as usize;
+    let mut zp = alloc(&dev, DType::F32, tiles * n * v.rank)?;
+    let mut z = alloc(&dev, x.dtype(), n * r)?;
+    {
+        let (xr, ar) = (Read::new(&x), Read::new(&a));
+        let (xp, _xg) = xr.ptr(&stream)?;
+        let (ap, _ag) = ar.ptr(&stream)?;
+        let (zpp, _zpg) = ptr_mut(&mut zp, &stream)?;
+        let [masked, threshold, keep] = lora_mask_args(p);
+        let args = [
+            Arg::Ptr(xp),
+            Arg::Ptr(ap),
+            Arg::Ptr(zpp),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::I32(r as i32),
+            masked,
+            Arg::U64(first),
+            Arg::U64(seed),
+            threshold,
+            keep,
+        ];
+        launch(&dev, LORA, &format!("lora_down_{sfx}_r{}", v.rank), cfg, &args)?;
+    }
+    {
+        let (zpp, _zpg) = ptr_mut(&mut zp, &stream)?;
+        let (zptr, _zg) = ptr_mut(&mut z, &stream)?;
+        let reduce = LoraReduce {
+            part: zpp,
+            parts: tiles,
+            rows: n,
+            cols: r,
+            r,
+            rank: v.rank,
+            out: zptr,
+            s_row: r,
+            s_j: 1,
+            scale: 1.0,
+            mode: 0,
+        };
+        lora_reduce(&dev, x.dtype(), reduce)?;
+    }
+    Ok(tensor(z, (n, r)))
+}
+
+/// See [`super::lora_up_add`].
+pub(super) fn lora_up_add(y: &Tensor, z: &Tensor, sb: &Tensor) -> Result<Tensor> {
+    let dev = cuda_device(y)?;
+    let stream = dev.cuda_stream();
+    let (y, z, sb) = (y.contiguous()?, z.contiguous()?, sb.contiguous()?);
+    let (n, k) = y.dims2()?;
+    let r = z.dim(1)?;
+    let v = lora_variant(r)?;
+    let cfg = lora_grid(n, k, v.cols_fwd)?;
+    let mut out = alloc(&dev, y.dtype(), n * k)?;
+    {
+        let (yr, zr, br) = (Read::new(&y), Read::new(&z), Read::new(&sb));
+        let (yp, _yg) = yr.ptr(&stream)?;
+        let (zp, _zg) = zr.ptr(&stream)?;
+        let (bp, _bg) = br.ptr(&stream)?;
+        let (op, _og) = ptr_mut(&mut out, &stream)?;
+        let mut args = vec![Arg::Ptr(yp), Arg::Ptr(zp), Arg::Ptr(bp), Arg::Ptr(op)];
+        args.extend([n, k, r].map(|v| Arg::I32(v as i32)));
+        launch(&dev, LORA, &format!("lora_up_add_{}_r{}", suffix(y.dtype())?, v.rank), cfg, &args)?;
+    }
+    Ok(tensor(out, (n, k)))
+}
+
+/// Sums the backward's dA and dB partials into the gradient buffer (in place: the buffer is the
+/// op's destination, the partials its captured inputs).
+struct LoraGradWrite {
+    /// `[row blocks, in, R]` f32.
+    dap: Tensor,
+    /// `[row blocks, out, R]` f32.
+    dbp: Tensor,
+    dt: DType,
+    rank: usize,
+    r: usize,
+    slot_a: usize,
+    slot_b: usize,
+    scaling: f32,
+}
+
+impl InplaceOp1 for LoraGradWrite {
+    fn name(&self) -> &'static str {
+        "lora-grad-write"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout) -> Result<()> {
+        bail!("lora-grad-write runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, buf: &mut CudaStorage, layout: &Layout) -> Result<()> {
+        let dev = buf.device().clone();
+        let stream = dev.cuda_stream();
+        if buf.dtype() != DType::F32 {
+            bail!("lora-grad-write: the gradient buffer is {:?}, not f32", buf.dtype());
+        }
+        let start = layout.start_offset();
+        let (bp, _bg) = ptr_mut(buf, &stream)?;
+        let at = |off: usize| bp + ((start + off) * size_of::<f32>()) as u64;
+        let (ar, br) = (Read::new(&self.dap), Read::new(&self.dbp));
+        let (dap, _ag) = ar.ptr(&stream)?;
+        let (dbp, _bg2) = br.ptr(&stream)?;
+        let (k_in, k_out) = (self.dap.dim(1)?, self.dbp.dim(1)?);
+        let parts = self.dap.dim(0)?;
+        let (r, rank) = (self.r, self.rank);
+        // dA [r, in]: rows are the input columns, so the unit stride is along the rows.
+        let da = LoraReduce {
+            part: dap,
+            parts,
+            rows: k_in,
+            cols: r,
+            r,
+            rank,
+            out: at(self.slot_a),
+            s_row: 1,
+            s_j: k_in,
+            scale: 1.0,
+            mode: 2,
+        };
+        lora_reduce(&dev, self.dt, da)?;
+        let db = LoraReduce {
+            part: dbp,
+            parts,
+            rows: k_out,
+            cols: r,
+            r,
+            rank,
+            out: at(self.slot_b),
+            s_row: r,
+            s_j: 1,
+            scale: self.scaling,
+            mode: 2,
+        };
+        lora_reduce(&dev, self.dt, db)
+    }
+}
+
+/// See [`super::lora_bwd`].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn lora_bwd(
+    dy: &Tensor,
+    x: &Tensor,
+    z: &Tensor,
+    dx: &Tensor,
+    a: &Tensor,
+    sb: &Tensor,
+    seed: u64,
+    p: f32,
+    first: u64,
+    slot: &LoraGradSlot,
+) -> Result<Tensor> {
+    let dev = cuda_device(x)?;
+    let stream = dev.cuda_stream();
+    let (dy, x, z, dx) = (dy.contiguous()?, x.contiguous()?, z.contiguous()?, dx.contiguous()?);
+    let (a, sb) = (a.contiguous()?, sb.contiguous()?);
+    let (n, k_in) = x.dims2()?;
+    let k_out = dy.dim(1)?;
+    let r = a.dim(0)?;
+    let dt = x.dtype();
+    let sfx = suffix(dt)?;
+    let v = lora_variant(r)?;
+    let rank = v.rank;
+    // The dy pass: dz partials per column tile, dB partials per row block.
+    let cfg_dy = lora_grid(n, k_out, v.cols_bwd)?;
+    let (tiles, blocks) = (cfg_dy.grid_dim.0 as usize, cfg_dy.grid_dim.1 as usize);
+    let mut dzp = alloc(&dev, DType::F32, tiles * n * rank)?;
+    let mut dbp = alloc(&dev, DType::F32, blocks * k_out * rank)?;
+    {
+        let (dyr, zr, br) = (Read::new(&dy), Read::new(&z), Read::new(&sb));
+        let (dyp, _dyg) = dyr.ptr(&stream)?;
+        let (zp, _zg) = zr.ptr(&stream)?;
+        let (bp, _bg) = br.ptr(&stream)?;
+        let (dzpp, _dzpg) = ptr_mut(&mut dzp, &stream)?;
+        let (dbpp, _dbpg) = ptr_mut(&mut dbp, &stream)?;
+        let mut args = vec![Arg::Ptr(dyp), Arg::Ptr(zp), Arg::Ptr(bp), Arg::Ptr(dzpp), Arg::Ptr(dbpp)];
+        args.extend([n, k_out, r].map(|v| Arg::I32(v as i32)));
+        launch(&dev, LORA, &format!("lora_bwd_dy_{sfx}_r{rank}"), cfg_dy, &args)?;
+    }
+    // dz: [n, R] f32 holding values rounded to the dtype, zero beyond r.
+    let mut dz = alloc(&dev, DType::F32, n * rank)?;
+    {
+        let (dzpp, _dzpg) = ptr_mut(&mut dzp, &stream)?;
+        let (dzptr, _dzg) = ptr_mut(&mut dz, &stream)?;
+        let reduce = LoraReduce {
+            part: dzpp,
+            parts: tiles,
+            rows: n,
+            cols: rank,
+            r,
+            rank,
+            out: dzptr,
+            s_row: rank,
+            s_j: 1,
+            scale: 1.0,
+            mode: 1,
+        };
+        lora_reduce(&dev, dt, reduce)?;
+    }
+    // The x pass: dx + drop(dz A), dA partials per row block.
+    let cfg_x = lora_grid(n, k_in, v.cols_bwd)?;
+    let mut dap = alloc(&dev, DType::F32, blocks * k_in * rank)?;
+    let mut out = alloc(&dev, dt, n * k_in)?;
+    {
+        let (xr, dxr, ar) = (Read::new(&x), Read::new(&dx), Read::new(&a));
+        let (xp, _xg) = xr.ptr(&stream)?;
+        let (dxp, _dxg) = dxr.ptr(&stream)?;
+        let (ap, _ag) = ar.ptr(&stream)?;
+        let (dzptr, _dzg) = ptr_mut(&mut dz, &stream)?;
+        let (op, _og) = ptr_mut(&mut out, &stream)?;
+        let (dapp, _dapg) = ptr_mut(&mut dap, &stream)?;
+        let [masked, threshold, keep] = lora_mask_args(p);
+        let mut args = vec![Arg::Ptr(xp), Arg::Ptr(dxp), Arg::Ptr(dzptr), Arg::Ptr(ap), Arg::Ptr(op), Arg::Ptr(dapp)];
+        args.extend([n, k_in, r].map(|v| Arg::I32(v as i32)));
+        args.extend([masked, Arg::U64(first), Arg::U64(seed), threshold, keep]);
+        launch(&dev, LORA, &format!("lora_bwd_x_{sfx}_r{rank}"), cfg_x, &args)?;
+    }
+    let write = LoraGradWrite {
+        dap: tensor(dap, (blocks, k_in, rank)),
+        dbp: tensor(dbp, (blocks, k_out, rank)),
+        dt,
+        rank,
+        r,
+        slot_a: slot.a,
+        slot_b: slot.b,
+        scaling: slot.scaling,
+    };
+    slot.buf.inplace_op1(&write)?;
+    Ok(tensor(out, (n, k_in)))
 }

@@ -8,7 +8,7 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
-use super::{CrossEntropy, IGNORE_INDEX};
+use super::{CrossEntropy, LoraGradSlot, IGNORE_INDEX};
 use crate::model::llama::splitmix;
 
 /// The dtype the arithmetic runs in for inputs of dtype `dt`.
@@ -162,6 +162,42 @@ pub fn lora_dropout(x: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor>
     let cdt = compute_dtype(x.dtype());
     let mask = Tensor::from_vec(dropout_mask_at(seed, first, x.elem_count(), p), x.shape(), x.device())?;
     (x.to_dtype(cdt)? * mask.to_dtype(cdt)?)?.to_dtype(x.dtype())
+}
+
+/// See [`super::lora_down`]: the dropout op, then the matmul in the activations' dtype (what
+/// llama.rs ran before the fused op; on CUDA the dropout is still the dropout kernel).
+pub fn lora_down(x: &Tensor, a: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
+    super::lora_dropout_at(x, seed, p, first)?.matmul(&a.t()?)
+}
+
+/// See [`super::lora_up_add`].
+pub fn lora_up_add(y: &Tensor, z: &Tensor, sb: &Tensor) -> Result<Tensor> {
+    y + z.matmul(&sb.t()?)?
+}
+
+/// See [`super::lora_bwd`]: matmuls in the activations' dtype, each gradient upcast and copied
+/// into the buffer, the dropout op applied to `x` and to `dz A`.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_bwd(
+    dy: &Tensor,
+    x: &Tensor,
+    z: &Tensor,
+    dx: &Tensor,
+    a: &Tensor,
+    sb: &Tensor,
+    seed: u64,
+    p: f32,
+    first: u64,
+    slot: &LoraGradSlot,
+) -> Result<Tensor> {
+    let drop = |t: &Tensor| super::lora_dropout_at(t, seed, p, first);
+    // y += z (s B)^T with z = xd A^T: dB = s dy^T z (scaled in f32), dz = dy (s B), dA = dz^T xd.
+    let db = (dy.t()?.matmul(z)?.to_dtype(DType::F32)? * f64::from(slot.scaling))?;
+    let dz = dy.matmul(sb)?;
+    let da = dz.t()?.matmul(&drop(x)?)?.to_dtype(DType::F32)?;
+    slot.buf.slice_set(&da.flatten_all()?, 0, slot.a)?;
+    slot.buf.slice_set(&db.flatten_all()?, 0, slot.b)?;
+    dx + drop(&dz.matmul(a)?)?
 }
 
 /// `[B, Hkv, T, D] -> [B, Hkv * rep, T, D]`, each KV head repeated for its group of query heads.

@@ -1,11 +1,11 @@
 //! Fused forward/backward ops for the decoder's explicit backward: RMS norm, RoPE, SwiGLU,
-//! cross-entropy, LoRA dropout and causal attention.
+//! cross-entropy, LoRA dropout, the LoRA path of a projection, and causal attention.
 //!
 //! Each op is one function on candle [`Tensor`]s that dispatches on the device:
 //!
 //! 1. **CPU**: a composition of candle's generic tensor ops ([`generic`]); this is the reference.
 //! 2. **CUDA** (`--features cuda`): one hand-written kernel per op (two for cross-entropy and
-//!    for the attention backward), from `kernels/*.cu`, compiled to PTX by `build.rs` and
+//!    for the attention backward; a pass or two plus small fixed-order reductions for LoRA), from `kernels/*.cu`, compiled to PTX by `build.rs` and
 //!    loaded once per device. The same [`generic`] compositions also run on CUDA, as the
 //!    baseline the kernels are timed against (`examples/ops_check.rs`).
 //!
@@ -32,11 +32,11 @@
 //! Forward: `rms_norm_fwd` for each norm (the block caches `x`, `rstd`); `rope_fwd` on the
 //! `[B, T, heads, D]` projection viewed through `transpose(1, 2)` (no `contiguous`);
 //! `attention_fwd` with K/V un-repeated (the block caches `q`, `k`, `v`, `o`, `lse`; no
-//! `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`); `lora_dropout` on each LoRA
-//! input. Backward: `swiglu_bwd`; `rms_norm_bwd`; `attention_bwd` on `dout` viewed as
+//! `[B, H, T, T]` probabilities); `swiglu_fwd` (cache `g`, `u`); for each LoRA projection
+//! `lora_down` (cache `z`) and `lora_up_add` on the frozen matmul's output. Backward: `lora_bwd`
+//! after each frozen input-gradient matmul (it writes dA, dB into the step's gradient buffer); `swiglu_bwd`; `rms_norm_bwd`; `attention_bwd` on `dout` viewed as
 //! `[B, H, T, D]`; `rope_bwd_tokens` on `dq`, `dk`, which yields the projections'
-//! `[B * T, heads * D]` gradient by a reshape; the LoRA dropout backward is `lora_dropout` on
-//! the gradient with the same seed. Loss: `cross_entropy_fwd_bwd` per chunk of labelled rows,
+//! `[B * T, heads * D]` gradient by a reshape. Loss: `cross_entropy_fwd_bwd` per chunk of labelled rows,
 //! `loss_sum` summed on the device. Inference (`forward_infer`, with a KV cache) uses
 //! `rms_norm_fwd`, `rope_fwd` and `swiglu_fwd`, and keeps its own attention (queries and keys
 //! of different lengths).
@@ -45,6 +45,9 @@
 //! - The kernels index rows and hidden sizes with 32-bit integers (element counts are 64-bit).
 //! - A cross-entropy label outside `[0, V)` other than [`IGNORE_INDEX`] is an error on the CPU
 //!   and a NaN loss on CUDA (checking it there would need a copy to the host).
+//! - The LoRA kernels take ranks up to [`LORA_KERNEL_MAX_RANK`] (compiled for 8, 16, 32, 64; a
+//!   rank in between runs the next one with zero padding); larger ranks, and f64, run the
+//!   [`generic`] composition on the GPU. At most 65535 * 128 rows.
 
 use candle_core::{bail, DType, Device, Result, Tensor, D};
 
@@ -250,9 +253,7 @@ pub fn lora_dropout(x: &Tensor, seed: u64, p: f32) -> Result<Tensor> {
 /// tensor's mask.
 pub fn lora_dropout_at(x: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
     check_float("lora_dropout", x)?;
-    if !(0.0..1.0).contains(&p) {
-        bail!("lora_dropout: p = {p} outside [0, 1)");
-    }
+    check_dropout_p("lora_dropout", p)?;
     if p == 0.0 {
         return Ok(x.clone());
     }
@@ -261,6 +262,152 @@ pub fn lora_dropout_at(x: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tens
         return cuda::lora_dropout(x, seed, p, first);
     }
     generic::lora_dropout(x, seed, p, first)
+}
+
+fn check_dropout_p(what: &str, p: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        bail!("{what}: dropout p = {p} outside [0, 1)");
+    }
+    Ok(())
+}
+
+/// `t` is a 2-D tensor of `x`'s dtype and device: its `(rows, cols)`.
+fn lora_dims(what: &str, t: &Tensor, x: &Tensor) -> Result<(usize, usize)> {
+    if t.dtype() != x.dtype() || !t.device().same_device(x.device()) {
+        bail!("{what}: dtype/device differ from the activations' ({:?} vs {:?})", t.dtype(), x.dtype());
+    }
+    match t.dims() {
+        &[rows, cols] => Ok((rows, cols)),
+        d => bail!("{what}: expected a matrix, got {d:?}"),
+    }
+}
+
+/// The largest LoRA rank the CUDA kernels take; larger ranks run [`generic`] on the GPU.
+pub const LORA_KERNEL_MAX_RANK: usize = 64;
+
+/// Whether the LoRA kernels take activations `x` with rank `r`.
+fn lora_kernel_fits(x: &Tensor, r: usize) -> bool {
+    is_cuda(x)
+        && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && (1..=LORA_KERNEL_MAX_RANK).contains(&r)
+        && x.elem_count() > 0
+}
+
+/// LoRA's down projection of dropped-out activations: `z = lora_dropout_at(x, seed, p, first) A^T`.
+///
+/// `x: [N, in]`, `a: [r, in]` (same dtype); returns `z: [N, r]` in that dtype. The mask is
+/// [`lora_dropout_at`]'s, bit for bit (`first` is the index of x's first element in its
+/// micro-batch). On CUDA one pass over `x` hashes the mask on the fly, rounds the dropped-out
+/// value to the dtype (as [`lora_dropout_at`] does), accumulates in f32 and rounds `z` once;
+/// the sum over `in` is split into fixed column tiles summed in order (deterministic).
+pub fn lora_down(x: &Tensor, a: &Tensor, seed: u64, p: f32, first: u64) -> Result<Tensor> {
+    check_float("lora_down x", x)?;
+    check_dropout_p("lora_down", p)?;
+    let (_, k) = lora_dims("lora_down x", x, x)?;
+    let (r, ka) = lora_dims("lora_down a", a, x)?;
+    if ka != k {
+        bail!("lora_down: x {:?} and a {:?} do not fit", x.dims(), a.dims());
+    }
+    if lora_kernel_fits(x, r) {
+        #[cfg(feature = "cuda")]
+        return cuda::lora_down(x, a, seed, p, first);
+    }
+    generic::lora_down(x, a, seed, p, first)
+}
+
+/// LoRA's up projection added to the frozen projection's output: `y + z sB^T`.
+///
+/// `y: [N, out]`, `z: [N, r]` (from [`lora_down`]), `sb: [out, r]` (B times the LoRA scaling),
+/// one dtype. Returns a fresh `[N, out]`; on CUDA in one pass (read `y`, write the result),
+/// the sum in f32, rounded once.
+pub fn lora_up_add(y: &Tensor, z: &Tensor, sb: &Tensor) -> Result<Tensor> {
+    check_float("lora_up_add y", y)?;
+    let (n, o) = lora_dims("lora_up_add y", y, y)?;
+    let (nz, r) = lora_dims("lora_up_add z", z, y)?;
+    if nz != n || lora_dims("lora_up_add sb", sb, y)? != (o, r) {
+        bail!("lora_up_add: y {:?}, z {:?} and sb {:?} do not fit", y.dims(), z.dims(), sb.dims());
+    }
+    if lora_kernel_fits(y, r) {
+        #[cfg(feature = "cuda")]
+        return cuda::lora_up_add(y, z, sb);
+    }
+    generic::lora_up_add(y, z, sb)
+}
+
+/// Where [`lora_bwd`] writes one LoRA entry's gradients: a flat f32 buffer (contiguous, on the
+/// activations' device) and the offsets of `dA` (`[r, in]`, row-major) and `dB` (`[out, r]`).
+#[derive(Debug, Clone, Copy)]
+pub struct LoraGradSlot<'a> {
+    /// Flat f32 `[len]`.
+    pub buf: &'a Tensor,
+    /// Offset of `dA`.
+    pub a: usize,
+    /// Offset of `dB`.
+    pub b: usize,
+    /// The LoRA scaling `alpha / r`: `dB` is the gradient of B, not of `sB`.
+    pub scaling: f32,
+}
+
+/// The backward of [`lora_down`] + [`lora_up_add`] given `dy` (the gradient of the sum) and
+/// `dx` (the input gradient through the frozen weight, `dy W`). With `xd = lora_dropout_at(x)`,
+/// `dz = dy sB`:
+///
+/// - writes `dA = dz^T xd` and `dB = scaling * dy^T z` (f32) into `slot.buf` at its offsets,
+///   leaving the rest of the buffer alone;
+/// - returns `dx + lora_dropout_at(dz A)` (the same mask), x's dtype.
+///
+/// Shapes: `dy: [N, out]`, `x`, `dx: [N, in]`, `z: [N, r]`, `a: [r, in]`, `sb: [out, r]`, one
+/// dtype. On CUDA: a pass over `dy` (`dz` and partial `dB`), a pass over `x` and `dx` (the
+/// result and partial `dA`), and small kernels that sum the partials in a fixed order (so the
+/// gradients are reproducible bit for bit) and write them into the buffer; `dz` is rounded to
+/// the dtype once, as the CPU's matmul rounds it.
+#[allow(clippy::too_many_arguments)]
+pub fn lora_bwd(
+    dy: &Tensor,
+    x: &Tensor,
+    z: &Tensor,
+    dx: &Tensor,
+    a: &Tensor,
+    sb: &Tensor,
+    seed: u64,
+    p: f32,
+    first: u64,
+    slot: &LoraGradSlot,
+) -> Result<Tensor> {
+    check_float("lora_bwd x", x)?;
+    check_dropout_p("lora_bwd", p)?;
+    let (n, k) = lora_dims("lora_bwd x", x, x)?;
+    let (r, ka) = lora_dims("lora_bwd a", a, x)?;
+    let (ny, o) = lora_dims("lora_bwd dy", dy, x)?;
+    let fits = ka == k
+        && ny == n
+        && lora_dims("lora_bwd dx", dx, x)? == (n, k)
+        && lora_dims("lora_bwd z", z, x)? == (n, r)
+        && lora_dims("lora_bwd sb", sb, x)? == (o, r);
+    if !fits {
+        bail!(
+            "lora_bwd: dy {:?}, x {:?}, z {:?}, dx {:?}, a {:?}, sb {:?} do not fit",
+            dy.dims(),
+            x.dims(),
+            z.dims(),
+            dx.dims(),
+            a.dims(),
+            sb.dims()
+        );
+    }
+    let buf = slot.buf;
+    let len = buf.elem_count();
+    if buf.dtype() != DType::F32 || buf.rank() != 1 || !buf.is_contiguous() || !buf.device().same_device(x.device()) {
+        bail!("lora_bwd: the gradient buffer must be a contiguous f32 vector on the activations' device");
+    }
+    if slot.a + r * k > len || slot.b + o * r > len {
+        bail!("lora_bwd: dA at {} ({r} x {k}) or dB at {} ({o} x {r}) runs past the buffer ({len})", slot.a, slot.b);
+    }
+    if lora_kernel_fits(x, r) && dy.elem_count() > 0 {
+        #[cfg(feature = "cuda")]
+        return cuda::lora_bwd(dy, x, z, dx, a, sb, seed, p, first, slot);
+    }
+    generic::lora_bwd(dy, x, z, dx, a, sb, seed, p, first, slot)
 }
 
 fn check_attention(what: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
@@ -683,6 +830,87 @@ mod tests {
         }
         let xt = t(&x, &[n, d], DType::F32);
         assert_close("p = 0", &vals(&lora_dropout(&xt, 42, 0.0).unwrap()), &vals(&xt), 0.0);
+    }
+
+    // ---- LoRA ----
+
+    /// Naive `z = xd a^T` and `dz = dy sb` in f64 on `[n, k]` and `[n, o]` inputs, no rounding.
+    fn ref_lora_z(xd: &[f64], a: &[f64], sb: &[f64], dy: &[f64], (n, k, o, r): (usize, usize, usize, usize)) -> [Vec<f64>; 2] {
+        let mut z = vec![0.0; n * r];
+        let mut dz = vec![0.0; n * r];
+        for i in 0..n {
+            for j in 0..r {
+                z[i * r + j] = (0..k).map(|c| xd[i * k + c] * a[j * k + c]).sum();
+                dz[i * r + j] = (0..o).map(|c| dy[i * o + c] * sb[c * r + j]).sum();
+            }
+        }
+        [z, dz]
+    }
+
+    #[test]
+    fn lora_ops_match_f64_reference_and_write_only_their_slot() {
+        let (n, k, o, r, p, seed, first) = (7, 13, 9, 3, 0.25f32, 77u64, 5u64);
+        let (x, a, sb) = (randn(n * k, 40), randn(r * k, 41), randn(o * r, 42));
+        let (y, dy, dx) = (randn(n * o, 43), randn(n * o, 44), randn(n * k, 45));
+        let m: Vec<f64> = generic::dropout_mask_at(seed, first, n * k, p).into_iter().map(f64::from).collect();
+        for dt in DTYPES {
+            let [x, a, sb, y, dy, dx] = [&x, &a, &sb, &y, &dy, &dx].map(|v| rounded(v, dt));
+            // Rounded where the op rounds: the dropped-out input, z and dz.
+            let xd = rounded(&x.iter().zip(&m).map(|(x, m)| x * m).collect::<Vec<_>>(), dt);
+            let [want_z, dz] = ref_lora_z(&xd, &a, &sb, &dy, (n, k, o, r));
+            let (xt, at, sbt) = (t(&x, &[n, k], dt), t(&a, &[r, k], dt), t(&sb, &[o, r], dt));
+            let z = lora_down(&xt, &at, seed, p, first).unwrap();
+            assert_eq!((z.dims(), z.dtype()), (&[n, r][..], dt));
+            assert_close("lora z", &vals(&z), &want_z, tol(dt));
+            let zr = vals(&z);
+            let up = lora_up_add(&t(&y, &[n, o], dt), &z, &sbt).unwrap();
+            let want_up: Vec<f64> =
+                (0..n * o).map(|e| y[e] + (0..r).map(|j| zr[(e / o) * r + j] * sb[(e % o) * r + j]).sum::<f64>()).collect();
+            assert_close("lora up_add", &vals(&up), &want_up, tol(dt));
+            let buf = Tensor::full(-3f32, 4 + r * k + o * r + 2, &Device::Cpu).unwrap();
+            let slot = LoraGradSlot { buf: &buf, a: 4 + o * r, b: 2, scaling: 0.5 };
+            let (dyt, dxt) = (t(&dy, &[n, o], dt), t(&dx, &[n, k], dt));
+            let dxo = lora_bwd(&dyt, &xt, &z, &dxt, &at, &sbt, seed, p, first, &slot).unwrap();
+            assert_eq!((dxo.dims(), dxo.dtype()), (&[n, k][..], dt));
+            let dz = rounded(&dz, dt);
+            let mut want_da = vec![0.0; r * k];
+            for (e, w) in want_da.iter_mut().enumerate() {
+                *w = (0..n).map(|i| dz[i * r + e / k] * xd[i * k + e % k]).sum();
+            }
+            let want_db: Vec<f64> =
+                (0..o * r).map(|e| 0.5 * (0..n).map(|i| dy[i * o + e / r] * zr[i * r + e % r]).sum::<f64>()).collect();
+            let want_dx: Vec<f64> =
+                (0..n * k).map(|e| dx[e] + m[e] * (0..r).map(|j| dz[(e / k) * r + j] * a[j * k + e % k]).sum::<f64>()).collect();
+            let got = vals(&buf);
+            assert_close("lora dA", &got[slot.a..slot.a + r * k], &want_da, tol(dt));
+            assert_close("lora dB", &got[slot.b..slot.b + o * r], &want_db, tol(dt));
+            assert_close("lora dx", &vals(&dxo), &want_dx, tol(dt));
+            let rest = [&got[..2], &got[2 + o * r..slot.a], &got[slot.a + r * k..]];
+            assert!(rest.iter().all(|s| s.iter().all(|v| *v == -3.0)), "{dt:?}: wrote outside dA/dB");
+        }
+    }
+
+    #[test]
+    fn lora_bwd_matches_finite_differences() {
+        let (n, k, o, r, p, seed, first) = (5, 6, 4, 2, 0.3f32, 9u64, 3u64);
+        let f = DType::F64;
+        let (x, a, sb, dy) = (randn(n * k, 46), randn(r * k, 47), randn(o * r, 48), randn(n * o, 49));
+        let out = |x: &[f64], a: &[f64], sb: &[f64]| {
+            let z = lora_down(&t(x, &[n, k], f), &t(a, &[r, k], f), seed, p, first).unwrap();
+            dot(&vals(&lora_up_add(&Tensor::zeros((n, o), f, &Device::Cpu).unwrap(), &z, &t(sb, &[o, r], f)).unwrap()), &dy)
+        };
+        let z = lora_down(&t(&x, &[n, k], f), &t(&a, &[r, k], f), seed, p, first).unwrap();
+        let buf = Tensor::zeros(r * k + o * r, DType::F32, &Device::Cpu).unwrap();
+        let slot = LoraGradSlot { buf: &buf, a: 0, b: r * k, scaling: 2.0 };
+        let zeros = Tensor::zeros((n, k), f, &Device::Cpu).unwrap();
+        let (xt, at, sbt) = (t(&x, &[n, k], f), t(&a, &[r, k], f), t(&sb, &[o, r], f));
+        let dx = lora_bwd(&t(&dy, &[n, o], f), &xt, &z, &zeros, &at, &sbt, seed, p, first, &slot).unwrap();
+        let g = vals(&buf);
+        check_fd("lora dx", |v| out(v, &a, &sb), &x, &vals(&dx));
+        check_fd("lora dA", |v| out(&x, v, &sb), &a, &g[..r * k]);
+        // dB is the gradient of B = sb / scaling.
+        let dsb: Vec<f64> = g[r * k..].iter().map(|v| v / 2.0).collect();
+        check_fd("lora dB", |v| out(&x, &a, v), &sb, &dsb);
     }
 
     // ---- attention ----

@@ -9,13 +9,6 @@
 // One thread per element (an odd `first` splits hash pairs across threads).
 #include "common.cuh"
 
-__device__ __forceinline__ uint64_t splitmix(uint64_t z) {
-    z += 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 template <typename T>
 __device__ __forceinline__ void dropout_impl(const T *__restrict__ x, T *__restrict__ y, size_t n,
                                              uint64_t first, uint64_t seed, unsigned int threshold,
