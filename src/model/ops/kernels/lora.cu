@@ -212,7 +212,7 @@ __device__ __forceinline__ void lora_down_impl(const T *__restrict__ x, const T 
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL; ++u) {
             const int row = r0 + u;
-            if (row >= t.row1) break;  // uniform over the warp
+            if (row >= t.row1) continue;  // uniform over the warp
             if (masked) {
                 float m[C];
                 lora_mask<C>(first + (uint64_t)row * k + t.col, seed, threshold, keep, m);
@@ -257,7 +257,7 @@ __device__ __forceinline__ void lora_up_add_impl(const T *__restrict__ y, const 
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL; ++u) {
             const int row = r0 + u;
-            if (row >= t.row1) break;
+            if (row >= t.row1) continue;
             float zr[R];
             lora_load_row<T, R>(z + (size_t)row * r, r, zr);
             float o[C];
@@ -301,7 +301,7 @@ __device__ __forceinline__ void lora_bwd_dy_impl(const T *__restrict__ dy, const
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL; ++u) {
             const int row = r0 + u;
-            if (row >= t.row1) break;
+            if (row >= t.row1) continue;
             float zr[R];
             lora_load_row<T, R>(z + (size_t)row * r, r, zr);
             float p[R];
@@ -363,7 +363,7 @@ __device__ __forceinline__ void lora_bwd_x_impl(const T *__restrict__ x, const T
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL_X; ++u) {
             const int row = r0 + u;
-            if (row >= t.row1) break;
+            if (row >= t.row1) continue;
             float dzr[R];
             lora_load<float, R>(dz + (size_t)row * R, R, true, dzr);
             float m[C];
