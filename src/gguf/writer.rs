@@ -3,8 +3,8 @@
 //! The layout is the one [`super`] documents for the reader. The writer knows every tensor's
 //! name, shape and type before it writes a byte, so it can lay out the tensor-info section (with
 //! each tensor's aligned offset) up front and then stream the data one tensor at a time: a caller
-//! quantizes tensor `i` only when the writer asks for it, and a 7B export never holds more than
-//! one tensor's bytes.
+//! quantizes tensor `i` only when the writer asks for it, and may hand its bytes over a few
+//! rows at a time ([`TensorSink`]), so an export holds one small buffer, not a tensor's bytes.
 //!
 //! [`write_file`] writes to a temporary name beside the target and renames it into place after
 //! an `fsync`, so a killed export never leaves a truncated `.gguf` under the final name.
@@ -139,30 +139,62 @@ fn layout(kvs: &[(String, GgufValue)], tensors: &[TensorPlan]) -> Result<(Vec<u8
     Ok((head, offsets, at))
 }
 
-/// Writes a GGUF v3 file to `out`: `kvs` in order, then `tensors`, asking `data(i)` for the
-/// bytes of tensor `i` (exactly [`TensorPlan::byte_len`] of them) in order.
+/// Where a producer puts the bytes of one tensor (see [`write`]): any number of writes that
+/// add up to exactly the tensor's [`TensorPlan::byte_len`], so a producer can quantize a large
+/// tensor a few rows at a time into one small buffer instead of holding all of its bytes.
+pub struct TensorSink<'a> {
+    out: &'a mut dyn Write,
+    written: u64,
+    want: u64,
+    error: Option<std::io::Error>,
+}
+
+impl TensorSink<'_> {
+    /// Appends `bytes` to the tensor's data. An error ends the tensor; [`write`] reports it
+    /// (a failed write as the sink's I/O error, too many bytes as the producer's).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if self.written + bytes.len() as u64 > self.want {
+            return Err(format!("produced more than the {} bytes its type and shape need", self.want));
+        }
+        self.out.write_all(bytes).map_err(|e| {
+            let message = e.to_string();
+            self.error = Some(e);
+            message
+        })?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// Writes a GGUF v3 file to `out`: `kvs` in order, then `tensors`, asking `data(i, sink)` to
+/// write the bytes of tensor `i` (exactly [`TensorPlan::byte_len`] of them, see
+/// [`TensorSink`]) in order.
 pub fn write<W: Write + Seek>(
     out: &mut W,
     kvs: &[(String, GgufValue)],
     tensors: &[TensorPlan],
-    mut data: impl FnMut(usize) -> Result<Vec<u8>, String>,
+    mut data: impl FnMut(usize, &mut TensorSink<'_>) -> Result<(), String>,
 ) -> Result<(), WriteError> {
     let (head, offsets, total) = layout(kvs, tensors)?;
     out.write_all(&head).map_err(WriteError::Sink)?;
     let base = head.len() as u64;
     let mut written = 0u64;
     for (i, t) in tensors.iter().enumerate() {
-        let bytes = data(i).map_err(|message| WriteError::Producer { name: t.name.clone(), message })?;
         let want = t.byte_len()?;
-        if bytes.len() as u64 != want {
-            return Err(WriteError::Producer {
-                name: t.name.clone(),
-                message: format!("produced {} bytes, its type and shape need {want}", bytes.len()),
-            });
-        }
         let pad = offsets[i] - written;
         out.write_all(&vec![0u8; pad as usize]).map_err(WriteError::Sink)?;
-        out.write_all(&bytes).map_err(WriteError::Sink)?;
+        let mut sink = TensorSink { out: &mut *out, written: 0, want, error: None };
+        let result = data(i, &mut sink);
+        if let Some(e) = sink.error {
+            return Err(WriteError::Sink(e));
+        }
+        result.map_err(|message| WriteError::Producer { name: t.name.clone(), message })?;
+        if sink.written != want {
+            return Err(WriteError::Producer {
+                name: t.name.clone(),
+                message: format!("produced {} bytes, its type and shape need {want}", sink.written),
+            });
+        }
         written = offsets[i] + want;
     }
     out.write_all(&vec![0u8; (total - written) as usize]).map_err(WriteError::Sink)?;
@@ -175,13 +207,15 @@ pub fn write_file(
     path: &Path,
     kvs: &[(String, GgufValue)],
     tensors: &[TensorPlan],
-    data: impl FnMut(usize) -> Result<Vec<u8>, String>,
+    data: impl FnMut(usize, &mut TensorSink<'_>) -> Result<(), String>,
 ) -> Result<(), WriteError> {
     let io = |source| WriteError::Io { path: path.to_path_buf(), source };
     let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     let result = (|| {
         let file = File::create(&tmp).map_err(io)?;
-        let mut w = BufWriter::with_capacity(1 << 22, file);
+        // Small writes (headers, padding, norms) are gathered; a producer's large runs are at
+        // least this big and go to the file as they are, with no copy through the buffer.
+        let mut w = BufWriter::with_capacity(1 << 16, file);
         write(&mut w, kvs, tensors, data).map_err(|e| match e {
             WriteError::Sink(source) => io(source),
             e => e,
@@ -227,7 +261,7 @@ mod tests {
             TensorPlan { name: "b".into(), shape: vec![3], ty: GgmlType::F32 },
         ];
         let data = [f32_bytes(&a), f32_bytes(&b)];
-        write_file(&path, &kvs, &tensors, |i| Ok(data[i].clone())).unwrap();
+        write_file(&path, &kvs, &tensors, |i, sink| sink.write(&data[i])).unwrap();
         let f = GgufFile::open(&path).unwrap();
         assert_eq!(f.version, 3);
         assert_eq!(f.metadata, kvs);
@@ -243,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.gguf");
         let tensors = vec![TensorPlan { name: "w".into(), shape: vec![4], ty: GgmlType::F32 }];
-        let e = write_file(&path, &[], &tensors, |_| Ok(vec![0u8; 3])).unwrap_err();
+        let e = write_file(&path, &[], &tensors, |_, sink| sink.write(&[0u8; 3])).unwrap_err();
         assert!(e.to_string().contains("tensor `w`: produced 3 bytes"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -3,7 +3,9 @@
 //! The node adapts the pipeline to [`crate::export`]: it loads the model and the training
 //! tokenizer, picks the chat template the model was trained with (`format`, as in tokenize),
 //! writes `model/model.gguf` and `model/Modelfile`, then runs the verification gate and writes
-//! `report/report.json` and `report/report.md`. A failed check fails the node, so nothing
+//! `report/report.json` and `report/report.md`. With the gate off (`verify: false`) a Hugging
+//! Face folder is not loaded: its tensors stream from the safetensors files into the GGUF
+//! file, which is byte for byte the same. A failed check fails the node, so nothing
 //! downstream (and no cache entry) ever sees an export that llama.cpp would read differently.
 
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use serde_json::{json, Value as Json};
 use super::{Accepts, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::export::gate::{Check, Gate};
 use crate::export::llamacpp::{self, LlamaCpp};
-use crate::export::write_gguf;
+use crate::export::{write_gguf, write_gguf_from_folder};
 use crate::gguf::ftype::FileType;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
@@ -252,11 +254,18 @@ impl NodeKind for ExportGguf {
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let file_type: FileType =
             ctx.params.str("type").unwrap_or("Q8_0").parse().map_err(|e| err(format!("param `type`: {e}")))?;
-        let llama = if ctx.params.bool("verify") { llama_cpp(ctx.params)? } else { None };
+        let verify = ctx.params.bool("verify");
+        let llama = if verify { llama_cpp(ctx.params)? } else { None };
         let src = ctx.input("model")?.to_path_buf();
         ctx.progress.start(Some(3), "steps");
-        ctx.log(format!("loading {}", src.display()));
-        let model = load::load(&src, &candle_core::Device::Cpu).map_err(err)?;
+        // The gate runs the model; without it a Hugging Face folder is streamed from its
+        // files to the GGUF file (the same bytes) and the model is never loaded.
+        let model = if verify || !src.is_dir() {
+            ctx.log(format!("loading {}", src.display()));
+            Some(load::load(&src, &candle_core::Device::Cpu).map_err(err)?)
+        } else {
+            None
+        };
         let tk = load_tokenizer(&src).map_err(err)?;
         let template_src = chat_template(ctx.params, &tk)?;
         let eos_text = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
@@ -276,7 +285,21 @@ impl NodeKind for ExportGguf {
         let gguf = out.join("model.gguf");
         let name = ctx.params.str("name").unwrap_or(ctx.node).to_string();
         let t0 = std::time::Instant::now();
-        let written = write_gguf(&model, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?;
+        let written = match &model {
+            Some(m) => write_gguf(m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?,
+            None => {
+                ctx.log(format!("streaming the tensors of {}", src.display()));
+                let cfg = load::config(&src).map_err(err)?;
+                match write_gguf_from_folder(&src, &cfg, tok_kv.clone(), file_type, &name, &gguf).map_err(err)? {
+                    Some(w) => w,
+                    None => {
+                        ctx.log(format!("a dtype the stream cannot read: loading {}", src.display()));
+                        let m = load::load(&src, &candle_core::Device::Cpu).map_err(err)?;
+                        write_gguf(&m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?
+                    }
+                }
+            }
+        };
         let write_s = t0.elapsed().as_secs_f64();
         let types = written.types.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
         ctx.log(format!("wrote {} ({} bytes, {types}) in {write_s:.2} s", gguf.display(), written.bytes));
@@ -286,7 +309,7 @@ impl NodeKind for ExportGguf {
         ctx.progress.update(2, Some("Modelfile written".into()));
 
         let mut checks: Vec<Check> = Vec::new();
-        if ctx.params.bool("verify") {
+        if let Some(model) = model.as_ref().filter(|_| verify) {
             let scratch = ctx.work.join("gate");
             std::fs::create_dir_all(&scratch).map_err(NodeError::io("creating", &scratch))?;
             let system = ctx.params.str("system");
@@ -307,13 +330,13 @@ impl NodeKind for ExportGguf {
                     let text = scratch.join("heldout.txt");
                     std::fs::write(&text, heldout_text(h, &template, system)?).map_err(NodeError::io("writing", &text))?;
                     let reference = scratch.join("reference-f16.gguf");
-                    write_gguf(&model, tok_kv, FileType::F16, &name, &reference).map_err(err)?;
+                    write_gguf(model, tok_kv, FileType::F16, &name, &reference).map_err(err)?;
                     Some((text, reference))
                 }
                 _ => None,
             };
             let gate = Gate {
-                source: &model,
+                source: model,
                 tokenizer: &tk.tokenizer,
                 gguf: &gguf,
                 written: &written,
