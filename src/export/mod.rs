@@ -128,7 +128,7 @@ fn write_tensors(
     writer::write_file(path, &metadata, &plans, |i, sink| {
         let values = tensors[i].values().map_err(|e| e.to_string())?;
         let row = *tensors[i].shape.last().unwrap_or(&1);
-        write_quantized(kinds[i], &values, row, &mut buf, sink)
+        write_quantized(kinds[i], &values, row, CHUNK_VALUES, &mut buf, sink)
     })?;
     let mut types = BTreeMap::new();
     for k in &kinds {
@@ -138,17 +138,18 @@ fn write_tensors(
     Ok(Written { metadata, types, bytes })
 }
 
-/// Quantizes `values` (rows of `row` values) to `kind` into `sink`, [`CHUNK_VALUES`] at a
-/// time through `buf`. The bytes are [`quantize::quantize`]'s for the whole tensor: every row
-/// is quantized on its own.
+/// Quantizes `values` (rows of `row` values) to `kind` into `sink`, whole rows of about
+/// `chunk_values` values at a time through `buf`. The bytes are [`quantize::quantize`]'s for
+/// the whole tensor: every row is quantized on its own.
 fn write_quantized(
     kind: GgmlKind,
     values: &[f32],
     row: usize,
+    chunk_values: usize,
     buf: &mut Vec<u8>,
     sink: &mut writer::TensorSink<'_>,
 ) -> Result<(), String> {
-    let rows_per_chunk = (CHUNK_VALUES / row.max(1)).max(1);
+    let rows_per_chunk = (chunk_values / row.max(1)).max(1);
     let chunk = rows_per_chunk * row.max(1);
     for (c, part) in values.chunks(chunk).enumerate() {
         let n = kind.byte_len(part.len()).map_err(|e| e.to_string())?;
@@ -161,4 +162,70 @@ fn write_quantized(
         sink.write(buf)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+    use crate::model::config::Arch;
+
+    /// A random model saved as a Hugging Face folder with `dtype` weights, and that folder
+    /// loaded back as a model.
+    fn folder(arch: Arch, dtype: DType) -> (tempfile::TempDir, Model) {
+        let cfg = Config::tiny(arch, 64, 256);
+        let model = Model::random(cfg.clone(), 7, &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let map: HashMap<String, Tensor> = model.hf_tensors().into_iter().map(|(n, t)| (n, t.to_dtype(dtype).unwrap())).collect();
+        candle_core::safetensors::save(&map, dir.path().join("model.safetensors")).unwrap();
+        std::fs::write(dir.path().join("config.json"), cfg.to_hf_json(Some(1), Some(2), "float32").to_string()).unwrap();
+        let loaded = crate::model::load::load(dir.path(), &Device::Cpu).unwrap();
+        (dir, loaded)
+    }
+
+    #[test]
+    fn a_folder_streams_to_the_bytes_its_loaded_model_writes_for_every_type() {
+        for (arch, dtype) in [(Arch::Llama, DType::F32), (Arch::Qwen2, DType::F32), (Arch::Llama, DType::BF16)] {
+            let (dir, model) = folder(arch, dtype);
+            let kv = vec![("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into()))];
+            for ft in FileType::ALL {
+                let (a, b) = (dir.path().join("loaded.gguf"), dir.path().join("streamed.gguf"));
+                let wa = write_gguf(&model, kv.clone(), ft, "t", &a).unwrap();
+                let wb = write_gguf_from_folder(dir.path(), &model.cfg, kv.clone(), ft, "t", &b).unwrap().expect("streamable");
+                assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(), "{arch:?} {dtype:?} {}", ft.name());
+                assert_eq!((wa.types, wa.bytes, wa.metadata), (wb.types, wb.bytes, wb.metadata));
+            }
+        }
+    }
+
+    #[test]
+    fn a_tensor_written_in_runs_of_rows_is_the_whole_tensor_quantized() {
+        let (rows, row) = (7, 512);
+        let mut values: Vec<f32> = (0..rows * row).map(|i| ((i as f32) * 0.731).sin()).collect();
+        for kind in [GgmlKind::F16, GgmlKind::Q8_0, GgmlKind::Q4_K, GgmlKind::Q6_K] {
+            let want = quantize::quantize(kind, &values, row).unwrap();
+            let plan = TensorPlan { name: "w".into(), shape: vec![rows, row], ty: GgmlType::from_id(kind.id()) };
+            let mut out = std::io::Cursor::new(Vec::new());
+            let mut buf = Vec::new();
+            writer::write(&mut out, &[], std::slice::from_ref(&plan), |_, sink| {
+                write_quantized(kind, &values, row, 2 * row + 1, &mut buf, sink)
+            })
+            .unwrap();
+            let out = out.into_inner();
+            let start = out.len() - want.len().next_multiple_of(32);
+            assert_eq!(&out[start..start + want.len()], &want[..], "{}", kind.name());
+        }
+        // A bad value in a later run is reported at its place in the tensor.
+        values[5 * row + 3] = f32::NAN;
+        let want = quantize::quantize(GgmlKind::Q8_0, &values, row).unwrap_err().to_string();
+        let plan = TensorPlan { name: "w".into(), shape: vec![rows, row], ty: GgmlType::Q8_0 };
+        let e = writer::write(&mut std::io::Cursor::new(Vec::new()), &[], &[plan], |_, sink| {
+            write_quantized(GgmlKind::Q8_0, &values, row, 2 * row, &mut Vec::new(), sink)
+        })
+        .unwrap_err();
+        assert!(e.to_string().ends_with(&want), "{e} vs {want}");
+    }
 }
