@@ -7,7 +7,11 @@
 //! rows at a time ([`TensorSink`]), so an export holds one small buffer, not a tensor's bytes.
 //!
 //! [`write_file`] writes to a temporary name beside the target and renames it into place after
-//! an `fsync`, so a killed export never leaves a truncated `.gguf` under the final name.
+//! an `fsync`, so a killed export never leaves a truncated `.gguf` under the final name. On
+//! Linux it asks the kernel to start writing each few MB back to disk as soon as they are
+//! written (`sync_file_range`), so the disk works while the next tensors are quantized and
+//! the `fsync` waits for the last stretch only (it was ~0.1 s of a 270 MB export); the `fsync`
+//! still decides: nothing is renamed before all of the file is on disk.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, Write};
@@ -202,6 +206,68 @@ pub fn write<W: Write + Seek>(
     Ok(())
 }
 
+/// Bytes written between two early-writeback requests.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// A file being written that starts writeback of every [`WRITEBACK_BYTES`] written (see the
+/// module docs). Only a hint to the kernel: errors are left to the `fsync`.
+struct EarlyWriteback {
+    file: File,
+    at: u64,
+    requested: u64,
+}
+
+impl EarlyWriteback {
+    fn new(file: File) -> Self {
+        EarlyWriteback { file, at: 0, requested: 0 }
+    }
+
+    fn into_inner(self) -> File {
+        self.file
+    }
+
+    #[cfg(target_os = "linux")]
+    fn start_writeback(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain syscall on a file descriptor this struct owns; no memory is passed.
+        unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                self.requested as libc::off64_t,
+                (self.at - self.requested) as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+        self.requested = self.at;
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn start_writeback(&mut self) {}
+}
+
+impl Write for EarlyWriteback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.at += n as u64;
+        if self.at >= self.requested + WRITEBACK_BYTES {
+            self.start_writeback();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Seek for EarlyWriteback {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.at = self.file.seek(pos)?;
+        self.requested = self.requested.min(self.at);
+        Ok(self.at)
+    }
+}
+
 /// Writes a GGUF file at `path` atomically (temporary file, fsync, rename). See [`write`].
 pub fn write_file(
     path: &Path,
@@ -215,12 +281,12 @@ pub fn write_file(
         let file = File::create(&tmp).map_err(io)?;
         // Small writes (headers, padding, norms) are gathered; a producer's large runs are at
         // least this big and go to the file as they are, with no copy through the buffer.
-        let mut w = BufWriter::with_capacity(1 << 16, file);
+        let mut w = BufWriter::with_capacity(1 << 16, EarlyWriteback::new(file));
         write(&mut w, kvs, tensors, data).map_err(|e| match e {
             WriteError::Sink(source) => io(source),
             e => e,
         })?;
-        let file = w.into_inner().map_err(|e| io(e.into_error()))?;
+        let file = w.into_inner().map_err(|e| io(e.into_error()))?.into_inner();
         file.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)
     })();
@@ -280,6 +346,23 @@ mod tests {
         let e = write_file(&path, &[], &tensors, |_, sink| sink.write(&[0u8; 3])).unwrap_err();
         assert!(e.to_string().contains("tensor `w`: produced 3 bytes"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_producer_may_write_in_pieces_but_not_past_its_tensor() {
+        let tensors = vec![TensorPlan { name: "w".into(), shape: vec![2, 2], ty: GgmlType::F32 }];
+        let data = f32_bytes(&[1.0, 2.0, 3.0, 4.0]);
+        let mut a = std::io::Cursor::new(Vec::new());
+        write(&mut a, &[], &tensors, |_, sink| sink.write(&data)).unwrap();
+        let mut b = std::io::Cursor::new(Vec::new());
+        write(&mut b, &[], &tensors, |_, sink| data.chunks(3).try_for_each(|c| sink.write(c))).unwrap();
+        assert_eq!(a.into_inner(), b.into_inner());
+        let e = write(&mut std::io::Cursor::new(Vec::new()), &[], &tensors, |_, sink| {
+            sink.write(&data)?;
+            sink.write(&[0])
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("tensor `w`: produced more than the 16 bytes"), "{e}");
     }
 
     #[test]
