@@ -21,7 +21,7 @@ use crate::gguf::ftype::FileType;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
-use crate::tokenizer::load::{load as load_tokenizer, Bundle};
+use crate::tokenizer::load::{load as load_tokenizer, with_tokenizer as tokenizer_with, Bundle};
 use crate::tokenizer::modelfile::Modelfile;
 use crate::tokenizer::template::{self, ChatTemplate};
 use crate::tokenizer::to_gguf::{to_gguf, HfTokenizer, ToGgufError, TokenizerMetadata};
@@ -157,32 +157,39 @@ fn heldout_text(path: &Path, template: &ChatTemplate, system: Option<&str>) -> R
     Ok(out)
 }
 
-/// The `tokenizer.*` metadata: converted from a Hugging Face folder as llama.cpp's converter
-/// does, or copied from a GGUF source; either way with the training chat template.
-fn tokenizer_metadata(src: &Path, pre: Option<&str>, chat_template: &str) -> Result<TokenizerMetadata, NodeError> {
-    let mut kv = if src.is_dir() {
+/// The tokenizer of `src` and its `tokenizer.*` metadata without the chat template: converted
+/// from a Hugging Face folder as llama.cpp's converter does (the folder's `tokenizer.json` is
+/// built into a tokenizer once, for both), or copied from a GGUF source.
+fn read_tokenizer(src: &Path, pre: Option<&str>) -> Result<(Bundle, Vec<(String, GgufValue)>), NodeError> {
+    if src.is_dir() {
         let hf = HfTokenizer::from_dir(src).map_err(err)?;
-        to_gguf(&hf, pre)
+        let kv = to_gguf(&hf, pre)
             .map_err(|e| match e {
                 ToGgufError::UnknownPreTokenizer { .. } => err(format!("{e}: the export-gguf param `pre`")),
                 e => err(e),
             })?
-            .into_pairs()
-    } else {
-        let f = GgufFile::open(src).map_err(err)?;
-        let mut kv: Vec<(String, GgufValue)> = f.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
-        if let Some(p) = pre {
-            kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
-            kv.push(("tokenizer.ggml.pre".into(), GgufValue::String(p.into())));
-        }
-        kv
-    };
+            .into_pairs();
+        let tk = tokenizer_with(&src.join("tokenizer.json"), hf.into_tokenizer()).map_err(err)?;
+        return Ok((tk, kv));
+    }
+    let tk = load_tokenizer(src).map_err(err)?;
+    let f = GgufFile::open(src).map_err(err)?;
+    let mut kv: Vec<(String, GgufValue)> = f.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
+    if let Some(p) = pre {
+        kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
+        kv.push(("tokenizer.ggml.pre".into(), GgufValue::String(p.into())));
+    }
+    Ok((tk, kv))
+}
+
+/// The `tokenizer.*` metadata `kv` with the training chat template.
+fn with_chat_template(mut kv: Vec<(String, GgufValue)>, chat_template: &str) -> TokenizerMetadata {
     let template = ("tokenizer.chat_template".to_string(), GgufValue::String(chat_template.into()));
     match kv.iter_mut().find(|(k, _)| k == "tokenizer.chat_template") {
         Some(slot) => *slot = template,
         None => kv.push(template),
     }
-    Ok(TokenizerMetadata { kv })
+    TokenizerMetadata { kv }
 }
 
 /// The stated perplexity bound per type, about twice the rise measured on the default model
@@ -266,12 +273,12 @@ impl NodeKind for ExportGguf {
         } else {
             None
         };
-        let tk = load_tokenizer(&src).map_err(err)?;
+        let (tk, tok_kv) = read_tokenizer(&src, ctx.params.str("pre"))?;
         let template_src = chat_template(ctx.params, &tk)?;
         let eos_text = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let bos_text = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let template = ChatTemplate::new(&template_src, bos_text, eos_text).map_err(|e| err(format!("chat template: {e}")))?;
-        let tok_meta = tokenizer_metadata(&src, ctx.params.str("pre"), &template_src)?;
+        let tok_meta = with_chat_template(tok_kv, &template_src);
         let stop_texts = tok_meta.end_of_generation_tokens();
         let stop: Vec<u32> = stop_texts.iter().filter_map(|t| tk.tokenizer.token_to_id(t)).collect();
         let mut mf = Modelfile::for_tokenizer("model.gguf", &tok_meta).map_err(|e| err(format!("Modelfile: {e}")))?;
