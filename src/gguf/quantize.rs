@@ -142,10 +142,9 @@ fn encode(kind: GgmlKind, values: &[f32], out: &mut [u8]) -> Result<(), QuantErr
     let (bs, ts) = (kind.block_size(), kind.type_size());
     let run = encoder(kind);
     let task = |start: usize, src: &[f32], dst: &mut [u8]| -> Result<(), QuantError> {
-        if check {
-            if let Some(i) = src.iter().position(|v| !v.is_finite()) {
-                return Err(QuantError::NonFinite { kind, index: start + i });
-            }
+        if check && !all_finite(src) {
+            let i = src.iter().position(|v| !v.is_finite()).expect("a value is not finite");
+            return Err(QuantError::NonFinite { kind, index: start + i });
         }
         run(src, dst);
         Ok(())
@@ -164,6 +163,14 @@ fn encode(kind: GgmlKind, values: &[f32], out: &mut [u8]) -> Result<(), QuantErr
             _ => usize::MAX,
         });
     first_error.map_or(Ok(()), Err)
+}
+
+/// Whether every value is finite. No early exit and integer maxima of the exponent bits, so
+/// the compiler checks a whole vector register of values per instruction (a `position` search
+/// stops to test each value and was a fifth of a Q8_0 export's time).
+fn all_finite(x: &[f32]) -> bool {
+    const EXP: u32 = 0x7f80_0000;
+    x.chunks(1024).all(|c| c.iter().fold(0u32, |m, v| m.max(v.to_bits() & EXP)) != EXP)
 }
 
 /// The run encoder: quantizes `n` whole blocks of values into `n` blocks of
@@ -404,9 +411,23 @@ fn run_q5_1(x: &[f32], y: &mut [u8]) {
     }
 }
 
+/// `fold(0, |m, v| c_max(m, |v|))` over a block, as ggml computes `amax`, as an integer
+/// maximum of the magnitudes' bits, which vectorizes (a float `max` chain does not, and
+/// `f32::max` has NaN rules of its own). For floats `>= +0` the order of the bits is the order
+/// of the values, so without a NaN this is the C's result, bit for bit. A NaN's bits are above
+/// infinity's; with one, the C's result depends on where it stands, so such a block takes the
+/// C's chain.
+fn abs_max(x: &[f32]) -> f32 {
+    let m = x.iter().fold(0i32, |m, v| m.max((v.to_bits() & 0x7fff_ffff) as i32));
+    if m > f32::INFINITY.to_bits() as i32 {
+        return x.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+    }
+    f32::from_bits(m as u32)
+}
+
 fn run_q8_0(x: &[f32], y: &mut [u8]) {
     for (x, y) in x.chunks_exact(32).zip(y.chunks_exact_mut(34)) {
-        let amax = x.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+        let amax = abs_max(x);
         let d = amax / 127.0;
         let id = inverse_or_zero(d);
         put_f16(y, 0, d);
@@ -416,7 +437,11 @@ fn run_q8_0(x: &[f32], y: &mut [u8]) {
             // truncation and compares; `f32::round` would be a libm call per value).
             for (q, &v) in y[2..34].iter_mut().zip(x) {
                 let s = v * id;
-                let t = s as i32;
+                // SAFETY: |v| <= amax and id is finite, so id = 1 / (amax / 127) and
+                // |s| <= 127 * (1 + 2^-20) (a subnormal amax / 127 is at worst 2^-21 off, or id
+                // is infinite): in i32 range. Unlike the saturating `as`, this compiles to
+                // vector truncation (cvttps2dq).
+                let t: i32 = unsafe { s.to_int_unchecked() };
                 let frac = s - t as f32;
                 *q = (t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5)) as u8;
             }
@@ -1108,6 +1133,29 @@ mod tests {
         run_q8_0(&x, &mut a);
         direct(&x, &mut b);
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn all_finite_and_abs_max_agree_with_the_plain_loops() {
+        let mut x: Vec<f32> = pseudo_normal(4096, 5, 10.0);
+        assert!(all_finite(&x));
+        for (i, bad) in [(3000, f32::NAN), (17, f32::INFINITY), (4095, f32::NEG_INFINITY)] {
+            let keep = x[i];
+            x[i] = bad;
+            assert!(!all_finite(&x), "{bad} at {i}");
+            x[i] = keep;
+        }
+        x[40] = -0.0;
+        x[64..96].fill(0.0);
+        x[100] = f32::NAN;
+        x[130] = f32::INFINITY;
+        x[159] = f32::NAN;
+        x[191] = f32::NAN;
+        x[192] = f32::NAN;
+        for b in x.chunks_exact(32) {
+            let want = b.iter().fold(0.0f32, |m, v| c_max(m, v.abs()));
+            assert_eq!(abs_max(b).to_bits(), want.to_bits(), "{b:?}");
+        }
     }
 
     #[test]

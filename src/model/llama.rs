@@ -754,6 +754,29 @@ impl Model {
         })
     }
 
+    /// The Hugging Face names of the tensors a model of `cfg` has, in [`Model::hf_tensors`]'s
+    /// order: what [`Model::from_hf_tensors`] takes, for readers that stream the tensors from
+    /// the files instead of loading a model.
+    pub fn hf_names(cfg: &Config) -> Vec<String> {
+        let mut out = vec!["model.embed_tokens.weight".to_string()];
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            out.push(format!("{p}.input_layernorm.weight"));
+            out.push(format!("{p}.post_attention_layernorm.weight"));
+            for m in Module::ALL {
+                out.push(format!("{p}.{}.weight", m.hf_path()));
+                if cfg.arch == Arch::Qwen2 && matches!(m, Module::Q | Module::K | Module::V) {
+                    out.push(format!("{p}.{}.bias", m.hf_path()));
+                }
+            }
+        }
+        out.push("model.norm.weight".to_string());
+        if !cfg.tie_word_embeddings {
+            out.push("lm_head.weight".to_string());
+        }
+        out
+    }
+
     /// The model's tensors under Hugging Face names (the inverse of [`Model::from_hf_tensors`]).
     pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
@@ -860,6 +883,18 @@ mod tests {
     /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens.
     pub(crate) fn tiny(arch: Arch) -> Config {
         Config { intermediate_size: 24, ..Config::tiny(arch, 40, 16) }
+    }
+
+    #[test]
+    fn hf_names_are_hf_tensors_names_in_order() {
+        for arch in [Arch::Llama, Arch::Qwen2] {
+            for tie in [false, true] {
+                let cfg = Config { tie_word_embeddings: tie, ..tiny(arch) };
+                let m = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
+                let names: Vec<String> = m.hf_tensors().into_iter().map(|(n, _)| n).collect();
+                assert_eq!(Model::hf_names(&cfg), names, "{arch:?} tied {tie}");
+            }
+        }
     }
 
     fn scalar(t: &Tensor) -> f64 {

@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor};
 use super::config::{Arch, Config};
 use super::gguf_names::{hf_name, unpermute};
 use super::llama::Model;
+use super::safetensors;
 use crate::gguf::quant::{dequantize, GgmlKind};
 use crate::gguf::GgufFile;
 
@@ -35,7 +36,7 @@ pub enum LoadError {
     Unsupported { path: PathBuf, message: String },
 }
 
-fn file_err(path: &Path, message: impl std::fmt::Display) -> LoadError {
+pub(super) fn file_err(path: &Path, message: impl std::fmt::Display) -> LoadError {
     LoadError::File { path: path.to_path_buf(), message: message.to_string() }
 }
 
@@ -168,39 +169,11 @@ fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadEr
 
 fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
     let cfg = config(dir)?;
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<PathBuf> = if single.exists() {
-        vec![single]
-    } else if index.exists() {
-        let v: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&index).map_err(|e| file_err(&index, e))?).map_err(|e| file_err(&index, e))?;
-        let mut names: Vec<String> = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .ok_or_else(|| file_err(&index, "no `weight_map`"))?
-            .values()
-            .filter_map(|x| x.as_str().map(String::from))
-            .collect();
-        names.sort();
-        names.dedup();
-        names.into_iter().map(|n| dir.join(n)).collect()
-    } else {
-        return Err(file_err(dir, "no model.safetensors or model.safetensors.index.json"));
-    };
     let mut tensors = HashMap::new();
-    for f in files {
+    for f in safetensors::weight_files(dir)? {
         tensors.extend(read_safetensors(&f, device)?);
     }
     Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(dir, m))
-}
-
-/// Where one tensor of a safetensors file lies (the header's entry for it).
-#[derive(serde::Deserialize)]
-struct SafetensorsEntry {
-    dtype: String,
-    shape: Vec<usize>,
-    data_offsets: [u64; 2],
 }
 
 /// Reads one safetensors file tensor by tensor, each straight into the buffer its tensor keeps.
@@ -212,60 +185,26 @@ struct SafetensorsEntry {
 /// carries the bytes from the page cache into each tensor's own `Vec`. The values are the
 /// same bits. A file holding a dtype other than F32, F16 or BF16 goes through candle's loader.
 fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>, LoadError> {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
     let ferr = |e: std::io::Error| file_err(path, e);
     let mut file = std::fs::File::open(path).map_err(ferr)?;
-    let file_len = file.metadata().map_err(ferr)?.len();
-    let mut n = [0u8; 8];
-    file.read_exact(&mut n).map_err(ferr)?;
-    let header_len = u64::from_le_bytes(n);
-    if header_len > file_len.saturating_sub(8) || header_len > 100_000_000 {
-        return Err(file_err(path, format!("not a safetensors file (header length {header_len})")));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(ferr)?;
-    let map: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| file_err(path, format!("safetensors header: {e}")))?;
-    let base = 8 + header_len;
-    let mut entries = Vec::with_capacity(map.len());
-    for (name, v) in map {
-        if name == "__metadata__" {
-            continue;
-        }
-        let e: SafetensorsEntry =
-            serde_json::from_value(v).map_err(|e| file_err(path, format!("safetensors header, tensor `{name}`: {e}")))?;
-        let dtype = match e.dtype.as_str() {
-            "F32" => candle_core::DType::F32,
-            "F16" => candle_core::DType::F16,
-            "BF16" => candle_core::DType::BF16,
-            _ => return candle_core::safetensors::load(path, device).map_err(|e| file_err(path, e)),
-        };
-        let [begin, end] = e.data_offsets;
-        let want = e.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
-        if end < begin || end - begin != want || base + end > file_len {
-            return Err(file_err(
-                path,
-                format!(
-                    "safetensors header: tensor `{name}` has data offsets {begin}..{end}, which do not fit its shape or the file"
-                ),
-            ));
-        }
-        entries.push((name, dtype, e.shape, begin));
-    }
-    entries.sort_by_key(|e| e.3);
+    let Some(entries) = safetensors::read_index(&mut file, path)? else {
+        return candle_core::safetensors::load(path, device).map_err(|e| file_err(path, e));
+    };
     let mut stage = vec![0u8; 1 << 18];
-    let mut at = base;
+    let mut at = None;
     let mut out = HashMap::with_capacity(entries.len());
-    for (name, dtype, shape, begin) in entries {
-        if base + begin != at {
-            file.seek(SeekFrom::Start(base + begin)).map_err(ferr)?;
+    for e in entries {
+        if at != Some(e.offset) {
+            file.seek(SeekFrom::Start(e.offset)).map_err(ferr)?;
         }
-        let count = shape.iter().product::<usize>();
-        let t = match dtype {
-            candle_core::DType::F32 => {
+        let count = e.shape.iter().product::<usize>();
+        let shape = e.shape.clone();
+        let t = match e.dtype {
+            DType::F32 => {
                 Tensor::from_vec(read_values(&mut file, count, &mut stage, f32::from_le_bytes).map_err(ferr)?, shape, device)
             }
-            candle_core::DType::F16 => Tensor::from_vec(
+            DType::F16 => Tensor::from_vec(
                 read_values(&mut file, count, &mut stage, |b| half::f16::from_bits(u16::from_le_bytes(b))).map_err(ferr)?,
                 shape,
                 device,
@@ -276,9 +215,9 @@ fn read_safetensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
                 device,
             ),
         }
-        .map_err(|e| file_err(path, format!("tensor `{name}`: {e}")))?;
-        at = base + begin + (count * dtype.size_in_bytes()) as u64;
-        out.insert(name, t);
+        .map_err(|err| file_err(path, format!("tensor `{}`: {err}", e.name)))?;
+        at = Some(e.offset + e.byte_len() as u64);
+        out.insert(e.name, t);
     }
     Ok(out)
 }
@@ -350,7 +289,10 @@ mod tests {
             .iter()
             .map(|(name, shape, _)| TensorPlan { name: name.clone(), shape: shape.clone(), ty: GgmlType::F32 })
             .collect();
-        write_file(path, &kvs, &plans, |i| Ok(tensors[i].2.iter().flat_map(|x| x.to_le_bytes()).collect())).unwrap();
+        write_file(path, &kvs, &plans, |i, sink| {
+            sink.write(&tensors[i].2.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>())
+        })
+        .unwrap();
     }
 
     fn logits(model: &Model, ids: &[u32]) -> Vec<f32> {

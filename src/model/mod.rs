@@ -9,6 +9,7 @@
 //! | [`generate`] | greedy or sampled decoding with the KV cache |
 //! | [`ggml_cpu`] | the activation rounding llama.cpp's CPU matmuls do for Q8_0 weights (for the export gate) |
 //! | [`load`] | weights from GGUF (dequantized, Q/K un-permuted) or Hugging Face safetensors |
+//! | [`safetensors`] | the safetensors files of a Hugging Face folder: headers, and the tensors memory-mapped |
 //! | [`to_gguf`] | a model as GGUF metadata and tensors (for the export) |
 //! | [`peft`] | reading and writing peft adapter folders |
 //! | [`ops`] | fused forward/backward ops (norm, RoPE, SwiGLU, cross-entropy, dropout): CPU reference, CUDA kernels |
@@ -22,4 +23,5 @@ pub mod load;
 pub mod lora;
 pub mod ops;
 pub mod peft;
+pub mod safetensors;
 pub mod to_gguf;

@@ -23,6 +23,7 @@ use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 use super::config::{Arch, Config};
 use super::gguf_names::{gguf_name, permute};
 use super::llama::Model;
+use super::safetensors::{self, MappedTensor};
 use crate::gguf::GgufValue;
 
 /// The architecture name llama.cpp uses.
@@ -98,12 +99,15 @@ enum Source {
     Model { tensor: Tensor, permute_heads: Option<usize> },
     /// Values computed here (`rope_freqs.weight`).
     Values(Vec<f32>),
+    /// A tensor of a memory-mapped safetensors file, with the heads to permute as above.
+    Mapped { tensor: MappedTensor, permute_heads: Option<usize> },
 }
 
 /// An export tensor's values in llama.cpp order (see [`ExportTensor::values`]): a slice.
 ///
 /// Borrowed from the model's own storage when the tensor is a contiguous f32 tensor on the CPU
-/// and needs no reordering (holding a read lock on that storage until dropped); otherwise owned.
+/// and needs no reordering (holding a read lock on that storage until dropped), or from a
+/// mapped safetensors file when it holds them as aligned f32 in that order; otherwise owned.
 /// Borrowing spares a copy of every tensor into freshly allocated memory, which an export of a
 /// whole model into a new process pays for in page faults (see BENCHMARKS.md, Export).
 pub struct Values<'a>(ValuesInner<'a>);
@@ -152,6 +156,14 @@ impl ExportTensor {
         let (tensor, permute_heads) = match &self.source {
             Source::Values(v) => return Ok(Values(ValuesInner::Slice(v))),
             Source::Model { tensor, permute_heads } => (tensor, *permute_heads),
+            Source::Mapped { tensor, permute_heads } => {
+                return Ok(Values(match (tensor.as_f32(), permute_heads) {
+                    (Some(v), None) => ValuesInner::Slice(v),
+                    (Some(v), Some(h)) => ValuesInner::Owned(permute(v, self.shape[0], self.shape[1], *h)),
+                    (None, None) => ValuesInner::Owned(tensor.to_f32()),
+                    (None, Some(h)) => ValuesInner::Owned(permute(&tensor.to_f32(), self.shape[0], self.shape[1], *h)),
+                }));
+            }
         };
         let (storage, layout) = tensor.storage_and_layout();
         if let (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) = (&*storage, layout.contiguous_offsets()) {
@@ -173,19 +185,44 @@ impl ExportTensor {
 /// blocks, final norm, output head), preceded by `rope_freqs.weight` when the model has Llama 3
 /// RoPE scaling.
 pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> {
-    let cfg = &model.cfg;
+    let hf = model.hf_tensors().into_iter().map(|(name, tensor)| (name, tensor.dims().to_vec(), tensor));
+    build(&model.cfg, hf, |tensor, permute_heads| Source::Model { tensor, permute_heads })
+}
+
+/// The tensors [`tensors`] gives for the model of `cfg` in the Hugging Face folder `dir`, in
+/// the same order with the same values, without loading the model: each is read from the
+/// memory-mapped safetensors files when its values are asked for (in place when the file
+/// holds them as f32 in llama.cpp's order). `Ok(None)` when a file holds a dtype other than
+/// F32, F16 or BF16 (load the model instead).
+pub fn tensors_from_folder(dir: &std::path::Path, cfg: &Config) -> std::result::Result<Option<Vec<ExportTensor>>, String> {
+    let Some(mut files) = safetensors::map_folder(dir).map_err(|e| e.to_string())? else { return Ok(None) };
+    let mut hf = Vec::new();
+    for name in Model::hf_names(cfg) {
+        let t = files.remove(&name).ok_or_else(|| format!("{}: missing tensor `{name}`", dir.display()))?;
+        hf.push((name, t.shape().to_vec(), t));
+    }
+    build(cfg, hf, |tensor, permute_heads| Source::Mapped { tensor, permute_heads }).map(Some)
+}
+
+/// The export tensors for the Hugging Face tensors `hf` (name, shape, source) of a model of
+/// `cfg`, in [`Model::hf_tensors`]'s order.
+fn build<T>(
+    cfg: &Config,
+    hf: impl IntoIterator<Item = (String, Vec<usize>, T)>,
+    source: impl Fn(T, Option<usize>) -> Source,
+) -> std::result::Result<Vec<ExportTensor>, String> {
     let mut out = Vec::new();
     if let Some(f) = rope_factors(cfg) {
         out.push(ExportTensor { name: "rope_freqs.weight".into(), shape: vec![f.len()], source: Source::Values(f) });
     }
-    for (hf, tensor) in model.hf_tensors() {
+    for (hf, shape, tensor) in hf {
         let name = gguf_name(&hf).ok_or_else(|| format!("tensor `{hf}` has no llama.cpp name"))?;
         let permute_heads = match (cfg.arch, name.rsplit('.').nth(1)) {
             (Arch::Llama, Some("attn_q")) if name.ends_with(".weight") => Some(cfg.num_heads),
             (Arch::Llama, Some("attn_k")) if name.ends_with(".weight") => Some(cfg.num_kv_heads),
             _ => None,
         };
-        out.push(ExportTensor { name, shape: tensor.dims().to_vec(), source: Source::Model { tensor, permute_heads } });
+        out.push(ExportTensor { name, shape, source: source(tensor, permute_heads) });
     }
     Ok(out)
 }

@@ -3,7 +3,9 @@
 //! The node adapts the pipeline to [`crate::export`]: it loads the model and the training
 //! tokenizer, picks the chat template the model was trained with (`format`, as in tokenize),
 //! writes `model/model.gguf` and `model/Modelfile`, then runs the verification gate and writes
-//! `report/report.json` and `report/report.md`. A failed check fails the node, so nothing
+//! `report/report.json` and `report/report.md`. With the gate off (`verify: false`) a Hugging
+//! Face folder is not loaded: its tensors stream from the safetensors files into the GGUF
+//! file, which is byte for byte the same. A failed check fails the node, so nothing
 //! downstream (and no cache entry) ever sees an export that llama.cpp would read differently.
 
 use std::collections::BTreeMap;
@@ -14,12 +16,12 @@ use serde_json::{json, Value as Json};
 use super::{Accepts, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::export::gate::{Check, Gate};
 use crate::export::llamacpp::{self, LlamaCpp};
-use crate::export::write_gguf;
+use crate::export::{write_gguf, write_gguf_from_folder};
 use crate::gguf::ftype::FileType;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
-use crate::tokenizer::load::{load as load_tokenizer, Bundle};
+use crate::tokenizer::load::{load as load_tokenizer, with_tokenizer as tokenizer_with, Bundle};
 use crate::tokenizer::modelfile::Modelfile;
 use crate::tokenizer::template::{self, ChatTemplate};
 use crate::tokenizer::to_gguf::{to_gguf, HfTokenizer, ToGgufError, TokenizerMetadata};
@@ -155,32 +157,39 @@ fn heldout_text(path: &Path, template: &ChatTemplate, system: Option<&str>) -> R
     Ok(out)
 }
 
-/// The `tokenizer.*` metadata: converted from a Hugging Face folder as llama.cpp's converter
-/// does, or copied from a GGUF source; either way with the training chat template.
-fn tokenizer_metadata(src: &Path, pre: Option<&str>, chat_template: &str) -> Result<TokenizerMetadata, NodeError> {
-    let mut kv = if src.is_dir() {
+/// The tokenizer of `src` and its `tokenizer.*` metadata without the chat template: converted
+/// from a Hugging Face folder as llama.cpp's converter does (the folder's `tokenizer.json` is
+/// built into a tokenizer once, for both), or copied from a GGUF source.
+fn read_tokenizer(src: &Path, pre: Option<&str>) -> Result<(Bundle, Vec<(String, GgufValue)>), NodeError> {
+    if src.is_dir() {
         let hf = HfTokenizer::from_dir(src).map_err(err)?;
-        to_gguf(&hf, pre)
+        let kv = to_gguf(&hf, pre)
             .map_err(|e| match e {
                 ToGgufError::UnknownPreTokenizer { .. } => err(format!("{e}: the export-gguf param `pre`")),
                 e => err(e),
             })?
-            .into_pairs()
-    } else {
-        let f = GgufFile::open(src).map_err(err)?;
-        let mut kv: Vec<(String, GgufValue)> = f.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
-        if let Some(p) = pre {
-            kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
-            kv.push(("tokenizer.ggml.pre".into(), GgufValue::String(p.into())));
-        }
-        kv
-    };
+            .into_pairs();
+        let tk = tokenizer_with(&src.join("tokenizer.json"), hf.into_tokenizer()).map_err(err)?;
+        return Ok((tk, kv));
+    }
+    let tk = load_tokenizer(src).map_err(err)?;
+    let f = GgufFile::open(src).map_err(err)?;
+    let mut kv: Vec<(String, GgufValue)> = f.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
+    if let Some(p) = pre {
+        kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
+        kv.push(("tokenizer.ggml.pre".into(), GgufValue::String(p.into())));
+    }
+    Ok((tk, kv))
+}
+
+/// The `tokenizer.*` metadata `kv` with the training chat template.
+fn with_chat_template(mut kv: Vec<(String, GgufValue)>, chat_template: &str) -> TokenizerMetadata {
     let template = ("tokenizer.chat_template".to_string(), GgufValue::String(chat_template.into()));
     match kv.iter_mut().find(|(k, _)| k == "tokenizer.chat_template") {
         Some(slot) => *slot = template,
         None => kv.push(template),
     }
-    Ok(TokenizerMetadata { kv })
+    TokenizerMetadata { kv }
 }
 
 /// The stated perplexity bound per type, about twice the rise measured on the default model
@@ -252,17 +261,24 @@ impl NodeKind for ExportGguf {
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let file_type: FileType =
             ctx.params.str("type").unwrap_or("Q8_0").parse().map_err(|e| err(format!("param `type`: {e}")))?;
-        let llama = if ctx.params.bool("verify") { llama_cpp(ctx.params)? } else { None };
+        let verify = ctx.params.bool("verify");
+        let llama = if verify { llama_cpp(ctx.params)? } else { None };
         let src = ctx.input("model")?.to_path_buf();
         ctx.progress.start(Some(3), "steps");
-        ctx.log(format!("loading {}", src.display()));
-        let model = load::load(&src, &candle_core::Device::Cpu).map_err(err)?;
-        let tk = load_tokenizer(&src).map_err(err)?;
+        // The gate runs the model; without it a Hugging Face folder is streamed from its
+        // files to the GGUF file (the same bytes) and the model is never loaded.
+        let model = if verify || !src.is_dir() {
+            ctx.log(format!("loading {}", src.display()));
+            Some(load::load(&src, &candle_core::Device::Cpu).map_err(err)?)
+        } else {
+            None
+        };
+        let (tk, tok_kv) = read_tokenizer(&src, ctx.params.str("pre"))?;
         let template_src = chat_template(ctx.params, &tk)?;
         let eos_text = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let bos_text = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let template = ChatTemplate::new(&template_src, bos_text, eos_text).map_err(|e| err(format!("chat template: {e}")))?;
-        let tok_meta = tokenizer_metadata(&src, ctx.params.str("pre"), &template_src)?;
+        let tok_meta = with_chat_template(tok_kv, &template_src);
         let stop_texts = tok_meta.end_of_generation_tokens();
         let stop: Vec<u32> = stop_texts.iter().filter_map(|t| tk.tokenizer.token_to_id(t)).collect();
         let mut mf = Modelfile::for_tokenizer("model.gguf", &tok_meta).map_err(|e| err(format!("Modelfile: {e}")))?;
@@ -276,7 +292,21 @@ impl NodeKind for ExportGguf {
         let gguf = out.join("model.gguf");
         let name = ctx.params.str("name").unwrap_or(ctx.node).to_string();
         let t0 = std::time::Instant::now();
-        let written = write_gguf(&model, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?;
+        let written = match &model {
+            Some(m) => write_gguf(m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?,
+            None => {
+                ctx.log(format!("streaming the tensors of {}", src.display()));
+                let cfg = load::config(&src).map_err(err)?;
+                match write_gguf_from_folder(&src, &cfg, tok_kv.clone(), file_type, &name, &gguf).map_err(err)? {
+                    Some(w) => w,
+                    None => {
+                        ctx.log(format!("a dtype the stream cannot read: loading {}", src.display()));
+                        let m = load::load(&src, &candle_core::Device::Cpu).map_err(err)?;
+                        write_gguf(&m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?
+                    }
+                }
+            }
+        };
         let write_s = t0.elapsed().as_secs_f64();
         let types = written.types.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ");
         ctx.log(format!("wrote {} ({} bytes, {types}) in {write_s:.2} s", gguf.display(), written.bytes));
@@ -286,7 +316,7 @@ impl NodeKind for ExportGguf {
         ctx.progress.update(2, Some("Modelfile written".into()));
 
         let mut checks: Vec<Check> = Vec::new();
-        if ctx.params.bool("verify") {
+        if let Some(model) = model.as_ref().filter(|_| verify) {
             let scratch = ctx.work.join("gate");
             std::fs::create_dir_all(&scratch).map_err(NodeError::io("creating", &scratch))?;
             let system = ctx.params.str("system");
@@ -307,13 +337,13 @@ impl NodeKind for ExportGguf {
                     let text = scratch.join("heldout.txt");
                     std::fs::write(&text, heldout_text(h, &template, system)?).map_err(NodeError::io("writing", &text))?;
                     let reference = scratch.join("reference-f16.gguf");
-                    write_gguf(&model, tok_kv, FileType::F16, &name, &reference).map_err(err)?;
+                    write_gguf(model, tok_kv, FileType::F16, &name, &reference).map_err(err)?;
                     Some((text, reference))
                 }
                 _ => None,
             };
             let gate = Gate {
-                source: &model,
+                source: model,
                 tokenizer: &tk.tokenizer,
                 gguf: &gguf,
                 written: &written,

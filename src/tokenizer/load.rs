@@ -206,6 +206,13 @@ fn side_files(
 fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
     let tokenizer =
         Tokenizer::from_file(path).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+    with_tokenizer(path, tokenizer)
+}
+
+/// What [`load`] gives for the `tokenizer.json` at `path`, from `tokenizer`, which the caller
+/// has already built from that file (the special tokens and template come from the files
+/// beside it, as in [`load`]).
+pub fn with_tokenizer(path: &Path, tokenizer: Tokenizer) -> Result<Bundle, TokenizerError> {
     let side = side_files(path, &|t| tokenizer.token_to_id(t), &|id| tokenizer.id_to_token(id))?;
     Ok(Bundle { tokenizer, eos: side.eos, bos: side.bos, pad: side.pad, chat_template: side.chat_template, files: side.files })
 }

@@ -435,6 +435,12 @@ impl HfTokenizer {
         &self.tokenizer
     }
 
+    /// The loaded tokenizer, kept after the conversion (building it again from the same
+    /// `tokenizer.json` costs about as much as reading the folder did).
+    pub fn into_tokenizer(self) -> Tokenizer {
+        self.tokenizer
+    }
+
     fn err_tok(&self, action: &'static str, e: impl std::fmt::Display) -> ToGgufError {
         ToGgufError::Tokenizers { tokenizer: self.source.clone(), action, error: e.to_string() }
     }

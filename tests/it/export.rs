@@ -1,6 +1,6 @@
 //! export-gguf on a tiny random model the tests make: every file type passes the gate, the file
-//! reads back in the Python `gguf` package, the Modelfile names the stop tokens, and bad inputs
-//! fail with clear errors. With llama.cpp available (`PIPE_LLAMA_CPP`, set by scripts/test.sh),
+//! reads back in the Python `gguf` package, the Modelfile names the stop tokens, the streamed
+//! export (gate off) writes the gated export's bytes, and bad inputs fail with clear errors. With llama.cpp available (`PIPE_LLAMA_CPP`, set by scripts/test.sh),
 //! the gate's llama.cpp checks must pass too.
 
 use pipe::model::config::Arch;
@@ -136,6 +136,20 @@ fn the_seed_format_becomes_the_gguf_chat_template() {
     let mf = std::fs::read_to_string(t.output_path("p.yaml", "export", "model", &[]).join("Modelfile")).unwrap();
     assert!(mf.contains("User: "), "{mf}");
     assert!(mf.contains("Assistant: "), "{mf}");
+}
+
+#[test]
+fn without_the_gate_a_folder_streams_to_the_file_the_gated_export_writes() {
+    let t = project(Arch::Llama, "");
+    for ty in ["F32", "F16", "Q8_0", "Q4_K_M"] {
+        let set = format!("export.type={ty}");
+        let gated = ["--set", set.as_str()];
+        let streamed = ["--set", set.as_str(), "--set", "export.verify=false"];
+        t.run("p.yaml", &gated).success();
+        t.run("p.yaml", &streamed).success();
+        let file = |extra: &[&str]| std::fs::read(t.output_path("p.yaml", "export", "model", extra).join("model.gguf")).unwrap();
+        assert!(file(&gated) == file(&streamed), "{ty}: the streamed export differs from the loaded model's");
+    }
 }
 
 #[test]
