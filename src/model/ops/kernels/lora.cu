@@ -27,13 +27,21 @@
 // `lora_dropout` rounds its output), z and dz are rounded once, every sum runs in f32.
 #include "common.cuh"
 
+#ifndef LORA_WARPS
 #define LORA_WARPS 8
+#endif
+#ifndef LORA_ROWS
 #define LORA_ROWS 16
+#endif
 #define LORA_BLOCK_ROWS (LORA_WARPS * LORA_ROWS)
 // Rows loaded ahead of their arithmetic (memory-level parallelism).
+#ifndef LORA_UNROLL
 #define LORA_UNROLL 4
+#endif
 // lora_bwd_x loads two activations per row; fewer rows ahead keep it within 128 registers.
+#ifndef LORA_UNROLL_X
 #define LORA_UNROLL_X 2
+#endif
 
 template <int B> struct lora_vec_t;
 template <> struct lora_vec_t<2> { typedef unsigned short t; };
@@ -440,7 +448,10 @@ __device__ __forceinline__ void lora_reduce_impl(const float *__restrict__ part,
 #define LORA_C_FWD(R) ((R) >= 64 ? 1 : 64 / (R))
 #define LORA_C_BWD(R) ((R) >= 32 ? 1 : 32 / (R))
 // Two blocks (16 warps) per SM for the common ranks: caps registers at 128 per thread.
-#define LORA_MIN_BLOCKS(R) ((R) <= 16 ? 2 : 1)
+#ifndef LORA_MINB
+#define LORA_MINB 2
+#endif
+#define LORA_MIN_BLOCKS(R) ((R) <= 16 ? LORA_MINB : 1)
 
 #define LORA_RANK(TN, T, R)                                                                           \
     extern "C" __global__ void __launch_bounds__(LORA_WARPS * 32, LORA_MIN_BLOCKS(R))                \
