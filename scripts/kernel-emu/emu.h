@@ -22,6 +22,9 @@ inline thread_local dim3u threadIdx, blockIdx;
 inline dim3u blockDim, gridDim;
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 struct alignas(8) uint2 { unsigned x, y; };
 inline std::barrier<> *g_block;
 inline std::vector<std::unique_ptr<std::barrier<>>> g_warps;

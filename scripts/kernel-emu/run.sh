@@ -10,5 +10,5 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 out=$(mktemp -d)
-g++ -std=c++20 -O2 -pthread -Ifake -I../../src/model/ops/kernels -include emu.h test.cpp -o "$out/kernel-emu"
+g++ -std=c++20 -O2 -fno-strict-aliasing -pthread -Ifake -I../../src/model/ops/kernels -include emu.h test.cpp -o "$out/kernel-emu"
 "$out/kernel-emu"

@@ -109,6 +109,21 @@ template <typename T, int R> __device__ __forceinline__ void lora_load_row(const
     lora_load<T, R>(p, r < R ? r : R, vec, out);
 }
 
+// The lane's slice of sB [k, r]: rows col .. col + C (R floats each, zero beyond r and past
+// `valid`), one vector load per row where r == R (a warp reads its 32 C rows contiguously).
+template <typename T, int C, int R>
+__device__ __forceinline__ void lora_load_sb(const T *sb, int col, int valid, int r, float (&w)[C][R]) {
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+        if (c < valid) {
+            lora_load_row<T, R>(sb + (size_t)(col + c) * r, r, w[c]);
+        } else {
+#pragma unroll
+            for (int j = 0; j < R; ++j) w[c][j] = 0.f;
+        }
+    }
+}
+
 // The dropout multipliers (0 or keep) of elements g0 .. g0 + C of the mask: element g takes the
 // low (even g) or high (odd g) 32 bits of splitmix(seed ^ splitmix(g / 2)), as dropout.cu.
 template <int C>
@@ -253,10 +268,7 @@ __device__ __forceinline__ void lora_up_add_impl(const T *__restrict__ y, const 
     const LoraTile t = lora_tile<C>(n, k);
     const bool vec = lora_aligned16(y) && lora_aligned16(out) && lora_vec_ok<T, C>(k);
     float w[C][R];
-#pragma unroll
-    for (int c = 0; c < C; ++c)
-#pragma unroll
-        for (int j = 0; j < R; ++j) w[c][j] = c < t.valid && j < r ? to_f(sb[(size_t)(t.col + c) * r + j]) : 0.f;
+    lora_load_sb<T, C, R>(sb, t.col, t.valid, r, w);
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL) {
         float yv[LORA_UNROLL][C];
 #pragma unroll
@@ -293,13 +305,9 @@ __device__ __forceinline__ void lora_bwd_dy_impl(const T *__restrict__ dy, const
     const bool vec = lora_aligned16(dy) && lora_vec_ok<T, C>(k);
     float w[C][R];
     float acc[C * R];
+    lora_load_sb<T, C, R>(sb, t.col, t.valid, r, w);
 #pragma unroll
-    for (int c = 0; c < C; ++c)
-#pragma unroll
-        for (int j = 0; j < R; ++j) {
-            w[c][j] = c < t.valid && j < r ? to_f(sb[(size_t)(t.col + c) * r + j]) : 0.f;
-            acc[c * R + j] = 0.f;
-        }
+    for (int i = 0; i < C * R; ++i) acc[i] = 0.f;
     const bool owner = lora_spread_owner<R>();
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL) {
         float dv[LORA_UNROLL][C];
