@@ -144,7 +144,7 @@ def main():
     p.add_argument("--records", type=int, default=8, help="records in the dataset = the batch size")
     p.add_argument("--r", type=int, default=8)
     p.add_argument("--alpha", type=float, default=16.0)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=1e-4, help="constant learning rate (default: the tutorial's 1e-4)")
     p.add_argument("--seed", type=int, default=5)
     p.add_argument("--curve-tol", type=float, help="default 1e-4 (f32), 1e-2 (bf16)")
     p.add_argument("--logits-tol", type=float, help="default 1e-4 (f32), 2e-2 (bf16)")
