@@ -596,10 +596,10 @@ struct LoraVariant {
 }
 
 fn lora_variant(r: usize) -> Result<LoraVariant> {
-    let Some(rank) = [8, 16, 32, 64].into_iter().find(|&v| r <= v) else {
+    let Some(rank) = super::lora_kernel_rank(r) else {
         bail!("LoRA rank {r} is above the kernels' {}", super::LORA_KERNEL_MAX_RANK)
     };
-    Ok(LoraVariant { rank, cols_fwd: (64 / rank).max(1), cols_bwd: (32 / rank).max(1) })
+    Ok(LoraVariant { rank, cols_fwd: super::lora_cols_fwd(rank), cols_bwd: super::lora_cols_bwd(rank) })
 }
 
 /// Column tiles of `32 * cols` by row blocks of [`LORA_BLOCK_ROWS`] over an `[n, k]` activation.

@@ -289,17 +289,35 @@ pub const LORA_KERNEL_MAX_RANK: usize = 64;
 ///
 /// Every width in `widths` must also be a whole number of a warp's column tiles (`32 * 64 / R`
 /// columns, R the compiled rank >= r: 256 at r <= 8). Other widths (SmolLM2's 576, odd test
-/// shapes) run the generic composition: on an H100/H200 the kernels left some outputs of partly
+/// shapes) run the generic composition: on an H200 the kernels left some outputs of partly
 /// filled tiles unwritten (ops_check's `lora_up_add` and `lora_bwd dx`, nondeterministically),
 /// which the CPU emulation in scripts/kernel-emu does not reproduce; not understood yet.
 fn lora_kernel_fits(x: &Tensor, r: usize, widths: &[usize]) -> bool {
-    let rank = [8, 16, 32, 64].into_iter().find(|&v| r <= v).unwrap_or(usize::MAX);
-    let tile = 32 * (64 / rank).max(1);
+    let Some(rank) = lora_kernel_rank(r) else { return false };
+    let tile = 32 * lora_cols_fwd(rank);
     is_cuda(x)
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
-        && (1..=LORA_KERNEL_MAX_RANK).contains(&r)
+        && r >= 1
         && x.elem_count() > 0
         && widths.iter().all(|w| w % tile == 0)
+}
+
+/// The compiled rank `R >= r` of the LoRA kernels (8, 16, 32 or 64), `None` above
+/// [`LORA_KERNEL_MAX_RANK`].
+fn lora_kernel_rank(r: usize) -> Option<usize> {
+    [8, 16, 32, 64].into_iter().find(|&v| r <= v)
+}
+
+/// Columns per lane of the rank-`rank` forward kernels (`LORA_C_FWD` in lora.cu); a warp's
+/// column tile is 32 times that.
+fn lora_cols_fwd(rank: usize) -> usize {
+    (64 / rank).max(1)
+}
+
+/// Columns per lane of the rank-`rank` backward kernels (`LORA_C_BWD` in lora.cu).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn lora_cols_bwd(rank: usize) -> usize {
+    (32 / rank).max(1)
 }
 
 /// LoRA's down projection of dropped-out activations: `z = lora_dropout_at(x, seed, p, first) A^T`.

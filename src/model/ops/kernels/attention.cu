@@ -53,20 +53,6 @@ __device__ __forceinline__ void load_tile(float (*tile)[D + 4], const T *src, lo
     }
 }
 
-// A tensor logical [B, H, T, D] addressed through strides; the last stride is 1.
-struct Strides {
-    long long b, h, t;
-};
-
-template <typename T>
-__device__ __forceinline__ const T *at(const T *p, Strides s, int b, int h) {
-    return p + (size_t)b * s.b + (size_t)h * s.h;
-}
-template <typename T>
-__device__ __forceinline__ T *at(T *p, Strides s, int b, int h) {
-    return p + (size_t)b * s.b + (size_t)h * s.h;
-}
-
 template <typename T, int D>
 __device__ __forceinline__ void attn_fwd_impl(const T *q, const T *k, const T *v, T *o, float *lse, int hq, int hkv,
                                               int t, Strides qs_, Strides ks_, Strides vs_, Strides os_, float scale) {

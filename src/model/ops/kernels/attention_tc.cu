@@ -32,19 +32,6 @@
 #define TILE 64  // query rows and keys per tile
 #define TC_WARPS 4
 
-struct TcStrides {
-    long long b, h, t;
-};
-
-template <typename T>
-__device__ __forceinline__ const T *tc_at(const T *p, TcStrides s, int b, int h) {
-    return p + (size_t)b * s.b + (size_t)h * s.h;
-}
-template <typename T>
-__device__ __forceinline__ T *tc_at(T *p, TcStrides s, int b, int h) {
-    return p + (size_t)b * s.b + (size_t)h * s.h;
-}
-
 // Rows [r0, r0 + 64) of a [T, D] slice (row stride rs elements) into a 64 x LD tile; rows at or
 // past t become zeros. 16-byte vectors.
 template <typename T, int D, int LD>
@@ -238,8 +225,8 @@ __device__ __forceinline__ void store_rows(T *dst, long long rs, int row0, int t
 
 template <typename T, int D>
 __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T *v, T *o, float *lse, int hq,
-                                                 int hkv, int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
-                                                 TcStrides os_, float scale) {
+                                                 int hkv, int t, Strides qs_, Strides ks_, Strides vs_,
+                                                 Strides os_, float scale) {
     constexpr int LD = TcLayout<T, D>::LD, TB = TcLayout<T, D>::TILE_BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
     // K and V tiles double-buffered: tile n + 1 is copied while tile n is multiplied.
@@ -249,7 +236,7 @@ __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, hk = h / (hq / hkv);
     const int row0 = blockIdx.x * TILE, i0 = row0 + warp * 16;
-    const T *qp = tc_at(q, qs_, b, h), *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
+    const T *qp = at(q, qs_, b, h), *kp = at(k, ks_, b, hk), *vp = at(v, vs_, b, hk);
     // The Q tile passes through the second K buffer into registers: the warp's 16 rows as A fragments.
     tc_load_rows<T, D, LD>(Kb(1), qp, qs_.t, row0, t);
     __syncthreads();
@@ -321,11 +308,10 @@ __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T
         l[r] += __shfl_xor_sync(TC_FULL, l[r], 1);
         l[r] += __shfl_xor_sync(TC_FULL, l[r], 2);
     }
-    T *ob = tc_at(o, os_, b, h);
-    const int g8 = lane >> 2;
+    T *ob = at(o, os_, b, h);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-        const int i = i0 + g8 + 8 * half;
+        const int i = i0 + g + 8 * half;
         if (i >= t) continue;
         const float inv = 1.f / l[half];
         T *p = ob + (size_t)i * os_.t;
@@ -340,11 +326,11 @@ __device__ __forceinline__ void attn_fwd_tc_impl(const T *q, const T *k, const T
 // delta_i = do_i . o_i in f32; one warp per row, 8 rows per block.
 template <typename T>
 __device__ __forceinline__ void attn_delta_impl(const T *o, const T *dout, float *delta, int hq, int t, int d,
-                                                TcStrides os_, TcStrides dos_) {
+                                                Strides os_, Strides dos_) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, i = blockIdx.x * 8 + warp;
     if (i >= t) return;
-    const T *op = tc_at(o, os_, b, h) + (size_t)i * os_.t, *dop = tc_at(dout, dos_, b, h) + (size_t)i * dos_.t;
+    const T *op = at(o, os_, b, h) + (size_t)i * os_.t, *dop = at(dout, dos_, b, h) + (size_t)i * dos_.t;
     float s = 0.f;
     for (int e = lane; e < d; e += 32) s += to_f(op[e]) * to_f(dop[e]);
     s = warp_sum(s);
@@ -354,8 +340,8 @@ __device__ __forceinline__ void attn_delta_impl(const T *o, const T *dout, float
 template <typename T, int D>
 __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, const T *v, const T *dout,
                                                     const float *lse, const float *delta, T *dq, int hq, int hkv,
-                                                    int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
-                                                    TcStrides dos_, TcStrides dqs_, float scale) {
+                                                    int t, Strides qs_, Strides ks_, Strides vs_,
+                                                    Strides dos_, Strides dqs_, float scale) {
     constexpr int LD = TcLayout<T, D>::LD, TB = TcLayout<T, D>::TILE_BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
     T *Qs = reinterpret_cast<T *>(smem);
@@ -366,8 +352,8 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hq, h = blockIdx.y % hq, hk = h / (hq / hkv);
     const int row0 = blockIdx.x * TILE, i0 = row0 + warp * 16;
-    const T *qp = tc_at(q, qs_, b, h), *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
-    const T *dop = tc_at(dout, dos_, b, h);
+    const T *qp = at(q, qs_, b, h), *kp = at(k, ks_, b, hk), *vp = at(v, vs_, b, hk);
+    const T *dop = at(dout, dos_, b, h);
     tc_load_rows_async<T, D, LD>(Qs, qp, qs_.t, row0, t);
     tc_load_rows_async<T, D, LD>(dOs, dop, dos_.t, row0, t);
     tc_load_rows_async<T, D, LD>(Kb(0), kp, ks_.t, 0, t);
@@ -416,14 +402,14 @@ __device__ __forceinline__ void attn_bwd_dq_tc_impl(const T *q, const T *k, cons
         }
         __syncthreads();  // this buffer is refilled by the next iteration's copy
     }
-    store_rows<T, D>(tc_at(dq, dqs_, b, h), dqs_.t, i0, t, acc, scale, lane);
+    store_rows<T, D>(at(dq, dqs_, b, h), dqs_.t, i0, t, acc, scale, lane);
 }
 
 template <typename T, int D>
 __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, const T *v, const T *dout,
                                                      const float *lse, const float *delta, T *dk, T *dv, int hq,
-                                                     int hkv, int t, TcStrides qs_, TcStrides ks_, TcStrides vs_,
-                                                     TcStrides dos_, TcStrides dks_, TcStrides dvs_, float scale) {
+                                                     int hkv, int t, Strides qs_, Strides ks_, Strides vs_,
+                                                     Strides dos_, Strides dks_, Strides dvs_, float scale) {
     constexpr int LD = TcLayout<T, D>::LD, TB = TcLayout<T, D>::TILE_BYTES;
     extern __shared__ __align__(128) unsigned char smem[];
     T *Ks = reinterpret_cast<T *>(smem);
@@ -436,7 +422,7 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
     const int b = blockIdx.y / hkv, hk = blockIdx.y % hkv, group = hq / hkv;
     const int j0 = blockIdx.x * TILE, jw = j0 + warp * 16;  // the block's and the warp's first key
-    const T *kp = tc_at(k, ks_, b, hk), *vp = tc_at(v, vs_, b, hk);
+    const T *kp = at(k, ks_, b, hk), *vp = at(v, vs_, b, hk);
     float dka[D / 8][4], dva[D / 8][4];
 #pragma unroll
     for (int nb = 0; nb < D / 8; ++nb)
@@ -447,8 +433,8 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
     const int qtiles = (t - j0 + TILE - 1) / TILE, items = group * qtiles;
     auto issue = [&](int it) {
         const int h = hk * group + it / qtiles, c0 = j0 + (it % qtiles) * TILE;
-        tc_load_rows_async<T, D, LD>(Qb(it & 1), tc_at(q, qs_, b, h), qs_.t, c0, t);
-        tc_load_rows_async<T, D, LD>(dOb(it & 1), tc_at(dout, dos_, b, h), dos_.t, c0, t);
+        tc_load_rows_async<T, D, LD>(Qb(it & 1), at(q, qs_, b, h), qs_.t, c0, t);
+        tc_load_rows_async<T, D, LD>(dOb(it & 1), at(dout, dos_, b, h), dos_.t, c0, t);
         if (threadIdx.x < TILE) {
             const size_t rows = ((size_t)b * hq + h) * t;
             const int i = c0 + threadIdx.x;
@@ -494,26 +480,26 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
         }
         __syncthreads();  // this buffer is refilled by the next iteration's copy
     }
-    store_rows<T, D>(tc_at(dk, dks_, b, hk), dks_.t, jw, t, dka, scale, lane);
-    store_rows<T, D>(tc_at(dv, dvs_, b, hk), dvs_.t, jw, t, dva, 1.f, lane);
+    store_rows<T, D>(at(dk, dks_, b, hk), dks_.t, jw, t, dka, scale, lane);
+    store_rows<T, D>(at(dv, dvs_, b, hk), dvs_.t, jw, t, dva, 1.f, lane);
 }
 
 #define ATTN_TC(TN, T, D)                                                                                  \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attn_fwd_tc_##TN##_d##D(                   \
-        const T *q, const T *k, const T *v, T *o, float *lse, int hq, int hkv, int t, TcStrides qs,        \
-        TcStrides ks, TcStrides vs, TcStrides os, float scale) {                                           \
+        const T *q, const T *k, const T *v, T *o, float *lse, int hq, int hkv, int t, Strides qs,        \
+        Strides ks, Strides vs, Strides os, float scale) {                                           \
         attn_fwd_tc_impl<T, D>(q, k, v, o, lse, hq, hkv, t, qs, ks, vs, os, scale);                        \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attn_bwd_dq_tc_##TN##_d##D(                \
         const T *q, const T *k, const T *v, const T *dout, const float *lse, const float *delta, T *dq,    \
-        int hq, int hkv, int t, TcStrides qs, TcStrides ks, TcStrides vs, TcStrides dos, TcStrides dqs,    \
+        int hq, int hkv, int t, Strides qs, Strides ks, Strides vs, Strides dos, Strides dqs,    \
         float scale) {                                                                                     \
         attn_bwd_dq_tc_impl<T, D>(q, k, v, dout, lse, delta, dq, hq, hkv, t, qs, ks, vs, dos, dqs, scale); \
     }                                                                                                      \
     extern "C" __global__ void __launch_bounds__(TC_WARPS * 32) attn_bwd_dkv_tc_##TN##_d##D(               \
         const T *q, const T *k, const T *v, const T *dout, const float *lse, const float *delta, T *dk,    \
-        T *dv, int hq, int hkv, int t, TcStrides qs, TcStrides ks, TcStrides vs, TcStrides dos,            \
-        TcStrides dks, TcStrides dvs, float scale) {                                                       \
+        T *dv, int hq, int hkv, int t, Strides qs, Strides ks, Strides vs, Strides dos,            \
+        Strides dks, Strides dvs, float scale) {                                                       \
         attn_bwd_dkv_tc_impl<T, D>(q, k, v, dout, lse, delta, dk, dv, hq, hkv, t, qs, ks, vs, dos, dks,    \
                                    dvs, scale);                                                            \
     }
@@ -521,7 +507,7 @@ __device__ __forceinline__ void attn_bwd_dkv_tc_impl(const T *q, const T *k, con
 #define ATTN_DELTA(TN, T)                                                                                  \
     extern "C" __global__ void __launch_bounds__(256) attn_delta_##TN(const T *o, const T *dout,           \
                                                                      float *delta, int hq, int t, int d,   \
-                                                                     TcStrides os, TcStrides dos) {         \
+                                                                     Strides os, Strides dos) {         \
         attn_delta_impl<T>(o, dout, delta, hq, t, d, os, dos);                                             \
     }
 

@@ -42,6 +42,21 @@ __device__ __forceinline__ float block_sum(float v, float *scratch) {
     return warp_sum(v);
 }
 
+// A tensor logical [B, H, T, D] addressed through strides (elements); the last stride is 1. The
+// attention kernels take every operand this way (Rust's `Strides` in cuda.rs has this layout).
+struct Strides {
+    long long b, h, t;
+};
+
+template <typename T>
+__device__ __forceinline__ const T *at(const T *p, Strides s, int b, int h) {
+    return p + (size_t)b * s.b + (size_t)h * s.h;
+}
+template <typename T>
+__device__ __forceinline__ T *at(T *p, Strides s, int b, int h) {
+    return p + (size_t)b * s.b + (size_t)h * s.h;
+}
+
 // Instantiate a kernel body `NAME##_impl<T...>` for each storage type: NAME_f32, NAME_bf16, NAME_f16.
 #define PIPE_DTYPES(X) X(f32, float) X(bf16, __nv_bfloat16) X(f16, __half)
 
