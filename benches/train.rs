@@ -18,6 +18,10 @@
 //! overflow handling: a timing, not a training run). `PIPE_BENCH_GPUS=N` (CUDA build) runs N
 //! ranks on cuda:0..N, each on its own `BATCH x SEQ` batch (the per-GPU batch) with the LoRA
 //! gradients all-reduced by NCCL every step, and prints the tokens/s of all ranks together.
+//! `PIPE_BENCH_REPEAT=N` checks determinism instead of timing: it runs the same
+//! `PIPE_BENCH_WARMUP + PIPE_BENCH_STEPS` steps N times from the same state (weights, LoRA init,
+//! batch, dropout seeds) and prints how many distinct results the N runs gave (a blake3 of every
+//! step's loss bits and the final adapter's bytes); anything but 1 exits 1.
 //!
 //!     PIPE_TEST_GGUF=.../SmolLM2-135M-Instruct.Q4_1.gguf cargo bench --bench train
 //!     PIPE_BENCH_SHAPE=4x128 PIPE_BENCH_CKPT=0 cargo bench --bench train
@@ -133,11 +137,35 @@ fn main() {
         multi_gpu(gpus, &load, b, t, steps, warmup, ckpt, dtype);
         return;
     }
+    let repeat: usize = std::env::var("PIPE_BENCH_REPEAT").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if repeat > 0 {
+        let (model, label) = load(&device);
+        let mut digests: Vec<String> = Vec::new();
+        let mut losses = Vec::new();
+        for _ in 0..repeat {
+            let (_, loss, digest) = run_rank(&model, b, t, steps, warmup, ckpt, dtype, 0, None);
+            losses.push(loss);
+            digests.push(digest);
+        }
+        let mut distinct = digests.clone();
+        distinct.sort();
+        distinct.dedup();
+        println!(
+            "| {label} | {b}x{t} | checkpointing {} | repeat {repeat} x {} steps | {} distinct result(s) | last loss {:.6} | digest {} | {} |",
+            if ckpt { "on" } else { "off" },
+            warmup + steps,
+            distinct.len(),
+            losses[0],
+            &digests[0][..16],
+            if distinct.len() == 1 { "PASS" } else { "FAIL" }
+        );
+        std::process::exit(if distinct.len() == 1 { 0 } else { 1 });
+    }
     let mem = MemSampler::start(&device);
     let t0 = Instant::now();
     let (model, label) = load(&device);
     let load_s = t0.elapsed().as_secs_f64();
-    let (times, _) = run_rank(&model, b, t, steps, warmup, ckpt, dtype, 0, None);
+    let (times, _, _) = run_rank(&model, b, t, steps, warmup, ckpt, dtype, 0, None);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let where_ = if device.is_cuda() { "cuda:0".to_string() } else { format!("cpu, {threads} threads") };
@@ -157,7 +185,8 @@ fn main() {
 /// `warmup + steps` training steps of one rank on a `b x t` batch (rank-dependent tokens), as
 /// lora-train's trainer does them (LoRA state on the device, one host read per step); with
 /// `reduce`, the gradient is summed across ranks before AdamW. Returns the times of the steps
-/// after the warm-up and the last loss.
+/// after the warm-up, the last loss, and a blake3 (hex) of every step's loss and gradient-norm
+/// bits and the final LoRA weights' bytes.
 #[allow(clippy::too_many_arguments)]
 fn run_rank(
     model: &Model,
@@ -169,8 +198,9 @@ fn run_rank(
     dtype: DType,
     rank: usize,
     mut reduce: Option<&mut dyn GradReduce>,
-) -> (Vec<f64>, f64) {
+) -> (Vec<f64>, f64, String) {
     let device = &model.device;
+    let mut hasher = blake3::Hasher::new();
     let layout = Layout::new(&model.cfg, 8, 32.0, &Module::ALL);
     let mut params = Tensor::from_vec(layout.init(0), layout.len, device).unwrap();
     let mut opt = DeviceAdamW::from_host(&AdamW::new(layout.len), device).unwrap();
@@ -205,6 +235,8 @@ fn run_rank(
         // The trainer's one read per step: loss and gradient norm.
         let stats = Tensor::stack(&[loss.to_dtype(DType::F64).unwrap(), grad_norm_sq(&g).unwrap()], 0).unwrap();
         let stats = stats.to_vec1::<f64>().unwrap();
+        hasher.update(&stats[0].to_le_bytes());
+        hasher.update(&stats[1].to_le_bytes());
         params = opt.step(&cfg, &params, &g, 1e-4).unwrap();
         device.synchronize().unwrap();
         let dt = t1.elapsed().as_secs_f64();
@@ -216,7 +248,10 @@ fn run_rank(
             times.push(dt);
         }
     }
-    (times, last_loss)
+    for v in params.to_vec1::<f32>().unwrap() {
+        hasher.update(&v.to_le_bytes());
+    }
+    (times, last_loss, hasher.finalize().to_hex().to_string())
 }
 
 /// `PIPE_BENCH_GPUS=N`: N ranks on cuda:0..N, each on its own `b x t` batch (the per-GPU

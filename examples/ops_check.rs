@@ -10,8 +10,16 @@
 //! by their number, with the device synchronized around each sample (so launch overhead counts).
 //! Exits 1 if any check fails (an op that errors counts as failed; the others still run).
 //!
+//! Every output buffer the fused ops allocate is filled with NaN before its kernel runs
+//! (`PIPE_CUDA_POISON=1`, set here unless the caller set it), so a kernel that leaves part of its
+//! output unwritten fails instead of passing on what the memory pool handed back.
+//! `PIPE_FUSED_LORA=off` runs the generic composition instead of the fused LoRA kernels (see `ops::FusedLora`).
+//!
 //!     CUDA_COMPUTE_CAP=90 cargo build --release --features cuda --example ops_check
-//!     ops_check [--samples 15] [--reps 10] [--no-time]
+//!     ops_check [--samples 15] [--reps 10] [--no-time] [--small] [--only lora,attention]
+//!
+//! `--small` keeps only the small (untimed) shapes, for the slower sanitizer tools; `--only`
+//! runs the named op groups (rms_norm, rope, swiglu, cross_entropy, dropout, attention, lora).
 
 use std::time::Instant;
 
@@ -24,6 +32,17 @@ struct Opts {
     samples: usize,
     reps: usize,
     time: bool,
+    /// Only the untimed (small) shapes.
+    small: bool,
+    /// Op groups to run; empty: all.
+    only: Vec<String>,
+}
+
+impl Opts {
+    /// Whether a shape of op group `op` runs (`timed`: one of the large, timed shapes).
+    fn runs(&self, op: &str, timed: bool) -> bool {
+        (self.only.is_empty() || self.only.iter().any(|o| o == op)) && !(self.small && timed)
+    }
 }
 
 struct Check {
@@ -353,11 +372,28 @@ fn main() -> Result<()> {
     let arg = |flag: &str, default: usize| {
         args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default)
     };
-    let opts = Opts { samples: arg("--samples", 15), reps: arg("--reps", 10), time: !args.iter().any(|a| a == "--no-time") };
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.split(',').map(str::to_string).collect())
+        .unwrap_or_default();
+    let opts = Opts {
+        samples: arg("--samples", 15),
+        reps: arg("--reps", 10),
+        time: !args.iter().any(|a| a == "--no-time"),
+        small: args.iter().any(|a| a == "--small"),
+        only,
+    };
+    if std::env::var_os("PIPE_CUDA_POISON").is_none() {
+        // Before the first allocation: the fused ops read it once.
+        std::env::set_var("PIPE_CUDA_POISON", "1");
+    }
     let gpu = Device::new_cuda(0).unwrap_or_else(|e| {
         eprintln!("ops_check needs a CUDA device and a build with --features cuda: {e}");
         std::process::exit(2)
     });
+    println!("fused LoRA kernels: {:?}; outputs poisoned: {}", ops::FusedLora::get(), std::env::var("PIPE_CUDA_POISON").unwrap_or_default());
     let mut c = Check { cpu: Device::Cpu, gpu, opts, rng: ChaCha8Rng::seed_from_u64(7), failed: 0 };
     let t0 = Instant::now();
     let timed = c.opts.time;
@@ -365,24 +401,34 @@ fn main() -> Result<()> {
     // tokens), a 7B-like shape (H 4096, I 11008, 32 x 128, V 102400), and odd sizes.
     for dt in [DType::F32, DType::BF16] {
         for (n, h, tm) in [(3072, 576, true), (3072, 4096, true), (7, 33, false), (1, 3, false)] {
-            let r = c.rms_norm(n, h, dt, tm && timed);
-            c.guard("rms_norm", r);
+            if c.opts.runs("rms_norm", tm) {
+                let r = c.rms_norm(n, h, dt, tm && timed);
+                c.guard("rms_norm", r);
+            }
         }
         for (b, hh, t, d, tm) in [(8, 9, 384, 64, true), (8, 3, 384, 64, false), (8, 32, 384, 128, true), (2, 3, 5, 6, false)] {
-            let r = c.rope(b, hh, t, d, dt, tm && timed);
-            c.guard("rope", r);
+            if c.opts.runs("rope", tm) {
+                let r = c.rope(b, hh, t, d, dt, tm && timed);
+                c.guard("rope", r);
+            }
         }
         for (n, i, tm) in [(3072, 1536, true), (3072, 11008, true), (7, 13, false)] {
-            let r = c.swiglu(n, i, dt, tm && timed);
-            c.guard("swiglu", r);
+            if c.opts.runs("swiglu", tm) {
+                let r = c.swiglu(n, i, dt, tm && timed);
+                c.guard("swiglu", r);
+            }
         }
         for (n, v, tm) in [(1024, 49152, true), (1024, 102400, true), (37, 1000, false), (3, 1, false)] {
-            let r = c.cross_entropy(n, v, dt, tm && timed);
-            c.guard("cross_entropy", r);
+            if c.opts.runs("cross_entropy", tm) {
+                let r = c.cross_entropy(n, v, dt, tm && timed);
+                c.guard("cross_entropy", r);
+            }
         }
         for (n, d, tm) in [(3072, 576, true), (3072, 1536, true), (7, 13, false)] {
-            let r = c.dropout(n, d, dt, tm && timed);
-            c.guard("dropout", r);
+            if c.opts.runs("dropout", tm) {
+                let r = c.dropout(n, d, dt, tm && timed);
+                c.guard("dropout", r);
+            }
         }
         // (B, Hq, Hkv, T, D); head dim 32 runs the generic fallback on the GPU.
         for (b, hq, hkv, t, d, tm) in [
@@ -393,13 +439,16 @@ fn main() -> Result<()> {
             (1, 2, 1, 2, 64, false),
             (1, 2, 2, 17, 32, false),
         ] {
-            let r = c.attention((b, hq, hkv, t, d), dt, tm && timed);
-            c.guard("attention", r);
+            if c.opts.runs("attention", tm) {
+                let r = c.attention((b, hq, hkv, t, d), dt, tm && timed);
+                c.guard("attention", r);
+            }
         }
     }
     // LoRA (N, in, out, r, first row, p): SmolLM2-135M and 7B projections (q, gate/up, down),
-    // rank 16, no dropout, a shard, odd widths (scalar loads), rank 40 (the r = 64 kernels) and
-    // rank 80 (the generic fallback on the GPU).
+    // rank 16, no dropout, a shard, odd widths (scalar loads), widths that are not a whole number
+    // of column tiles (576, 96, 64, 40, 33), rank 40 (the r = 64 kernels) and rank 80 (the
+    // generic fallback on the GPU).
     for dt in [DType::F32, DType::BF16] {
         for (dims, tm) in [
             ((3072, 576, 576, 8, 0, 0.1), true),
@@ -411,6 +460,7 @@ fn main() -> Result<()> {
             ((3072, 4096, 4096, 16, 0, 0.1), true),
             ((3072, 4096, 4096, 8, 0, 0.0), true),
             ((1536, 576, 1536, 8, 1536, 0.1), false),
+            ((300, 576, 576, 8, 0, 0.1), false),
             ((7, 33, 13, 3, 5, 0.1), false),
             ((37, 64, 96, 8, 3, 0.1), false),
             ((130, 70, 45, 5, 7, 0.3), false),
@@ -418,25 +468,41 @@ fn main() -> Result<()> {
             ((20, 40, 33, 40, 1, 0.1), false),
             ((5, 13, 7, 80, 0, 0.1), false),
         ] {
-            let r = c.lora(dims, dt, tm && timed);
-            c.guard("lora", r);
+            if c.opts.runs("lora", tm) {
+                let r = c.lora(dims, dt, tm && timed);
+                c.guard("lora", r);
+            }
         }
     }
     // f16: correctness only, small shapes.
-    let r = c.rms_norm(7, 576, DType::F16, false);
-    c.guard("rms_norm", r);
-    let r = c.rope(2, 3, 7, 64, DType::F16, false);
-    c.guard("rope", r);
-    let r = c.swiglu(7, 1536, DType::F16, false);
-    c.guard("swiglu", r);
-    let r = c.cross_entropy(37, 1000, DType::F16, false);
-    c.guard("cross_entropy", r);
-    let r = c.dropout(7, 13, DType::F16, false);
-    c.guard("dropout", r);
-    let r = c.attention((2, 4, 2, 37, 64), DType::F16, false);
-    c.guard("attention", r);
-    let r = c.lora((37, 64, 96, 8, 3, 0.1), DType::F16, false);
-    c.guard("lora", r);
+    if c.opts.runs("rms_norm", false) {
+        let r = c.rms_norm(7, 576, DType::F16, false);
+        c.guard("rms_norm", r);
+    }
+    if c.opts.runs("rope", false) {
+        let r = c.rope(2, 3, 7, 64, DType::F16, false);
+        c.guard("rope", r);
+    }
+    if c.opts.runs("swiglu", false) {
+        let r = c.swiglu(7, 1536, DType::F16, false);
+        c.guard("swiglu", r);
+    }
+    if c.opts.runs("cross_entropy", false) {
+        let r = c.cross_entropy(37, 1000, DType::F16, false);
+        c.guard("cross_entropy", r);
+    }
+    if c.opts.runs("dropout", false) {
+        let r = c.dropout(7, 13, DType::F16, false);
+        c.guard("dropout", r);
+    }
+    if c.opts.runs("attention", false) {
+        let r = c.attention((2, 4, 2, 37, 64), DType::F16, false);
+        c.guard("attention", r);
+    }
+    if c.opts.runs("lora", false) {
+        let r = c.lora((37, 64, 96, 8, 3, 0.1), DType::F16, false);
+        c.guard("lora", r);
+    }
     let verdict = if c.failed == 0 { "all PASS".to_string() } else { format!("{} FAIL", c.failed) };
     println!("ops_check: {verdict} in {:.1}s", t0.elapsed().as_secs_f64());
     std::process::exit(if c.failed == 0 { 0 } else { 1 })

@@ -2,12 +2,20 @@
 # The GPU suite and GPU benchmarks, for a machine with an NVIDIA GPU (CUDA 13 driver) and, for the
 # baseline comparison, PyTorch + transformers + peft. Uses binaries built elsewhere with
 # `--features cuda` (see the README's CUDA section) and copied into BIN (default bin-cuda/):
-# pipe, tiny_model, pipe-bench-train (and ops_check, run first with OPS_CHECK=1). The peft baseline
-# script is taken from PEFT_BASELINE (default BIN/peft_baseline.py). Results go to OUT (default
-# $OUT, else ./gpu-results): parity.txt, peft-parity.txt, bench.txt (raw lines) and bench.md (the table).
+# pipe, tiny_model, pipe-bench-train, ops_check. The peft baseline script is taken from
+# PEFT_BASELINE (default BIN/peft_baseline.py). Results go to OUT (default $OUT, else
+# ./gpu-results): ops_check.txt, gpu_lora.txt, sanitize.txt, repeat.txt, parity.txt,
+# peft-parity.txt, bench.txt (raw lines) and bench.md (the table).
 #
 #   scripts/gpu-check.sh [BIN] [OUT]
 #
+# Each part can be skipped: OPS_CHECK=0 (every kernel against the CPU reference, outputs poisoned
+# with NaN), GPU_LORA=0 (the LoRA kernels compiled here with nvcc, scripts/kernel-emu/gpu_lora.cu),
+# SANITIZE=0 (compute-sanitizer's memcheck, synccheck, racecheck and initcheck over pipe's kernels:
+# scripts/gpu-sanitize.sh), REPEAT=0 (REPEAT runs, default 20, of the same training steps from the
+# same state must give bit-identical losses and adapters, for REPEAT_SHAPES, default
+# "smollm2-135m deepseek-7b"), PARITY=0 (CPU/CUDA loss curves), PEFT_PARITY=0, SHAPES="" (no
+# benchmarks).
 # SHAPES (default "smollm2-135m tinyllama-1.1b deepseek-7b") and CKPTS (default "1 0") narrow
 # the benchmark grid; PIPE_STEPS / PIPE_WARMUP set pipe's timed and warm-up steps (3 / 2).
 # Each run has a timeout (RUN_TIMEOUT seconds, default 180), so one hang costs one cell.
@@ -16,7 +24,7 @@ cd "$(dirname "$0")/.."
 BIN=${1:-bin-cuda}
 OUT=${2:-${OUT:-gpu-results}}
 PEFT_BASELINE=${PEFT_BASELINE:-$BIN/peft_baseline.py}
-SHAPES=${SHAPES:-smollm2-135m tinyllama-1.1b deepseek-7b}
+SHAPES=${SHAPES-smollm2-135m tinyllama-1.1b deepseek-7b}
 CKPTS=${CKPTS:-1 0}
 PIPE_STEPS=${PIPE_STEPS:-3}
 PIPE_WARMUP=${PIPE_WARMUP:-2}
@@ -25,16 +33,46 @@ mkdir -p "$OUT"
 fail=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 
-# 0. Optional (OPS_CHECK=1): the fused ops' kernels against the CPU reference, no timings.
-if [ "${OPS_CHECK:-0}" = 1 ] && [ -x "$BIN/ops_check" ]; then
+# 0. The fused ops' kernels against the CPU reference, no timings; every output buffer starts as
+# NaN (ops_check sets PIPE_CUDA_POISON=1), so an unwritten output fails.
+if [ "${OPS_CHECK:-1}" = 1 ]; then
   timeout 300 "$BIN/ops_check" --no-time > "$OUT/ops_check.txt" 2>&1 || { echo "ops_check FAILED (see ops_check.txt)"; fail=1; }
-  tail -3 "$OUT/ops_check.txt"
+  grep -E ' FAIL$|ERROR' "$OUT/ops_check.txt" | head -20
+  tail -1 "$OUT/ops_check.txt"
+fi
+
+# 0b. The LoRA kernels built from source with this machine's nvcc, checked against f64 loops with
+# the position of every wrong output (a partly filled column tile shows up here first).
+NVCC=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
+if [ "${GPU_LORA:-1}" = 1 ] && [ -x "$NVCC" ]; then
+  "$NVCC" -O3 -std=c++17 -arch=sm_90 -I src/model/ops/kernels scripts/kernel-emu/gpu_lora.cu -o "$OUT/.gpu_lora" \
+    && timeout 300 "$OUT/.gpu_lora" > "$OUT/gpu_lora.txt" 2>&1 || { echo "gpu_lora FAILED (see gpu_lora.txt)"; fail=1; }
+  rm -f "$OUT/.gpu_lora"
+  grep -A2 ' FAIL' "$OUT/gpu_lora.txt" | head -12
+  tail -1 "$OUT/gpu_lora.txt"
+fi
+
+# 0c. compute-sanitizer over pipe's kernels (any error in them fails the suite).
+if [ "${SANITIZE:-1}" = 1 ]; then
+  scripts/gpu-sanitize.sh "$BIN" "$OUT" || { echo "sanitizer FAILED (see sanitize.txt)"; fail=1; }
+fi
+
+# 0d. Determinism: the same training steps from the same state, REPEAT times, bit-identical.
+REPEAT=${REPEAT:-20}
+if [ "$REPEAT" != 0 ]; then
+  : > "$OUT/repeat.txt"
+  for shape in ${REPEAT_SHAPES:-smollm2-135m deepseek-7b}; do
+    PIPE_BENCH_DEVICE=cuda PIPE_BENCH_DTYPE=bf16 PIPE_BENCH_MODEL=$shape PIPE_BENCH_CKPT=1 PIPE_BENCH_REPEAT=$REPEAT \
+      PIPE_BENCH_STEPS=2 PIPE_BENCH_WARMUP=0 timeout "$RUN_TIMEOUT" "$BIN/pipe-bench-train" 2>/dev/null | tee -a "$OUT/repeat.txt" \
+      | grep -q PASS || { echo "repeat $shape FAILED"; fail=1; }
+  done
 fi
 
 # 1. Correctness: the same tiny LoRA training on cuda:0 and on the CPU gives the same loss curve,
 # in f32 and in bf16. Hidden 256 (head dim 64), so the GPU runs every fused kernel, attention's
 # included. bf16 curves differ by rounding (matmul accumulation order, kernel vs composition),
 # so their bound is looser.
+if [ "${PARITY:-1}" = 1 ]; then
 W=$(mktemp -d)
 cp -r pipelines/data "$W/data"
 "$BIN/tiny_model" "$W/model" tests/data/tiny-tokenizer llama 256
@@ -77,6 +115,7 @@ sys.exit(0 if ok else 1)
 PY
 done
 rm -rf "$W"
+fi
 
 # 1b. Parity with peft on the GPU (PEFT_PARITY=0 skips): the same LoRA trained by peft and by
 # pipe from the same base weights, LoRA init and batches, dropout 0, 50 steps; the loss curves

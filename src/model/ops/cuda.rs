@@ -123,11 +123,29 @@ impl<'a> Read<'a> {
     }
 }
 
-/// A fresh output buffer of `n` elements.
+/// Whether fresh output buffers are filled with NaN (all-ones bytes) before their kernel runs:
+/// `PIPE_CUDA_POISON=1` (read once). A kernel that leaves part of its output unwritten then
+/// shows NaN there instead of whatever the memory pool handed back, which can be the previous,
+/// identical result; ops_check and the GPU suite set it.
+fn poison() -> bool {
+    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *POISON.get_or_init(|| std::env::var_os("PIPE_CUDA_POISON").is_some_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// A fresh output buffer of `n` elements (NaN-filled under [`poison`]).
 fn alloc(dev: &CudaDevice, dt: DType, n: usize) -> Result<CudaStorage> {
     fn a<T: DeviceRepr + CudaDType>(dev: &CudaDevice, n: usize) -> Result<CudaStorage> {
         // SAFETY: every launcher's kernel writes all `n` elements before anything reads them.
-        let s = unsafe { dev.alloc::<T>(n.max(1))? };
+        let mut s = unsafe { dev.alloc::<T>(n.max(1))? };
+        if poison() {
+            let stream = dev.cuda_stream();
+            let bytes = s.num_bytes();
+            let (p, _g) = s.device_ptr_mut(&stream);
+            // SAFETY: `p` is the start of `bytes` bytes just allocated on this stream; all ones
+            // is a NaN in f32, bf16 and f16 (and u32::MAX), valid bits for every output type.
+            unsafe { candle_core::cuda_backend::cudarc::driver::result::memset_d8_async(p, 0xFF, bytes, stream.cu_stream()) }
+                .w()?;
+        }
         Ok(CudaStorage::wrap_cuda_slice(s, dev.clone()))
     }
     match dt {

@@ -285,21 +285,38 @@ fn lora_dims(what: &str, t: &Tensor, x: &Tensor) -> Result<(usize, usize)> {
 /// The largest LoRA rank the CUDA kernels take; larger ranks run [`generic`] on the GPU.
 pub const LORA_KERNEL_MAX_RANK: usize = 64;
 
-/// Whether the LoRA kernels take activations `x` with rank `r`.
-///
-/// Every width in `widths` must also be a whole number of a warp's column tiles (`32 * 64 / R`
-/// columns, R the compiled rank >= r: 256 at r <= 8). Other widths (SmolLM2's 576, odd test
-/// shapes) run the generic composition: on an H200 the kernels left some outputs of partly
-/// filled tiles unwritten (ops_check's `lora_up_add` and `lora_bwd dx`, nondeterministically),
-/// which the CPU emulation in scripts/kernel-emu does not reproduce; not understood yet.
-fn lora_kernel_fits(x: &Tensor, r: usize, widths: &[usize]) -> bool {
-    let Some(rank) = lora_kernel_rank(r) else { return false };
-    let tile = 32 * lora_cols_fwd(rank);
+/// Whether the fused LoRA kernels run, from `PIPE_FUSED_LORA` (read once): `on` (the default) at
+/// every width, `off` never (the generic composition everywhere, for checking the kernels against
+/// it). Both give the same results within rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusedLora {
+    On,
+    Off,
+}
+
+impl FusedLora {
+    /// The process's setting; an unknown value is the default (and says so once on stderr).
+    pub fn get() -> FusedLora {
+        static MODE: std::sync::OnceLock<FusedLora> = std::sync::OnceLock::new();
+        *MODE.get_or_init(|| match std::env::var("PIPE_FUSED_LORA").as_deref() {
+            Err(_) | Ok("") | Ok("on") => FusedLora::On,
+            Ok("off") => FusedLora::Off,
+            Ok(v) => {
+                eprintln!("warning: PIPE_FUSED_LORA={v:?} is neither on nor off; using on");
+                FusedLora::On
+            }
+        })
+    }
+}
+
+/// Whether the LoRA kernels take activations `x` with rank `r` (see [`FusedLora`]). Every width
+/// runs them, including those that end in a partly filled column tile (SmolLM2's 576).
+fn lora_kernel_fits(x: &Tensor, r: usize) -> bool {
     is_cuda(x)
+        && FusedLora::get() == FusedLora::On
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
-        && r >= 1
+        && lora_kernel_rank(r).is_some()
         && x.elem_count() > 0
-        && widths.iter().all(|w| w % tile == 0)
 }
 
 /// The compiled rank `R >= r` of the LoRA kernels (8, 16, 32 or 64), `None` above
@@ -310,6 +327,7 @@ fn lora_kernel_rank(r: usize) -> Option<usize> {
 
 /// Columns per lane of the rank-`rank` forward kernels (`LORA_C_FWD` in lora.cu); a warp's
 /// column tile is 32 times that.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn lora_cols_fwd(rank: usize) -> usize {
     (64 / rank).max(1)
 }
@@ -335,7 +353,7 @@ pub fn lora_down(x: &Tensor, a: &Tensor, seed: u64, p: f32, first: u64) -> Resul
     if ka != k {
         bail!("lora_down: x {:?} and a {:?} do not fit", x.dims(), a.dims());
     }
-    if lora_kernel_fits(x, r, &[k]) {
+    if lora_kernel_fits(x, r) {
         #[cfg(feature = "cuda")]
         return cuda::lora_down(x, a, seed, p, first);
     }
@@ -354,7 +372,7 @@ pub fn lora_up_add(y: &Tensor, z: &Tensor, sb: &Tensor) -> Result<Tensor> {
     if nz != n || lora_dims("lora_up_add sb", sb, y)? != (o, r) {
         bail!("lora_up_add: y {:?}, z {:?} and sb {:?} do not fit", y.dims(), z.dims(), sb.dims());
     }
-    if lora_kernel_fits(y, r, &[o]) {
+    if lora_kernel_fits(y, r) {
         #[cfg(feature = "cuda")]
         return cuda::lora_up_add(y, z, sb);
     }
@@ -430,7 +448,7 @@ pub fn lora_bwd(
     if slot.a + r * k > len || slot.b + o * r > len {
         bail!("lora_bwd: dA at {} ({r} x {k}) or dB at {} ({o} x {r}) runs past the buffer ({len})", slot.a, slot.b);
     }
-    if lora_kernel_fits(x, r, &[k, o]) && dy.elem_count() > 0 {
+    if lora_kernel_fits(x, r) && dy.elem_count() > 0 {
         #[cfg(feature = "cuda")]
         return cuda::lora_bwd(dy, x, z, dx, a, sb, seed, p, first, slot);
     }

@@ -62,10 +62,16 @@ template <typename T, int C> __device__ __forceinline__ bool lora_vec_ok(int k) 
     return ((size_t)k * sizeof(T)) % lora_vb<T, C>() == 0;
 }
 
-// out[c] = p[c] for c < valid (0 beyond); one or more vector loads when `vec` and the span is full.
+// out[c] = p[c] for c < valid (0 beyond); one or more vector loads when `whole`: all C elements
+// exist (valid == C) and the span is aligned for vector access. Callers compute `whole` from the
+// unclamped distance to the row's end (LoraTile::full), never as `valid == C` with `valid` a
+// clamp: ptxas (CUDA 13.0, sm_90) fuses `max(min(left, C), 0) == C` into the predicate output of
+// one VIMNMX.RELU instruction that is also true at left == 0, so the lane just past the row's end
+// took the vector path and wrote C values over the first columns of the next row (see
+// BENCHMARKS.md, "the LoRA kernels' partial tiles").
 template <typename T, int C>
-__device__ __forceinline__ void lora_load(const T *p, int valid, bool vec, float (&out)[C]) {
-    if (vec && valid == C) {
+__device__ __forceinline__ void lora_load(const T *p, int valid, bool whole, float (&out)[C]) {
+    if (whole) {
         constexpr int VB = lora_vb<T, C>();
         constexpr int NV = C * (int)sizeof(T) / VB;
         typedef typename lora_vec_t<VB>::t V;
@@ -82,13 +88,13 @@ __device__ __forceinline__ void lora_load(const T *p, int valid, bool vec, float
     }
 }
 
-// p[c] = round(v[c]) for c < valid.
+// p[c] = round(v[c]) for c < valid; vector stores when `whole` (as lora_load).
 template <typename T, int C>
-__device__ __forceinline__ void lora_store(T *p, int valid, bool vec, const float (&v)[C]) {
+__device__ __forceinline__ void lora_store(T *p, int valid, bool whole, const float (&v)[C]) {
     T t[C];
 #pragma unroll
     for (int c = 0; c < C; ++c) t[c] = from_f<T>(v[c]);
-    if (vec && valid == C) {
+    if (whole) {
         constexpr int VB = lora_vb<T, C>();
         constexpr int NV = C * (int)sizeof(T) / VB;
         typedef typename lora_vec_t<VB>::t V;
@@ -105,8 +111,8 @@ __device__ __forceinline__ void lora_store(T *p, int valid, bool vec, const floa
 
 // One row of a [N, r] matrix (z) as R floats, zero beyond r.
 template <typename T, int R> __device__ __forceinline__ void lora_load_row(const T *p, int r, float (&out)[R]) {
-    const bool vec = r == R && ((uintptr_t)p % lora_vb<T, R>()) == 0;
-    lora_load<T, R>(p, r < R ? r : R, vec, out);
+    const bool whole = r >= R && ((uintptr_t)p % lora_vb<T, R>()) == 0;
+    lora_load<T, R>(p, r < R ? r : R, whole, out);
 }
 
 // The lane's slice of sB [k, r]: rows col .. col + C (R floats each, zero beyond r and past
@@ -194,9 +200,12 @@ template <int N> __device__ __forceinline__ void lora_block_sum(float (&acc)[N])
     }
 }
 
-// The lane's first column and how many of its C columns exist, and its warp's rows [row0, row1).
+// The lane's first column, how many of its C columns exist (`valid`), whether all of them do
+// (`full`, from the unclamped distance to the row's end: see lora_load), and its warp's rows
+// [row0, row1).
 struct LoraTile {
     int tile, col, valid, row0, row1;
+    bool full;
 };
 
 template <int C> __device__ __forceinline__ LoraTile lora_tile(int n, int k) {
@@ -206,6 +215,7 @@ template <int C> __device__ __forceinline__ LoraTile lora_tile(int n, int k) {
     t.col = (blockIdx.x * 32 + lane) * C;
     const int left = k - t.col;
     t.valid = left < 0 ? 0 : (left < C ? left : C);
+    t.full = left >= C;
     t.row0 = blockIdx.y * LORA_BLOCK_ROWS + warp * LORA_ROWS;
     const int end = t.row0 + LORA_ROWS;
     t.row1 = end < n ? end : n;
@@ -225,13 +235,15 @@ __device__ __forceinline__ void lora_down_impl(const T *__restrict__ x, const T 
     float w[R][C];
 #pragma unroll
     for (int j = 0; j < R; ++j)
-        lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec && lora_aligned16(a), w[j]);
+        lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec && t.full && j < r && lora_aligned16(a), w[j]);
     const bool owner = lora_spread_owner<R>();
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL) {
         float xv[LORA_UNROLL][C];
 #pragma unroll
-        for (int u = 0; u < LORA_UNROLL; ++u)
-            lora_load<T, C>(x + (size_t)(r0 + u) * k + t.col, r0 + u < t.row1 ? t.valid : 0, vec, xv[u]);
+        for (int u = 0; u < LORA_UNROLL; ++u) {
+            const bool in = r0 + u < t.row1;
+            lora_load<T, C>(x + (size_t)(r0 + u) * k + t.col, in ? t.valid : 0, vec && t.full && in, xv[u]);
+        }
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL; ++u) {
             const int row = r0 + u;
@@ -272,8 +284,10 @@ __device__ __forceinline__ void lora_up_add_impl(const T *__restrict__ y, const 
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL) {
         float yv[LORA_UNROLL][C];
 #pragma unroll
-        for (int u = 0; u < LORA_UNROLL; ++u)
-            lora_load<T, C>(y + (size_t)(r0 + u) * k + t.col, r0 + u < t.row1 ? t.valid : 0, vec, yv[u]);
+        for (int u = 0; u < LORA_UNROLL; ++u) {
+            const bool in = r0 + u < t.row1;
+            lora_load<T, C>(y + (size_t)(r0 + u) * k + t.col, in ? t.valid : 0, vec && t.full && in, yv[u]);
+        }
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL; ++u) {
             const int row = r0 + u;
@@ -288,7 +302,7 @@ __device__ __forceinline__ void lora_up_add_impl(const T *__restrict__ y, const 
                 for (int j = 0; j < R; ++j) s += zr[j] * w[c][j];
                 o[c] = yv[u][c] + s;
             }
-            lora_store<T, C>(out + (size_t)row * k + t.col, t.valid, vec, o);
+            lora_store<T, C>(out + (size_t)row * k + t.col, t.valid, vec && t.full, o);
         }
     }
 }
@@ -312,8 +326,10 @@ __device__ __forceinline__ void lora_bwd_dy_impl(const T *__restrict__ dy, const
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL) {
         float dv[LORA_UNROLL][C];
 #pragma unroll
-        for (int u = 0; u < LORA_UNROLL; ++u)
-            lora_load<T, C>(dy + (size_t)(r0 + u) * k + t.col, r0 + u < t.row1 ? t.valid : 0, vec, dv[u]);
+        for (int u = 0; u < LORA_UNROLL; ++u) {
+            const bool in = r0 + u < t.row1;
+            lora_load<T, C>(dy + (size_t)(r0 + u) * k + t.col, in ? t.valid : 0, vec && t.full && in, dv[u]);
+        }
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL; ++u) {
             const int row = r0 + u;
@@ -365,16 +381,17 @@ __device__ __forceinline__ void lora_bwd_x_impl(const T *__restrict__ x, const T
     float acc[C * R];
 #pragma unroll
     for (int j = 0; j < R; ++j)
-        lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec && lora_aligned16(a), w[j]);
+        lora_load<T, C>(a + (size_t)j * k + t.col, j < r ? t.valid : 0, vec && t.full && j < r && lora_aligned16(a), w[j]);
 #pragma unroll
     for (int i = 0; i < C * R; ++i) acc[i] = 0.f;
     for (int r0 = t.row0; r0 < t.row1; r0 += LORA_UNROLL_X) {
         float xv[LORA_UNROLL_X][C], dxv[LORA_UNROLL_X][C];
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL_X; ++u) {
-            const int valid = r0 + u < t.row1 ? t.valid : 0;
-            lora_load<T, C>(x + (size_t)(r0 + u) * k + t.col, valid, vec, xv[u]);
-            lora_load<T, C>(dx + (size_t)(r0 + u) * k + t.col, valid, vec, dxv[u]);
+            const bool in = r0 + u < t.row1;
+            const int valid = in ? t.valid : 0;
+            lora_load<T, C>(x + (size_t)(r0 + u) * k + t.col, valid, vec && t.full && in, xv[u]);
+            lora_load<T, C>(dx + (size_t)(r0 + u) * k + t.col, valid, vec && t.full && in, dxv[u]);
         }
 #pragma unroll
         for (int u = 0; u < LORA_UNROLL_X; ++u) {
@@ -402,7 +419,7 @@ __device__ __forceinline__ void lora_bwd_x_impl(const T *__restrict__ x, const T
                 }
                 o[c] = dxv[u][c] + m[c] * g;
             }
-            lora_store<T, C>(dx_out + (size_t)row * k + t.col, t.valid, vec, o);
+            lora_store<T, C>(dx_out + (size_t)row * k + t.col, t.valid, vec && t.full, o);
         }
     }
     lora_block_sum<C * R>(acc);
