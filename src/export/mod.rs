@@ -96,11 +96,8 @@ fn write_tensors(
     name: &str,
     path: &Path,
 ) -> Result<Written, ExportError> {
-    let arch = match c.arch {
-        crate::model::config::Arch::Llama => ftype::Arch::Llama,
-        crate::model::config::Arch::Qwen2 => ftype::Arch::Qwen2,
-    };
-    let info = ModelInfo::new(arch, c.num_layers as u32, c.num_heads as u32, c.num_kv_heads as u32)
+    let info = ModelInfo::new(c.num_layers as u32)
+        .with_llama_cpp_70b(c.arch.is_llama_cpp_70b(c.num_layers, c.num_heads, c.num_kv_heads))
         .with_tied_embeddings(c.tie_word_embeddings);
     let kinds: Vec<GgmlKind> = tensors
         .iter()
@@ -109,7 +106,7 @@ fn write_tensors(
             ftype::tensor_kind(file_type, &info, &t.name, &dims)
         })
         .collect();
-    let mut metadata = vec![("general.architecture".to_string(), GgufValue::String(to_gguf::arch_name(c.arch).into()))];
+    let mut metadata = vec![("general.architecture".to_string(), GgufValue::String(c.arch.spec().gguf_name.into()))];
     metadata.push(("general.type".into(), GgufValue::String("model".into())));
     metadata.push(("general.name".into(), GgufValue::String(name.into())));
     metadata.extend(to_gguf::arch_metadata(c).into_iter().filter(|(k, _)| k != "general.architecture"));

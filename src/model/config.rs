@@ -1,17 +1,12 @@
-//! Model hyper-parameters for the Llama family and Qwen2, read from a Hugging Face
-//! `config.json` or from GGUF metadata.
+//! Model hyper-parameters, read from a Hugging Face `config.json` or from GGUF metadata.
+//!
+//! What differs between architectures (names, biases, defaults) is [`super::arch`]'s; this
+//! file reads and writes the numbers every architecture shares.
 
 use serde::{Deserialize, Serialize};
 
-/// The architecture family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// Llama, Llama 2/3, TinyLlama, SmolLM, deepseek-llm.
-    Llama,
-    /// Qwen2 (q/k/v projections have a bias).
-    Qwen2,
-}
+pub use super::arch::Arch;
+use super::arch::PRESETS;
 
 /// Llama 3 style RoPE frequency scaling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -162,7 +157,8 @@ impl Config {
     }
 
     /// A tiny model shape for tests, examples and benchmarks: 2 layers, 4 query and 2 key/value
-    /// heads (so GQA is exercised), MLP twice the hidden size; embeddings tied for Llama.
+    /// heads (so GQA is exercised), MLP twice the hidden size; embeddings tied as the
+    /// architecture's [`ArchSpec::tied_in_tiny`](super::arch::ArchSpec::tied_in_tiny) says.
     pub fn tiny(arch: Arch, vocab_size: usize, hidden_size: usize) -> Config {
         Config {
             arch,
@@ -177,53 +173,30 @@ impl Config {
             rope_scaling: None,
             rope_freq_factors: None,
             rms_norm_eps: 1e-5,
-            tie_word_embeddings: arch == Arch::Llama,
+            tie_word_embeddings: arch.spec().tied_in_tiny,
             max_position_embeddings: 512,
         }
     }
 
     /// The names [`Config::preset`] knows.
-    pub const PRESETS: &'static [&'static str] = &["tiny", "smollm2-135m", "tinyllama-1.1b", "deepseek-llm-7b"];
+    pub const PRESETS: &'static [&'static str] = &super::arch::PRESET_NAMES;
 
-    /// The shape of a well-known Llama model (the shapes of shared/bench/peft_baseline.py):
-    /// SmolLM2-135M, TinyLlama-1.1B, deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab
-    /// 102400), and `tiny` ([`Config::tiny`] with hidden 64 and vocab 512).
+    /// The shape of a well-known model ([`super::arch::PRESETS`]): SmolLM2-135M, TinyLlama-1.1B,
+    /// deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab 102400), and `tiny`
+    /// ([`Config::tiny`] with hidden 64 and vocab 512).
     pub fn preset(name: &str) -> Option<Config> {
-        if name == "tiny" {
-            return Some(Config::tiny(Arch::Llama, 512, 64));
-        }
-        // (hidden, intermediate, layers, heads, kv heads, vocab, tied, context, rope base, rms eps),
-        // as the models' config.json files give them.
-        let (h, i, l, nh, kv, v, tie, ctx, theta, eps) = match name {
-            "smollm2-135m" => (576, 1536, 30, 9, 3, 49152, true, 8192, 100000.0, 1e-5),
-            "tinyllama-1.1b" => (2048, 5632, 22, 32, 4, 32000, false, 2048, 10000.0, 1e-5),
-            "deepseek-llm-7b" => (4096, 11008, 30, 32, 32, 102400, false, 4096, 10000.0, 1e-6),
-            _ => return None,
-        };
-        Some(Config {
-            arch: Arch::Llama,
-            vocab_size: v,
-            hidden_size: h,
-            intermediate_size: i,
-            num_layers: l,
-            num_heads: nh,
-            num_kv_heads: kv,
-            head_dim: h / nh,
-            rope_theta: theta,
-            rope_scaling: None,
-            rope_freq_factors: None,
-            rms_norm_eps: eps,
-            tie_word_embeddings: tie,
-            max_position_embeddings: ctx,
-        })
+        PRESETS.iter().find(|p| p.name == name).map(|p| p.config())
     }
 
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, String> {
-        let arch = match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("llama") | Some("mistral") | None => Arch::Llama,
-            Some("qwen2") => Arch::Qwen2,
-            Some(other) => return Err(format!("unsupported model_type `{other}` (supported: llama, qwen2)")),
+        let model_type = v.get("model_type").and_then(|m| m.as_str());
+        let Some(arch) = Arch::from_hf_model_type(model_type) else {
+            return Err(format!(
+                "unsupported model_type `{}` (supported: {})",
+                model_type.unwrap_or_default(),
+                Arch::hf_model_types()
+            ));
         };
         let u =
             |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json: missing `{k}`"));
@@ -254,7 +227,7 @@ impl Config {
             rope_scaling,
             rope_freq_factors: None,
             rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(arch.spec().hf_tied_default),
             max_position_embeddings: u("max_position_embeddings").unwrap_or(4096),
         })
     }
@@ -262,13 +235,10 @@ impl Config {
     /// Writes a Hugging Face `config.json` for this model (check [`Config::hf_rope_scaling`]
     /// first when the model may carry RoPE frequency factors).
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, dtype: &str) -> serde_json::Value {
-        let (arch, model_type) = match self.arch {
-            Arch::Llama => ("LlamaForCausalLM", "llama"),
-            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-        };
+        let spec = self.arch.spec();
         let mut v = serde_json::json!({
-            "architectures": [arch],
-            "model_type": model_type,
+            "architectures": [spec.hf_class],
+            "model_type": spec.hf_model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -282,7 +252,7 @@ impl Config {
             "max_position_embeddings": self.max_position_embeddings,
             "hidden_act": "silu",
             "torch_dtype": dtype,
-            "attention_bias": self.arch == Arch::Qwen2,
+            "attention_bias": spec.qkv_bias,
             "bos_token_id": bos,
             "eos_token_id": eos,
         });

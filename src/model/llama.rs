@@ -53,7 +53,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
-use super::config::{Arch, Config};
+use super::arch::{self, Init, LayerSlot, Slot, TensorSpec};
+use super::config::Config;
 use super::ggml_cpu::{flash_attn_f16, round_f16, round_q8_0, ActRounding};
 use super::lora::{Layout, Module};
 use super::ops;
@@ -697,60 +698,78 @@ impl Model {
         device: &Device,
         dtype: DType,
     ) -> std::result::Result<Model, String> {
-        let mut take = |name: &str| -> std::result::Result<Tensor, String> {
-            let x = t.remove(name).ok_or_else(|| format!("missing tensor `{name}`"))?;
-            x.to_dtype(dtype).and_then(|x| x.to_device(device)).map_err(|e| format!("{name}: {e}"))
-        };
-        let embed = take("model.embed_tokens.weight")?;
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let mut lin = |m: Module, bias: bool| -> std::result::Result<Linear, String> {
-                let w = take(&format!("{p}.{}.weight", m.hf_path()))?;
-                let b = if bias { Some(take(&format!("{p}.{}.bias", m.hf_path()))?) } else { None };
-                Ok(Linear { w, b })
-            };
-            let qb = cfg.arch == Arch::Qwen2;
-            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
-            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
-            let attn_norm = take(&format!("{p}.input_layernorm.weight"))?;
-            let mlp_norm = take(&format!("{p}.post_attention_layernorm.weight"))?;
-            layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+        Model::from_slots(cfg, dtype, device, |spec| {
+            let x = t.remove(&spec.hf).ok_or_else(|| format!("missing tensor `{}`", spec.hf))?;
+            x.to_dtype(dtype).and_then(|x| x.to_device(device)).map_err(|e| format!("{}: {e}", spec.hf))
+        })
+    }
+
+    /// Builds a model of `cfg` from `get`, which gives the tensor of each entry of
+    /// [`arch::tensors`], in that order.
+    fn from_slots<E>(
+        cfg: Config,
+        dtype: DType,
+        device: &Device,
+        mut get: impl FnMut(&TensorSpec) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<Model, E> {
+        let mut by_slot = HashMap::new();
+        for spec in arch::tensors(&cfg) {
+            by_slot.insert(spec.slot, get(&spec)?);
         }
-        let norm = take("model.norm.weight")?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(take("lm_head.weight")?) };
+        const LISTED: &str = "the tensor list has every tensor a model needs";
+        let mut take = |slot: Slot| by_slot.remove(&slot);
+        let embed = take(Slot::Embed).expect(LISTED);
+        let layers = (0..cfg.num_layers)
+            .map(|l| {
+                let mut lin = |m: Module| Linear {
+                    w: take(Slot::Layer(l, LayerSlot::Weight(m))).expect(LISTED),
+                    b: take(Slot::Layer(l, LayerSlot::Bias(m))),
+                };
+                let (q, k, v, o) = (lin(Module::Q), lin(Module::K), lin(Module::V), lin(Module::O));
+                let (gate, up, down) = (lin(Module::Gate), lin(Module::Up), lin(Module::Down));
+                let attn_norm = take(Slot::Layer(l, LayerSlot::AttnNorm)).expect(LISTED);
+                let mlp_norm = take(Slot::Layer(l, LayerSlot::MlpNorm)).expect(LISTED);
+                Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down }
+            })
+            .collect();
+        let norm = take(Slot::Norm).expect(LISTED);
+        let lm_head = take(Slot::LmHead);
         Ok(Model { cfg, dtype, embed, layers, norm, lm_head, device: device.clone() })
+    }
+
+    /// The tensor in `slot`, if the model has one there.
+    pub fn tensor(&self, slot: Slot) -> Option<&Tensor> {
+        match slot {
+            Slot::Embed => Some(&self.embed),
+            Slot::Norm => Some(&self.norm),
+            Slot::LmHead => self.lm_head.as_ref(),
+            Slot::Layer(l, s) => {
+                let ly = self.layers.get(l)?;
+                match s {
+                    LayerSlot::AttnNorm => Some(&ly.attn_norm),
+                    LayerSlot::MlpNorm => Some(&ly.mlp_norm),
+                    LayerSlot::Weight(m) => Some(&ly.proj(m).w),
+                    LayerSlot::Bias(m) => ly.proj(m).b.as_ref(),
+                }
+            }
+        }
+    }
+
+    /// The model's tensors with their entries of [`arch::tensors`], in that order.
+    pub fn named_tensors(&self) -> Vec<(TensorSpec, Tensor)> {
+        arch::tensors(&self.cfg)
+            .into_iter()
+            .map(|spec| {
+                let t = self.tensor(spec.slot).expect("a model has every tensor of its config's list").clone();
+                (spec, t)
+            })
+            .collect()
     }
 
     /// The same model with every frozen tensor stored in `dtype` (the compute dtype).
     pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
-        let cv = |x: &Tensor| x.to_dtype(dtype);
-        let lin = |l: &Linear| -> Result<Linear> { Ok(Linear { w: cv(&l.w)?, b: l.b.as_ref().map(cv).transpose()? }) };
-        let layers = self
-            .layers
-            .iter()
-            .map(|ly| {
-                Ok(Layer {
-                    attn_norm: cv(&ly.attn_norm)?,
-                    q: lin(&ly.q)?,
-                    k: lin(&ly.k)?,
-                    v: lin(&ly.v)?,
-                    o: lin(&ly.o)?,
-                    mlp_norm: cv(&ly.mlp_norm)?,
-                    gate: lin(&ly.gate)?,
-                    up: lin(&ly.up)?,
-                    down: lin(&ly.down)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Model {
-            cfg: self.cfg.clone(),
-            dtype,
-            embed: cv(&self.embed)?,
-            layers,
-            norm: cv(&self.norm)?,
-            lm_head: self.lm_head.as_ref().map(cv).transpose()?,
-            device: self.device.clone(),
+        Model::from_slots(self.cfg.clone(), dtype, &self.device, |spec| {
+            self.tensor(spec.slot).expect("a model has every tensor of its config's list").to_dtype(dtype)
         })
     }
 
@@ -758,45 +777,12 @@ impl Model {
     /// order: what [`Model::from_hf_tensors`] takes, for readers that stream the tensors from
     /// the files instead of loading a model.
     pub fn hf_names(cfg: &Config) -> Vec<String> {
-        let mut out = vec!["model.embed_tokens.weight".to_string()];
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            out.push(format!("{p}.input_layernorm.weight"));
-            out.push(format!("{p}.post_attention_layernorm.weight"));
-            for m in Module::ALL {
-                out.push(format!("{p}.{}.weight", m.hf_path()));
-                if cfg.arch == Arch::Qwen2 && matches!(m, Module::Q | Module::K | Module::V) {
-                    out.push(format!("{p}.{}.bias", m.hf_path()));
-                }
-            }
-        }
-        out.push("model.norm.weight".to_string());
-        if !cfg.tie_word_embeddings {
-            out.push("lm_head.weight".to_string());
-        }
-        out
+        arch::tensors(cfg).into_iter().map(|s| s.hf).collect()
     }
 
     /// The model's tensors under Hugging Face names (the inverse of [`Model::from_hf_tensors`]).
     pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        for (l, ly) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), ly.attn_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), ly.mlp_norm.clone()));
-            for m in Module::ALL {
-                let lin = ly.proj(m);
-                out.push((format!("{p}.{}.weight", m.hf_path()), lin.w.clone()));
-                if let Some(b) = &lin.b {
-                    out.push((format!("{p}.{}.bias", m.hf_path()), b.clone()));
-                }
-            }
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
-        }
-        out
+        self.named_tensors().into_iter().map(|(spec, t)| (spec.hf, t)).collect()
     }
 
     /// A random f32 model (for tests and benchmarks): normal(0, 0.02) weights, unit norms.
@@ -809,55 +795,26 @@ impl Model {
     /// device's generator, each tensor drawn in f32 and cast at once, unit norms. Not
     /// reproducible across devices; tests use [`Model::random_with_std`].
     pub fn random_on_device(cfg: Config, std: f64, dtype: DType, device: &Device) -> Result<Model> {
-        let rnd = |shape: (usize, usize)| Tensor::randn(0f32, std as f32, shape, device)?.to_dtype(dtype);
-        let h = cfg.hidden_size;
-        let embed = rnd((cfg.vocab_size, h))?;
-        let mut layers = Vec::new();
-        for _ in 0..cfg.num_layers {
-            let lin = |m: Module, bias: bool| -> Result<Linear> {
-                let (i, o) = m.dims(&cfg);
-                let b = if bias { Some(rnd((1, o))?.reshape(o)?) } else { None };
-                Ok(Linear { w: rnd((o, i))?, b })
-            };
-            let qb = cfg.arch == Arch::Qwen2;
-            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
-            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
-            let ones = Tensor::ones(h, dtype, device)?;
-            layers.push(Layer { attn_norm: ones.clone(), q, k, v, o, mlp_norm: ones, gate, up, down });
-        }
-        let norm = Tensor::ones(h, dtype, device)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(rnd((cfg.vocab_size, h))?) };
-        Ok(Model { cfg, dtype, embed, layers, norm, lm_head, device: device.clone() })
+        Model::from_slots(cfg, dtype, device, |spec| match spec.init {
+            Init::Normal => Tensor::randn(0f32, std as f32, spec.shape.as_slice(), device)?.to_dtype(dtype),
+            Init::Ones => Tensor::ones(spec.shape.as_slice(), dtype, device),
+        })
     }
 
-    /// A random model with normal(0, `std`) weights.
+    /// A random model with normal(0, `std`) weights: the tensors of [`arch::tensors`] in order,
+    /// each drawn from its own seed (the previous one through [`splitmix`], starting at `seed`),
+    /// norms ones.
     pub fn random_with_std(cfg: Config, seed: u64, std: f64, device: &Device) -> Result<Model> {
         let mut s = seed;
-        let mut rnd = |shape: (usize, usize)| -> Result<Tensor> {
-            s = splitmix(s);
-            let n = shape.0 * shape.1;
-            let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
-            Tensor::from_vec(v, shape, device)
-        };
-        let h = cfg.hidden_size;
-        let embed = rnd((cfg.vocab_size, h))?;
-        let mut layers = Vec::new();
-        for _ in 0..cfg.num_layers {
-            let mut lin = |m: Module, bias: bool| -> Result<Linear> {
-                let (i, o) = m.dims(&cfg);
-                let w = rnd((o, i))?;
-                let b = if bias { Some(rnd((1, o))?.reshape(o)?) } else { None };
-                Ok(Linear { w, b })
-            };
-            let qb = cfg.arch == Arch::Qwen2;
-            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
-            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
-            let ones = Tensor::ones(h, DType::F32, device)?;
-            layers.push(Layer { attn_norm: ones.clone(), q, k, v, o, mlp_norm: ones, gate, up, down });
-        }
-        let norm = Tensor::ones(h, DType::F32, device)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(rnd((cfg.vocab_size, h))?) };
-        Ok(Model { cfg, dtype: DType::F32, embed, layers, norm, lm_head, device: device.clone() })
+        Model::from_slots(cfg, DType::F32, device, |spec| match spec.init {
+            Init::Normal => {
+                s = splitmix(s);
+                let n = spec.shape.iter().product::<usize>();
+                let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
+                Tensor::from_vec(v, spec.shape.as_slice(), device)
+            }
+            Init::Ones => Tensor::ones(spec.shape.as_slice(), DType::F32, device),
+        })
     }
 }
 
@@ -879,6 +836,7 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::Arch;
 
     /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens.
     pub(crate) fn tiny(arch: Arch) -> Config {

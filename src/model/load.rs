@@ -18,8 +18,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Arch, Config};
-use super::gguf_names::{hf_name, unpermute};
+use super::arch::{self, Arch};
+use super::config::Config;
+use super::gguf_order::unpermute;
 use super::llama::Model;
 use super::safetensors;
 use crate::gguf::quant::{dequantize, GgmlKind};
@@ -69,15 +70,11 @@ pub fn config(path: &Path) -> Result<Config, LoadError> {
 
 fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
     let arch_name = f.get_str("general.architecture").unwrap_or("llama").to_string();
-    let arch = match arch_name.as_str() {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        other => {
-            return Err(LoadError::Unsupported {
-                path: path.to_path_buf(),
-                message: format!("architecture `{other}` is not supported (supported: llama, qwen2)"),
-            })
-        }
+    let Some(arch) = Arch::from_gguf_name(&arch_name) else {
+        return Err(LoadError::Unsupported {
+            path: path.to_path_buf(),
+            message: format!("architecture `{arch_name}` is not supported (supported: {})", Arch::gguf_names()),
+        });
     };
     let key = |k: &str| format!("{arch_name}.{k}");
     let u = |k: &str| {
@@ -142,9 +139,12 @@ fn rope_freq_factors(f: &GgufFile, path: &Path, head_dim: usize) -> Result<Optio
 fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
     let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
     let cfg = gguf_config(&f, path)?;
+    // The model's tensors by llama.cpp name; the file's others (`rope_freqs.weight`) are not
+    // weights of a block.
+    let specs: HashMap<String, arch::TensorSpec> = arch::tensors(&cfg).into_iter().map(|s| (s.gguf.clone(), s)).collect();
     let mut tensors = HashMap::new();
     for t in &f.tensors {
-        let Some(name) = hf_name(&t.name) else { continue };
+        let Some(spec) = specs.get(&t.name) else { continue };
         let kind = GgmlKind::from_id(t.ggml_type.id()).ok_or_else(|| LoadError::Unsupported {
             path: path.to_path_buf(),
             message: format!("tensor `{}` has type {}, which pipe cannot dequantize", t.name, t.ggml_type),
@@ -154,15 +154,11 @@ fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadEr
         let mut data = dequantize(kind, &bytes, n).map_err(|e| file_err(path, format!("tensor `{}`: {e}", t.name)))?;
         // GGUF dims are innermost-first: [cols, rows].
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        if cfg.arch == Arch::Llama && shape.len() == 2 {
-            if t.name.ends_with("attn_q.weight") {
-                data = unpermute(&data, shape[0], shape[1], cfg.num_heads);
-            } else if t.name.ends_with("attn_k.weight") {
-                data = unpermute(&data, shape[0], shape[1], cfg.num_kv_heads);
-            }
+        if let (Some(heads), [rows, cols]) = (spec.gguf_permute_heads(&cfg), shape.as_slice()) {
+            data = unpermute(&data, *rows, *cols, heads);
         }
         let tensor = Tensor::from_vec(data, shape, device).and_then(|t| t.to_dtype(dtype)).map_err(|e| file_err(path, e))?;
-        tensors.insert(name, tensor);
+        tensors.insert(spec.hf.clone(), tensor);
     }
     Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(path, m))
 }
@@ -248,7 +244,7 @@ mod tests {
 
     use crate::gguf::writer::{write_file, TensorPlan};
     use crate::gguf::{GgmlType, GgufValue};
-    use crate::model::gguf_names::{gguf_name, permute};
+    use crate::model::gguf_order::permute;
 
     /// Writes `model` as an f32 llama GGUF the way llama.cpp's converter would (names, Q/K row
     /// order, metadata), with `rope_freqs.weight` when `factors` is given.
@@ -269,17 +265,15 @@ mod tests {
             ("llama.attention.layer_norm_rms_epsilon".into(), GgufValue::F32(c.rms_norm_eps as f32)),
         ];
         let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
-            .hf_tensors()
+            .named_tensors()
             .into_iter()
-            .map(|(name, t)| {
+            .map(|(spec, t)| {
                 let shape = t.dims().to_vec();
                 let mut data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                if name.ends_with("q_proj.weight") {
-                    data = permute(&data, shape[0], shape[1], c.num_heads);
-                } else if name.ends_with("k_proj.weight") {
-                    data = permute(&data, shape[0], shape[1], c.num_kv_heads);
+                if let Some(heads) = spec.gguf_permute_heads(c) {
+                    data = permute(&data, shape[0], shape[1], heads);
                 }
-                (gguf_name(&name).unwrap(), shape, data)
+                (spec.gguf, shape, data)
             })
             .collect();
         if let Some(f) = factors {

@@ -1,11 +1,11 @@
 //! A model as llama.cpp expects it in a GGUF file: architecture metadata and f32 tensors under
 //! llama.cpp names, in llama.cpp row order.
 //!
-//! What `convert_hf_to_gguf.py` writes for the Llama and Qwen2 families, key for key:
+//! What `convert_hf_to_gguf.py` writes for every architecture pipe runs, key for key:
 //!
-//! | key (`{arch}` is `llama` or `qwen2`) | from |
+//! | key (`{arch}` is the architecture's llama.cpp name) | from |
 //! |---|---|
-//! | `general.architecture` | the family |
+//! | `general.architecture` | [`ArchSpec::gguf_name`](super::arch::ArchSpec::gguf_name) |
 //! | `{arch}.context_length` | `max_position_embeddings` |
 //! | `{arch}.embedding_length` / `feed_forward_length` / `block_count` | hidden / MLP size, layers |
 //! | `{arch}.attention.head_count` / `head_count_kv` | query / key-value heads |
@@ -16,27 +16,22 @@
 //!
 //! Llama 3 RoPE scaling is written as llama.cpp does: a `rope_freqs.weight` tensor of
 //! per-frequency factors, not as metadata. Tied embeddings are written once, as
-//! `token_embd.weight`, with no `output.weight` (llama.cpp ties them back on load).
+//! `token_embd.weight`, with no `output.weight` (llama.cpp ties them back on load). Which
+//! tensors there are, their llama.cpp names and which ones have their rows permuted is the
+//! tensor list's ([`super::arch::tensors`]).
 
 use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 
-use super::config::{Arch, Config};
-use super::gguf_names::{gguf_name, permute};
+use super::arch::{self, TensorSpec};
+use super::config::Config;
+use super::gguf_order::permute;
 use super::llama::Model;
 use super::safetensors::{self, MappedTensor};
 use crate::gguf::GgufValue;
 
-/// The architecture name llama.cpp uses.
-pub fn arch_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Llama => "llama",
-        Arch::Qwen2 => "qwen2",
-    }
-}
-
 /// The `{arch}.*` hyper-parameter metadata (plus `general.architecture`).
 pub fn arch_metadata(cfg: &Config) -> Vec<(String, GgufValue)> {
-    let a = arch_name(cfg.arch);
+    let a = cfg.arch.spec().gguf_name;
     let u = |v: usize| GgufValue::U32(v as u32);
     let mut kv = vec![
         ("general.architecture".to_string(), GgufValue::String(a.into())),
@@ -185,8 +180,8 @@ impl ExportTensor {
 /// blocks, final norm, output head), preceded by `rope_freqs.weight` when the model has Llama 3
 /// RoPE scaling.
 pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> {
-    let hf = model.hf_tensors().into_iter().map(|(name, tensor)| (name, tensor.dims().to_vec(), tensor));
-    build(&model.cfg, hf, |tensor, permute_heads| Source::Model { tensor, permute_heads })
+    let named = model.named_tensors().into_iter().map(|(spec, tensor)| (spec, tensor.dims().to_vec(), tensor));
+    Ok(build(&model.cfg, named, |tensor, permute_heads| Source::Model { tensor, permute_heads }))
 }
 
 /// The tensors [`tensors`] gives for the model of `cfg` in the Hugging Face folder `dir`, in
@@ -196,41 +191,36 @@ pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> 
 /// F32, F16 or BF16 (load the model instead).
 pub fn tensors_from_folder(dir: &std::path::Path, cfg: &Config) -> std::result::Result<Option<Vec<ExportTensor>>, String> {
     let Some(mut files) = safetensors::map_folder(dir).map_err(|e| e.to_string())? else { return Ok(None) };
-    let mut hf = Vec::new();
-    for name in Model::hf_names(cfg) {
-        let t = files.remove(&name).ok_or_else(|| format!("{}: missing tensor `{name}`", dir.display()))?;
-        hf.push((name, t.shape().to_vec(), t));
+    let mut mapped = Vec::new();
+    for spec in arch::tensors(cfg) {
+        let t = files.remove(&spec.hf).ok_or_else(|| format!("{}: missing tensor `{}`", dir.display(), spec.hf))?;
+        mapped.push((spec, t.shape().to_vec(), t));
     }
-    build(cfg, hf, |tensor, permute_heads| Source::Mapped { tensor, permute_heads }).map(Some)
+    Ok(Some(build(cfg, mapped, |tensor, permute_heads| Source::Mapped { tensor, permute_heads })))
 }
 
-/// The export tensors for the Hugging Face tensors `hf` (name, shape, source) of a model of
-/// `cfg`, in [`Model::hf_tensors`]'s order.
+/// The export tensors for a model of `cfg` with the tensors `named` (entry of the tensor
+/// list, shape, source), in the list's order.
 fn build<T>(
     cfg: &Config,
-    hf: impl IntoIterator<Item = (String, Vec<usize>, T)>,
+    named: impl IntoIterator<Item = (TensorSpec, Vec<usize>, T)>,
     source: impl Fn(T, Option<usize>) -> Source,
-) -> std::result::Result<Vec<ExportTensor>, String> {
+) -> Vec<ExportTensor> {
     let mut out = Vec::new();
     if let Some(f) = rope_factors(cfg) {
         out.push(ExportTensor { name: "rope_freqs.weight".into(), shape: vec![f.len()], source: Source::Values(f) });
     }
-    for (hf, shape, tensor) in hf {
-        let name = gguf_name(&hf).ok_or_else(|| format!("tensor `{hf}` has no llama.cpp name"))?;
-        let permute_heads = match (cfg.arch, name.rsplit('.').nth(1)) {
-            (Arch::Llama, Some("attn_q")) if name.ends_with(".weight") => Some(cfg.num_heads),
-            (Arch::Llama, Some("attn_k")) if name.ends_with(".weight") => Some(cfg.num_kv_heads),
-            _ => None,
-        };
-        out.push(ExportTensor { name, shape, source: source(tensor, permute_heads) });
+    for (spec, shape, tensor) in named {
+        let permute_heads = spec.gguf_permute_heads(cfg);
+        out.push(ExportTensor { name: spec.gguf, shape, source: source(tensor, permute_heads) });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::RopeScaling;
+    use crate::model::config::{Arch, RopeScaling};
     use candle_core::Device;
 
     #[test]
