@@ -33,9 +33,9 @@ pub enum ExportError {
     /// Writing the file failed.
     #[error(transparent)]
     Write(#[from] writer::WriteError),
-    /// The model or tokenizer cannot be expressed in GGUF.
-    #[error("{0}")]
-    Unsupported(String),
+    /// The model's folder cannot be read.
+    #[error(transparent)]
+    Load(#[from] crate::model::load::LoadError),
 }
 
 /// What was written.
@@ -65,7 +65,7 @@ pub fn write_gguf(
     name: &str,
     path: &Path,
 ) -> Result<Written, ExportError> {
-    let tensors = to_gguf::tensors(model).map_err(ExportError::Unsupported)?;
+    let tensors = to_gguf::tensors(model);
     write_tensors(&model.cfg, &tensors, tokenizer_kv, file_type, name, path)
 }
 
@@ -82,7 +82,7 @@ pub fn write_gguf_from_folder(
     name: &str,
     path: &Path,
 ) -> Result<Option<Written>, ExportError> {
-    let Some(tensors) = to_gguf::tensors_from_folder(dir, cfg).map_err(ExportError::Unsupported)? else {
+    let Some(tensors) = to_gguf::tensors_from_folder(dir, cfg)? else {
         return Ok(None);
     };
     write_tensors(cfg, &tensors, tokenizer_kv, file_type, name, path).map(Some)

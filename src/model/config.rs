@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub use super::arch::Arch;
 use super::arch::PRESETS;
+use super::error::{ModelError, NoLlama3Scaling};
 
 /// Llama 3 style RoPE frequency scaling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -103,21 +104,19 @@ impl Config {
     /// (`f` its factor), the pairs between the two wavelength bounds have `s` linear in
     /// `1/wavelength`, which two of them pin down (taking `low_freq_factor = 1`, which leaves the
     /// frequencies unchanged). Errors when the factors do not fit that shape to 1e-5.
-    pub fn hf_rope_scaling(&self) -> Result<Option<RopeScaling>, String> {
+    pub fn hf_rope_scaling(&self) -> Result<Option<RopeScaling>, ModelError> {
         let Some(ff) = &self.rope_freq_factors else { return Ok(self.rope_scaling) };
         let base = Config { rope_freq_factors: None, ..self.clone() };
         if ff.iter().all(|&f| f == 1.0) {
             return Ok(base.rope_scaling);
         }
-        let refuse = |why: &str| {
-            Err(format!("the GGUF's RoPE frequency factors (`rope_freqs.weight`) cannot be written to config.json: {why}"))
-        };
+        let refuse = |why: NoLlama3Scaling| Err(ModelError::RopeFactors(why));
         if self.rope_scaling.is_some() {
-            return refuse("the model has both frequency factors and `rope_scaling`");
+            return refuse(NoLlama3Scaling::BothFactorsAndScaling);
         }
         let factor = f64::from(ff.iter().cloned().fold(f32::MIN, f32::max));
         if factor <= 1.0 {
-            return refuse("they are not a llama3 scaling (a llama3 scaling divides by at least 1)");
+            return refuse(NoLlama3Scaling::NoFactorAboveOne);
         }
         let inv = base.inv_freq();
         let two_pi = 2.0 * std::f64::consts::PI;
@@ -130,16 +129,16 @@ impl Config {
             .filter(|(_, s)| *s > 1e-4 && *s < 1.0 - 1e-4)
             .collect();
         let (Some(&(x0, s0)), Some(&(x1, s1))) = (smooth.first(), smooth.last()) else {
-            return refuse("fewer than two factors lie between 1 and the largest, so the llama3 bounds are not determined");
+            return refuse(NoLlama3Scaling::BoundsUndetermined);
         };
         if x0 == x1 {
-            return refuse("the smooth region has one frequency");
+            return refuse(NoLlama3Scaling::OneFrequency);
         }
         // s = a * (1/wavelength) + b; llama3: a = orig / (high - low), b = -low / (high - low).
         let a = (s1 - s0) / (x1 - x0);
         let b = s0 - a * x0;
         if b >= 0.0 {
-            return refuse("they do not rise towards low frequencies as llama3's do");
+            return refuse(NoLlama3Scaling::NotRising);
         }
         let orig = (-a / b).round();
         let fit = RopeScaling {
@@ -152,7 +151,7 @@ impl Config {
         let got = Config { rope_scaling: Some(fit), ..base }.inv_freq();
         match want.iter().zip(&got).map(|(w, g)| f64::from((w - g).abs() / w.abs())).fold(0.0, f64::max) {
             e if e <= 1e-5 => Ok(Some(fit)),
-            e => refuse(&format!("the closest llama3 scaling is off by {e:.1e} relative")),
+            e => refuse(NoLlama3Scaling::OffBy(e)),
         }
     }
 
@@ -189,17 +188,12 @@ impl Config {
     }
 
     /// Reads a Hugging Face `config.json`.
-    pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, String> {
+    pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, ModelError> {
         let model_type = v.get("model_type").and_then(|m| m.as_str());
-        let Some(arch) = Arch::from_hf_model_type(model_type) else {
-            return Err(format!(
-                "unsupported model_type `{}` (supported: {})",
-                model_type.unwrap_or_default(),
-                Arch::hf_model_types()
-            ));
-        };
+        let arch = Arch::from_hf_model_type(model_type)
+            .ok_or_else(|| ModelError::UnknownModelType { model_type: model_type.unwrap_or_default().to_string() })?;
         let u =
-            |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json: missing `{k}`"));
+            |key: &'static str| v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or(ModelError::MissingConfig { key });
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         let rope_scaling = v.get("rope_scaling").filter(|s| !s.is_null()).and_then(|s| {

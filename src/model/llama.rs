@@ -55,9 +55,13 @@ use candle_nn::ops::softmax_last_dim;
 
 use super::arch::{self, Init, LayerSlot, Slot, TensorSpec};
 use super::config::Config;
+use super::error::ModelError;
 use super::ggml_cpu::{flash_attn_f16, round_f16, round_q8_0, ActRounding};
 use super::lora::{Layout, Module};
 use super::ops;
+use super::rng::normal;
+// `super::ops` reads `splitmix` from here.
+pub(crate) use super::rng::splitmix;
 
 /// A frozen projection.
 #[derive(Debug, Clone)]
@@ -296,23 +300,6 @@ impl Batch {
     pub fn n_targets(&self) -> usize {
         self.n_targets
     }
-}
-
-/// Element `i` of a normal(0, `std`) sequence seeded by `seed`: Box-Muller from two uniforms of
-/// one 64-bit hash, so any element can be drawn alone (and in parallel).
-pub fn normal(seed: u64, i: u64, std: f64) -> f32 {
-    let r = splitmix(seed ^ splitmix(i));
-    let u1 = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let u2 = ((r & 0x7ff) as f64 + 0.5) / 2048.0;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-}
-
-/// SplitMix64: the counter-based hash behind dropout masks and training seeds.
-pub fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn mask_seed(step_seed: u64, layer: usize, m: Module) -> u64 {
@@ -691,16 +678,26 @@ impl Model {
     }
 
     /// Builds a model from Hugging Face tensor names (`model.layers.0.self_attn.q_proj.weight`, ...),
-    /// storing every tensor in `dtype`.
+    /// storing every tensor in `dtype`. Each tensor of the model's list must be there, in the
+    /// shape the configuration implies; others are ignored.
     pub fn from_hf_tensors(
         cfg: Config,
         mut t: HashMap<String, Tensor>,
         device: &Device,
         dtype: DType,
-    ) -> std::result::Result<Model, String> {
+    ) -> std::result::Result<Model, ModelError> {
         Model::from_slots(cfg, dtype, device, |spec| {
-            let x = t.remove(&spec.hf).ok_or_else(|| format!("missing tensor `{}`", spec.hf))?;
-            x.to_dtype(dtype).and_then(|x| x.to_device(device)).map_err(|e| format!("{}: {e}", spec.hf))
+            let x = t.remove(&spec.hf).ok_or_else(|| ModelError::MissingTensor { name: spec.hf.clone() })?;
+            if x.dims() != spec.shape {
+                return Err(ModelError::ShapeMismatch {
+                    name: spec.hf.clone(),
+                    got: x.dims().to_vec(),
+                    want: spec.shape.clone(),
+                });
+            }
+            x.to_dtype(dtype)
+                .and_then(|x| x.to_device(device))
+                .map_err(|source| ModelError::Tensor { name: spec.hf.clone(), source })
         })
     }
 
@@ -853,6 +850,38 @@ mod tests {
                 assert_eq!(Model::hf_names(&cfg), names, "{arch:?} tied {tie}");
             }
         }
+    }
+
+    #[test]
+    fn from_hf_tensors_names_the_missing_or_misshapen_tensor() {
+        let cfg = tiny(Arch::Qwen2);
+        let tensors = || -> HashMap<String, Tensor> {
+            Model::random(cfg.clone(), 1, &Device::Cpu).unwrap().hf_tensors().into_iter().collect()
+        };
+        let load = |t| Model::from_hf_tensors(cfg.clone(), t, &Device::Cpu, DType::F32);
+        assert!(load(tensors()).is_ok());
+        let mut t = tensors();
+        t.remove("model.layers.1.self_attn.v_proj.bias");
+        match load(t) {
+            Err(ModelError::MissingTensor { name }) => assert_eq!(name, "model.layers.1.self_attn.v_proj.bias"),
+            other => panic!("{other:?}"),
+        }
+        let mut t = tensors();
+        t.insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((24, 8), DType::F32, &Device::Cpu).unwrap());
+        let e = load(t).unwrap_err();
+        assert!(matches!(&e, ModelError::ShapeMismatch { got, want, .. } if got == &[24, 8] && want == &[24, 16]), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "tensor `model.layers.0.mlp.up_proj.weight` has shape [24, 8], the configuration implies [24, 16]"
+        );
+    }
+
+    #[test]
+    fn an_unknown_model_type_lists_the_supported_ones() {
+        let e = Config::from_hf_json(&serde_json::json!({"model_type": "gpt2"})).unwrap_err();
+        assert_eq!(e.to_string(), format!("unsupported model_type `gpt2` (supported: {})", Arch::hf_model_types()));
+        let e = Config::from_hf_json(&serde_json::json!({"model_type": "qwen2"})).unwrap_err();
+        assert!(matches!(e, ModelError::MissingConfig { key: "hidden_size" }), "{e:?}");
     }
 
     fn scalar(t: &Tensor) -> f64 {

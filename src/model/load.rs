@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::arch::{self, Arch};
 use super::config::Config;
+use super::error::ModelError;
 use super::gguf_order::unpermute;
 use super::llama::Model;
 use super::safetensors;
@@ -32,13 +33,18 @@ pub enum LoadError {
     /// I/O or format trouble with a file.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    /// The model is of a kind this build cannot run.
-    #[error("{path}: {message}")]
-    Unsupported { path: PathBuf, message: String },
+    /// The model in the file is one pipe cannot run, or not the model its configuration says.
+    #[error("{path}: {source}")]
+    Model { path: PathBuf, source: Box<ModelError> },
 }
 
 pub(super) fn file_err(path: &Path, message: impl std::fmt::Display) -> LoadError {
     LoadError::File { path: path.to_path_buf(), message: message.to_string() }
+}
+
+/// Wraps a [`ModelError`] with the file or folder it is about.
+pub(super) fn model_err(path: &Path) -> impl FnOnce(ModelError) -> LoadError + '_ {
+    move |source| LoadError::Model { path: path.to_path_buf(), source: Box::new(source) }
 }
 
 /// Loads a model from a GGUF file or a Hugging Face folder, in f32.
@@ -61,7 +67,7 @@ pub fn config(path: &Path) -> Result<Config, LoadError> {
         let p = path.join("config.json");
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&p).map_err(|e| file_err(&p, e))?).map_err(|e| file_err(&p, e))?;
-        Config::from_hf_json(&v).map_err(|m| LoadError::Unsupported { path: p, message: m })
+        Config::from_hf_json(&v).map_err(model_err(&p))
     } else {
         let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
         gguf_config(&f, path)
@@ -70,12 +76,8 @@ pub fn config(path: &Path) -> Result<Config, LoadError> {
 
 fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
     let arch_name = f.get_str("general.architecture").unwrap_or("llama").to_string();
-    let Some(arch) = Arch::from_gguf_name(&arch_name) else {
-        return Err(LoadError::Unsupported {
-            path: path.to_path_buf(),
-            message: format!("architecture `{arch_name}` is not supported (supported: {})", Arch::gguf_names()),
-        });
-    };
+    let arch = Arch::from_gguf_name(&arch_name)
+        .ok_or_else(|| model_err(path)(ModelError::UnknownGgufArch { name: arch_name.clone() }))?;
     let key = |k: &str| format!("{arch_name}.{k}");
     let u = |k: &str| {
         f.get_u32(&key(k)).map(|x| x as usize).ok_or_else(|| file_err(path, format!("metadata `{}` is missing", key(k))))
@@ -88,12 +90,9 @@ fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
         .or_else(|| f.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map(|a| a.len()))
         .ok_or_else(|| file_err(path, "cannot tell the vocabulary size"))?;
     let head_dim = f.get_u32(&key("rope.dimension_count")).map(|x| x as usize).unwrap_or(hidden / heads);
-    let rope_scaling = match (f.get_str(&key("rope.scaling.type")), f.get_f32(&key("rope.scaling.factor"))) {
-        (Some("linear"), _) | (Some("yarn"), _) => {
-            return Err(LoadError::Unsupported {
-                path: path.to_path_buf(),
-                message: "linear/yarn RoPE scaling is not supported".into(),
-            })
+    let rope_scaling = match f.get_str(&key("rope.scaling.type")) {
+        Some(kind @ ("linear" | "yarn")) => {
+            return Err(model_err(path)(ModelError::UnsupportedRopeScaling { kind: kind.to_string() }))
         }
         _ => None,
     };
@@ -145,9 +144,8 @@ fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadEr
     let mut tensors = HashMap::new();
     for t in &f.tensors {
         let Some(spec) = specs.get(&t.name) else { continue };
-        let kind = GgmlKind::from_id(t.ggml_type.id()).ok_or_else(|| LoadError::Unsupported {
-            path: path.to_path_buf(),
-            message: format!("tensor `{}` has type {}, which pipe cannot dequantize", t.name, t.ggml_type),
+        let kind = GgmlKind::from_id(t.ggml_type.id()).ok_or_else(|| {
+            model_err(path)(ModelError::UnsupportedTensorType { name: t.name.clone(), ty: t.ggml_type.to_string() })
         })?;
         let n = t.n_elements() as usize;
         let bytes = f.tensor_bytes(t).map_err(|e| file_err(path, e))?;
@@ -160,7 +158,7 @@ fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadEr
         let tensor = Tensor::from_vec(data, shape, device).and_then(|t| t.to_dtype(dtype)).map_err(|e| file_err(path, e))?;
         tensors.insert(spec.hf.clone(), tensor);
     }
-    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(path, m))
+    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(model_err(path))
 }
 
 fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
@@ -169,7 +167,7 @@ fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError
     for f in safetensors::weight_files(dir)? {
         tensors.extend(read_safetensors(&f, device)?);
     }
-    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(dir, m))
+    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(model_err(dir))
 }
 
 /// Reads one safetensors file tensor by tensor, each straight into the buffer its tensor keeps.

@@ -24,8 +24,10 @@ use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 
 use super::arch::{self, TensorSpec};
 use super::config::Config;
+use super::error::ModelError;
 use super::gguf_order::permute;
 use super::llama::Model;
+use super::load::{model_err, LoadError};
 use super::safetensors::{self, MappedTensor};
 use crate::gguf::GgufValue;
 
@@ -179,9 +181,9 @@ impl ExportTensor {
 /// Every tensor of `model` under its llama.cpp name, in the converter's order (embedding, the
 /// blocks, final norm, output head), preceded by `rope_freqs.weight` when the model has Llama 3
 /// RoPE scaling.
-pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> {
+pub fn tensors(model: &Model) -> Vec<ExportTensor> {
     let named = model.named_tensors().into_iter().map(|(spec, tensor)| (spec, tensor.dims().to_vec(), tensor));
-    Ok(build(&model.cfg, named, |tensor, permute_heads| Source::Model { tensor, permute_heads }))
+    build(&model.cfg, named, |tensor, permute_heads| Source::Model { tensor, permute_heads })
 }
 
 /// The tensors [`tensors`] gives for the model of `cfg` in the Hugging Face folder `dir`, in
@@ -189,11 +191,15 @@ pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> 
 /// memory-mapped safetensors files when its values are asked for (in place when the file
 /// holds them as f32 in llama.cpp's order). `Ok(None)` when a file holds a dtype other than
 /// F32, F16 or BF16 (load the model instead).
-pub fn tensors_from_folder(dir: &std::path::Path, cfg: &Config) -> std::result::Result<Option<Vec<ExportTensor>>, String> {
-    let Some(mut files) = safetensors::map_folder(dir).map_err(|e| e.to_string())? else { return Ok(None) };
+pub fn tensors_from_folder(dir: &std::path::Path, cfg: &Config) -> std::result::Result<Option<Vec<ExportTensor>>, LoadError> {
+    let Some(mut files) = safetensors::map_folder(dir)? else { return Ok(None) };
     let mut mapped = Vec::new();
     for spec in arch::tensors(cfg) {
-        let t = files.remove(&spec.hf).ok_or_else(|| format!("{}: missing tensor `{}`", dir.display(), spec.hf))?;
+        let t = files.remove(&spec.hf).ok_or_else(|| model_err(dir)(ModelError::MissingTensor { name: spec.hf.clone() }))?;
+        if t.shape() != spec.shape {
+            let (got, want) = (t.shape().to_vec(), spec.shape.clone());
+            return Err(model_err(dir)(ModelError::ShapeMismatch { name: spec.hf, got, want }));
+        }
         mapped.push((spec, t.shape().to_vec(), t));
     }
     Ok(Some(build(cfg, mapped, |tensor, permute_heads| Source::Mapped { tensor, permute_heads })))
@@ -254,7 +260,7 @@ mod tests {
     fn tied_llama_has_no_output_tensor_and_permutes_only_q_and_k_weights() {
         let cfg = Config::tiny(Arch::Llama, 64, 32);
         let model = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
-        let t = tensors(&model).unwrap();
+        let t = tensors(&model);
         let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names[0], "token_embd.weight");
         assert!(!names.contains(&"output.weight"));
@@ -271,7 +277,7 @@ mod tests {
     fn qwen2_keeps_hugging_face_row_order_and_writes_biases() {
         let cfg = Config::tiny(Arch::Qwen2, 64, 32);
         let model = Model::random(cfg, 1, &Device::Cpu).unwrap();
-        let t = tensors(&model).unwrap();
+        let t = tensors(&model);
         assert!(t.iter().any(|t| t.name == "blk.1.attn_q.bias"));
         assert!(t.iter().any(|t| t.name == "output.weight"));
         let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::arch::{self, Init};
 use crate::model::config::Config;
-use crate::model::llama::{normal, splitmix};
+use crate::model::rng::{normal, splitmix};
 use crate::spec::params::{Default, ParamSpec, ParamType, Params, Value};
 
 /// The `random-model` kind.
