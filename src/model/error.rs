@@ -32,6 +32,14 @@ pub enum ModelError {
         /// `rope.scaling.type` (`linear`, `yarn`).
         kind: String,
     },
+    /// RoPE turns only some of each head's dimensions.
+    #[error("RoPE over {rotated} of each head's {head_dim} dimensions is not supported")]
+    PartialRotary {
+        /// Dimensions turned (`rope.dimension_count`).
+        rotated: usize,
+        /// The head size (`attention.key_length`).
+        head_dim: usize,
+    },
     /// config.json lacks a hyper-parameter every model needs.
     #[error("config.json: missing `{key}`")]
     MissingConfig {

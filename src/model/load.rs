@@ -89,7 +89,14 @@ fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
         .map(|x| x as usize)
         .or_else(|| f.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map(|a| a.len()))
         .ok_or_else(|| file_err(path, "cannot tell the vocabulary size"))?;
-    let head_dim = f.get_u32(&key("rope.dimension_count")).map(|x| x as usize).unwrap_or(hidden / heads);
+    // llama.cpp: the head size is `attention.key_length` (default hidden / heads), and RoPE
+    // turns `rope.dimension_count` of its dimensions (default all of them).
+    let opt = |k: &str| f.get_u32(&key(k)).map(|x| x as usize);
+    let rotated = opt("rope.dimension_count");
+    let head_dim = opt("attention.key_length").or(rotated).unwrap_or(hidden / heads);
+    if let Some(rotated) = rotated.filter(|&r| r != head_dim) {
+        return Err(model_err(path)(ModelError::PartialRotary { rotated, head_dim }));
+    }
     let rope_scaling = match f.get_str(&key("rope.scaling.type")) {
         Some(kind @ ("linear" | "yarn")) => {
             return Err(model_err(path)(ModelError::UnsupportedRopeScaling { kind: kind.to_string() }))
@@ -247,9 +254,13 @@ mod tests {
     /// Writes `model` as an f32 llama GGUF the way llama.cpp's converter would (names, Q/K row
     /// order, metadata), with `rope_freqs.weight` when `factors` is given.
     fn write_tiny_gguf(path: &Path, model: &Model, factors: Option<&[f32]>) {
-        let c = &model.cfg;
+        write_gguf_with(path, model, factors, llama_kvs(&model.cfg));
+    }
+
+    /// The `llama.*` metadata llama.cpp's converter writes for a model of `c`.
+    fn llama_kvs(c: &Config) -> Vec<(String, GgufValue)> {
         let u = |x: usize| GgufValue::U32(x as u32);
-        let kvs: Vec<(String, GgufValue)> = vec![
+        vec![
             ("general.architecture".into(), GgufValue::String("llama".into())),
             ("llama.vocab_size".into(), u(c.vocab_size)),
             ("llama.embedding_length".into(), u(c.hidden_size)),
@@ -261,7 +272,12 @@ mod tests {
             ("llama.context_length".into(), u(c.max_position_embeddings)),
             ("llama.rope.freq_base".into(), GgufValue::F32(c.rope_theta as f32)),
             ("llama.attention.layer_norm_rms_epsilon".into(), GgufValue::F32(c.rms_norm_eps as f32)),
-        ];
+        ]
+    }
+
+    /// Writes `model` as an f32 GGUF with the metadata `kvs` (see [`write_tiny_gguf`]).
+    fn write_gguf_with(path: &Path, model: &Model, factors: Option<&[f32]>, kvs: Vec<(String, GgufValue)>) {
+        let c = &model.cfg;
         let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
             .named_tensors()
             .into_iter()
@@ -349,6 +365,31 @@ mod tests {
         assert_eq!(b.cfg.hf_rope_scaling().unwrap(), None);
         let odd = Config { rope_freq_factors: Some((0..32).map(|i| 1.0 + (i % 3) as f32).collect()), ..cfg };
         assert!(odd.hf_rope_scaling().is_err(), "factors that are no llama3 scaling cannot go into config.json");
+    }
+
+    /// The head size is `attention.key_length` when the file has it (llama.cpp's converter
+    /// writes it, and no `rope.dimension_count`, for models whose config.json gives `head_dim`),
+    /// and a RoPE over part of each head is refused rather than misread.
+    #[test]
+    fn gguf_head_size_is_the_key_length_as_llama_cpp_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Heads of 16 on a hidden size of 32: hidden / heads (8) is not the head size.
+        let cfg = Config { head_dim: 16, ..Config::tiny(Arch::Llama, 40, 32) };
+        let model = Model::random_with_std(cfg.clone(), 3, 0.3, &Device::Cpu).unwrap();
+        let with = |kvs: &[(&str, usize)]| {
+            let mut all: Vec<(String, GgufValue)> =
+                llama_kvs(&cfg).into_iter().filter(|(k, _)| k != "llama.rope.dimension_count").collect();
+            all.extend(kvs.iter().map(|(k, v)| (format!("llama.{k}"), GgufValue::U32(*v as u32))));
+            let path = dir.path().join(format!("{}.gguf", kvs.len()));
+            write_gguf_with(&path, &model, None, all);
+            load(&path, &Device::Cpu)
+        };
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+        let loaded = with(&[("attention.key_length", 16), ("attention.value_length", 16)]).unwrap();
+        assert_eq!((loaded.cfg.head_dim, loaded.cfg.q_dim()), (16, 64));
+        assert_eq!(logits(&loaded, &ids), logits(&model, &ids));
+        let e = with(&[("attention.key_length", 16), ("attention.value_length", 16), ("rope.dimension_count", 8)]).unwrap_err();
+        assert!(e.to_string().ends_with("RoPE over 8 of each head's 16 dimensions is not supported"), "{e}");
     }
 
     #[test]

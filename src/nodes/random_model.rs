@@ -1,5 +1,5 @@
-//! `random-model`: a randomly initialised Llama model of a known shape, as a Hugging Face folder
-//! around a given tokenizer.
+//! `random-model`: a randomly initialised model of a known shape ([`crate::model::arch::PRESETS`]),
+//! as a Hugging Face folder around a given tokenizer.
 //!
 //! Weights cannot be downloaded at run time, so a pipeline that must run at a model's full size
 //! without its weights (`pipelines/fortune-7b.yaml`: the tutorial's deepseek-llm-7b settings on
@@ -38,7 +38,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "shape",
         ty: ParamType::Enum(Config::PRESETS),
         default: Default::Required,
-        doc: "tiny (2 layers, hidden 64), smollm2-135m, tinyllama-1.1b, deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab 102400)",
+        doc: "a published model's shape (architecture, sizes, RoPE base), or a tiny one for tests (2 layers, hidden 64)",
     },
     ParamSpec {
         name: "layers",
@@ -52,7 +52,12 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Null,
         doc: "override the shape's vocabulary size (at least the tokenizer's)",
     },
-    ParamSpec { name: "seed", ty: ParamType::Int { min: 0, max: i64::MAX }, default: Default::Int(0), doc: "seed of the weights" },
+    ParamSpec {
+        name: "seed",
+        ty: ParamType::Int { min: 0, max: i64::MAX },
+        default: Default::Int(0),
+        doc: "seed of the weights",
+    },
     ParamSpec {
         name: "std",
         ty: ParamType::Float { min: 0.0, max: 10.0 },
@@ -154,7 +159,7 @@ impl NodeKind for RandomModel {
         1
     }
     fn summary(&self) -> &'static str {
-        "A randomly initialised Llama model of a known shape (deepseek-llm-7b, TinyLlama, SmolLM2) as a Hugging Face folder, for full-size runs without the weights."
+        "A randomly initialised model of a known shape (`shape` lists them) as a Hugging Face folder, for full-size runs without the weights."
     }
     fn inputs(&self) -> &'static [InputSpec] {
         INPUTS
