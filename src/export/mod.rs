@@ -185,7 +185,9 @@ mod tests {
 
     #[test]
     fn a_folder_streams_to_the_bytes_its_loaded_model_writes_for_every_type() {
-        for (arch, dtype) in [(Arch::Llama, DType::F32), (Arch::Qwen2, DType::F32), (Arch::Llama, DType::BF16)] {
+        for (arch, dtype) in
+            [(Arch::Llama, DType::F32), (Arch::Qwen2, DType::F32), (Arch::Llama, DType::BF16), (Arch::Qwen3, DType::BF16)]
+        {
             let (dir, model) = folder(arch, dtype);
             let kv = vec![("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into()))];
             for ft in FileType::ALL {

@@ -8,6 +8,7 @@
 //! | Hugging Face `model_type` and `architectures` class | [`ArchSpec::hf_model_type`], [`ArchSpec::hf_class`] | config.json, both ways ([`super::config`]) |
 //! | llama.cpp's `general.architecture` | [`ArchSpec::gguf_name`] | the GGUF loader ([`super::load`]) and writer ([`super::to_gguf`]) |
 //! | q/k/v projection biases | [`ArchSpec::qkv_bias`] | the tensor list |
+//! | a per-head RMSNorm on q and on k, before RoPE | [`ArchSpec::qk_norm`] | the tensor list (the forward and backward apply the norms a model has) |
 //! | Q/K rows permuted in GGUF | [`ArchSpec::gguf_permutes_qk`] | the tensor list ([`TensorSpec::gguf_permute_heads`]) |
 //! | tied embeddings when config.json does not say | [`ArchSpec::hf_tied_default`] | [`Config::from_hf_json`] |
 //! | tied embeddings in the test shape | [`ArchSpec::tied_in_tiny`] | [`Config::tiny`] |
@@ -47,6 +48,9 @@ pub enum Arch {
     Llama,
     /// Qwen2, Qwen2.5 (q/k/v projections have a bias).
     Qwen2,
+    /// Qwen3 (dense): no biases, a per-head RMSNorm on q and on k; `head_dim` is given in
+    /// config.json and need not be hidden / heads.
+    Qwen3,
 }
 
 /// What an architecture decides (see the module docs for who reads each field).
@@ -62,6 +66,9 @@ pub struct ArchSpec {
     pub gguf_name: &'static str,
     /// The q, k and v projections have a bias (config.json's `attention_bias`).
     pub qkv_bias: bool,
+    /// Each head of q and of k goes through an RMSNorm (weights `[head_dim]`, the model's
+    /// epsilon) after the projection and before RoPE.
+    pub qk_norm: bool,
     /// llama.cpp's converter reorders the rows of the Q and K projections for its interleaved
     /// RoPE (see [`super::gguf_order`]); the loader and the export undo and redo it.
     pub gguf_permutes_qk: bool,
@@ -77,6 +84,8 @@ pub struct ArchSpec {
 /// size class its quantization rules look at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Llm70b {
+    /// Never (no size of the architecture is 70B).
+    Never,
     /// At 80 layers.
     At80Layers,
     /// At 80 layers with fewer key/value heads than query heads (with as many, the model is
@@ -90,6 +99,7 @@ const LLAMA: ArchSpec = ArchSpec {
     hf_class: "LlamaForCausalLM",
     gguf_name: "llama",
     qkv_bias: false,
+    qk_norm: false,
     gguf_permutes_qk: true,
     hf_tied_default: false,
     tied_in_tiny: true,
@@ -102,21 +112,36 @@ const QWEN2: ArchSpec = ArchSpec {
     hf_class: "Qwen2ForCausalLM",
     gguf_name: "qwen2",
     qkv_bias: true,
+    qk_norm: false,
     gguf_permutes_qk: false,
     hf_tied_default: false,
     tied_in_tiny: false,
     llama_cpp_70b: Llm70b::At80Layers,
 };
 
+const QWEN3: ArchSpec = ArchSpec {
+    hf_model_type: "qwen3",
+    hf_model_type_aliases: &[],
+    hf_class: "Qwen3ForCausalLM",
+    gguf_name: "qwen3",
+    qkv_bias: false,
+    qk_norm: true,
+    gguf_permutes_qk: false,
+    hf_tied_default: false,
+    tied_in_tiny: true,
+    llama_cpp_70b: Llm70b::Never,
+};
+
 impl Arch {
     /// Every architecture.
-    pub const ALL: [Arch; 2] = [Arch::Llama, Arch::Qwen2];
+    pub const ALL: [Arch; 3] = [Arch::Llama, Arch::Qwen2, Arch::Qwen3];
 
     /// Its decisions.
     pub fn spec(self) -> &'static ArchSpec {
         match self {
             Arch::Llama => &LLAMA,
             Arch::Qwen2 => &QWEN2,
+            Arch::Qwen3 => &QWEN3,
         }
     }
 
@@ -145,6 +170,7 @@ impl Arch {
     /// Whether llama.cpp counts a model of this architecture and shape as "70B".
     pub fn is_llama_cpp_70b(self, n_layer: usize, n_head: usize, n_head_kv: usize) -> bool {
         match self.spec().llama_cpp_70b {
+            Llm70b::Never => false,
             Llm70b::At80Layers => n_layer == 80,
             Llm70b::At80LayersWithGqa => n_layer == 80 && n_head != n_head_kv,
         }
@@ -171,6 +197,10 @@ pub enum LayerSlot {
     AttnNorm,
     /// The norm before the MLP, `[hidden]`.
     MlpNorm,
+    /// The per-head norm of q, `[head_dim]`.
+    QNorm,
+    /// The per-head norm of k, `[head_dim]`.
+    KNorm,
     /// A projection's weight, `[out, in]`.
     Weight(Module),
     /// A projection's bias, `[out]`.
@@ -199,6 +229,8 @@ impl LayerSlot {
         let (hf, gguf) = match self {
             LayerSlot::AttnNorm => ("input_layernorm.weight", "attn_norm.weight"),
             LayerSlot::MlpNorm => ("post_attention_layernorm.weight", "ffn_norm.weight"),
+            LayerSlot::QNorm => ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+            LayerSlot::KNorm => ("self_attn.k_norm.weight", "attn_k_norm.weight"),
             LayerSlot::Weight(m) => return (format!("{}.weight", m.hf_path()), format!("{}.weight", gguf_module(m))),
             LayerSlot::Bias(m) => return (format!("{}.bias", m.hf_path()), format!("{}.bias", gguf_module(m))),
         };
@@ -265,8 +297,9 @@ impl TensorSpec {
 }
 
 /// Every tensor a model of `cfg` has, in the order pipe writes them: the embedding; per block
-/// its two norms, then each projection's weight (and bias, where the architecture has one) in
-/// [`Module::ALL`]'s order; the final norm; the output projection unless tied.
+/// its two norms (and the q and k norms, where the architecture has them), then each
+/// projection's weight (and bias, where the architecture has one) in [`Module::ALL`]'s order;
+/// the final norm; the output projection unless tied.
 pub fn tensors(cfg: &Config) -> Vec<TensorSpec> {
     let (h, vocab) = (cfg.hidden_size, cfg.vocab_size);
     let spec = cfg.arch.spec();
@@ -275,6 +308,10 @@ pub fn tensors(cfg: &Config) -> Vec<TensorSpec> {
         let mut add = |s: LayerSlot, shape: Vec<usize>, init: Init| out.push(TensorSpec::new(Slot::Layer(l, s), shape, init));
         add(LayerSlot::AttnNorm, vec![h], Init::Ones);
         add(LayerSlot::MlpNorm, vec![h], Init::Ones);
+        if spec.qk_norm {
+            add(LayerSlot::QNorm, vec![cfg.head_dim], Init::Ones);
+            add(LayerSlot::KNorm, vec![cfg.head_dim], Init::Ones);
+        }
         for m in Module::ALL {
             let (i, o) = m.dims(cfg);
             add(LayerSlot::Weight(m), vec![o, i], Init::Normal);
@@ -343,10 +380,11 @@ impl Preset {
     }
 }
 
-/// Known shapes: `tiny` ([`Config::tiny`] of Llama with hidden 64 and vocab 512), and the
-/// published SmolLM2-135M, TinyLlama-1.1B and deepseek-llm-7b (the shapes of
-/// shared/bench/peft_baseline.py).
-pub const PRESETS: [Preset; 4] = [
+/// Known shapes: `tiny` ([`Config::tiny`] of Llama with hidden 64 and vocab 512), `tiny-qwen3`
+/// (the same size as Qwen3, with heads of 32 so that heads x head size is twice the hidden
+/// size, as in Qwen3-0.6B), and the published SmolLM2-135M, TinyLlama-1.1B, deepseek-llm-7b
+/// (the shapes of shared/bench/peft_baseline.py) and Qwen3-0.6B.
+pub const PRESETS: [Preset; 6] = [
     Preset {
         name: "tiny",
         arch: Arch::Llama,
@@ -361,6 +399,21 @@ pub const PRESETS: [Preset; 4] = [
         context: 512,
         rope_theta: 10000.0,
         rms_norm_eps: 1e-5,
+    },
+    Preset {
+        name: "tiny-qwen3",
+        arch: Arch::Qwen3,
+        hidden: 64,
+        intermediate: 128,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 32,
+        vocab: 512,
+        tied: true,
+        context: 512,
+        rope_theta: 1000000.0,
+        rms_norm_eps: 1e-6,
     },
     Preset {
         name: "smollm2-135m",
@@ -407,6 +460,21 @@ pub const PRESETS: [Preset; 4] = [
         rope_theta: 10000.0,
         rms_norm_eps: 1e-6,
     },
+    Preset {
+        name: "qwen3-0.6b",
+        arch: Arch::Qwen3,
+        hidden: 1024,
+        intermediate: 3072,
+        layers: 28,
+        heads: 16,
+        kv_heads: 8,
+        head_dim: 128,
+        vocab: 151936,
+        tied: true,
+        context: 40960,
+        rope_theta: 1000000.0,
+        rms_norm_eps: 1e-6,
+    },
 ];
 
 /// The names of [`PRESETS`], in order.
@@ -439,7 +507,7 @@ mod tests {
         assert_eq!(Arch::from_hf_model_type(None), Some(Arch::Llama));
         assert_eq!(Arch::from_hf_model_type(Some("gpt2")), None);
         assert_eq!(Arch::from_gguf_name("mistral"), None);
-        assert_eq!(Arch::hf_model_types(), "llama, qwen2");
+        assert_eq!(Arch::hf_model_types(), "llama, qwen2, qwen3");
     }
 
     #[test]
@@ -462,6 +530,25 @@ mod tests {
         let kb = qwen.iter().find(|s| s.gguf == "blk.0.attn_k.bias").unwrap();
         assert_eq!((kb.hf.as_str(), kb.shape.as_slice()), ("model.layers.0.self_attn.k_proj.bias", &[8][..]));
         assert!(!llama.iter().any(|s| matches!(s.slot, Slot::Layer(_, LayerSlot::Bias(_)))));
+        // Qwen3: no biases, a q and a k norm of the head size per block, before the projections.
+        let cfg = Config { head_dim: 8, ..Config::tiny(Arch::Qwen3, 40, 16) };
+        let qwen3 = tensors(&cfg);
+        assert!(!qwen3.iter().any(|s| matches!(s.slot, Slot::Layer(_, LayerSlot::Bias(_)))));
+        let block: Vec<(&str, &str, &[usize])> =
+            qwen3[1..5].iter().map(|s| (s.hf.as_str(), s.gguf.as_str(), s.shape.as_slice())).collect();
+        assert_eq!(
+            block,
+            [
+                ("model.layers.0.input_layernorm.weight", "blk.0.attn_norm.weight", &[16][..]),
+                ("model.layers.0.post_attention_layernorm.weight", "blk.0.ffn_norm.weight", &[16][..]),
+                ("model.layers.0.self_attn.q_norm.weight", "blk.0.attn_q_norm.weight", &[8][..]),
+                ("model.layers.0.self_attn.k_norm.weight", "blk.0.attn_k_norm.weight", &[8][..]),
+            ]
+        );
+        let q = qwen3.iter().find(|s| s.gguf == "blk.1.attn_q.weight").unwrap();
+        assert_eq!(q.shape, [32, 16], "heads x head size need not be the hidden size");
+        assert!(qwen3.iter().all(|s| s.gguf_permute_heads(&cfg).is_none()));
+        assert_eq!(qwen3.len(), 1 + 2 * (4 + 7) + 1);
     }
 
     #[test]
@@ -480,10 +567,19 @@ mod tests {
     fn the_tiny_preset_is_config_tiny() {
         let tiny = PRESETS.iter().find(|p| p.name == "tiny").unwrap();
         assert_eq!(tiny.config(), Config::tiny(Arch::Llama, 512, 64));
-        assert_eq!(PRESET_NAMES, ["tiny", "smollm2-135m", "tinyllama-1.1b", "deepseek-llm-7b"]);
+        assert_eq!(PRESET_NAMES, ["tiny", "tiny-qwen3", "smollm2-135m", "tinyllama-1.1b", "deepseek-llm-7b", "qwen3-0.6b"]);
         for p in PRESETS {
             assert_eq!(p.heads % p.kv_heads, 0, "{}: query heads share key/value heads evenly", p.name);
         }
+    }
+
+    #[test]
+    fn qwen3_0_6b_has_its_published_parameter_count() {
+        let cfg = PRESETS.iter().find(|p| p.name == "qwen3-0.6b").unwrap().config();
+        let count = |c: &Config| tensors(c).iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>();
+        // 0.6B, of which 0.44B outside the embedding, as its model card says.
+        assert_eq!(count(&cfg), 596_049_920);
+        assert_eq!(count(&cfg) - cfg.vocab_size * cfg.hidden_size, 440_467_456);
     }
 
     #[test]
@@ -492,5 +588,6 @@ mod tests {
         assert!(!Arch::Llama.is_llama_cpp_70b(80, 64, 64));
         assert!(Arch::Qwen2.is_llama_cpp_70b(80, 64, 64));
         assert!(!Arch::Qwen2.is_llama_cpp_70b(64, 40, 8));
+        assert!(!Arch::Qwen3.is_llama_cpp_70b(80, 64, 8));
     }
 }

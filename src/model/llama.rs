@@ -1,4 +1,11 @@
-//! The Llama / Qwen2 decoder with LoRA, an explicit backward pass, and KV-cached inference.
+//! The decoder of every architecture in [`super::arch`] with LoRA, an explicit backward pass,
+//! and KV-cached inference.
+//!
+//! One block: `h = rms_norm(x)`; `q, k, v` projections of `h` (with biases where the
+//! architecture has them); a per-head RMSNorm of q and of k where it has one (Qwen3); RoPE on q
+//! and k; causal attention; the output projection added to `x`; then `rms_norm`, a SwiGLU MLP,
+//! added again. The architectures differ in which tensors exist, not in code paths: a block
+//! applies the biases and head norms its model has.
 //!
 //! Why an explicit backward: candle's autograd keeps the whole graph alive, computes gradients
 //! of frozen weights and stops silently at forward-only ops (TRAINING.md). Here each decoder
@@ -80,6 +87,10 @@ pub struct Layer {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
+    /// `[head_dim]`: the RMSNorm of each head of q, after the projection and before RoPE (Qwen3).
+    pub q_norm: Option<Tensor>,
+    /// `[head_dim]`: the same for k.
+    pub k_norm: Option<Tensor>,
     pub mlp_norm: Tensor,
     pub gate: Linear,
     pub up: Linear,
@@ -313,6 +324,9 @@ struct LayerCache {
     x: Tensor,
     rstd1: Tensor,
     h1: Tensor,
+    /// With q/k head norms: the q and k projections before them, and their `rstd`s.
+    qn: Option<HeadNormed>,
+    kn: Option<HeadNormed>,
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -326,6 +340,31 @@ struct LayerCache {
     u: Tensor,
     a: Tensor,
     z: [Option<Tensor>; 7],
+}
+
+/// A projection `[N, heads * head_dim]` before its per-head norm, and the norm's `rstd`
+/// (`[N, heads]`), which the backward takes.
+struct HeadNormed {
+    x: Tensor,
+    rstd: Tensor,
+}
+
+/// RMSNorm over each head's `head_dim` values of the projection `x: [N, heads * head_dim]`
+/// with the weights `w: [head_dim]` (Qwen3's q and k norms); `x` itself without weights. The
+/// fused norm op takes the `[N, heads, head_dim]` view as `N * heads` rows.
+fn head_norm(x: &Tensor, w: Option<&Tensor>, head_dim: usize, eps: f64) -> Result<(Tensor, Option<HeadNormed>)> {
+    let Some(w) = w else { return Ok((x.clone(), None)) };
+    let (n, width) = x.dims2()?;
+    let (y, rstd) = ops::rms_norm_fwd(&x.reshape((n, width / head_dim, head_dim))?, w, eps)?;
+    Ok((y.reshape((n, width))?, Some(HeadNormed { x: x.clone(), rstd })))
+}
+
+/// The input gradient of [`head_norm`] given the output's `dy: [N, heads * head_dim]`.
+fn head_norm_bwd(dy: &Tensor, saved: Option<&HeadNormed>, w: Option<&Tensor>) -> Result<Tensor> {
+    let (Some(s), Some(w)) = (saved, w) else { return Ok(dy.clone()) };
+    let (n, width) = dy.dims2()?;
+    let shape = (n, width / w.dim(0)?, w.dim(0)?);
+    ops::rms_norm_bwd(&dy.reshape(shape)?, &s.x.reshape(shape)?, w, &s.rstd)?.reshape((n, width))
 }
 
 /// What every block of one forward/backward pass shares.
@@ -448,6 +487,8 @@ impl Model {
         let (q2, zq) = self.proj_fwd(l, Module::Q, &h1, lora)?;
         let (k2, zk) = self.proj_fwd(l, Module::K, &h1, lora)?;
         let (v2, zv) = self.proj_fwd(l, Module::V, &h1, lora)?;
+        let (q2, qn) = head_norm(&q2, ly.q_norm.as_ref(), hd, c.rms_norm_eps)?;
+        let (k2, kn) = head_norm(&k2, ly.k_norm.as_ref(), hd, c.rms_norm_eps)?;
         // `[B*T, heads*D]` seen as `[B, heads, T, D]` without a copy; the ops read the strides.
         let heads = |p: &Tensor, h: usize| p.reshape((b, t, h, hd))?.transpose(1, 2);
         let q = rope_t.apply(&heads(&q2, nh)?)?;
@@ -469,6 +510,8 @@ impl Model {
             x: x.clone(),
             rstd1,
             h1,
+            qn,
+            kn,
             q,
             k,
             v,
@@ -507,6 +550,8 @@ impl Model {
         // The inverse rotation, written token-major: the projections' `[B*T, heads*D]` gradients.
         let dq2 = ops::rope_bwd_tokens(&dq, &rope_t.cos, &rope_t.sin)?.reshape((n, nh * hd))?;
         let dk2 = ops::rope_bwd_tokens(&dk, &rope_t.cos, &rope_t.sin)?.reshape((n, nkv * hd))?;
+        let dq2 = head_norm_bwd(&dq2, cc.qn.as_ref(), ly.q_norm.as_ref())?;
+        let dk2 = head_norm_bwd(&dk2, cc.kn.as_ref(), ly.k_norm.as_ref())?;
         let dv2 = dv.transpose(1, 2)?.reshape((n, nkv * hd))?;
         let dh1 = ((self.proj_bwd(l, Module::Q, &cc.h1, z(Module::Q), &dq2, lora, buf)?
             + self.proj_bwd(l, Module::K, &cc.h1, z(Module::K), &dk2, lora, buf)?)?
@@ -624,6 +669,8 @@ impl Model {
             let q2 = proj(l, Module::Q, &h1)?;
             let k2 = proj(l, Module::K, &h1)?;
             let v2 = proj(l, Module::V, &h1)?;
+            let (q2, _) = head_norm(&q2, ly.q_norm.as_ref(), hd, c.rms_norm_eps)?;
+            let (k2, _) = head_norm(&k2, ly.k_norm.as_ref(), hd, c.rms_norm_eps)?;
             let q = rope_t.apply(&q2.reshape((1, t, nh, hd))?.transpose(1, 2)?)?;
             let k = rope_t.apply(&k2.reshape((1, t, nkv, hd))?.transpose(1, 2)?)?;
             let v = v2.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -726,7 +773,8 @@ impl Model {
                 let (gate, up, down) = (lin(Module::Gate), lin(Module::Up), lin(Module::Down));
                 let attn_norm = take(Slot::Layer(l, LayerSlot::AttnNorm)).expect(LISTED);
                 let mlp_norm = take(Slot::Layer(l, LayerSlot::MlpNorm)).expect(LISTED);
-                Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down }
+                let (q_norm, k_norm) = (take(Slot::Layer(l, LayerSlot::QNorm)), take(Slot::Layer(l, LayerSlot::KNorm)));
+                Layer { attn_norm, q, k, v, o, q_norm, k_norm, mlp_norm, gate, up, down }
             })
             .collect();
         let norm = take(Slot::Norm).expect(LISTED);
@@ -745,6 +793,8 @@ impl Model {
                 match s {
                     LayerSlot::AttnNorm => Some(&ly.attn_norm),
                     LayerSlot::MlpNorm => Some(&ly.mlp_norm),
+                    LayerSlot::QNorm => ly.q_norm.as_ref(),
+                    LayerSlot::KNorm => ly.k_norm.as_ref(),
                     LayerSlot::Weight(m) => Some(&ly.proj(m).w),
                     LayerSlot::Bias(m) => ly.proj(m).b.as_ref(),
                 }
@@ -835,14 +885,36 @@ mod tests {
     use super::*;
     use crate::model::config::Arch;
 
-    /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens.
+    /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens;
+    /// for Qwen3, heads of 16 on the hidden size of 16 (heads x head size need not be the
+    /// hidden size there: Qwen3-0.6B's are twice it).
     pub(crate) fn tiny(arch: Arch) -> Config {
-        Config { intermediate_size: 24, ..Config::tiny(arch, 40, 16) }
+        let cfg = Config { intermediate_size: 24, ..Config::tiny(arch, 40, 16) };
+        match arch {
+            Arch::Qwen3 => Config { head_dim: 16, ..cfg },
+            _ => cfg,
+        }
+    }
+
+    /// [`Model::random_with_std`] of [`tiny`] with std 0.3, and q/k head norm weights other than
+    /// ones (spread over 0.6..1.4) where the architecture has them, so that the tests see the
+    /// weights applied (other architectures: exactly the random model).
+    fn test_model(arch: Arch, seed: u64) -> Model {
+        let mut model = Model::random_with_std(tiny(arch), seed, 0.3, &Device::Cpu).unwrap();
+        for (l, ly) in model.layers.iter_mut().enumerate() {
+            for (j, w) in [&mut ly.q_norm, &mut ly.k_norm].into_iter().enumerate() {
+                if let Some(w) = w {
+                    let v: Vec<f32> = (0..w.dim(0).unwrap()).map(|i| 0.6 + 0.1 * ((i * 7 + l * 3 + j * 5) % 9) as f32).collect();
+                    *w = Tensor::from_vec(v, w.dim(0).unwrap(), &Device::Cpu).unwrap();
+                }
+            }
+        }
+        model
     }
 
     #[test]
     fn hf_names_are_hf_tensors_names_in_order() {
-        for arch in [Arch::Llama, Arch::Qwen2] {
+        for arch in Arch::ALL {
             for tie in [false, true] {
                 let cfg = Config { tie_word_embeddings: tie, ..tiny(arch) };
                 let m = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
@@ -914,7 +986,7 @@ mod tests {
 
     fn check_grads(arch: Arch, dropout: f32, checkpointing: bool) {
         let dev = Device::Cpu;
-        let model = Model::random_with_std(tiny(arch), 7, 0.3, &dev).unwrap();
+        let model = test_model(arch, 7);
         let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
         let mut params = layout.init(3);
         // Non-zero B so every path carries gradient.
@@ -972,13 +1044,19 @@ mod tests {
         check_grads(Arch::Qwen2, 0.25, true);
     }
 
+    /// Through the q/k head norms' backward; without checkpointing, so from the saved cache.
+    #[test]
+    fn lora_gradients_agree_with_finite_differences_qwen3_with_dropout() {
+        check_grads(Arch::Qwen3, 0.25, false);
+    }
+
     /// Loss and LoRA gradients of the tiny model (weights std 0.3, non-zero B, dropout 0.1) in
     /// `dtype`. The loss gradient is divided by `shrink` (as if the batch had that many times more
     /// tokens) and multiplied by `scale`, and the gradients are brought back in f32, as the
     /// trainer unscales them for f16; both are powers of two, so f32 is unaffected by them.
     fn grads_in(arch: Arch, dtype: DType, shrink: f32, scale: f32, checkpointing: bool) -> (f64, Layout, Vec<f32>) {
         let dev = Device::Cpu;
-        let model = Model::random_with_std(tiny(arch), 7, 0.3, &dev).unwrap().to_dtype(dtype).unwrap();
+        let model = test_model(arch, 7).to_dtype(dtype).unwrap();
         let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
         let mut params = layout.init(3);
         for e in &layout.entries {
@@ -1038,7 +1116,7 @@ mod tests {
     /// f16 epsilons.
     #[test]
     fn bf16_and_f16_lora_gradients_agree_with_f32() {
-        for arch in [Arch::Llama, Arch::Qwen2] {
+        for arch in Arch::ALL {
             let (loss32, layout, g32) = grads_in(arch, DType::F32, 1.0, 1.0, true);
             for (dtype, max_eps) in [(DType::BF16, 40.0), (DType::F16, 40.0)] {
                 let (loss, _, g) = grads_in(arch, dtype, 1.0, 1.0, true);
@@ -1137,21 +1215,47 @@ mod tests {
     #[test]
     fn checkpointing_does_not_change_gradients() {
         let dev = Device::Cpu;
-        let model = Model::random_with_std(tiny(Arch::Llama), 1, 0.3, &dev).unwrap();
-        let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
-        let params = layout.init(5);
-        let bt = batch(&dev);
-        let st = LoraStep::from_host(&layout, &params, model.dtype, &dev, 0.1, 4).unwrap();
-        let (mut g1, mut g2) = (LoraGrads::new(), LoraGrads::new());
-        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g1), true).unwrap();
-        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g2), false).unwrap();
-        assert_eq!(g1.to_vec(layout.len).unwrap(), g2.to_vec(layout.len).unwrap());
+        for arch in [Arch::Llama, Arch::Qwen3] {
+            let model = test_model(arch, 1);
+            let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
+            let params = layout.init(5);
+            let bt = batch(&dev);
+            let st = LoraStep::from_host(&layout, &params, model.dtype, &dev, 0.1, 4).unwrap();
+            let (mut g1, mut g2) = (LoraGrads::new(), LoraGrads::new());
+            model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g1), true).unwrap();
+            model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g2), false).unwrap();
+            assert_eq!(g1.to_vec(layout.len).unwrap(), g2.to_vec(layout.len).unwrap(), "{arch:?}");
+        }
+    }
+
+    /// The inference forward (KV-cached, its own code) and the training forward give the same
+    /// loss, for every architecture.
+    #[test]
+    fn inference_and_training_forwards_agree() {
+        let dev = Device::Cpu;
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5];
+        let labels: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
+        let bt = Batch::new(&[(&ids, labels)], 0, &dev).unwrap();
+        for arch in Arch::ALL {
+            let model = test_model(arch, 3);
+            let train = scalar(&model.loss_and_grad(&bt, None, 1.0, None, true).unwrap().0);
+            let logits = model.forward_infer(&ids, &mut KvCache::new(model.cfg.num_layers)).unwrap();
+            let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap();
+            let infer: f64 = (0..ids.len() - 1).map(|j| -f64::from(logp[j][ids[j + 1] as usize])).sum();
+            assert!((train - infer).abs() < 1e-5 * infer, "{arch:?}: training {train} vs inference {infer}");
+        }
     }
 
     #[test]
     fn merged_weights_give_the_adapter_logits_and_kv_cache_matches_full_forward() {
+        for arch in [Arch::Qwen2, Arch::Qwen3] {
+            merged_weights_and_kv_cache(arch);
+        }
+    }
+
+    fn merged_weights_and_kv_cache(arch: Arch) {
         let dev = Device::Cpu;
-        let mut model = Model::random_with_std(tiny(Arch::Qwen2), 2, 0.3, &dev).unwrap();
+        let mut model = test_model(arch, 2);
         let layout = Layout::new(&model.cfg, 2, 4.0, &[Module::Q, Module::V, Module::Down]);
         let mut params = layout.init(9);
         for (i, x) in params.iter_mut().enumerate() {

@@ -287,6 +287,30 @@ mod tests {
         assert!(meta.iter().any(|(k, v)| k == "qwen2.attention.head_count_kv" && *v == GgufValue::U32(2)));
     }
 
+    /// Qwen3: the q/k norms under llama.cpp's names, nothing permuted, no biases, and the head
+    /// size written because heads x head size is not the hidden size.
+    #[test]
+    fn qwen3_writes_its_head_norms_and_head_size() {
+        let cfg = Config { head_dim: 16, ..Config::tiny(Arch::Qwen3, 64, 32) };
+        let mut model = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
+        let w: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 / 16.0).collect();
+        model.layers[1].k_norm = Some(Tensor::from_vec(w.clone(), 16, &Device::Cpu).unwrap());
+        let t = tensors(&model);
+        let norm = t.iter().find(|t| t.name == "blk.1.attn_k_norm.weight").unwrap();
+        assert_eq!(norm.shape, [16]);
+        assert_eq!(norm.values().unwrap(), w);
+        assert!(t.iter().any(|t| t.name == "blk.0.attn_q_norm.weight"));
+        assert!(!t.iter().any(|t| t.name.ends_with(".bias")));
+        let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+        assert_eq!(q.shape, [64, 32]);
+        assert_eq!(q.values().unwrap(), model.layers[0].q.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let meta = arch_metadata(&cfg);
+        assert_eq!(meta[0].1, GgufValue::String("qwen3".into()));
+        for key in ["qwen3.attention.key_length", "qwen3.attention.value_length", "qwen3.rope.dimension_count"] {
+            assert!(meta.iter().any(|(k, v)| k == key && *v == GgufValue::U32(16)), "{key}");
+        }
+    }
+
     #[test]
     fn rope_factors_divide_the_scaled_frequencies_back_out() {
         let mut cfg = Config::tiny(Arch::Llama, 64, 128);
