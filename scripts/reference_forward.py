@@ -1,28 +1,33 @@
 #!/usr/bin/env python3
-"""Independent numpy reference forward pass of a Llama-architecture GGUF model.
+"""Independent numpy reference forward pass of a Llama, Qwen2 or Qwen3 GGUF model.
 
 No torch, no transformers, no tokenizer: the GGUF file is read with the PyPI
 `gguf` package, every tensor is dequantized with `gguf.quants.dequantize`
-and promoted to float64, and the model is built from the `llama.*` metadata.
+and promoted to float64, and the model is built from the `{arch}.*` metadata.
 All arithmetic is float64; only the written logits are rounded to float32.
 
-The model, as llama.cpp builds LLM_ARCH_LLAMA (src/models/llama.cpp):
+The model, as llama.cpp builds LLM_ARCH_LLAMA, LLM_ARCH_QWEN2 and
+LLM_ARCH_QWEN3 (src/models/llama.cpp, qwen2.cpp, qwen3.cpp):
 
     x = token_embd[ids]
     per block:  h = rms_norm(x) * attn_norm
                 q, k, v = h Wq^T, h Wk^T, h Wv^T       (+ optional biases)
+                q, k = rms_norm(q) * attn_q_norm, rms_norm(k) * attn_k_norm
+                                                        (qwen3: per head, over head_dim)
                 q, k = rope(q), rope(k)                 (per head, see below)
                 x = x + softmax(q k^T / sqrt(head_dim) + causal mask) v  Wo^T
                 h = rms_norm(x) * ffn_norm
                 x = x + (silu(h Wg^T) * (h Wu^T)) Wd^T
     logits = (rms_norm(x) * output_norm) W_out^T        (W_out = token_embd if output.weight is absent)
 
-RoPE: GGUF files converted from Hugging Face by llama.cpp store the rows of
-attn_q / attn_k permuted so that llama.cpp's "normal" rope (mode 0, GPT-J
-style) is right for them: the adjacent pairs (x[2i], x[2i+1]) of each head
-are rotated by pos * theta_i, theta_i = freq_base^(-2i/n_rot). This script
-does exactly that on the weights as stored (no un-permuting). Grouped-query
-attention: query head h reads kv head h // (n_head / n_head_kv).
+RoPE: for `llama`, GGUF files converted from Hugging Face by llama.cpp store
+the rows of attn_q / attn_k permuted so that llama.cpp's "normal" rope (mode
+0, GPT-J style) is right for them: the adjacent pairs (x[2i], x[2i+1]) of
+each head are rotated by pos * theta_i, theta_i = freq_base^(-2i/n_rot).
+This script does exactly that on the weights as stored (no un-permuting).
+`qwen2` and `qwen3` keep Hugging Face's row order and llama.cpp rotates them
+in NEOX mode: the pairs (x[i], x[i + n_rot/2]). Grouped-query attention:
+query head h reads kv head h // (n_head / n_head_kv).
 
 Supported extras: `llama.rope.dimension_count` < head_dim (only the first
 n_rot dims rotate), linear rope scaling, `rope_freqs.weight` (Llama 3 freq
@@ -54,6 +59,9 @@ from pathlib import Path
 import numpy as np
 
 import gguf
+
+# llama.cpp's rope mode per architecture (LLAMA_ROPE_TYPE_NORM / _NEOX).
+ROPE_MODE = {"llama": "normal", "qwen2": "neox", "qwen3": "neox"}
 
 
 def field_value(field):
@@ -95,8 +103,8 @@ class Model:
         reader = gguf.GGUFReader(path)
         self.meta = {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
         arch = self.meta.get("general.architecture")
-        if arch != "llama":
-            sys.exit(f"{path}: general.architecture is {arch!r}, this reference handles 'llama' only")
+        if arch not in ROPE_MODE:
+            sys.exit(f"{path}: general.architecture is {arch!r}, this reference handles {sorted(ROPE_MODE)} only")
 
         self.tensors: dict[str, np.ndarray] = {}
         for t in reader.tensors:
@@ -107,8 +115,8 @@ class Model:
             self.tensors[t.name] = np.asarray(w, dtype=np.float32).reshape(shape).astype(np.float64)
         self.types = sorted({gguf.GGMLQuantizationType(t.tensor_type).name for t in reader.tensors})
 
-        m = lambda k, default=None: self.meta.get(f"llama.{k}", default)  # noqa: E731
-        need = lambda k: m(k) if m(k) is not None else sys.exit(f"{path}: missing metadata llama.{k}")  # noqa: E731
+        m = lambda k, default=None: self.meta.get(f"{arch}.{k}", default)  # noqa: E731
+        need = lambda k: m(k) if m(k) is not None else sys.exit(f"{path}: missing metadata {arch}.{k}")  # noqa: E731
         n_embd = int(need("embedding_length"))
         n_head = int(need("attention.head_count"))
         n_head_kv = int(m("attention.head_count_kv", n_head))
@@ -122,7 +130,7 @@ class Model:
         elif scaling not in ("none", None):
             sys.exit(f"rope scaling {scaling!r} is not supported")
         if m("expert_count", 0):
-            sys.exit("mixture-of-experts llama models are not supported")
+            sys.exit("mixture-of-experts models are not supported")
         if "blk.0.attn_qkv.weight" in self.tensors:
             sys.exit("fused attn_qkv tensors are not supported")
         scale = float(m("attention.scale", 0.0) or 0.0)
@@ -162,8 +170,9 @@ def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndar
     return y if b is None else y + b
 
 
-def rope_normal(x: np.ndarray, pos: np.ndarray, cfg: Config, freq_factors: np.ndarray | None) -> np.ndarray:
-    """llama.cpp's rope mode 0: rotate (x[2i], x[2i+1]) of each head; x is (T, heads, head_dim)."""
+def rope(x: np.ndarray, pos: np.ndarray, cfg: Config, freq_factors: np.ndarray | None) -> np.ndarray:
+    """llama.cpp's rope of x (T, heads, head_dim): mode 0 ("normal") rotates (x[2i], x[2i+1]) of
+    each head, NEOX mode (x[i], x[i + n_rot/2]), both by pos * theta_i."""
     n_rot = cfg.n_rot
     i = np.arange(n_rot // 2, dtype=np.float64)
     inv_freq = cfg.rope_freq_base ** (-2.0 * i / n_rot)
@@ -172,9 +181,13 @@ def rope_normal(x: np.ndarray, pos: np.ndarray, cfg: Config, freq_factors: np.nd
     theta = (pos.astype(np.float64) * cfg.rope_freq_scale)[:, None] * inv_freq[None, :]  # (T, n_rot/2)
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     out = x.copy()
-    x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
-    out[..., 0:n_rot:2] = x0 * cos - x1 * sin
-    out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+    if ROPE_MODE[cfg.arch] == "normal":
+        first, second = slice(0, n_rot, 2), slice(1, n_rot, 2)
+    else:
+        first, second = slice(0, n_rot // 2), slice(n_rot // 2, n_rot)
+    x0, x1 = x[..., first], x[..., second]
+    out[..., first] = x0 * cos - x1 * sin
+    out[..., second] = x0 * sin + x1 * cos
     return out
 
 
@@ -194,8 +207,14 @@ def forward(model: Model, ids: list[int]) -> np.ndarray:
         q = linear(h, model.w(p + "attn_q.weight"), model.opt(p + "attn_q.bias"))
         k = linear(h, model.w(p + "attn_k.weight"), model.opt(p + "attn_k.bias"))
         v = linear(h, model.w(p + "attn_v.weight"), model.opt(p + "attn_v.bias"))
-        q = rope_normal(q.reshape(n_tok, cfg.n_head, cfg.head_dim), pos, cfg, freq_factors)
-        k = rope_normal(k.reshape(n_tok, cfg.n_head_kv, cfg.head_dim), pos, cfg, freq_factors)
+        q = q.reshape(n_tok, cfg.n_head, cfg.head_dim)
+        k = k.reshape(n_tok, cfg.n_head_kv, cfg.head_dim)
+        if (q_norm := model.opt(p + "attn_q_norm.weight")) is not None:
+            q = rms_norm(q, q_norm, cfg.rms_eps)
+        if (k_norm := model.opt(p + "attn_k_norm.weight")) is not None:
+            k = rms_norm(k, k_norm, cfg.rms_eps)
+        q = rope(q, pos, cfg, freq_factors)
+        k = rope(k, pos, cfg, freq_factors)
         v = v.reshape(n_tok, cfg.n_head_kv, cfg.head_dim)
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
@@ -229,7 +248,7 @@ def parse_ids(text: str) -> list[int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gguf", type=Path, required=True, help="Llama-architecture GGUF file")
+    ap.add_argument("--gguf", type=Path, required=True, help="GGUF file of a llama, qwen2 or qwen3 model")
     ap.add_argument("--ids", required=True, help="comma-separated token ids, e.g. 1,2,3")
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     args = ap.parse_args()

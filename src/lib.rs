@@ -19,7 +19,7 @@
 //! | [`tokenizer`] | tokenizers from tokenizer.json / GGUF, prompt templates |
 //! | [`gguf`] | the GGUF file format |
 //! | [`dataset`] | the tokenized dataset file layout |
-//! | [`model`] | Llama/Qwen2 in candle: LoRA forward, explicit backward, loading, peft format |
+//! | [`model`] | the decoder in candle: architectures, LoRA forward, explicit backward, loading, peft format |
 //! | [`train`] | AdamW, schedules, checkpoints, the resumable training loop |
 //! | [`report`] | progress bars, plain lines and `--json` events |
 //! | [`commands`] | one file per subcommand |

@@ -23,7 +23,6 @@ use crate::gguf::quant::GgmlKind;
 use crate::gguf::GgufFile;
 use crate::model::generate::{argmax, decode_with};
 use crate::model::ggml_cpu::ActRounding;
-use crate::model::gguf_names::gguf_name;
 use crate::model::llama::Model;
 use crate::model::lora::Module;
 use crate::tokenizer::fast::token_bytes;
@@ -165,20 +164,18 @@ impl Gate<'_> {
         if stored(&loaded.cfg) != stored(&self.source.cfg) {
             return Check::new(NAME, false, format!("config reads back as {:?}, source is {:?}", loaded.cfg, self.source.cfg));
         }
-        let (a, b) = (self.source.hf_tensors(), loaded.hf_tensors());
+        let (a, b) = (self.source.named_tensors(), loaded.named_tensors());
         if a.len() != b.len() {
             return Check::new(NAME, false, format!("{} tensors read back, the source has {}", b.len(), a.len()));
         }
         let mut worst = (0f64, String::new());
-        for ((name, src), (name2, got)) in a.iter().zip(&b) {
+        for ((spec, src), (spec2, got)) in a.iter().zip(&b) {
+            let (name, name2) = (&spec.hf, &spec2.hf);
             let fail = |m: String| Check::new(NAME, false, format!("`{name}`: {m}"));
             if name != name2 || src.dims() != got.dims() {
                 return fail(format!("reads back as `{name2}` {:?}, source {:?}", got.dims(), src.dims()));
             }
-            let kind = gguf_name(name)
-                .and_then(|g| file.tensor(&g).map(|t| t.ggml_type.id()))
-                .and_then(GgmlKind::from_id)
-                .unwrap_or(GgmlKind::F32);
+            let kind = file.tensor(&spec.gguf).map(|t| t.ggml_type.id()).and_then(GgmlKind::from_id).unwrap_or(GgmlKind::F32);
             let (x, y): (Vec<f32>, Vec<f32>) = match (flat(src), flat(got)) {
                 (Ok(x), Ok(y)) => (x, y),
                 (Err(e), _) | (_, Err(e)) => return fail(e.to_string()),

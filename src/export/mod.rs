@@ -33,9 +33,9 @@ pub enum ExportError {
     /// Writing the file failed.
     #[error(transparent)]
     Write(#[from] writer::WriteError),
-    /// The model or tokenizer cannot be expressed in GGUF.
-    #[error("{0}")]
-    Unsupported(String),
+    /// The model's folder cannot be read.
+    #[error(transparent)]
+    Load(#[from] crate::model::load::LoadError),
 }
 
 /// What was written.
@@ -65,7 +65,7 @@ pub fn write_gguf(
     name: &str,
     path: &Path,
 ) -> Result<Written, ExportError> {
-    let tensors = to_gguf::tensors(model).map_err(ExportError::Unsupported)?;
+    let tensors = to_gguf::tensors(model);
     write_tensors(&model.cfg, &tensors, tokenizer_kv, file_type, name, path)
 }
 
@@ -82,7 +82,7 @@ pub fn write_gguf_from_folder(
     name: &str,
     path: &Path,
 ) -> Result<Option<Written>, ExportError> {
-    let Some(tensors) = to_gguf::tensors_from_folder(dir, cfg).map_err(ExportError::Unsupported)? else {
+    let Some(tensors) = to_gguf::tensors_from_folder(dir, cfg)? else {
         return Ok(None);
     };
     write_tensors(cfg, &tensors, tokenizer_kv, file_type, name, path).map(Some)
@@ -96,11 +96,8 @@ fn write_tensors(
     name: &str,
     path: &Path,
 ) -> Result<Written, ExportError> {
-    let arch = match c.arch {
-        crate::model::config::Arch::Llama => ftype::Arch::Llama,
-        crate::model::config::Arch::Qwen2 => ftype::Arch::Qwen2,
-    };
-    let info = ModelInfo::new(arch, c.num_layers as u32, c.num_heads as u32, c.num_kv_heads as u32)
+    let info = ModelInfo::new(c.num_layers as u32)
+        .with_llama_cpp_70b(c.arch.is_llama_cpp_70b(c.num_layers, c.num_heads, c.num_kv_heads))
         .with_tied_embeddings(c.tie_word_embeddings);
     let kinds: Vec<GgmlKind> = tensors
         .iter()
@@ -109,7 +106,7 @@ fn write_tensors(
             ftype::tensor_kind(file_type, &info, &t.name, &dims)
         })
         .collect();
-    let mut metadata = vec![("general.architecture".to_string(), GgufValue::String(to_gguf::arch_name(c.arch).into()))];
+    let mut metadata = vec![("general.architecture".to_string(), GgufValue::String(c.arch.spec().gguf_name.into()))];
     metadata.push(("general.type".into(), GgufValue::String("model".into())));
     metadata.push(("general.name".into(), GgufValue::String(name.into())));
     metadata.extend(to_gguf::arch_metadata(c).into_iter().filter(|(k, _)| k != "general.architecture"));
@@ -188,7 +185,9 @@ mod tests {
 
     #[test]
     fn a_folder_streams_to_the_bytes_its_loaded_model_writes_for_every_type() {
-        for (arch, dtype) in [(Arch::Llama, DType::F32), (Arch::Qwen2, DType::F32), (Arch::Llama, DType::BF16)] {
+        for (arch, dtype) in
+            [(Arch::Llama, DType::F32), (Arch::Qwen2, DType::F32), (Arch::Llama, DType::BF16), (Arch::Qwen3, DType::BF16)]
+        {
             let (dir, model) = folder(arch, dtype);
             let kv = vec![("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into()))];
             for ft in FileType::ALL {

@@ -8,14 +8,15 @@
 //! most matrices are Q4_K, some are Q6_K, norms stay F32, and matrices whose
 //! rows do not split into 256-value blocks get a 32-value type instead.
 //! [`tensor_kind`] gives the [`GgmlKind`] `llama-quantize` picks for one
-//! tensor of a Llama or Qwen2 model, from the file type, the tensor's GGUF
+//! tensor of a dense decoder model, from the file type, the tensor's GGUF
 //! name and dimensions and a little about the model ([`ModelInfo`]).
 //!
 //! # How (llama.cpp's rules, `src/llama-quant.cpp`)
 //!
 //! The port follows `llama_tensor_get_type` and the functions it calls, for
-//! the file types in [`FileType`] and the `llama` and `qwen2` architectures,
-//! with llama-quantize's default options (no `--imatrix`, `--pure`,
+//! the file types in [`FileType`] and dense decoder architectures (for these
+//! rules they differ only in which models are "70B", which the caller says
+//! in [`ModelInfo`]), with llama-quantize's default options (no `--imatrix`, `--pure`,
 //! `--output-tensor-type`, `--token-embedding-type`, `--tensor-type` or
 //! `--leave-output-tensor`):
 //!
@@ -50,8 +51,8 @@
 //!
 //! * llama.cpp counts `attn_v` and `ffn_down` tensors in file order (sorted by
 //!   layer, then name) to get `i`; this port reads `i` from the `blk.N.` prefix,
-//!   which is the same for every Llama/Qwen2 file (each layer has exactly one of
-//!   each). `n` is [`ModelInfo::n_layer`].
+//!   which is the same for every dense decoder's file (each layer has exactly
+//!   one of each). `n` is [`ModelInfo::n_layer`].
 //! * Mixture-of-experts, Falcon, the IQ/Q2_K/Q3_K file types and
 //!   llama-quantize's options are not ported.
 //! * llama-quantize also reorders tensors (non-layer tensors first, then by
@@ -193,47 +194,35 @@ impl FromStr for FileType {
     }
 }
 
-/// The model architectures whose rules are ported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Arch {
-    /// `llama` (Llama 2/3, SmolLM2, TinyLlama...).
-    Llama,
-    /// `qwen2` (Qwen2, Qwen2.5).
-    Qwen2,
-}
-
 /// What the type choice needs to know about the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ModelInfo {
-    /// The architecture.
-    pub arch: Arch,
     /// Number of layers (`block_count`).
     pub n_layer: u32,
-    /// Attention heads (`attention.head_count`).
-    pub n_head: u32,
-    /// Key/value heads (`attention.head_count_kv`).
-    pub n_head_kv: u32,
+    /// llama.cpp's size class `LLM_TYPE_70B`, the only one its type rules look at (which
+    /// models it covers depends on the architecture: the model code's
+    /// `Arch::is_llama_cpp_70b` says).
+    pub llama_cpp_70b: bool,
     /// True when the file has no `output.weight` and `token_embd.weight`
     /// serves as the output projection too.
     pub tied_embeddings: bool,
 }
 
 impl ModelInfo {
-    /// A model with untied embeddings (see [`ModelInfo::with_tied_embeddings`]).
-    pub fn new(arch: Arch, n_layer: u32, n_head: u32, n_head_kv: u32) -> Self {
-        ModelInfo { arch, n_layer, n_head, n_head_kv, tied_embeddings: false }
+    /// A model of `n_layer` layers, not "70B", with untied embeddings (see the `with_*`
+    /// builders).
+    pub fn new(n_layer: u32) -> Self {
+        ModelInfo { n_layer, llama_cpp_70b: false, tied_embeddings: false }
+    }
+
+    /// Sets [`ModelInfo::llama_cpp_70b`].
+    pub fn with_llama_cpp_70b(self, llama_cpp_70b: bool) -> Self {
+        ModelInfo { llama_cpp_70b, ..self }
     }
 
     /// Sets [`ModelInfo::tied_embeddings`].
     pub fn with_tied_embeddings(self, tied_embeddings: bool) -> Self {
         ModelInfo { tied_embeddings, ..self }
-    }
-
-    /// llama.cpp's `LLM_TYPE_70B`, the only model size its type rules look
-    /// at: 80 layers (for Llama, only with fewer key/value heads than heads;
-    /// an 80-layer Llama without GQA is LLaMA-1 65B).
-    fn is_70b(&self) -> bool {
-        self.n_layer == 80 && (self.arch == Arch::Qwen2 || self.n_head != self.n_head_kv)
     }
 }
 
@@ -390,7 +379,7 @@ fn mixture_kind(ftype: FileType, model: &ModelInfo, category: Category, name: &s
             kind = GgmlKind::Q5_K;
         }
         // (Q3_K, the other type this rule lifts, is not a supported default.)
-        if model.is_70b() && kind == GgmlKind::Q4_K {
+        if model.llama_cpp_70b && kind == GgmlKind::Q4_K {
             kind = GgmlKind::Q5_K;
         }
         return kind;
@@ -430,10 +419,18 @@ fn fallback(kind: GgmlKind, row_len: u64) -> GgmlKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::arch::Arch;
     use std::path::Path;
 
     fn smollm2_135m() -> ModelInfo {
-        ModelInfo::new(Arch::Llama, 30, 9, 3).with_tied_embeddings(true)
+        ModelInfo::new(30).with_tied_embeddings(true)
+    }
+
+    /// The model of a reference line, its "70B" class from the model code's architectures.
+    fn info(arch: &str, n_layer: u32, n_head: u32, n_head_kv: u32) -> ModelInfo {
+        let arch = Arch::from_gguf_name(arch).unwrap_or_else(|| panic!("arch {arch}"));
+        let is_70b = arch.is_llama_cpp_70b(n_layer as usize, n_head as usize, n_head_kv as usize);
+        ModelInfo::new(n_layer).with_llama_cpp_70b(is_70b)
     }
 
     #[test]
@@ -524,13 +521,13 @@ mod tests {
     #[test]
     fn the_70b_rule() {
         let q = |m: &ModelInfo, i: u32| tensor_kind(FileType::Q4_K_M, m, &format!("blk.{i}.attn_v.weight"), &[8192, 1024]);
-        let gqa = ModelInfo::new(Arch::Llama, 80, 64, 8);
+        let gqa = info("llama", 80, 64, 8);
         assert_eq!((q(&gqa, 0), q(&gqa, 11)), (GgmlKind::Q6_K, GgmlKind::Q5_K));
-        let mha = ModelInfo::new(Arch::Llama, 80, 64, 64); // LLaMA-1 65B
+        let mha = info("llama", 80, 64, 64); // LLaMA-1 65B
         assert_eq!(q(&mha, 11), GgmlKind::Q4_K);
-        let qwen = ModelInfo::new(Arch::Qwen2, 80, 64, 64);
+        let qwen = info("qwen2", 80, 64, 64);
         assert_eq!(q(&qwen, 11), GgmlKind::Q5_K);
-        assert_eq!(q(&ModelInfo::new(Arch::Qwen2, 64, 40, 8), 11), GgmlKind::Q4_K);
+        assert_eq!(q(&info("qwen2", 64, 40, 8), 11), GgmlKind::Q4_K);
     }
 
     /// Every tensor of eight model shapes in every file type: what
@@ -546,12 +543,7 @@ mod tests {
             let fields: Vec<&str> = line.split_whitespace().collect();
             if fields[0] == "model" {
                 let num = |i: usize| fields[i].split_once('=').unwrap().1.parse::<u32>().unwrap();
-                let arch = match fields[2] {
-                    "llama" => Arch::Llama,
-                    "qwen2" => Arch::Qwen2,
-                    other => panic!("arch {other}"),
-                };
-                let info = ModelInfo::new(arch, num(3), num(4), num(5)).with_tied_embeddings(num(6) == 1);
+                let info = info(fields[2], num(3), num(4), num(5)).with_tied_embeddings(num(6) == 1);
                 model = Some((fields[1].to_string(), info));
                 models += 1;
                 continue;

@@ -1,17 +1,13 @@
-//! Model hyper-parameters for the Llama family and Qwen2, read from a Hugging Face
-//! `config.json` or from GGUF metadata.
+//! Model hyper-parameters, read from a Hugging Face `config.json` or from GGUF metadata.
+//!
+//! What differs between architectures (names, biases, defaults) is [`super::arch`]'s; this
+//! file reads and writes the numbers every architecture shares.
 
 use serde::{Deserialize, Serialize};
 
-/// The architecture family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Arch {
-    /// Llama, Llama 2/3, TinyLlama, SmolLM, deepseek-llm.
-    Llama,
-    /// Qwen2 (q/k/v projections have a bias).
-    Qwen2,
-}
+pub use super::arch::Arch;
+use super::arch::PRESETS;
+use super::error::{ModelError, NoLlama3Scaling};
 
 /// Llama 3 style RoPE frequency scaling.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -108,21 +104,19 @@ impl Config {
     /// (`f` its factor), the pairs between the two wavelength bounds have `s` linear in
     /// `1/wavelength`, which two of them pin down (taking `low_freq_factor = 1`, which leaves the
     /// frequencies unchanged). Errors when the factors do not fit that shape to 1e-5.
-    pub fn hf_rope_scaling(&self) -> Result<Option<RopeScaling>, String> {
+    pub fn hf_rope_scaling(&self) -> Result<Option<RopeScaling>, ModelError> {
         let Some(ff) = &self.rope_freq_factors else { return Ok(self.rope_scaling) };
         let base = Config { rope_freq_factors: None, ..self.clone() };
         if ff.iter().all(|&f| f == 1.0) {
             return Ok(base.rope_scaling);
         }
-        let refuse = |why: &str| {
-            Err(format!("the GGUF's RoPE frequency factors (`rope_freqs.weight`) cannot be written to config.json: {why}"))
-        };
+        let refuse = |why: NoLlama3Scaling| Err(ModelError::RopeFactors(why));
         if self.rope_scaling.is_some() {
-            return refuse("the model has both frequency factors and `rope_scaling`");
+            return refuse(NoLlama3Scaling::BothFactorsAndScaling);
         }
         let factor = f64::from(ff.iter().cloned().fold(f32::MIN, f32::max));
         if factor <= 1.0 {
-            return refuse("they are not a llama3 scaling (a llama3 scaling divides by at least 1)");
+            return refuse(NoLlama3Scaling::NoFactorAboveOne);
         }
         let inv = base.inv_freq();
         let two_pi = 2.0 * std::f64::consts::PI;
@@ -135,16 +129,16 @@ impl Config {
             .filter(|(_, s)| *s > 1e-4 && *s < 1.0 - 1e-4)
             .collect();
         let (Some(&(x0, s0)), Some(&(x1, s1))) = (smooth.first(), smooth.last()) else {
-            return refuse("fewer than two factors lie between 1 and the largest, so the llama3 bounds are not determined");
+            return refuse(NoLlama3Scaling::BoundsUndetermined);
         };
         if x0 == x1 {
-            return refuse("the smooth region has one frequency");
+            return refuse(NoLlama3Scaling::OneFrequency);
         }
         // s = a * (1/wavelength) + b; llama3: a = orig / (high - low), b = -low / (high - low).
         let a = (s1 - s0) / (x1 - x0);
         let b = s0 - a * x0;
         if b >= 0.0 {
-            return refuse("they do not rise towards low frequencies as llama3's do");
+            return refuse(NoLlama3Scaling::NotRising);
         }
         let orig = (-a / b).round();
         let fit = RopeScaling {
@@ -157,12 +151,13 @@ impl Config {
         let got = Config { rope_scaling: Some(fit), ..base }.inv_freq();
         match want.iter().zip(&got).map(|(w, g)| f64::from((w - g).abs() / w.abs())).fold(0.0, f64::max) {
             e if e <= 1e-5 => Ok(Some(fit)),
-            e => refuse(&format!("the closest llama3 scaling is off by {e:.1e} relative")),
+            e => refuse(NoLlama3Scaling::OffBy(e)),
         }
     }
 
     /// A tiny model shape for tests, examples and benchmarks: 2 layers, 4 query and 2 key/value
-    /// heads (so GQA is exercised), MLP twice the hidden size; embeddings tied for Llama.
+    /// heads (so GQA is exercised), MLP twice the hidden size; embeddings tied as the
+    /// architecture's [`ArchSpec::tied_in_tiny`](super::arch::ArchSpec::tied_in_tiny) says.
     pub fn tiny(arch: Arch, vocab_size: usize, hidden_size: usize) -> Config {
         Config {
             arch,
@@ -177,56 +172,28 @@ impl Config {
             rope_scaling: None,
             rope_freq_factors: None,
             rms_norm_eps: 1e-5,
-            tie_word_embeddings: arch == Arch::Llama,
+            tie_word_embeddings: arch.spec().tied_in_tiny,
             max_position_embeddings: 512,
         }
     }
 
     /// The names [`Config::preset`] knows.
-    pub const PRESETS: &'static [&'static str] = &["tiny", "smollm2-135m", "tinyllama-1.1b", "deepseek-llm-7b"];
+    pub const PRESETS: &'static [&'static str] = &super::arch::PRESET_NAMES;
 
-    /// The shape of a well-known Llama model (the shapes of shared/bench/peft_baseline.py):
-    /// SmolLM2-135M, TinyLlama-1.1B, deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab
-    /// 102400), and `tiny` ([`Config::tiny`] with hidden 64 and vocab 512).
+    /// The shape of a well-known model ([`super::arch::PRESETS`]): SmolLM2-135M, TinyLlama-1.1B,
+    /// deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab 102400), and `tiny`
+    /// ([`Config::tiny`] with hidden 64 and vocab 512).
     pub fn preset(name: &str) -> Option<Config> {
-        if name == "tiny" {
-            return Some(Config::tiny(Arch::Llama, 512, 64));
-        }
-        // (hidden, intermediate, layers, heads, kv heads, vocab, tied, context, rope base, rms eps),
-        // as the models' config.json files give them.
-        let (h, i, l, nh, kv, v, tie, ctx, theta, eps) = match name {
-            "smollm2-135m" => (576, 1536, 30, 9, 3, 49152, true, 8192, 100000.0, 1e-5),
-            "tinyllama-1.1b" => (2048, 5632, 22, 32, 4, 32000, false, 2048, 10000.0, 1e-5),
-            "deepseek-llm-7b" => (4096, 11008, 30, 32, 32, 102400, false, 4096, 10000.0, 1e-6),
-            _ => return None,
-        };
-        Some(Config {
-            arch: Arch::Llama,
-            vocab_size: v,
-            hidden_size: h,
-            intermediate_size: i,
-            num_layers: l,
-            num_heads: nh,
-            num_kv_heads: kv,
-            head_dim: h / nh,
-            rope_theta: theta,
-            rope_scaling: None,
-            rope_freq_factors: None,
-            rms_norm_eps: eps,
-            tie_word_embeddings: tie,
-            max_position_embeddings: ctx,
-        })
+        PRESETS.iter().find(|p| p.name == name).map(|p| p.config())
     }
 
     /// Reads a Hugging Face `config.json`.
-    pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, String> {
-        let arch = match v.get("model_type").and_then(|m| m.as_str()) {
-            Some("llama") | Some("mistral") | None => Arch::Llama,
-            Some("qwen2") => Arch::Qwen2,
-            Some(other) => return Err(format!("unsupported model_type `{other}` (supported: llama, qwen2)")),
-        };
+    pub fn from_hf_json(v: &serde_json::Value) -> Result<Config, ModelError> {
+        let model_type = v.get("model_type").and_then(|m| m.as_str());
+        let arch = Arch::from_hf_model_type(model_type)
+            .ok_or_else(|| ModelError::UnknownModelType { model_type: model_type.unwrap_or_default().to_string() })?;
         let u =
-            |k: &str| v.get(k).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or_else(|| format!("config.json: missing `{k}`"));
+            |key: &'static str| v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or(ModelError::MissingConfig { key });
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
         let rope_scaling = v.get("rope_scaling").filter(|s| !s.is_null()).and_then(|s| {
@@ -254,7 +221,7 @@ impl Config {
             rope_scaling,
             rope_freq_factors: None,
             rms_norm_eps: v.get("rms_norm_eps").and_then(|x| x.as_f64()).unwrap_or(1e-6),
-            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(false),
+            tie_word_embeddings: v.get("tie_word_embeddings").and_then(|x| x.as_bool()).unwrap_or(arch.spec().hf_tied_default),
             max_position_embeddings: u("max_position_embeddings").unwrap_or(4096),
         })
     }
@@ -262,13 +229,10 @@ impl Config {
     /// Writes a Hugging Face `config.json` for this model (check [`Config::hf_rope_scaling`]
     /// first when the model may carry RoPE frequency factors).
     pub fn to_hf_json(&self, bos: Option<u32>, eos: Option<u32>, dtype: &str) -> serde_json::Value {
-        let (arch, model_type) = match self.arch {
-            Arch::Llama => ("LlamaForCausalLM", "llama"),
-            Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
-        };
+        let spec = self.arch.spec();
         let mut v = serde_json::json!({
-            "architectures": [arch],
-            "model_type": model_type,
+            "architectures": [spec.hf_class],
+            "model_type": spec.hf_model_type,
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -282,7 +246,7 @@ impl Config {
             "max_position_embeddings": self.max_position_embeddings,
             "hidden_act": "silu",
             "torch_dtype": dtype,
-            "attention_bias": self.arch == Arch::Qwen2,
+            "attention_bias": spec.qkv_bias,
             "bos_token_id": bos,
             "eos_token_id": eos,
         });

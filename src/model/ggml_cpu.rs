@@ -110,7 +110,7 @@ pub fn round_row_q8_0(x: &mut [f32]) {
 pub fn round_q8_0(x: &Tensor) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let cols = *dims.last().unwrap_or(&1);
-    if cols % QK8_0 != 0 {
+    if !cols.is_multiple_of(QK8_0) {
         candle_core::bail!("Q8_0 activations need rows of whole {QK8_0}-value blocks, got {cols}");
     }
     let mut v: Vec<f32> = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;

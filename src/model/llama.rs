@@ -1,4 +1,11 @@
-//! The Llama / Qwen2 decoder with LoRA, an explicit backward pass, and KV-cached inference.
+//! The decoder of every architecture in [`super::arch`] with LoRA, an explicit backward pass,
+//! and KV-cached inference.
+//!
+//! One block: `h = rms_norm(x)`; `q, k, v` projections of `h` (with biases where the
+//! architecture has them); a per-head RMSNorm of q and of k where it has one (Qwen3); RoPE on q
+//! and k; causal attention; the output projection added to `x`; then `rms_norm`, a SwiGLU MLP,
+//! added again. The architectures differ in which tensors exist, not in code paths: a block
+//! applies the biases and head norms its model has.
 //!
 //! Why an explicit backward: candle's autograd keeps the whole graph alive, computes gradients
 //! of frozen weights and stops silently at forward-only ops (TRAINING.md). Here each decoder
@@ -53,10 +60,15 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
-use super::config::{Arch, Config};
+use super::arch::{self, Init, LayerSlot, Slot, TensorSpec};
+use super::config::Config;
+use super::error::ModelError;
 use super::ggml_cpu::{flash_attn_f16, round_f16, round_q8_0, ActRounding};
 use super::lora::{Layout, Module};
 use super::ops;
+use super::rng::normal;
+// `super::ops` reads `splitmix` from here.
+pub(crate) use super::rng::splitmix;
 
 /// A frozen projection.
 #[derive(Debug, Clone)]
@@ -75,6 +87,10 @@ pub struct Layer {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
+    /// `[head_dim]`: the RMSNorm of each head of q, after the projection and before RoPE (Qwen3).
+    pub q_norm: Option<Tensor>,
+    /// `[head_dim]`: the same for k.
+    pub k_norm: Option<Tensor>,
     pub mlp_norm: Tensor,
     pub gate: Linear,
     pub up: Linear,
@@ -297,23 +313,6 @@ impl Batch {
     }
 }
 
-/// Element `i` of a normal(0, `std`) sequence seeded by `seed`: Box-Muller from two uniforms of
-/// one 64-bit hash, so any element can be drawn alone (and in parallel).
-pub fn normal(seed: u64, i: u64, std: f64) -> f32 {
-    let r = splitmix(seed ^ splitmix(i));
-    let u1 = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    let u2 = ((r & 0x7ff) as f64 + 0.5) / 2048.0;
-    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
-}
-
-/// SplitMix64: the counter-based hash behind dropout masks and training seeds.
-pub fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn mask_seed(step_seed: u64, layer: usize, m: Module) -> u64 {
     splitmix(step_seed ^ splitmix((layer as u64) << 8 | m as u64))
 }
@@ -325,6 +324,9 @@ struct LayerCache {
     x: Tensor,
     rstd1: Tensor,
     h1: Tensor,
+    /// With q/k head norms: the q and k projections before them, and their `rstd`s.
+    qn: Option<HeadNormed>,
+    kn: Option<HeadNormed>,
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -338,6 +340,31 @@ struct LayerCache {
     u: Tensor,
     a: Tensor,
     z: [Option<Tensor>; 7],
+}
+
+/// A projection `[N, heads * head_dim]` before its per-head norm, and the norm's `rstd`
+/// (`[N, heads]`), which the backward takes.
+struct HeadNormed {
+    x: Tensor,
+    rstd: Tensor,
+}
+
+/// RMSNorm over each head's `head_dim` values of the projection `x: [N, heads * head_dim]`
+/// with the weights `w: [head_dim]` (Qwen3's q and k norms); `x` itself without weights. The
+/// fused norm op takes the `[N, heads, head_dim]` view as `N * heads` rows.
+fn head_norm(x: &Tensor, w: Option<&Tensor>, head_dim: usize, eps: f64) -> Result<(Tensor, Option<HeadNormed>)> {
+    let Some(w) = w else { return Ok((x.clone(), None)) };
+    let (n, width) = x.dims2()?;
+    let (y, rstd) = ops::rms_norm_fwd(&x.reshape((n, width / head_dim, head_dim))?, w, eps)?;
+    Ok((y.reshape((n, width))?, Some(HeadNormed { x: x.clone(), rstd })))
+}
+
+/// The input gradient of [`head_norm`] given the output's `dy: [N, heads * head_dim]`.
+fn head_norm_bwd(dy: &Tensor, saved: Option<&HeadNormed>, w: Option<&Tensor>) -> Result<Tensor> {
+    let (Some(s), Some(w)) = (saved, w) else { return Ok(dy.clone()) };
+    let (n, width) = dy.dims2()?;
+    let shape = (n, width / w.dim(0)?, w.dim(0)?);
+    ops::rms_norm_bwd(&dy.reshape(shape)?, &s.x.reshape(shape)?, w, &s.rstd)?.reshape((n, width))
 }
 
 /// What every block of one forward/backward pass shares.
@@ -460,6 +487,8 @@ impl Model {
         let (q2, zq) = self.proj_fwd(l, Module::Q, &h1, lora)?;
         let (k2, zk) = self.proj_fwd(l, Module::K, &h1, lora)?;
         let (v2, zv) = self.proj_fwd(l, Module::V, &h1, lora)?;
+        let (q2, qn) = head_norm(&q2, ly.q_norm.as_ref(), hd, c.rms_norm_eps)?;
+        let (k2, kn) = head_norm(&k2, ly.k_norm.as_ref(), hd, c.rms_norm_eps)?;
         // `[B*T, heads*D]` seen as `[B, heads, T, D]` without a copy; the ops read the strides.
         let heads = |p: &Tensor, h: usize| p.reshape((b, t, h, hd))?.transpose(1, 2);
         let q = rope_t.apply(&heads(&q2, nh)?)?;
@@ -481,6 +510,8 @@ impl Model {
             x: x.clone(),
             rstd1,
             h1,
+            qn,
+            kn,
             q,
             k,
             v,
@@ -519,6 +550,8 @@ impl Model {
         // The inverse rotation, written token-major: the projections' `[B*T, heads*D]` gradients.
         let dq2 = ops::rope_bwd_tokens(&dq, &rope_t.cos, &rope_t.sin)?.reshape((n, nh * hd))?;
         let dk2 = ops::rope_bwd_tokens(&dk, &rope_t.cos, &rope_t.sin)?.reshape((n, nkv * hd))?;
+        let dq2 = head_norm_bwd(&dq2, cc.qn.as_ref(), ly.q_norm.as_ref())?;
+        let dk2 = head_norm_bwd(&dk2, cc.kn.as_ref(), ly.k_norm.as_ref())?;
         let dv2 = dv.transpose(1, 2)?.reshape((n, nkv * hd))?;
         let dh1 = ((self.proj_bwd(l, Module::Q, &cc.h1, z(Module::Q), &dq2, lora, buf)?
             + self.proj_bwd(l, Module::K, &cc.h1, z(Module::K), &dk2, lora, buf)?)?
@@ -636,6 +669,8 @@ impl Model {
             let q2 = proj(l, Module::Q, &h1)?;
             let k2 = proj(l, Module::K, &h1)?;
             let v2 = proj(l, Module::V, &h1)?;
+            let (q2, _) = head_norm(&q2, ly.q_norm.as_ref(), hd, c.rms_norm_eps)?;
+            let (k2, _) = head_norm(&k2, ly.k_norm.as_ref(), hd, c.rms_norm_eps)?;
             let q = rope_t.apply(&q2.reshape((1, t, nh, hd))?.transpose(1, 2)?)?;
             let k = rope_t.apply(&k2.reshape((1, t, nkv, hd))?.transpose(1, 2)?)?;
             let v = v2.reshape((1, t, nkv, hd))?.transpose(1, 2)?.contiguous()?;
@@ -690,67 +725,98 @@ impl Model {
     }
 
     /// Builds a model from Hugging Face tensor names (`model.layers.0.self_attn.q_proj.weight`, ...),
-    /// storing every tensor in `dtype`.
+    /// storing every tensor in `dtype`. Each tensor of the model's list must be there, in the
+    /// shape the configuration implies; others are ignored.
     pub fn from_hf_tensors(
         cfg: Config,
         mut t: HashMap<String, Tensor>,
         device: &Device,
         dtype: DType,
-    ) -> std::result::Result<Model, String> {
-        let mut take = |name: &str| -> std::result::Result<Tensor, String> {
-            let x = t.remove(name).ok_or_else(|| format!("missing tensor `{name}`"))?;
-            x.to_dtype(dtype).and_then(|x| x.to_device(device)).map_err(|e| format!("{name}: {e}"))
-        };
-        let embed = take("model.embed_tokens.weight")?;
-        let mut layers = Vec::new();
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let mut lin = |m: Module, bias: bool| -> std::result::Result<Linear, String> {
-                let w = take(&format!("{p}.{}.weight", m.hf_path()))?;
-                let b = if bias { Some(take(&format!("{p}.{}.bias", m.hf_path()))?) } else { None };
-                Ok(Linear { w, b })
-            };
-            let qb = cfg.arch == Arch::Qwen2;
-            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
-            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
-            let attn_norm = take(&format!("{p}.input_layernorm.weight"))?;
-            let mlp_norm = take(&format!("{p}.post_attention_layernorm.weight"))?;
-            layers.push(Layer { attn_norm, q, k, v, o, mlp_norm, gate, up, down });
+    ) -> std::result::Result<Model, ModelError> {
+        Model::from_slots(cfg, dtype, device, |spec| {
+            let x = t.remove(&spec.hf).ok_or_else(|| ModelError::MissingTensor { name: spec.hf.clone() })?;
+            if x.dims() != spec.shape {
+                return Err(ModelError::ShapeMismatch {
+                    name: spec.hf.clone(),
+                    got: x.dims().to_vec(),
+                    want: spec.shape.clone(),
+                });
+            }
+            x.to_dtype(dtype)
+                .and_then(|x| x.to_device(device))
+                .map_err(|source| ModelError::Tensor { name: spec.hf.clone(), source })
+        })
+    }
+
+    /// Builds a model of `cfg` from `get`, which gives the tensor of each entry of
+    /// [`arch::tensors`], in that order.
+    fn from_slots<E>(
+        cfg: Config,
+        dtype: DType,
+        device: &Device,
+        mut get: impl FnMut(&TensorSpec) -> std::result::Result<Tensor, E>,
+    ) -> std::result::Result<Model, E> {
+        let mut by_slot = HashMap::new();
+        for spec in arch::tensors(&cfg) {
+            by_slot.insert(spec.slot, get(&spec)?);
         }
-        let norm = take("model.norm.weight")?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(take("lm_head.weight")?) };
+        const LISTED: &str = "the tensor list has every tensor a model needs";
+        let mut take = |slot: Slot| by_slot.remove(&slot);
+        let embed = take(Slot::Embed).expect(LISTED);
+        let layers = (0..cfg.num_layers)
+            .map(|l| {
+                let mut lin = |m: Module| Linear {
+                    w: take(Slot::Layer(l, LayerSlot::Weight(m))).expect(LISTED),
+                    b: take(Slot::Layer(l, LayerSlot::Bias(m))),
+                };
+                let (q, k, v, o) = (lin(Module::Q), lin(Module::K), lin(Module::V), lin(Module::O));
+                let (gate, up, down) = (lin(Module::Gate), lin(Module::Up), lin(Module::Down));
+                let attn_norm = take(Slot::Layer(l, LayerSlot::AttnNorm)).expect(LISTED);
+                let mlp_norm = take(Slot::Layer(l, LayerSlot::MlpNorm)).expect(LISTED);
+                let (q_norm, k_norm) = (take(Slot::Layer(l, LayerSlot::QNorm)), take(Slot::Layer(l, LayerSlot::KNorm)));
+                Layer { attn_norm, q, k, v, o, q_norm, k_norm, mlp_norm, gate, up, down }
+            })
+            .collect();
+        let norm = take(Slot::Norm).expect(LISTED);
+        let lm_head = take(Slot::LmHead);
         Ok(Model { cfg, dtype, embed, layers, norm, lm_head, device: device.clone() })
+    }
+
+    /// The tensor in `slot`, if the model has one there.
+    pub fn tensor(&self, slot: Slot) -> Option<&Tensor> {
+        match slot {
+            Slot::Embed => Some(&self.embed),
+            Slot::Norm => Some(&self.norm),
+            Slot::LmHead => self.lm_head.as_ref(),
+            Slot::Layer(l, s) => {
+                let ly = self.layers.get(l)?;
+                match s {
+                    LayerSlot::AttnNorm => Some(&ly.attn_norm),
+                    LayerSlot::MlpNorm => Some(&ly.mlp_norm),
+                    LayerSlot::QNorm => ly.q_norm.as_ref(),
+                    LayerSlot::KNorm => ly.k_norm.as_ref(),
+                    LayerSlot::Weight(m) => Some(&ly.proj(m).w),
+                    LayerSlot::Bias(m) => ly.proj(m).b.as_ref(),
+                }
+            }
+        }
+    }
+
+    /// The model's tensors with their entries of [`arch::tensors`], in that order.
+    pub fn named_tensors(&self) -> Vec<(TensorSpec, Tensor)> {
+        arch::tensors(&self.cfg)
+            .into_iter()
+            .map(|spec| {
+                let t = self.tensor(spec.slot).expect("a model has every tensor of its config's list").clone();
+                (spec, t)
+            })
+            .collect()
     }
 
     /// The same model with every frozen tensor stored in `dtype` (the compute dtype).
     pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
-        let cv = |x: &Tensor| x.to_dtype(dtype);
-        let lin = |l: &Linear| -> Result<Linear> { Ok(Linear { w: cv(&l.w)?, b: l.b.as_ref().map(cv).transpose()? }) };
-        let layers = self
-            .layers
-            .iter()
-            .map(|ly| {
-                Ok(Layer {
-                    attn_norm: cv(&ly.attn_norm)?,
-                    q: lin(&ly.q)?,
-                    k: lin(&ly.k)?,
-                    v: lin(&ly.v)?,
-                    o: lin(&ly.o)?,
-                    mlp_norm: cv(&ly.mlp_norm)?,
-                    gate: lin(&ly.gate)?,
-                    up: lin(&ly.up)?,
-                    down: lin(&ly.down)?,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(Model {
-            cfg: self.cfg.clone(),
-            dtype,
-            embed: cv(&self.embed)?,
-            layers,
-            norm: cv(&self.norm)?,
-            lm_head: self.lm_head.as_ref().map(cv).transpose()?,
-            device: self.device.clone(),
+        Model::from_slots(self.cfg.clone(), dtype, &self.device, |spec| {
+            self.tensor(spec.slot).expect("a model has every tensor of its config's list").to_dtype(dtype)
         })
     }
 
@@ -758,45 +824,12 @@ impl Model {
     /// order: what [`Model::from_hf_tensors`] takes, for readers that stream the tensors from
     /// the files instead of loading a model.
     pub fn hf_names(cfg: &Config) -> Vec<String> {
-        let mut out = vec!["model.embed_tokens.weight".to_string()];
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            out.push(format!("{p}.input_layernorm.weight"));
-            out.push(format!("{p}.post_attention_layernorm.weight"));
-            for m in Module::ALL {
-                out.push(format!("{p}.{}.weight", m.hf_path()));
-                if cfg.arch == Arch::Qwen2 && matches!(m, Module::Q | Module::K | Module::V) {
-                    out.push(format!("{p}.{}.bias", m.hf_path()));
-                }
-            }
-        }
-        out.push("model.norm.weight".to_string());
-        if !cfg.tie_word_embeddings {
-            out.push("lm_head.weight".to_string());
-        }
-        out
+        arch::tensors(cfg).into_iter().map(|s| s.hf).collect()
     }
 
     /// The model's tensors under Hugging Face names (the inverse of [`Model::from_hf_tensors`]).
     pub fn hf_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), self.embed.clone())];
-        for (l, ly) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{l}");
-            out.push((format!("{p}.input_layernorm.weight"), ly.attn_norm.clone()));
-            out.push((format!("{p}.post_attention_layernorm.weight"), ly.mlp_norm.clone()));
-            for m in Module::ALL {
-                let lin = ly.proj(m);
-                out.push((format!("{p}.{}.weight", m.hf_path()), lin.w.clone()));
-                if let Some(b) = &lin.b {
-                    out.push((format!("{p}.{}.bias", m.hf_path()), b.clone()));
-                }
-            }
-        }
-        out.push(("model.norm.weight".to_string(), self.norm.clone()));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), h.clone()));
-        }
-        out
+        self.named_tensors().into_iter().map(|(spec, t)| (spec.hf, t)).collect()
     }
 
     /// A random f32 model (for tests and benchmarks): normal(0, 0.02) weights, unit norms.
@@ -809,55 +842,26 @@ impl Model {
     /// device's generator, each tensor drawn in f32 and cast at once, unit norms. Not
     /// reproducible across devices; tests use [`Model::random_with_std`].
     pub fn random_on_device(cfg: Config, std: f64, dtype: DType, device: &Device) -> Result<Model> {
-        let rnd = |shape: (usize, usize)| Tensor::randn(0f32, std as f32, shape, device)?.to_dtype(dtype);
-        let h = cfg.hidden_size;
-        let embed = rnd((cfg.vocab_size, h))?;
-        let mut layers = Vec::new();
-        for _ in 0..cfg.num_layers {
-            let lin = |m: Module, bias: bool| -> Result<Linear> {
-                let (i, o) = m.dims(&cfg);
-                let b = if bias { Some(rnd((1, o))?.reshape(o)?) } else { None };
-                Ok(Linear { w: rnd((o, i))?, b })
-            };
-            let qb = cfg.arch == Arch::Qwen2;
-            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
-            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
-            let ones = Tensor::ones(h, dtype, device)?;
-            layers.push(Layer { attn_norm: ones.clone(), q, k, v, o, mlp_norm: ones, gate, up, down });
-        }
-        let norm = Tensor::ones(h, dtype, device)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(rnd((cfg.vocab_size, h))?) };
-        Ok(Model { cfg, dtype, embed, layers, norm, lm_head, device: device.clone() })
+        Model::from_slots(cfg, dtype, device, |spec| match spec.init {
+            Init::Normal => Tensor::randn(0f32, std as f32, spec.shape.as_slice(), device)?.to_dtype(dtype),
+            Init::Ones => Tensor::ones(spec.shape.as_slice(), dtype, device),
+        })
     }
 
-    /// A random model with normal(0, `std`) weights.
+    /// A random model with normal(0, `std`) weights: the tensors of [`arch::tensors`] in order,
+    /// each drawn from its own seed (the previous one through [`splitmix`], starting at `seed`),
+    /// norms ones.
     pub fn random_with_std(cfg: Config, seed: u64, std: f64, device: &Device) -> Result<Model> {
         let mut s = seed;
-        let mut rnd = |shape: (usize, usize)| -> Result<Tensor> {
-            s = splitmix(s);
-            let n = shape.0 * shape.1;
-            let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
-            Tensor::from_vec(v, shape, device)
-        };
-        let h = cfg.hidden_size;
-        let embed = rnd((cfg.vocab_size, h))?;
-        let mut layers = Vec::new();
-        for _ in 0..cfg.num_layers {
-            let mut lin = |m: Module, bias: bool| -> Result<Linear> {
-                let (i, o) = m.dims(&cfg);
-                let w = rnd((o, i))?;
-                let b = if bias { Some(rnd((1, o))?.reshape(o)?) } else { None };
-                Ok(Linear { w, b })
-            };
-            let qb = cfg.arch == Arch::Qwen2;
-            let (q, k, v, o) = (lin(Module::Q, qb)?, lin(Module::K, qb)?, lin(Module::V, qb)?, lin(Module::O, false)?);
-            let (gate, up, down) = (lin(Module::Gate, false)?, lin(Module::Up, false)?, lin(Module::Down, false)?);
-            let ones = Tensor::ones(h, DType::F32, device)?;
-            layers.push(Layer { attn_norm: ones.clone(), q, k, v, o, mlp_norm: ones, gate, up, down });
-        }
-        let norm = Tensor::ones(h, DType::F32, device)?;
-        let lm_head = if cfg.tie_word_embeddings { None } else { Some(rnd((cfg.vocab_size, h))?) };
-        Ok(Model { cfg, dtype: DType::F32, embed, layers, norm, lm_head, device: device.clone() })
+        Model::from_slots(cfg, DType::F32, device, |spec| match spec.init {
+            Init::Normal => {
+                s = splitmix(s);
+                let n = spec.shape.iter().product::<usize>();
+                let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
+                Tensor::from_vec(v, spec.shape.as_slice(), device)
+            }
+            Init::Ones => Tensor::ones(spec.shape.as_slice(), DType::F32, device),
+        })
     }
 }
 
@@ -879,15 +883,38 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::config::Arch;
 
-    /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens.
+    /// The shared tiny shape with an MLP of 24 (not a multiple of the hidden size) and 40 tokens;
+    /// for Qwen3, heads of 16 on the hidden size of 16 (heads x head size need not be the
+    /// hidden size there: Qwen3-0.6B's are twice it).
     pub(crate) fn tiny(arch: Arch) -> Config {
-        Config { intermediate_size: 24, ..Config::tiny(arch, 40, 16) }
+        let cfg = Config { intermediate_size: 24, ..Config::tiny(arch, 40, 16) };
+        match arch {
+            Arch::Qwen3 => Config { head_dim: 16, ..cfg },
+            _ => cfg,
+        }
+    }
+
+    /// [`Model::random_with_std`] of [`tiny`] with std 0.3, and q/k head norm weights other than
+    /// ones (spread over 0.6..1.4) where the architecture has them, so that the tests see the
+    /// weights applied (other architectures: exactly the random model).
+    fn test_model(arch: Arch, seed: u64) -> Model {
+        let mut model = Model::random_with_std(tiny(arch), seed, 0.3, &Device::Cpu).unwrap();
+        for (l, ly) in model.layers.iter_mut().enumerate() {
+            for (j, w) in [&mut ly.q_norm, &mut ly.k_norm].into_iter().enumerate() {
+                if let Some(w) = w {
+                    let v: Vec<f32> = (0..w.dim(0).unwrap()).map(|i| 0.6 + 0.1 * ((i * 7 + l * 3 + j * 5) % 9) as f32).collect();
+                    *w = Tensor::from_vec(v, w.dim(0).unwrap(), &Device::Cpu).unwrap();
+                }
+            }
+        }
+        model
     }
 
     #[test]
     fn hf_names_are_hf_tensors_names_in_order() {
-        for arch in [Arch::Llama, Arch::Qwen2] {
+        for arch in Arch::ALL {
             for tie in [false, true] {
                 let cfg = Config { tie_word_embeddings: tie, ..tiny(arch) };
                 let m = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
@@ -895,6 +922,38 @@ mod tests {
                 assert_eq!(Model::hf_names(&cfg), names, "{arch:?} tied {tie}");
             }
         }
+    }
+
+    #[test]
+    fn from_hf_tensors_names_the_missing_or_misshapen_tensor() {
+        let cfg = tiny(Arch::Qwen2);
+        let tensors = || -> HashMap<String, Tensor> {
+            Model::random(cfg.clone(), 1, &Device::Cpu).unwrap().hf_tensors().into_iter().collect()
+        };
+        let load = |t| Model::from_hf_tensors(cfg.clone(), t, &Device::Cpu, DType::F32);
+        assert!(load(tensors()).is_ok());
+        let mut t = tensors();
+        t.remove("model.layers.1.self_attn.v_proj.bias");
+        match load(t) {
+            Err(ModelError::MissingTensor { name }) => assert_eq!(name, "model.layers.1.self_attn.v_proj.bias"),
+            other => panic!("{other:?}"),
+        }
+        let mut t = tensors();
+        t.insert("model.layers.0.mlp.up_proj.weight".into(), Tensor::zeros((24, 8), DType::F32, &Device::Cpu).unwrap());
+        let e = load(t).unwrap_err();
+        assert!(matches!(&e, ModelError::ShapeMismatch { got, want, .. } if got == &[24, 8] && want == &[24, 16]), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "tensor `model.layers.0.mlp.up_proj.weight` has shape [24, 8], the configuration implies [24, 16]"
+        );
+    }
+
+    #[test]
+    fn an_unknown_model_type_lists_the_supported_ones() {
+        let e = Config::from_hf_json(&serde_json::json!({"model_type": "gpt2"})).unwrap_err();
+        assert_eq!(e.to_string(), format!("unsupported model_type `gpt2` (supported: {})", Arch::hf_model_types()));
+        let e = Config::from_hf_json(&serde_json::json!({"model_type": "qwen2"})).unwrap_err();
+        assert!(matches!(e, ModelError::MissingConfig { key: "hidden_size" }), "{e:?}");
     }
 
     fn scalar(t: &Tensor) -> f64 {
@@ -927,7 +986,7 @@ mod tests {
 
     fn check_grads(arch: Arch, dropout: f32, checkpointing: bool) {
         let dev = Device::Cpu;
-        let model = Model::random_with_std(tiny(arch), 7, 0.3, &dev).unwrap();
+        let model = test_model(arch, 7);
         let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
         let mut params = layout.init(3);
         // Non-zero B so every path carries gradient.
@@ -985,13 +1044,19 @@ mod tests {
         check_grads(Arch::Qwen2, 0.25, true);
     }
 
+    /// Through the q/k head norms' backward; without checkpointing, so from the saved cache.
+    #[test]
+    fn lora_gradients_agree_with_finite_differences_qwen3_with_dropout() {
+        check_grads(Arch::Qwen3, 0.25, false);
+    }
+
     /// Loss and LoRA gradients of the tiny model (weights std 0.3, non-zero B, dropout 0.1) in
     /// `dtype`. The loss gradient is divided by `shrink` (as if the batch had that many times more
     /// tokens) and multiplied by `scale`, and the gradients are brought back in f32, as the
     /// trainer unscales them for f16; both are powers of two, so f32 is unaffected by them.
     fn grads_in(arch: Arch, dtype: DType, shrink: f32, scale: f32, checkpointing: bool) -> (f64, Layout, Vec<f32>) {
         let dev = Device::Cpu;
-        let model = Model::random_with_std(tiny(arch), 7, 0.3, &dev).unwrap().to_dtype(dtype).unwrap();
+        let model = test_model(arch, 7).to_dtype(dtype).unwrap();
         let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
         let mut params = layout.init(3);
         for e in &layout.entries {
@@ -1051,7 +1116,7 @@ mod tests {
     /// f16 epsilons.
     #[test]
     fn bf16_and_f16_lora_gradients_agree_with_f32() {
-        for arch in [Arch::Llama, Arch::Qwen2] {
+        for arch in Arch::ALL {
             let (loss32, layout, g32) = grads_in(arch, DType::F32, 1.0, 1.0, true);
             for (dtype, max_eps) in [(DType::BF16, 40.0), (DType::F16, 40.0)] {
                 let (loss, _, g) = grads_in(arch, dtype, 1.0, 1.0, true);
@@ -1150,21 +1215,47 @@ mod tests {
     #[test]
     fn checkpointing_does_not_change_gradients() {
         let dev = Device::Cpu;
-        let model = Model::random_with_std(tiny(Arch::Llama), 1, 0.3, &dev).unwrap();
-        let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
-        let params = layout.init(5);
-        let bt = batch(&dev);
-        let st = LoraStep::from_host(&layout, &params, model.dtype, &dev, 0.1, 4).unwrap();
-        let (mut g1, mut g2) = (LoraGrads::new(), LoraGrads::new());
-        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g1), true).unwrap();
-        model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g2), false).unwrap();
-        assert_eq!(g1.to_vec(layout.len).unwrap(), g2.to_vec(layout.len).unwrap());
+        for arch in [Arch::Llama, Arch::Qwen3] {
+            let model = test_model(arch, 1);
+            let layout = Layout::new(&model.cfg, 2, 4.0, &Module::ALL);
+            let params = layout.init(5);
+            let bt = batch(&dev);
+            let st = LoraStep::from_host(&layout, &params, model.dtype, &dev, 0.1, 4).unwrap();
+            let (mut g1, mut g2) = (LoraGrads::new(), LoraGrads::new());
+            model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g1), true).unwrap();
+            model.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g2), false).unwrap();
+            assert_eq!(g1.to_vec(layout.len).unwrap(), g2.to_vec(layout.len).unwrap(), "{arch:?}");
+        }
+    }
+
+    /// The inference forward (KV-cached, its own code) and the training forward give the same
+    /// loss, for every architecture.
+    #[test]
+    fn inference_and_training_forwards_agree() {
+        let dev = Device::Cpu;
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5];
+        let labels: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
+        let bt = Batch::new(&[(&ids, labels)], 0, &dev).unwrap();
+        for arch in Arch::ALL {
+            let model = test_model(arch, 3);
+            let train = scalar(&model.loss_and_grad(&bt, None, 1.0, None, true).unwrap().0);
+            let logits = model.forward_infer(&ids, &mut KvCache::new(model.cfg.num_layers)).unwrap();
+            let logp = candle_nn::ops::log_softmax(&logits, 1).unwrap().to_vec2::<f32>().unwrap();
+            let infer: f64 = (0..ids.len() - 1).map(|j| -f64::from(logp[j][ids[j + 1] as usize])).sum();
+            assert!((train - infer).abs() < 1e-5 * infer, "{arch:?}: training {train} vs inference {infer}");
+        }
     }
 
     #[test]
     fn merged_weights_give_the_adapter_logits_and_kv_cache_matches_full_forward() {
+        for arch in [Arch::Qwen2, Arch::Qwen3] {
+            merged_weights_and_kv_cache(arch);
+        }
+    }
+
+    fn merged_weights_and_kv_cache(arch: Arch) {
         let dev = Device::Cpu;
-        let mut model = Model::random_with_std(tiny(Arch::Qwen2), 2, 0.3, &dev).unwrap();
+        let mut model = test_model(arch, 2);
         let layout = Layout::new(&model.cfg, 2, 4.0, &[Module::Q, Module::V, Module::Down]);
         let mut params = layout.init(9);
         for (i, x) in params.iter_mut().enumerate() {

@@ -18,8 +18,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{Arch, Config};
-use super::gguf_names::{hf_name, unpermute};
+use super::arch::{self, Arch};
+use super::config::Config;
+use super::error::ModelError;
+use super::gguf_order::unpermute;
 use super::llama::Model;
 use super::safetensors;
 use crate::gguf::quant::{dequantize, GgmlKind};
@@ -31,13 +33,18 @@ pub enum LoadError {
     /// I/O or format trouble with a file.
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
-    /// The model is of a kind this build cannot run.
-    #[error("{path}: {message}")]
-    Unsupported { path: PathBuf, message: String },
+    /// The model in the file is one pipe cannot run, or not the model its configuration says.
+    #[error("{path}: {source}")]
+    Model { path: PathBuf, source: Box<ModelError> },
 }
 
 pub(super) fn file_err(path: &Path, message: impl std::fmt::Display) -> LoadError {
     LoadError::File { path: path.to_path_buf(), message: message.to_string() }
+}
+
+/// Wraps a [`ModelError`] with the file or folder it is about.
+pub(super) fn model_err(path: &Path) -> impl FnOnce(ModelError) -> LoadError + '_ {
+    move |source| LoadError::Model { path: path.to_path_buf(), source: Box::new(source) }
 }
 
 /// Loads a model from a GGUF file or a Hugging Face folder, in f32.
@@ -60,7 +67,7 @@ pub fn config(path: &Path) -> Result<Config, LoadError> {
         let p = path.join("config.json");
         let v: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&p).map_err(|e| file_err(&p, e))?).map_err(|e| file_err(&p, e))?;
-        Config::from_hf_json(&v).map_err(|m| LoadError::Unsupported { path: p, message: m })
+        Config::from_hf_json(&v).map_err(model_err(&p))
     } else {
         let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
         gguf_config(&f, path)
@@ -69,16 +76,8 @@ pub fn config(path: &Path) -> Result<Config, LoadError> {
 
 fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
     let arch_name = f.get_str("general.architecture").unwrap_or("llama").to_string();
-    let arch = match arch_name.as_str() {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        other => {
-            return Err(LoadError::Unsupported {
-                path: path.to_path_buf(),
-                message: format!("architecture `{other}` is not supported (supported: llama, qwen2)"),
-            })
-        }
-    };
+    let arch = Arch::from_gguf_name(&arch_name)
+        .ok_or_else(|| model_err(path)(ModelError::UnknownGgufArch { name: arch_name.clone() }))?;
     let key = |k: &str| format!("{arch_name}.{k}");
     let u = |k: &str| {
         f.get_u32(&key(k)).map(|x| x as usize).ok_or_else(|| file_err(path, format!("metadata `{}` is missing", key(k))))
@@ -90,13 +89,17 @@ fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
         .map(|x| x as usize)
         .or_else(|| f.get("tokenizer.ggml.tokens").and_then(|t| t.as_array()).map(|a| a.len()))
         .ok_or_else(|| file_err(path, "cannot tell the vocabulary size"))?;
-    let head_dim = f.get_u32(&key("rope.dimension_count")).map(|x| x as usize).unwrap_or(hidden / heads);
-    let rope_scaling = match (f.get_str(&key("rope.scaling.type")), f.get_f32(&key("rope.scaling.factor"))) {
-        (Some("linear"), _) | (Some("yarn"), _) => {
-            return Err(LoadError::Unsupported {
-                path: path.to_path_buf(),
-                message: "linear/yarn RoPE scaling is not supported".into(),
-            })
+    // llama.cpp: the head size is `attention.key_length` (default hidden / heads), and RoPE
+    // turns `rope.dimension_count` of its dimensions (default all of them).
+    let opt = |k: &str| f.get_u32(&key(k)).map(|x| x as usize);
+    let rotated = opt("rope.dimension_count");
+    let head_dim = opt("attention.key_length").or(rotated).unwrap_or(hidden / heads);
+    if let Some(rotated) = rotated.filter(|&r| r != head_dim) {
+        return Err(model_err(path)(ModelError::PartialRotary { rotated, head_dim }));
+    }
+    let rope_scaling = match f.get_str(&key("rope.scaling.type")) {
+        Some(kind @ ("linear" | "yarn")) => {
+            return Err(model_err(path)(ModelError::UnsupportedRopeScaling { kind: kind.to_string() }))
         }
         _ => None,
     };
@@ -142,29 +145,27 @@ fn rope_freq_factors(f: &GgufFile, path: &Path, head_dim: usize) -> Result<Optio
 fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
     let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
     let cfg = gguf_config(&f, path)?;
+    // The model's tensors by llama.cpp name; the file's others (`rope_freqs.weight`) are not
+    // weights of a block.
+    let specs: HashMap<String, arch::TensorSpec> = arch::tensors(&cfg).into_iter().map(|s| (s.gguf.clone(), s)).collect();
     let mut tensors = HashMap::new();
     for t in &f.tensors {
-        let Some(name) = hf_name(&t.name) else { continue };
-        let kind = GgmlKind::from_id(t.ggml_type.id()).ok_or_else(|| LoadError::Unsupported {
-            path: path.to_path_buf(),
-            message: format!("tensor `{}` has type {}, which pipe cannot dequantize", t.name, t.ggml_type),
+        let Some(spec) = specs.get(&t.name) else { continue };
+        let kind = GgmlKind::from_id(t.ggml_type.id()).ok_or_else(|| {
+            model_err(path)(ModelError::UnsupportedTensorType { name: t.name.clone(), ty: t.ggml_type.to_string() })
         })?;
         let n = t.n_elements() as usize;
         let bytes = f.tensor_bytes(t).map_err(|e| file_err(path, e))?;
         let mut data = dequantize(kind, &bytes, n).map_err(|e| file_err(path, format!("tensor `{}`: {e}", t.name)))?;
         // GGUF dims are innermost-first: [cols, rows].
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        if cfg.arch == Arch::Llama && shape.len() == 2 {
-            if t.name.ends_with("attn_q.weight") {
-                data = unpermute(&data, shape[0], shape[1], cfg.num_heads);
-            } else if t.name.ends_with("attn_k.weight") {
-                data = unpermute(&data, shape[0], shape[1], cfg.num_kv_heads);
-            }
+        if let (Some(heads), [rows, cols]) = (spec.gguf_permute_heads(&cfg), shape.as_slice()) {
+            data = unpermute(&data, *rows, *cols, heads);
         }
         let tensor = Tensor::from_vec(data, shape, device).and_then(|t| t.to_dtype(dtype)).map_err(|e| file_err(path, e))?;
-        tensors.insert(name, tensor);
+        tensors.insert(spec.hf.clone(), tensor);
     }
-    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(path, m))
+    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(model_err(path))
 }
 
 fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
@@ -173,7 +174,7 @@ fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError
     for f in safetensors::weight_files(dir)? {
         tensors.extend(read_safetensors(&f, device)?);
     }
-    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(|m| file_err(dir, m))
+    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(model_err(dir))
 }
 
 /// Reads one safetensors file tensor by tensor, each straight into the buffer its tensor keeps.
@@ -248,14 +249,18 @@ mod tests {
 
     use crate::gguf::writer::{write_file, TensorPlan};
     use crate::gguf::{GgmlType, GgufValue};
-    use crate::model::gguf_names::{gguf_name, permute};
+    use crate::model::gguf_order::permute;
 
     /// Writes `model` as an f32 llama GGUF the way llama.cpp's converter would (names, Q/K row
     /// order, metadata), with `rope_freqs.weight` when `factors` is given.
     fn write_tiny_gguf(path: &Path, model: &Model, factors: Option<&[f32]>) {
-        let c = &model.cfg;
+        write_gguf_with(path, model, factors, llama_kvs(&model.cfg));
+    }
+
+    /// The `llama.*` metadata llama.cpp's converter writes for a model of `c`.
+    fn llama_kvs(c: &Config) -> Vec<(String, GgufValue)> {
         let u = |x: usize| GgufValue::U32(x as u32);
-        let kvs: Vec<(String, GgufValue)> = vec![
+        vec![
             ("general.architecture".into(), GgufValue::String("llama".into())),
             ("llama.vocab_size".into(), u(c.vocab_size)),
             ("llama.embedding_length".into(), u(c.hidden_size)),
@@ -267,19 +272,22 @@ mod tests {
             ("llama.context_length".into(), u(c.max_position_embeddings)),
             ("llama.rope.freq_base".into(), GgufValue::F32(c.rope_theta as f32)),
             ("llama.attention.layer_norm_rms_epsilon".into(), GgufValue::F32(c.rms_norm_eps as f32)),
-        ];
+        ]
+    }
+
+    /// Writes `model` as an f32 GGUF with the metadata `kvs` (see [`write_tiny_gguf`]).
+    fn write_gguf_with(path: &Path, model: &Model, factors: Option<&[f32]>, kvs: Vec<(String, GgufValue)>) {
+        let c = &model.cfg;
         let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = model
-            .hf_tensors()
+            .named_tensors()
             .into_iter()
-            .map(|(name, t)| {
+            .map(|(spec, t)| {
                 let shape = t.dims().to_vec();
                 let mut data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                if name.ends_with("q_proj.weight") {
-                    data = permute(&data, shape[0], shape[1], c.num_heads);
-                } else if name.ends_with("k_proj.weight") {
-                    data = permute(&data, shape[0], shape[1], c.num_kv_heads);
+                if let Some(heads) = spec.gguf_permute_heads(c) {
+                    data = permute(&data, shape[0], shape[1], heads);
                 }
-                (gguf_name(&name).unwrap(), shape, data)
+                (spec.gguf, shape, data)
             })
             .collect();
         if let Some(f) = factors {
@@ -357,6 +365,31 @@ mod tests {
         assert_eq!(b.cfg.hf_rope_scaling().unwrap(), None);
         let odd = Config { rope_freq_factors: Some((0..32).map(|i| 1.0 + (i % 3) as f32).collect()), ..cfg };
         assert!(odd.hf_rope_scaling().is_err(), "factors that are no llama3 scaling cannot go into config.json");
+    }
+
+    /// The head size is `attention.key_length` when the file has it (llama.cpp's converter
+    /// writes it, and no `rope.dimension_count`, for models whose config.json gives `head_dim`),
+    /// and a RoPE over part of each head is refused rather than misread.
+    #[test]
+    fn gguf_head_size_is_the_key_length_as_llama_cpp_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // Heads of 16 on a hidden size of 32: hidden / heads (8) is not the head size.
+        let cfg = Config { head_dim: 16, ..Config::tiny(Arch::Llama, 40, 32) };
+        let model = Model::random_with_std(cfg.clone(), 3, 0.3, &Device::Cpu).unwrap();
+        let with = |kvs: &[(&str, usize)]| {
+            let mut all: Vec<(String, GgufValue)> =
+                llama_kvs(&cfg).into_iter().filter(|(k, _)| k != "llama.rope.dimension_count").collect();
+            all.extend(kvs.iter().map(|(k, v)| (format!("llama.{k}"), GgufValue::U32(*v as u32))));
+            let path = dir.path().join(format!("{}.gguf", kvs.len()));
+            write_gguf_with(&path, &model, None, all);
+            load(&path, &Device::Cpu)
+        };
+        let ids: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6];
+        let loaded = with(&[("attention.key_length", 16), ("attention.value_length", 16)]).unwrap();
+        assert_eq!((loaded.cfg.head_dim, loaded.cfg.q_dim()), (16, 64));
+        assert_eq!(logits(&loaded, &ids), logits(&model, &ids));
+        let e = with(&[("attention.key_length", 16), ("attention.value_length", 16), ("rope.dimension_count", 8)]).unwrap_err();
+        assert!(e.to_string().ends_with("RoPE over 8 of each head's 16 dimensions is not supported"), "{e}");
     }
 
     #[test]

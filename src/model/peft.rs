@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use serde_json::json;
 
 use super::config::Config;
+use super::error::ModelError;
 use super::lora::{Layout, Module};
 
 /// The `adapter_config.json` peft writes for a LoRA adapter on a causal LM.
@@ -63,25 +64,28 @@ pub fn write_adapter(
 }
 
 /// Reads an adapter folder (ours or peft's) for `cfg`: the layout and the flat parameters.
-pub fn read_adapter(dir: &Path, cfg: &Config) -> Result<(Layout, Vec<f32>), String> {
+pub fn read_adapter(dir: &Path, cfg: &Config) -> Result<(Layout, Vec<f32>), ModelError> {
     let cpath = dir.join("adapter_config.json");
-    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&cpath).map_err(|e| format!("{}: {e}", cpath.display()))?)
-        .map_err(|e| format!("{}: {e}", cpath.display()))?;
+    let bytes = std::fs::read(&cpath).map_err(|source| ModelError::Io { path: cpath.clone(), source })?;
+    let c: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| ModelError::Json { path: cpath.clone(), source })?;
+    let unsupported = |reason| ModelError::UnsupportedAdapter { path: cpath.clone(), reason };
     if c.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
-        return Err(format!("{}: only LoRA adapters are supported", cpath.display()));
+        return Err(unsupported("only LoRA adapters are supported"));
     }
-    let r = c.get("r").and_then(|v| v.as_u64()).ok_or_else(|| format!("{}: no `r`", cpath.display()))? as usize;
+    let r = c.get("r").and_then(|v| v.as_u64()).ok_or_else(|| unsupported("no `r`"))? as usize;
     let alpha = c.get("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(r as f64) as f32;
     if c.get("use_rslora").and_then(|v| v.as_bool()) == Some(true) || c.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
-        return Err(format!("{}: rsLoRA and DoRA adapters are not supported", cpath.display()));
+        return Err(unsupported("rsLoRA and DoRA adapters are not supported"));
     }
     let targets: Vec<Module> = match c.get("target_modules") {
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|m| m.as_str().and_then(Module::parse)).collect(),
-        _ => return Err(format!("{}: `target_modules` must be a list", cpath.display())),
+        _ => return Err(unsupported("`target_modules` must be a list")),
     };
     let layout = Layout::new(cfg, r, alpha, &targets);
     let wpath = dir.join("adapter_model.safetensors");
-    let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu).map_err(|e| format!("{}: {e}", wpath.display()))?;
+    let tensors = candle_core::safetensors::load(&wpath, &Device::Cpu)
+        .map_err(|source| ModelError::Safetensors { path: wpath.clone(), source })?;
     let mut params = vec![0f32; layout.len];
     for e in &layout.entries {
         let (an, bn) = layout.peft_names(e);
@@ -96,15 +100,18 @@ pub fn read_adapter(dir: &Path, cfg: &Config) -> Result<(Layout, Vec<f32>), Stri
                             .replace(".lora_B.weight", ".lora_B.default.weight"),
                     )
                 })
-                .ok_or_else(|| format!("{}: missing tensor `{name}`", wpath.display()))?;
+                .ok_or_else(|| ModelError::MissingTensor { name: name.clone() })
+                .map_err(ModelError::in_file(&wpath))?;
             if t.dims() != [shape.0, shape.1] {
-                return Err(format!("{}: `{name}` has shape {:?}, expected {:?}", wpath.display(), t.dims(), shape));
+                let e = ModelError::ShapeMismatch { name, got: t.dims().to_vec(), want: vec![shape.0, shape.1] };
+                return Err(ModelError::in_file(&wpath)(e));
             }
             let v = t
                 .to_dtype(candle_core::DType::F32)
                 .and_then(|t| t.flatten_all())
                 .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| ModelError::Tensor { name, source })
+                .map_err(ModelError::in_file(&wpath))?;
             params[off..off + v.len()].copy_from_slice(&v);
         }
     }

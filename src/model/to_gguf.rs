@@ -1,11 +1,11 @@
 //! A model as llama.cpp expects it in a GGUF file: architecture metadata and f32 tensors under
 //! llama.cpp names, in llama.cpp row order.
 //!
-//! What `convert_hf_to_gguf.py` writes for the Llama and Qwen2 families, key for key:
+//! What `convert_hf_to_gguf.py` writes for every architecture pipe runs, key for key:
 //!
-//! | key (`{arch}` is `llama` or `qwen2`) | from |
+//! | key (`{arch}` is the architecture's llama.cpp name) | from |
 //! |---|---|
-//! | `general.architecture` | the family |
+//! | `general.architecture` | [`ArchSpec::gguf_name`](super::arch::ArchSpec::gguf_name) |
 //! | `{arch}.context_length` | `max_position_embeddings` |
 //! | `{arch}.embedding_length` / `feed_forward_length` / `block_count` | hidden / MLP size, layers |
 //! | `{arch}.attention.head_count` / `head_count_kv` | query / key-value heads |
@@ -16,27 +16,24 @@
 //!
 //! Llama 3 RoPE scaling is written as llama.cpp does: a `rope_freqs.weight` tensor of
 //! per-frequency factors, not as metadata. Tied embeddings are written once, as
-//! `token_embd.weight`, with no `output.weight` (llama.cpp ties them back on load).
+//! `token_embd.weight`, with no `output.weight` (llama.cpp ties them back on load). Which
+//! tensors there are, their llama.cpp names and which ones have their rows permuted is the
+//! tensor list's ([`super::arch::tensors`]).
 
 use candle_core::{CpuStorage, Result, Storage, StorageRef, Tensor};
 
-use super::config::{Arch, Config};
-use super::gguf_names::{gguf_name, permute};
+use super::arch::{self, TensorSpec};
+use super::config::Config;
+use super::error::ModelError;
+use super::gguf_order::permute;
 use super::llama::Model;
+use super::load::{model_err, LoadError};
 use super::safetensors::{self, MappedTensor};
 use crate::gguf::GgufValue;
 
-/// The architecture name llama.cpp uses.
-pub fn arch_name(arch: Arch) -> &'static str {
-    match arch {
-        Arch::Llama => "llama",
-        Arch::Qwen2 => "qwen2",
-    }
-}
-
 /// The `{arch}.*` hyper-parameter metadata (plus `general.architecture`).
 pub fn arch_metadata(cfg: &Config) -> Vec<(String, GgufValue)> {
-    let a = arch_name(cfg.arch);
+    let a = cfg.arch.spec().gguf_name;
     let u = |v: usize| GgufValue::U32(v as u32);
     let mut kv = vec![
         ("general.architecture".to_string(), GgufValue::String(a.into())),
@@ -184,9 +181,9 @@ impl ExportTensor {
 /// Every tensor of `model` under its llama.cpp name, in the converter's order (embedding, the
 /// blocks, final norm, output head), preceded by `rope_freqs.weight` when the model has Llama 3
 /// RoPE scaling.
-pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> {
-    let hf = model.hf_tensors().into_iter().map(|(name, tensor)| (name, tensor.dims().to_vec(), tensor));
-    build(&model.cfg, hf, |tensor, permute_heads| Source::Model { tensor, permute_heads })
+pub fn tensors(model: &Model) -> Vec<ExportTensor> {
+    let named = model.named_tensors().into_iter().map(|(spec, tensor)| (spec, tensor.dims().to_vec(), tensor));
+    build(&model.cfg, named, |tensor, permute_heads| Source::Model { tensor, permute_heads })
 }
 
 /// The tensors [`tensors`] gives for the model of `cfg` in the Hugging Face folder `dir`, in
@@ -194,43 +191,42 @@ pub fn tensors(model: &Model) -> std::result::Result<Vec<ExportTensor>, String> 
 /// memory-mapped safetensors files when its values are asked for (in place when the file
 /// holds them as f32 in llama.cpp's order). `Ok(None)` when a file holds a dtype other than
 /// F32, F16 or BF16 (load the model instead).
-pub fn tensors_from_folder(dir: &std::path::Path, cfg: &Config) -> std::result::Result<Option<Vec<ExportTensor>>, String> {
-    let Some(mut files) = safetensors::map_folder(dir).map_err(|e| e.to_string())? else { return Ok(None) };
-    let mut hf = Vec::new();
-    for name in Model::hf_names(cfg) {
-        let t = files.remove(&name).ok_or_else(|| format!("{}: missing tensor `{name}`", dir.display()))?;
-        hf.push((name, t.shape().to_vec(), t));
+pub fn tensors_from_folder(dir: &std::path::Path, cfg: &Config) -> std::result::Result<Option<Vec<ExportTensor>>, LoadError> {
+    let Some(mut files) = safetensors::map_folder(dir)? else { return Ok(None) };
+    let mut mapped = Vec::new();
+    for spec in arch::tensors(cfg) {
+        let t = files.remove(&spec.hf).ok_or_else(|| model_err(dir)(ModelError::MissingTensor { name: spec.hf.clone() }))?;
+        if t.shape() != spec.shape {
+            let (got, want) = (t.shape().to_vec(), spec.shape.clone());
+            return Err(model_err(dir)(ModelError::ShapeMismatch { name: spec.hf, got, want }));
+        }
+        mapped.push((spec, t.shape().to_vec(), t));
     }
-    build(cfg, hf, |tensor, permute_heads| Source::Mapped { tensor, permute_heads }).map(Some)
+    Ok(Some(build(cfg, mapped, |tensor, permute_heads| Source::Mapped { tensor, permute_heads })))
 }
 
-/// The export tensors for the Hugging Face tensors `hf` (name, shape, source) of a model of
-/// `cfg`, in [`Model::hf_tensors`]'s order.
+/// The export tensors for a model of `cfg` with the tensors `named` (entry of the tensor
+/// list, shape, source), in the list's order.
 fn build<T>(
     cfg: &Config,
-    hf: impl IntoIterator<Item = (String, Vec<usize>, T)>,
+    named: impl IntoIterator<Item = (TensorSpec, Vec<usize>, T)>,
     source: impl Fn(T, Option<usize>) -> Source,
-) -> std::result::Result<Vec<ExportTensor>, String> {
+) -> Vec<ExportTensor> {
     let mut out = Vec::new();
     if let Some(f) = rope_factors(cfg) {
         out.push(ExportTensor { name: "rope_freqs.weight".into(), shape: vec![f.len()], source: Source::Values(f) });
     }
-    for (hf, shape, tensor) in hf {
-        let name = gguf_name(&hf).ok_or_else(|| format!("tensor `{hf}` has no llama.cpp name"))?;
-        let permute_heads = match (cfg.arch, name.rsplit('.').nth(1)) {
-            (Arch::Llama, Some("attn_q")) if name.ends_with(".weight") => Some(cfg.num_heads),
-            (Arch::Llama, Some("attn_k")) if name.ends_with(".weight") => Some(cfg.num_kv_heads),
-            _ => None,
-        };
-        out.push(ExportTensor { name, shape, source: source(tensor, permute_heads) });
+    for (spec, shape, tensor) in named {
+        let permute_heads = spec.gguf_permute_heads(cfg);
+        out.push(ExportTensor { name: spec.gguf, shape, source: source(tensor, permute_heads) });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::config::RopeScaling;
+    use crate::model::config::{Arch, RopeScaling};
     use candle_core::Device;
 
     #[test]
@@ -264,7 +260,7 @@ mod tests {
     fn tied_llama_has_no_output_tensor_and_permutes_only_q_and_k_weights() {
         let cfg = Config::tiny(Arch::Llama, 64, 32);
         let model = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
-        let t = tensors(&model).unwrap();
+        let t = tensors(&model);
         let names: Vec<&str> = t.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names[0], "token_embd.weight");
         assert!(!names.contains(&"output.weight"));
@@ -281,7 +277,7 @@ mod tests {
     fn qwen2_keeps_hugging_face_row_order_and_writes_biases() {
         let cfg = Config::tiny(Arch::Qwen2, 64, 32);
         let model = Model::random(cfg, 1, &Device::Cpu).unwrap();
-        let t = tensors(&model).unwrap();
+        let t = tensors(&model);
         assert!(t.iter().any(|t| t.name == "blk.1.attn_q.bias"));
         assert!(t.iter().any(|t| t.name == "output.weight"));
         let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
@@ -289,6 +285,30 @@ mod tests {
         let meta = arch_metadata(&model.cfg);
         assert_eq!(meta[0].1, GgufValue::String("qwen2".into()));
         assert!(meta.iter().any(|(k, v)| k == "qwen2.attention.head_count_kv" && *v == GgufValue::U32(2)));
+    }
+
+    /// Qwen3: the q/k norms under llama.cpp's names, nothing permuted, no biases, and the head
+    /// size written because heads x head size is not the hidden size.
+    #[test]
+    fn qwen3_writes_its_head_norms_and_head_size() {
+        let cfg = Config { head_dim: 16, ..Config::tiny(Arch::Qwen3, 64, 32) };
+        let mut model = Model::random(cfg.clone(), 1, &Device::Cpu).unwrap();
+        let w: Vec<f32> = (0..16).map(|i| 1.0 + i as f32 / 16.0).collect();
+        model.layers[1].k_norm = Some(Tensor::from_vec(w.clone(), 16, &Device::Cpu).unwrap());
+        let t = tensors(&model);
+        let norm = t.iter().find(|t| t.name == "blk.1.attn_k_norm.weight").unwrap();
+        assert_eq!(norm.shape, [16]);
+        assert_eq!(norm.values().unwrap(), w);
+        assert!(t.iter().any(|t| t.name == "blk.0.attn_q_norm.weight"));
+        assert!(!t.iter().any(|t| t.name.ends_with(".bias")));
+        let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+        assert_eq!(q.shape, [64, 32]);
+        assert_eq!(q.values().unwrap(), model.layers[0].q.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        let meta = arch_metadata(&cfg);
+        assert_eq!(meta[0].1, GgufValue::String("qwen3".into()));
+        for key in ["qwen3.attention.key_length", "qwen3.attention.value_length", "qwen3.rope.dimension_count"] {
+            assert!(meta.iter().any(|(k, v)| k == key && *v == GgufValue::U32(16)), "{key}");
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! `lora-train`: LoRA fine-tuning of a Llama/Qwen2 model on a tokenized dataset.
+//! `lora-train`: LoRA fine-tuning of a model (any architecture of [`crate::model::arch`]) on a
+//! tokenized dataset.
 //!
 //! Adapts between the pipeline (params, inputs, outputs, progress, the per-key work folder) and
 //! [`crate::train::trainer`]. Checkpoints live in the node's work folder, which is keyed by the

@@ -1,5 +1,5 @@
-//! `random-model`: a randomly initialised Llama model of a known shape, as a Hugging Face folder
-//! around a given tokenizer.
+//! `random-model`: a randomly initialised model of a known shape ([`crate::model::arch::PRESETS`]),
+//! as a Hugging Face folder around a given tokenizer.
 //!
 //! Weights cannot be downloaded at run time, so a pipeline that must run at a model's full size
 //! without its weights (`pipelines/fortune-7b.yaml`: the tutorial's deepseek-llm-7b settings on
@@ -18,9 +18,9 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
-use crate::model::config::{Arch, Config};
-use crate::model::llama::{normal, splitmix};
-use crate::model::lora::Module;
+use crate::model::arch::{self, Init};
+use crate::model::config::Config;
+use crate::model::rng::{normal, splitmix};
 use crate::spec::params::{Default, ParamSpec, ParamType, Params, Value};
 
 /// The `random-model` kind.
@@ -38,7 +38,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "shape",
         ty: ParamType::Enum(Config::PRESETS),
         default: Default::Required,
-        doc: "tiny (2 layers, hidden 64), smollm2-135m, tinyllama-1.1b, deepseek-llm-7b (30 layers, hidden 4096, MLP 11008, vocab 102400)",
+        doc: "a published model's shape (architecture, sizes, RoPE base), or a tiny one for tests (2 layers, hidden 64)",
     },
     ParamSpec {
         name: "layers",
@@ -52,7 +52,12 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Null,
         doc: "override the shape's vocabulary size (at least the tokenizer's)",
     },
-    ParamSpec { name: "seed", ty: ParamType::Int { min: 0, max: i64::MAX }, default: Default::Int(0), doc: "seed of the weights" },
+    ParamSpec {
+        name: "seed",
+        ty: ParamType::Int { min: 0, max: i64::MAX },
+        default: Default::Int(0),
+        doc: "seed of the weights",
+    },
     ParamSpec {
         name: "std",
         ty: ParamType::Float { min: 0.0, max: 10.0 },
@@ -85,30 +90,6 @@ pub fn config(params: &Params) -> Result<Config, (String, String)> {
     Ok(cfg)
 }
 
-/// The tensors of a model of `cfg`, in the order they are written: (Hugging Face name, shape,
-/// random or ones).
-pub fn tensor_list(cfg: &Config) -> Vec<(String, Vec<usize>, bool)> {
-    let h = cfg.hidden_size;
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![cfg.vocab_size, h], true)];
-    for l in 0..cfg.num_layers {
-        let p = format!("model.layers.{l}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![h], false));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h], false));
-        for m in Module::ALL {
-            let (i, o) = m.dims(cfg);
-            out.push((format!("{p}.{}.weight", m.hf_path()), vec![o, i], true));
-            if cfg.arch == Arch::Qwen2 && matches!(m, Module::Q | Module::K | Module::V) {
-                out.push((format!("{p}.{}.bias", m.hf_path()), vec![o], true));
-            }
-        }
-    }
-    out.push(("model.norm.weight".to_string(), vec![h], false));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![cfg.vocab_size, h], true));
-    }
-    out
-}
-
 /// The little-endian bytes of one tensor.
 fn tensor_bytes(n: usize, random: bool, seed: u64, std: f64, dtype: &str) -> Vec<u8> {
     let width = if dtype == "f32" { 4 } else { 2 };
@@ -135,7 +116,7 @@ pub fn write_safetensors(
     dtype: &str,
     mut step: impl FnMut(usize),
 ) -> std::io::Result<()> {
-    let tensors = tensor_list(cfg);
+    let tensors = arch::tensors(cfg);
     let width = if dtype == "f32" { 4 } else { 2 };
     let st_dtype = match dtype {
         "f32" => "F32",
@@ -145,11 +126,11 @@ pub fn write_safetensors(
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
     let mut offset = 0usize;
-    for (name, shape, _) in &tensors {
-        let bytes = shape.iter().product::<usize>() * width;
+    for t in &tensors {
+        let bytes = t.shape.iter().product::<usize>() * width;
         header.insert(
-            name.clone(),
-            serde_json::json!({"dtype": st_dtype, "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            t.hf.clone(),
+            serde_json::json!({"dtype": st_dtype, "shape": t.shape, "data_offsets": [offset, offset + bytes]}),
         );
         offset += bytes;
     }
@@ -161,9 +142,10 @@ pub fn write_safetensors(
     let mut w = BufWriter::with_capacity(1 << 22, std::fs::File::create(path)?);
     w.write_all(&(json.len() as u64).to_le_bytes())?;
     w.write_all(&json)?;
-    for (t, (_, shape, random)) in tensors.iter().enumerate() {
-        let n = shape.iter().product::<usize>();
-        w.write_all(&tensor_bytes(n, *random, splitmix(seed ^ splitmix(t as u64 + 1)), std, dtype))?;
+    for (t, spec) in tensors.iter().enumerate() {
+        let n = spec.shape.iter().product::<usize>();
+        let random = spec.init == Init::Normal;
+        w.write_all(&tensor_bytes(n, random, splitmix(seed ^ splitmix(t as u64 + 1)), std, dtype))?;
         step(t + 1);
     }
     w.into_inner().map_err(|e| e.into_error())?.sync_all()
@@ -177,7 +159,7 @@ impl NodeKind for RandomModel {
         1
     }
     fn summary(&self) -> &'static str {
-        "A randomly initialised Llama model of a known shape (deepseek-llm-7b, TinyLlama, SmolLM2) as a Hugging Face folder, for full-size runs without the weights."
+        "A randomly initialised model of a known shape (`shape` lists them) as a Hugging Face folder, for full-size runs without the weights."
     }
     fn inputs(&self) -> &'static [InputSpec] {
         INPUTS
@@ -229,9 +211,9 @@ impl NodeKind for RandomModel {
                 &serde_json::json!({"bos_token_id": bos, "eos_token_id": eos, "do_sample": false}),
             )?;
         }
-        let tensors = tensor_list(&cfg);
+        let tensors = arch::tensors(&cfg);
         let n_tensors = tensors.len();
-        let params: usize = tensors.iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
+        let params: usize = tensors.iter().map(|t| t.shape.iter().product::<usize>()).sum();
         ctx.log(format!("{} tensors, {params} parameters, {dtype}", n_tensors));
         ctx.progress.start(Some(n_tensors as u64), "tensors");
         let progress = ctx.progress.clone();
@@ -266,7 +248,7 @@ mod tests {
         assert_eq!(a, b, "same seed, same bytes");
         assert_ne!(a, c, "another seed, other weights");
         let tensors = candle_core::safetensors::load(dir.path().join("a"), &Device::Cpu).unwrap();
-        assert_eq!(tensors.len(), tensor_list(&cfg).len());
+        assert_eq!(tensors.len(), arch::tensors(&cfg).len());
         let emb = tensors["model.embed_tokens.weight"].to_dtype(candle_core::DType::F32).unwrap();
         assert_eq!(emb.dims(), &[512, 64]);
         let v = emb.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -281,10 +263,11 @@ mod tests {
     fn presets_have_the_published_shapes() {
         let d = Config::preset("deepseek-llm-7b").unwrap();
         assert_eq!((d.num_layers, d.hidden_size, d.intermediate_size, d.vocab_size), (30, 4096, 11008, 102400));
-        let n: usize = tensor_list(&d).iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
+        let count = |c: &Config| arch::tensors(c).iter().map(|t| t.shape.iter().product::<usize>()).sum::<usize>();
+        let n = count(&d);
         assert_eq!(n, 6_910_365_696, "deepseek-llm-7b's parameter count");
         let s = Config::preset("smollm2-135m").unwrap();
-        let n: usize = tensor_list(&s).iter().map(|(_, s, _)| s.iter().product::<usize>()).sum();
+        let n = count(&s);
         assert_eq!(n, 134_515_008, "SmolLM2-135M's parameter count");
     }
 }

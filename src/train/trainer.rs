@@ -37,8 +37,9 @@ use super::checkpoint::{self, State};
 use super::optim::{grad_norm_sq, AdamW, AdamWConfig, DeviceAdamW, Schedule};
 use super::parallel::{GradReduce, World};
 use super::scaler::{LossScaler, ScalerConfig, StepOutcome};
-use crate::model::llama::{splitmix, Batch, LoraGrads, LoraStep, Model};
+use crate::model::llama::{Batch, LoraGrads, LoraStep, Model};
 use crate::model::lora::{Layout, Module};
+use crate::model::rng::splitmix;
 
 /// Training hyper-parameters (the tutorial's defaults live in the node's schema).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,8 +99,8 @@ pub enum TrainError {
     #[error("{0}")]
     Data(String),
     /// The `init` adapter could not be read for this model.
-    #[error("reading the init adapter {path}: {reason}")]
-    InitRead { path: PathBuf, reason: String },
+    #[error("reading the init adapter {path}: {source}")]
+    InitRead { path: PathBuf, source: Box<crate::model::error::ModelError> },
     /// The `init` adapter's shape is not the training's.
     #[error("the init adapter {path} has {what} {adapter}, but training has {what} {training}")]
     InitMismatch { path: PathBuf, what: &'static str, adapter: String, training: String },
@@ -343,8 +344,8 @@ pub fn train_rank(
 /// the training's r, alpha and targets), else peft's init seeded by `seed`.
 fn initial_params(layout: &Layout, model: &crate::model::config::Config, cfg: &TrainConfig) -> Result<Vec<f32>, TrainError> {
     let Some(dir) = &cfg.init else { return Ok(layout.init(cfg.seed)) };
-    let (theirs, params) =
-        crate::model::peft::read_adapter(dir, model).map_err(|reason| TrainError::InitRead { path: dir.clone(), reason })?;
+    let (theirs, params) = crate::model::peft::read_adapter(dir, model)
+        .map_err(|e| TrainError::InitRead { path: dir.clone(), source: Box::new(e) })?;
     let mismatch =
         |what, adapter: String, training: String| TrainError::InitMismatch { path: dir.clone(), what, adapter, training };
     if theirs.r != layout.r {

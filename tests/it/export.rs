@@ -82,6 +82,48 @@ fn qwen2_exports_with_biases_and_passes_the_gate() {
     }
 }
 
+/// For every architecture: the numpy forward pass of scripts/reference_forward.py (float64,
+/// llama.cpp's own RoPE modes and tensor names, written independently of pipe) over the F32
+/// export gives pipe's logits, both pipe's forward over the file and over the source folder.
+#[test]
+fn the_numpy_reference_forward_matches_pipe_on_every_architectures_export() {
+    let ids: Vec<u32> = vec![5, 17, 2, 99, 40, 7, 301, 12];
+    for arch in Arch::ALL {
+        let t = project(arch, ", type: F32");
+        t.run("p.yaml", &[]).success();
+        let gguf = t.output_path("p.yaml", "export", "model", &[]).join("model.gguf");
+        let out = t.path("reference.json");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/reference_forward.py");
+        let ids_arg = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+        let status = std::process::Command::new("python3")
+            .arg(script)
+            .arg("--gguf")
+            .arg(&gguf)
+            .args(["--ids", &ids_arg, "--out"])
+            .arg(&out)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            other => {
+                assert!(std::env::var_os("PIPE_REQUIRE_PYTHON").is_none(), "python3 with gguf and numpy is required: {other:?}");
+                eprintln!("skipping: python3 with gguf and numpy is not available");
+                return;
+            }
+        }
+        let r: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+        let want: Vec<f32> = r["last_logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for (what, path) in [("the export", gguf.clone()), ("the source folder", t.path("model"))] {
+            let model = pipe::model::load::load(&path, &candle_core::Device::Cpu).unwrap();
+            let logits = model.forward_infer(&ids, &mut pipe::model::llama::KvCache::new(model.cfg.num_layers)).unwrap();
+            let got: Vec<f32> = logits.get(ids.len() - 1).unwrap().to_vec1().unwrap();
+            assert_eq!(got.len(), want.len());
+            let max_diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(max_diff / scale < 1e-4, "{arch:?}, {what}: max |diff| {max_diff} vs max |logit| {scale}");
+        }
+    }
+}
+
 #[test]
 fn the_python_gguf_package_reads_the_export() {
     let t = project(Arch::Llama, ", type: Q4_K_M");

@@ -342,6 +342,63 @@ nodes:
     assert!(out.stderr.contains("more than the model's vocabulary of 100"), "{}", out.stderr);
 }
 
+/// Qwen3 (per-head q/k norms, heads x head size twice the hidden size) end to end from a
+/// random model of the `tiny-qwen3` shape: LoRA training lowers the loss, the merged folder is a
+/// Qwen3 one with its norms, and the GGUF export passes the gate (llama.cpp's greedy decoding
+/// too, when llama.cpp is there).
+#[test]
+fn a_random_qwen3_trains_merges_and_exports_through_the_gate() {
+    let t = TestContext::with_fixtures();
+    t.write("prompts.txt", "What does my future hold?\nTell me about the stars.\n");
+    let yaml = r#"name: qwen3
+nodes:
+  base:
+    kind: random-model
+    inputs: { tokenizer: tok/tokenizer.json }
+    params: { shape: tiny-qwen3, vocab: 1024, seed: 3, std: 0.2, dtype: f32 }
+  fix: { kind: fix-json, inputs: { records: data/fortune.jsonl }, params: { eval_fraction: 0.1 } }
+  tok: { kind: tokenize, inputs: { records: fix.train, tokenizer: base.model }, params: { max_length: 64 } }
+  train:
+    kind: lora-train
+    inputs: { model: base.model, dataset: tok.dataset }
+    params: { max_steps: 8, batch_size: 4, grad_accum: 1, lr: 0.02, r: 4, logging_steps: 1, save_steps: 0 }
+  merge: { kind: merge, inputs: { model: base.model, adapter: train.adapter } }
+  export:
+    kind: export-gguf
+    inputs: { model: merge.model, prompts: prompts.txt }
+    params: { pre: gpt-2, format: chat_template, type: F16 }
+"#;
+    t.write("p.yaml", yaml);
+    t.run("p.yaml", &[]).success();
+    let (first, last) = first_and_last_loss(&train_log(&t));
+    assert!(last < first, "the loss goes down: {first} -> {last}");
+    let merged = t.output_path("p.yaml", "merge", "model", &[]);
+    let cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(merged.join("config.json")).unwrap()).unwrap();
+    assert_eq!((cfg["model_type"].as_str(), cfg["architectures"][0].as_str()), (Some("qwen3"), Some("Qwen3ForCausalLM")));
+    assert_eq!(
+        (cfg["head_dim"].as_u64(), cfg["hidden_size"].as_u64(), cfg["attention_bias"].as_bool()),
+        (Some(32), Some(64), Some(false))
+    );
+    let tensors = candle_core::safetensors::load(merged.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(tensors["model.layers.1.self_attn.k_norm.weight"].dims(), &[32]);
+    assert!(!tensors.contains_key("model.layers.0.self_attn.q_proj.bias"));
+    let base = pipe::model::load::load(&t.output_path("p.yaml", "base", "model", &[]), &Device::Cpu).unwrap();
+    let tuned = pipe::model::load::load(&merged, &Device::Cpu).unwrap();
+    assert_eq!(base.cfg, tuned.cfg);
+    let report_dir = t.output_path("p.yaml", "export", "report", &[]);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    let status = |name: &str| {
+        report["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).map(|c| c["status"].as_str().unwrap().to_string())
+    };
+    for c in ["metadata", "tensors", "tokenizer"] {
+        assert_eq!(status(c).as_deref(), Some("pass"), "{c}: {report:#}");
+    }
+    if std::env::var_os("PIPE_REQUIRE_LLAMA_CPP").is_some() {
+        assert_eq!(status("llama.cpp tokenizer").as_deref(), Some("pass"), "{report:#}");
+        assert_eq!(status("llama.cpp greedy").as_deref(), Some("pass"), "{report:#}");
+    }
+}
+
 #[test]
 fn the_full_size_pipeline_validates_and_a_cpu_build_refuses_its_gpu_nodes_before_running() {
     let t = TestContext::new();
