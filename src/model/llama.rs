@@ -66,9 +66,7 @@ use super::error::ModelError;
 use super::ggml_cpu::{flash_attn_f16, round_f16, round_q8_0, ActRounding};
 use super::lora::{Layout, Module};
 use super::ops;
-use super::rng::normal;
-// `super::ops` reads `splitmix` from here.
-pub(crate) use super::rng::splitmix;
+use super::rng::{normal, splitmix};
 
 /// A frozen projection.
 #[derive(Debug, Clone)]

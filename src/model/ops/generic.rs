@@ -9,7 +9,7 @@
 use candle_core::{DType, Result, Tensor, D};
 
 use super::{CrossEntropy, LoraGradSlot, IGNORE_INDEX};
-use crate::model::llama::splitmix;
+use crate::model::rng::splitmix;
 
 /// The dtype the arithmetic runs in for inputs of dtype `dt`.
 pub(crate) fn compute_dtype(dt: DType) -> DType {

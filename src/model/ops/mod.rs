@@ -854,7 +854,7 @@ mod tests {
         let mask = generic::dropout_mask(seed, n, p);
         let threshold = (p as f64 * u32::MAX as f64) as u32;
         for (e, m) in mask.iter().enumerate() {
-            let r = crate::model::llama::splitmix(seed ^ crate::model::llama::splitmix((e / 2) as u64));
+            let r = crate::model::rng::splitmix(seed ^ crate::model::rng::splitmix((e / 2) as u64));
             let bits = if e % 2 == 0 { r as u32 } else { (r >> 32) as u32 };
             assert_eq!(*m, if bits >= threshold { 1.0 / (1.0 - p) } else { 0.0 }, "element {e}");
         }

@@ -15,7 +15,7 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half_rn(x); }
 
-// SplitMix64, as `llama::splitmix`: the hash behind the LoRA dropout masks (dropout.cu, lora.cu).
+// SplitMix64, as `model::rng::splitmix`: the hash behind the LoRA dropout masks (dropout.cu, lora.cu).
 __device__ __forceinline__ uint64_t splitmix(uint64_t z) {
     z += 0x9E3779B97F4A7C15ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
