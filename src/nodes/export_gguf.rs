@@ -14,15 +14,16 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value as Json};
 
 use super::{Accepts, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::records::json_position;
 use crate::export::gate::{Check, Gate};
 use crate::export::llamacpp::{self, LlamaCpp};
+use crate::export::modelfile::Modelfile;
 use crate::export::{write_gguf, write_gguf_from_folder};
 use crate::gguf::ftype::FileType;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, with_tokenizer as tokenizer_with, Bundle};
-use crate::tokenizer::modelfile::Modelfile;
 use crate::tokenizer::template::{self, ChatTemplate};
 use crate::tokenizer::to_gguf::{to_gguf, HfTokenizer, ToGgufError, TokenizerMetadata};
 
@@ -141,7 +142,7 @@ fn heldout_text(path: &Path, template: &ChatTemplate, system: Option<&str>) -> R
     let text = std::fs::read_to_string(path).map_err(NodeError::io("reading", path))?;
     let records: Vec<Json> = serde_json::from_str(&text).map_err(|e| NodeError::BadInput {
         path: path.to_path_buf(),
-        location: Some(crate::nodes::fix_json::json_position(&text, &e)),
+        location: Some(json_position(&text, &e)),
         message: format!("held-out records must be a JSON array of objects: {e}"),
     })?;
     let mut out = String::new();

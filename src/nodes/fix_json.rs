@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 use super::{InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::records::json_position;
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 
 /// The `fix-json` kind.
@@ -261,18 +262,6 @@ pub fn scan(text: &str) -> Scan {
         }
     }
     out
-}
-
-/// serde_json's 1-based (line, column) of an error in `text`. serde_json reports column 0 when
-/// the offending character is a newline (it has already moved to the next line); that is the end
-/// of the previous line for a reader.
-pub fn json_position(text: &str, e: &serde_json::Error) -> (usize, usize) {
-    let (line, col) = (e.line().max(1), e.column());
-    if col > 0 || line <= 1 {
-        return (line, col.max(1));
-    }
-    let prev = text.split('\n').nth(line - 2).unwrap_or("");
-    (line - 1, prev.trim_end_matches('\r').chars().count() + 1)
 }
 
 /// serde_json appends " at line L column C"; the report has its own (absolute) position.

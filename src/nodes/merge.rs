@@ -16,6 +16,7 @@ use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::{load, peft};
 use crate::spec::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::load as load_tokenizer;
+use crate::tokenizer::save::write_hf_tokenizer;
 
 /// The `merge` kind.
 pub struct Merge;
@@ -52,46 +53,6 @@ const PARAMS: &[ParamSpec] = &[
 
 fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Failed(e.to_string())
-}
-
-/// Writes the tokenizer files of `base` (a GGUF file or a Hugging Face folder) into `out`.
-pub fn write_tokenizer(base: &Path, out: &Path) -> Result<(), NodeError> {
-    if base.is_dir() {
-        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
-            if base.join(f).exists() {
-                std::fs::copy(base.join(f), out.join(f)).map_err(NodeError::io("copying", &base.join(f)))?;
-            }
-        }
-        return Ok(());
-    }
-    let b = load_tokenizer(base).map_err(err)?;
-    b.tokenizer.save(out.join("tokenizer.json"), false).map_err(|e| err(format!("writing tokenizer.json: {e}")))?;
-    let mut cfg = serde_json::json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "clean_up_tokenization_spaces": false,
-        "model_max_length": 8192,
-        "add_bos_token": false,
-    });
-    if let Some((_, t)) = &b.eos {
-        cfg["eos_token"] = t.clone().into();
-    }
-    if let Some((_, t)) = &b.bos {
-        cfg["bos_token"] = t.clone().into();
-    }
-    if let Some(id) = b.pad {
-        if let Some(t) = b.tokenizer.id_to_token(id) {
-            cfg["pad_token"] = t.into();
-        }
-    }
-    if let Some(t) = &b.chat_template {
-        cfg["chat_template"] = t.clone().into();
-    }
-    std::fs::write(out.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg).expect("json"))
-        .map_err(NodeError::io("writing", out))?;
-    let gen = serde_json::json!({"bos_token_id": b.bos.as_ref().map(|x| x.0), "eos_token_id": b.eos.as_ref().map(|x| x.0), "do_sample": false});
-    std::fs::write(out.join("generation_config.json"), serde_json::to_string_pretty(&gen).expect("json"))
-        .map_err(NodeError::io("writing", out))?;
-    Ok(())
 }
 
 /// Writes tensors as `model.safetensors`, or shards plus `model.safetensors.index.json`.
@@ -174,7 +135,7 @@ impl NodeKind for Merge {
             Some("f16") => (DType::F16, "float16"),
             _ => (DType::F32, "float32"),
         };
-        write_tokenizer(&base, &out)?;
+        write_hf_tokenizer(&base, &out)?;
         let tk = load_tokenizer(&out).ok();
         if !out.join("generation_config.json").exists() {
             let id = |b: Option<&(u32, String)>| b.map(|x| x.0);

@@ -110,6 +110,9 @@ pub enum NodeError {
     /// Anything else the kind wants to report, already phrased for the user.
     #[error("{0}")]
     Failed(String),
+    /// Writing a model folder's tokenizer files failed.
+    #[error(transparent)]
+    TokenizerFiles(#[from] crate::tokenizer::save::SaveError),
 }
 
 impl NodeError {
