@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::ExitStatus;
 use crate::cli::KindsArgs;
 use crate::nodes::{self, NodeKind};
-use crate::spec::params::{Default, Params};
+use crate::params::{Default, Params};
 
 fn default_text(d: &Default) -> String {
     match d {

@@ -6,8 +6,8 @@ use anyhow::Result;
 
 use super::{cache_dir, load_pipeline, ExitStatus};
 use crate::cli::{GlobalArgs, RunArgs};
+use crate::device::{DevicePool, PoolProblem};
 use crate::report::{Event, Reporter};
-use crate::sched::device::{DevicePool, PoolProblem};
 use crate::sched::{RunOptions, Session};
 use crate::spec::validate::Diagnostics;
 

@@ -13,7 +13,7 @@ use crate::dataset::TokenDataset;
 use crate::model::generate::generate;
 use crate::model::llama::{Batch, Model};
 use crate::model::load;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, Bundle};
 use crate::tokenizer::template::{self, ChatTemplate};
 

@@ -22,7 +22,7 @@ use crate::export::{write_gguf, write_gguf_from_folder};
 use crate::gguf::ftype::FileType;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, with_tokenizer as tokenizer_with, Bundle};
 use crate::tokenizer::template::{self, ChatTemplate};
 use crate::tokenizer::to_gguf::{to_gguf, HfTokenizer, ToGgufError, TokenizerMetadata};
@@ -355,11 +355,11 @@ impl NodeKind for ExportGguf {
                 greedy_tokens: ctx.params.int("greedy_tokens") as usize,
                 perplexity,
                 ppl_tolerance: match ctx.params.get("ppl_tolerance") {
-                    crate::spec::params::Value::Null => default_ppl_tolerance(file_type),
+                    crate::params::Value::Null => default_ppl_tolerance(file_type),
                     _ => ctx.params.float("ppl_tolerance"),
                 },
                 tie_margin: match ctx.params.get("greedy_tie_margin") {
-                    crate::spec::params::Value::Null => default_tie_margin(file_type),
+                    crate::params::Value::Null => default_tie_margin(file_type),
                     _ => ctx.params.float("greedy_tie_margin") as f32,
                 },
                 llama,

@@ -23,7 +23,7 @@ use serde_json::{Map, Value as Json};
 
 use super::{InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::records::json_position;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 
 /// The `fix-json` kind.
 pub struct FixJson;

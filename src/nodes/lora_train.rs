@@ -35,8 +35,9 @@ use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
 use crate::model::lora::Module;
 use crate::model::{load, peft};
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::train::optim::{AdamWConfig, Schedule};
+use crate::train::parallel::train_on_gpus;
 use crate::train::scaler::ScalerConfig;
 use crate::train::trainer::{train, TrainConfig};
 
@@ -187,52 +188,6 @@ pub fn train_config(params: &Params) -> Result<TrainConfig, (String, String)> {
     })
 }
 
-/// Data-parallel training on these CUDA devices: a model per GPU, NCCL between them.
-#[cfg(feature = "cuda")]
-#[allow(clippy::too_many_arguments)]
-fn train_on_gpus(
-    gpus: &[usize],
-    model_path: &std::path::Path,
-    dtype: DType,
-    records: &[(Vec<u32>, Vec<i64>)],
-    cfg: &TrainConfig,
-    work: &std::path::Path,
-    on_step: &mut dyn FnMut(&crate::train::trainer::StepReport),
-    note: &mut dyn FnMut(&str),
-) -> Result<Result<crate::train::trainer::Trained, crate::train::trainer::TrainError>, NodeError> {
-    use crate::train::parallel::{nccl, train_ranks};
-    let failed = |what: &str, e: &dyn std::fmt::Display| NodeError::Failed(format!("{what}: {e}"));
-    let devices = gpus
-        .iter()
-        .map(|&g| candle_core::Device::new_cuda(g).map_err(|e| failed(&format!("opening cuda:{g}"), &e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut models = Vec::new();
-    for (d, g) in devices.iter().zip(gpus) {
-        note(&format!("loading {} on cuda:{g}", model_path.display()));
-        models.push(load::load_as(model_path, d, dtype).map_err(|e| failed(&format!("loading on cuda:{g}"), &e))?);
-    }
-    let reducers = nccl::group(&devices).map_err(|e| failed("setting up NCCL", &e))?;
-    let version = nccl::version().unwrap_or_default();
-    note(&format!("data-parallel over {} GPUs {gpus:?} (NCCL {version})", gpus.len()));
-    Ok(train_ranks(&models, reducers, records, cfg, work, on_step, note))
-}
-
-/// Without the `cuda` feature the pool has no GPUs, so no lease holds two.
-#[cfg(not(feature = "cuda"))]
-#[allow(clippy::too_many_arguments)]
-fn train_on_gpus(
-    gpus: &[usize],
-    _model_path: &std::path::Path,
-    _dtype: DType,
-    _records: &[(Vec<u32>, Vec<i64>)],
-    _cfg: &TrainConfig,
-    _work: &std::path::Path,
-    _on_step: &mut dyn FnMut(&crate::train::trainer::StepReport),
-    _note: &mut dyn FnMut(&str),
-) -> Result<Result<crate::train::trainer::Trained, crate::train::trainer::TrainError>, NodeError> {
-    unreachable!("a lease of GPUs {gpus:?} in a build without CUDA")
-}
-
 impl NodeKind for LoraTrain {
     fn name(&self) -> &'static str {
         "lora-train"
@@ -329,7 +284,7 @@ impl NodeKind for LoraTrain {
         let work = ctx.work.clone();
         let trained = match &model {
             Some(model) => train(model, &records, &cfg, &work, &mut on_step, &mut note),
-            None => train_on_gpus(&gpus, &model_path, dtype, &records, &cfg, &work, &mut on_step, &mut note)?,
+            None => train_on_gpus(&gpus, &model_path, dtype, &records, &cfg, &work, &mut on_step, &mut note),
         }
         .map_err(|e| NodeError::Failed(e.to_string()))?;
         let adapter = ctx.output("adapter");

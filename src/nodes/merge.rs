@@ -14,7 +14,7 @@ use candle_core::{DType, Tensor};
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::{load, peft};
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::load as load_tokenizer;
 use crate::tokenizer::save::write_hf_tokenizer;
 

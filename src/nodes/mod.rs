@@ -30,38 +30,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::device::{DeviceReq, Lease};
+use crate::params::{ParamSpec, Params};
 use crate::report::progress::NodeProgress;
-use crate::spec::params::{ParamSpec, Params};
-
-/// Where a node wants to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceReq {
-    /// Always on the CPU pool.
-    Cpu,
-    /// Needs a CUDA device slot; an error before anything runs when none exists.
-    Cuda,
-    /// A CUDA slot when one exists, else the CPU (with a warning).
-    Auto,
-}
-
-/// How many GPUs a node asks for (`gpus:`); one unless a data-parallel kind says otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuCount {
-    /// Exactly this many (at least one); more than the pool has is an error before anything runs.
-    Count(usize),
-    /// Every GPU of the run (`--gpus`, `CUDA_VISIBLE_DEVICES`); the CPU under `auto` without one.
-    All,
-}
-
-impl std::fmt::Display for GpuCount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GpuCount::Count(n) => write!(f, "{n}"),
-            GpuCount::All => write!(f, "all"),
-        }
-    }
-}
 
 /// What an input slot accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +112,7 @@ pub struct RunCtx<'a> {
     /// A one-line summary for the "Finished" line and the node record.
     pub summary: Option<String>,
     /// The device slot the scheduler gave this run.
-    pub lease: crate::sched::device::Lease,
+    pub lease: Lease,
 }
 
 impl RunCtx<'_> {

@@ -21,7 +21,7 @@ use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::config::{Arch, Config};
 use crate::model::llama::{normal, splitmix};
 use crate::model::lora::Module;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params, Value};
+use crate::params::{Default, ParamSpec, ParamType, Params, Value};
 
 /// The `random-model` kind.
 pub struct RandomModel;

@@ -34,7 +34,7 @@ use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, 
 use crate::dataset::encode::{encode_records, EncodeError, EncodeSpec, Encoded};
 use crate::dataset::records::{json_position, read_records};
 use crate::dataset::DatasetWriter;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load_encoder, EncoderBundle};
 use crate::tokenizer::template::{self, ChatTemplate};
 

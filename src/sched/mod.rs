@@ -3,7 +3,7 @@
 //! # Outline
 //! 1. [`Session::open`] loads the cache, the stat cache and the pipeline's last run record.
 //! 2. [`Session::run`] keeps a ready set: a node is ready when every upstream node is done. Ready
-//!    nodes take a slot from the [`device::DevicePool`] and run on their own thread.
+//!    nodes take a slot from the [`DevicePool`] and run on their own thread.
 //! 3. A worker computes the node's [`KeyParts`] (hashing inputs; upstream outputs are known by
 //!    now), takes the key's lock (another process computing the same key makes it wait, then
 //!    reuse the result), and either reports a cache hit or runs the kind into a staging folder
@@ -17,25 +17,25 @@
 //! content digests, so an upstream rerun that produces identical bytes leaves everything
 //! downstream fresh (early cutoff).
 
-pub mod device;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::cache::{NodeRecord, RunNode, RunRecord, Store};
+use crate::device::{DevicePool, DeviceReq, Lease};
 use crate::graph::Graph;
 use crate::hash::dirty::{explain, DirtyReason};
 use crate::hash::statcache::StatCache;
 use crate::hash::{Canon, Digest, KeyParts};
-use crate::nodes::{DeviceReq, NodeError, RunCtx};
+use crate::nodes::{NodeError, RunCtx};
+use crate::params::did_you_mean;
 use crate::report::progress::NodeProgress;
 use crate::report::{Event, Reporter};
 use crate::source::Source;
 use crate::spec::validate::{suggest, SpecError};
-use crate::spec::{params::did_you_mean, InputRef, Pipeline};
-use device::{DevicePool, Lease};
+use crate::spec::{InputRef, Pipeline};
 
 /// A pipeline bound to a cache.
 pub struct Session {
@@ -118,7 +118,7 @@ fn now_secs() -> u64 {
 impl Session {
     /// Binds a pipeline to the cache folder `cache_dir`.
     pub fn open(pipeline: Pipeline, cache_dir: &Path, reporter: Arc<Reporter>) -> anyhow::Result<Session> {
-        let graph = Graph::build(&pipeline.nodes).map_err(|_| anyhow::anyhow!("pipeline has a cycle"))?;
+        let graph = pipeline.graph().map_err(|_| anyhow::anyhow!("pipeline has a cycle"))?;
         let store = Store::open(cache_dir)?;
         let stat = Mutex::new(StatCache::load(&store.stat_cache_path()));
         let canonical_file = pipeline.file.canonicalize().unwrap_or_else(|_| pipeline.file.clone());
@@ -490,55 +490,31 @@ impl Session {
         let work = self.store.work_dir(&key);
         std::fs::create_dir_all(&work).map_err(|e| fail(format!("creating {}: {e}", work.display())))?;
         let log_file = std::fs::File::create(&log_path).map_err(|e| fail(format!("creating {}: {e}", log_path.display())))?;
-        let mut ctx = RunCtx {
-            node: &node.name,
-            params: &node.params,
-            inputs,
-            staging: staging.clone(),
-            work: work.clone(),
-            log: Arc::new(Mutex::new(log_file)),
-            progress: NodeProgress::new(&node.name, self.reporter.clone()),
-            summary: None,
-            lease,
-        };
-        ctx.log(format!("node {} ({} v{}) key {key} on {lease}", node.name, kind.name(), kind.version()));
-        for (slot, p) in &ctx.inputs {
-            ctx.log(format!("input {slot}: {}", p.display()));
-        }
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx))).unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(NodeError::Failed(format!("internal error (a bug in pipe, please report it): {}", msg.unwrap_or_default())))
-        });
-        let outputs = kind.outputs(&node.params);
-        let result = result.and_then(|()| {
-            for o in &outputs {
-                if !staging.join(o.name).exists() {
-                    return Err(NodeError::Failed(format!(
-                        "internal error: kind {} did not write output `{}`",
-                        kind.name(),
-                        o.name
-                    )));
+        let log = Arc::new(Mutex::new(log_file));
+        let progress = NodeProgress::new(&node.name, self.reporter.clone());
+        let ran = self.run_node(i, &key, inputs, &staging, &work, log.clone(), progress, lease);
+        let summary = match ran {
+            Ok(summary) => summary,
+            Err(e) => {
+                let message = format!("node '{}' ({}): {e}", node.name, kind.name());
+                if let Ok(mut f) = log.lock() {
+                    let _ = writeln!(f, "error: {message}");
                 }
+                let _ = std::fs::remove_dir_all(&staging);
+                self.reporter.emit(Event::NodeFailed {
+                    node: node.name.clone(),
+                    kind: kind.name().into(),
+                    error: e.to_string(),
+                    log: log_path.display().to_string(),
+                });
+                return Err(fail(message));
             }
-            Ok(())
-        });
-        if let Err(e) = result {
-            let message = format!("node '{}' ({}): {e}", node.name, kind.name());
-            ctx.log(format!("error: {message}"));
-            let _ = std::fs::remove_dir_all(&staging);
-            self.reporter.emit(Event::NodeFailed {
-                node: node.name.clone(),
-                kind: kind.name().into(),
-                error: e.to_string(),
-                log: log_path.display().to_string(),
-            });
-            return Err(fail(message));
-        }
+        };
         let duration_ms = t0.elapsed().as_millis() as u64;
-        let outs: Vec<(&str, bool)> = outputs.iter().map(|o| (o.name, o.dir)).collect();
+        let outs: Vec<(&str, bool)> = kind.outputs(&node.params).iter().map(|o| (o.name, o.dir)).collect();
         let rec = self
             .store
-            .publish(&key, &node.name, &parts, &staging, &outs, started_at, duration_ms, ctx.summary.clone())
+            .publish(&key, &node.name, &parts, &staging, &outs, started_at, duration_ms, summary)
             .map_err(|e| fail(e.to_string()))?;
         let _ = std::fs::remove_dir_all(&work);
         self.reporter.emit(Event::NodeFinished {
@@ -554,6 +530,51 @@ impl Session {
                 .collect(),
         });
         Ok((rec, true))
+    }
+
+    /// Runs node `i`'s kind once, into `staging` (each output at `staging/<name>`): the one way
+    /// a kind is run, for `run` and `verify` alike. Writes the node's header to `log`, turns a
+    /// panic into an internal error, and checks that every declared output was written. Returns
+    /// the one-line summary the kind set.
+    #[allow(clippy::too_many_arguments)]
+    fn run_node(
+        &self,
+        i: usize,
+        key: &str,
+        inputs: BTreeMap<String, PathBuf>,
+        staging: &Path,
+        work: &Path,
+        log: Arc<Mutex<std::fs::File>>,
+        progress: NodeProgress,
+        lease: Lease,
+    ) -> Result<Option<String>, NodeError> {
+        let node = &self.pipeline.nodes[i];
+        let kind = node.kind;
+        let mut ctx = RunCtx {
+            node: &node.name,
+            params: &node.params,
+            inputs,
+            staging: staging.to_path_buf(),
+            work: work.to_path_buf(),
+            log,
+            progress,
+            summary: None,
+            lease,
+        };
+        ctx.log(format!("node {} ({} v{}) key {key} on {lease}", node.name, kind.name(), kind.version()));
+        for (slot, p) in &ctx.inputs {
+            ctx.log(format!("input {slot}: {}", p.display()));
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx))).unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(NodeError::Failed(format!("internal error (a bug in pipe, please report it): {}", msg.unwrap_or_default())))
+        })?;
+        for o in kind.outputs(&node.params) {
+            if !staging.join(o.name).exists() {
+                return Err(NodeError::Failed(format!("internal error: kind {} did not write output `{}`", kind.name(), o.name)));
+            }
+        }
+        Ok(ctx.summary)
     }
 
     /// Re-executes node `i` from its cached inputs into a scratch folder and compares output
@@ -573,18 +594,11 @@ impl Session {
         let work = staging.join(".work");
         std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(staging.join(".log")).map_err(|e| e.to_string())?;
-        let mut ctx = RunCtx {
-            node: &node.name,
-            params: &node.params,
-            inputs,
-            staging: staging.clone(),
-            work,
-            log: Arc::new(Mutex::new(log)),
-            progress: NodeProgress::silent(&node.name),
-            summary: None,
-            lease: DevicePool::new(1, &self.gpus).try_lease(node.device, node.gpus).unwrap_or(Lease::Cpu),
-        };
-        let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
+        let lease = DevicePool::new(1, &self.gpus).try_lease(node.device, node.gpus).unwrap_or(Lease::Cpu);
+        let progress = NodeProgress::silent(&node.name);
+        let r = self
+            .run_node(i, &key, inputs, &staging, &work, Arc::new(Mutex::new(log)), progress, lease)
+            .map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
         let mut diffs = Vec::new();
         // The cached object itself must still hash to its name (nobody edited the cache).
         for (name, out) in &rec.outputs {

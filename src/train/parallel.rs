@@ -272,6 +272,53 @@ pub fn train_ranks<R: GradReduce>(
     })
 }
 
+/// Data-parallel training on these CUDA devices: the model at `model_path` loaded in `dtype` on
+/// each GPU, NCCL between them, then [`train_ranks`] (rank `r` on `gpus[r]`). `note` gets a line
+/// per model loaded and one naming the group.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_gpus(
+    gpus: &[usize],
+    model_path: &std::path::Path,
+    dtype: candle_core::DType,
+    records: &[(Vec<u32>, Vec<i64>)],
+    cfg: &super::trainer::TrainConfig,
+    work: &std::path::Path,
+    on_step: &mut dyn FnMut(&super::trainer::StepReport),
+    note: &mut dyn FnMut(&str),
+) -> Result<super::trainer::Trained, super::trainer::TrainError> {
+    use super::trainer::TrainError;
+    let devices = gpus
+        .iter()
+        .map(|&gpu| candle_core::Device::new_cuda(gpu).map_err(|source| TrainError::OpenDevice { gpu, source }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut models = Vec::new();
+    for (d, &gpu) in devices.iter().zip(gpus) {
+        note(&format!("loading {} on cuda:{gpu}", model_path.display()));
+        models.push(crate::model::load::load_as(model_path, d, dtype).map_err(|source| TrainError::LoadModel { gpu, source })?);
+    }
+    let reducers = nccl::group(&devices).map_err(TrainError::NcclSetup)?;
+    let version = nccl::version().unwrap_or_default();
+    note(&format!("data-parallel over {} GPUs {gpus:?} (NCCL {version})", gpus.len()));
+    train_ranks(&models, reducers, records, cfg, work, on_step, note)
+}
+
+/// Without the `cuda` feature the device pool has no GPUs, so no lease holds two.
+#[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_gpus(
+    gpus: &[usize],
+    _model_path: &std::path::Path,
+    _dtype: candle_core::DType,
+    _records: &[(Vec<u32>, Vec<i64>)],
+    _cfg: &super::trainer::TrainConfig,
+    _work: &std::path::Path,
+    _on_step: &mut dyn FnMut(&super::trainer::StepReport),
+    _note: &mut dyn FnMut(&str),
+) -> Result<super::trainer::Trained, super::trainer::TrainError> {
+    unreachable!("a lease of GPUs {gpus:?} in a build without CUDA")
+}
+
 #[cfg(feature = "cuda")]
 pub mod nccl;
 

@@ -103,6 +103,15 @@ pub enum TrainError {
     /// The `init` adapter's shape is not the training's.
     #[error("the init adapter {path} has {what} {adapter}, but training has {what} {training}")]
     InitMismatch { path: PathBuf, what: &'static str, adapter: String, training: String },
+    /// A data-parallel rank's GPU could not be opened.
+    #[error("opening cuda:{gpu}: {source}")]
+    OpenDevice { gpu: usize, source: candle_core::Error },
+    /// A data-parallel rank's copy of the model could not be loaded.
+    #[error("loading on cuda:{gpu}: {source}")]
+    LoadModel { gpu: usize, source: crate::model::load::LoadError },
+    /// The NCCL group of the ranks could not be set up.
+    #[error("setting up NCCL: {0}")]
+    NcclSetup(super::parallel::ReduceError),
 }
 
 /// What training produced.

@@ -187,7 +187,7 @@ fn an_unknown_target_is_an_error_with_did_you_mean() {
 
 /// True (with a note) when this build sees a CUDA device, where the `device:` tests do not apply.
 fn has_gpu(test: &str) -> bool {
-    let gpus = pipe::sched::device::DevicePool::discover_gpus();
+    let gpus = pipe::device::DevicePool::discover_gpus();
     if !gpus.is_empty() {
         eprintln!("SKIPPED {test}: this build of pipe sees CUDA devices {gpus:?}");
     }
