@@ -19,7 +19,7 @@ use crate::export::gate::{Check, Gate};
 use crate::export::llamacpp::{self, LlamaCpp};
 use crate::export::modelfile::Modelfile;
 use crate::export::{write_gguf, write_gguf_from_folder};
-use crate::gguf::ftype::FileType;
+use crate::gguf::ftype::{FileType, FileTypeError};
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
 use crate::params::{Default, ParamSpec, ParamType, Params};
@@ -119,10 +119,10 @@ fn err(e: impl std::fmt::Display) -> NodeError {
 fn chat_template(params: &Params, tk: &Bundle) -> Result<String, NodeError> {
     let eos = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
     match params.str("format") {
-        Some("chat_template") => tk
-            .chat_template
-            .clone()
-            .ok_or_else(|| err("param `format`: `chat_template`, but the model has no chat template; use `format: seed`")),
+        Some("chat_template") => tk.chat_template.clone().ok_or_else(|| NodeError::Param {
+            param: "format".into(),
+            message: "`chat_template`, but the model has no chat template; use `format: seed`".into(),
+        }),
         _ => Ok(template::seed_chat_template(eos)),
     }
 }
@@ -163,18 +163,18 @@ fn heldout_text(path: &Path, template: &ChatTemplate, system: Option<&str>) -> R
 /// built into a tokenizer once, for both), or copied from a GGUF source.
 fn read_tokenizer(src: &Path, pre: Option<&str>) -> Result<(Bundle, Vec<(String, GgufValue)>), NodeError> {
     if src.is_dir() {
-        let hf = HfTokenizer::from_dir(src).map_err(err)?;
+        let hf = HfTokenizer::from_dir(src)?;
         let kv = to_gguf(&hf, pre)
             .map_err(|e| match e {
                 ToGgufError::UnknownPreTokenizer { .. } => err(format!("{e}: the export-gguf param `pre`")),
-                e => err(e),
+                e => e.into(),
             })?
             .into_pairs();
-        let tk = tokenizer_with(&src.join("tokenizer.json"), hf.into_tokenizer()).map_err(err)?;
+        let tk = tokenizer_with(&src.join("tokenizer.json"), hf.into_tokenizer())?;
         return Ok((tk, kv));
     }
-    let tk = load_tokenizer(src).map_err(err)?;
-    let f = GgufFile::open(src).map_err(err)?;
+    let tk = load_tokenizer(src)?;
+    let f = GgufFile::open(src)?;
     let mut kv: Vec<(String, GgufValue)> = f.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
     if let Some(p) = pre {
         kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
@@ -219,9 +219,10 @@ fn default_ppl_tolerance(t: FileType) -> f64 {
 fn llama_cpp(params: &Params) -> Result<Option<LlamaCpp>, NodeError> {
     match params.str("llama_cpp") {
         Some("off") => Ok(None),
-        Some("require") => LlamaCpp::find()
-            .map(Some)
-            .ok_or_else(|| err(format!("param `llama_cpp: require`: llama.cpp not found in {}", llamacpp::search_description()))),
+        Some("require") => LlamaCpp::find().map(Some).ok_or_else(|| NodeError::Param {
+            param: "llama_cpp: require".into(),
+            message: format!("llama.cpp not found in {}", llamacpp::search_description()),
+        }),
         _ => Ok(LlamaCpp::find()),
     }
 }
@@ -260,8 +261,12 @@ impl NodeKind for ExportGguf {
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let file_type: FileType =
-            ctx.params.str("type").unwrap_or("Q8_0").parse().map_err(|e| err(format!("param `type`: {e}")))?;
+        let file_type: FileType = ctx
+            .params
+            .str("type")
+            .unwrap_or("Q8_0")
+            .parse()
+            .map_err(|e: FileTypeError| NodeError::Param { param: "type".into(), message: e.to_string() })?;
         let verify = ctx.params.bool("verify");
         let llama = if verify { llama_cpp(ctx.params)? } else { None };
         let src = ctx.input("model")?.to_path_buf();
@@ -270,7 +275,7 @@ impl NodeKind for ExportGguf {
         // files to the GGUF file (the same bytes) and the model is never loaded.
         let model = if verify || !src.is_dir() {
             ctx.log(format!("loading {}", src.display()));
-            Some(load::load(&src, &candle_core::Device::Cpu).map_err(err)?)
+            Some(load::load(&src, &candle_core::Device::Cpu)?)
         } else {
             None
         };
@@ -278,15 +283,15 @@ impl NodeKind for ExportGguf {
         let template_src = chat_template(ctx.params, &tk)?;
         let eos_text = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let bos_text = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
-        let template = ChatTemplate::new(&template_src, bos_text, eos_text).map_err(|e| err(format!("chat template: {e}")))?;
+        let template = ChatTemplate::new(&template_src, bos_text, eos_text).map_err(NodeError::ChatTemplate)?;
         let tok_meta = with_chat_template(tok_kv, &template_src);
         let stop_texts = tok_meta.end_of_generation_tokens();
         let stop: Vec<u32> = stop_texts.iter().filter_map(|t| tk.tokenizer.token_to_id(t)).collect();
-        let mut mf = Modelfile::for_tokenizer("model.gguf", &tok_meta).map_err(|e| err(format!("Modelfile: {e}")))?;
+        let mut mf = Modelfile::for_tokenizer("model.gguf", &tok_meta)?;
         if let Some(system) = ctx.params.str("system") {
             mf = mf.with_system(system);
         }
-        let mf = mf.render().map_err(|e| err(format!("Modelfile: {e}")))?;
+        let mf = mf.render()?;
         let tok_kv = tok_meta.into_pairs();
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(NodeError::io("creating", &out))?;
@@ -294,16 +299,16 @@ impl NodeKind for ExportGguf {
         let name = ctx.params.str("name").unwrap_or(ctx.node).to_string();
         let t0 = std::time::Instant::now();
         let written = match &model {
-            Some(m) => write_gguf(m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?,
+            Some(m) => write_gguf(m, tok_kv.clone(), file_type, &name, &gguf)?,
             None => {
                 ctx.log(format!("streaming the tensors of {}", src.display()));
-                let cfg = load::config(&src).map_err(err)?;
-                match write_gguf_from_folder(&src, &cfg, tok_kv.clone(), file_type, &name, &gguf).map_err(err)? {
+                let cfg = load::config(&src)?;
+                match write_gguf_from_folder(&src, &cfg, tok_kv.clone(), file_type, &name, &gguf)? {
                     Some(w) => w,
                     None => {
                         ctx.log(format!("a dtype the stream cannot read: loading {}", src.display()));
-                        let m = load::load(&src, &candle_core::Device::Cpu).map_err(err)?;
-                        write_gguf(&m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?
+                        let m = load::load(&src, &candle_core::Device::Cpu)?;
+                        write_gguf(&m, tok_kv.clone(), file_type, &name, &gguf)?
                     }
                 }
             }
@@ -327,7 +332,7 @@ impl NodeKind for ExportGguf {
             };
             let rendered: Vec<String> = prompts
                 .iter()
-                .map(|p| template.pair(system, p, "").map(|x| x.0).map_err(|e| err(format!("chat template: {e}"))))
+                .map(|p| template.pair(system, p, "").map(|x| x.0).map_err(NodeError::ChatTemplate))
                 .collect::<Result<_, _>>()?;
             let mut samples: Vec<String> = SAMPLES.iter().map(|s| s.to_string()).collect();
             samples.extend(rendered.iter().cloned());
@@ -338,7 +343,7 @@ impl NodeKind for ExportGguf {
                     let text = scratch.join("heldout.txt");
                     std::fs::write(&text, heldout_text(h, &template, system)?).map_err(NodeError::io("writing", &text))?;
                     let reference = scratch.join("reference-f16.gguf");
-                    write_gguf(model, tok_kv, FileType::F16, &name, &reference).map_err(err)?;
+                    write_gguf(model, tok_kv, FileType::F16, &name, &reference)?;
                     Some((text, reference))
                 }
                 _ => None,

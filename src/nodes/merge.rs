@@ -51,6 +51,7 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
+/// The model code's errors that are still strings (`peft::read_adapter`, `hf_rope_scaling`).
 fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Failed(e.to_string())
 }
@@ -61,7 +62,7 @@ pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, s
     let mut size = 0usize;
     let mut total = 0usize;
     for (name, t) in tensors {
-        let t = t.to_dtype(dtype).map_err(err)?;
+        let t = t.to_dtype(dtype)?;
         let bytes = t.elem_count() * dtype.size_in_bytes();
         if size + bytes > shard_bytes && !shards.last().expect("one shard").is_empty() {
             shards.push(Vec::new());
@@ -73,7 +74,7 @@ pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, s
     }
     if shards.len() == 1 {
         let map: HashMap<String, Tensor> = shards.pop().expect("one shard").into_iter().collect();
-        return candle_core::safetensors::save(&map, out.join("model.safetensors")).map_err(err);
+        return Ok(candle_core::safetensors::save(&map, out.join("model.safetensors"))?);
     }
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
@@ -83,7 +84,7 @@ pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, s
             weight_map.insert(name.clone(), file.clone().into());
         }
         let map: HashMap<String, Tensor> = shard.into_iter().collect();
-        candle_core::safetensors::save(&map, out.join(&file)).map_err(err)?;
+        candle_core::safetensors::save(&map, out.join(&file))?;
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).expect("json"))
@@ -117,13 +118,13 @@ impl NodeKind for Merge {
         let base = ctx.input("model")?.to_path_buf();
         let adapter = ctx.inputs.get("adapter").cloned();
         ctx.log(format!("loading {}", base.display()));
-        let mut model = load::load(&base, &ctx.candle_device()?).map_err(err)?;
+        let mut model = load::load(&base, &ctx.candle_device()?)?;
         // A Hugging Face config cannot hold every RoPE variant a GGUF can: refuse before working.
         model.cfg.hf_rope_scaling().map_err(err)?;
         let merged_pairs = match &adapter {
             Some(adapter) => {
                 let (layout, params) = peft::read_adapter(adapter, &model.cfg).map_err(err)?;
-                model.merge_lora(&layout, &params).map_err(err)?;
+                model.merge_lora(&layout, &params)?;
                 layout.entries.len()
             }
             None => 0,

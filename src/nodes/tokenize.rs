@@ -126,11 +126,11 @@ struct Prepared {
 }
 
 fn prepare(params: &Params, tokenizer: &Path) -> Result<Prepared, NodeError> {
-    let bundle = load_encoder(tokenizer).map_err(|e| NodeError::Failed(e.to_string()))?;
+    let bundle = load_encoder(tokenizer)?;
     let eos = match params.str("eos_token") {
         Some(text) => {
             let id = bundle.encoder.token_to_id(text).ok_or_else(|| {
-                NodeError::Failed(format!("param `eos_token`: `{text}` is not a token of {}", tokenizer.display()))
+                NodeError::Param { param: "eos_token".into(), message: format!("`{text}` is not a token of {}", tokenizer.display()) }
             })?;
             (id, text.to_string())
         }
@@ -142,17 +142,17 @@ fn prepare(params: &Params, tokenizer: &Path) -> Result<Prepared, NodeError> {
         })?,
     };
     if Some(eos.0) == bundle.pad && bundle.eos.as_ref().map(|e| e.0) != Some(eos.0) {
-        return Err(NodeError::Failed(format!(
-            "param `eos_token`: `{}` is the padding token, not the end-of-sentence token",
-            eos.1
-        )));
+        return Err(NodeError::Param {
+            param: "eos_token".into(),
+            message: format!("`{}` is the padding token, not the end-of-sentence token", eos.1),
+        });
     }
     let chat = if params.str("format") == Some("chat_template") {
         let src = bundle.chat_template.as_deref().ok_or_else(|| {
             NodeError::Failed(format!("format `chat_template`: {} has no chat template; use `format: seed`", tokenizer.display()))
         })?;
         let bos = bundle.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
-        Some(ChatTemplate::new(src, bos, &eos.1).map_err(|e| NodeError::Failed(format!("chat template: {e}")))?)
+        Some(ChatTemplate::new(src, bos, &eos.1).map_err(NodeError::ChatTemplate)?)
     } else {
         None
     };
@@ -160,10 +160,10 @@ fn prepare(params: &Params, tokenizer: &Path) -> Result<Prepared, NodeError> {
 }
 
 impl Prepared {
-    fn pair(&self, params: &Params, ins: &str, inp: &str, out: &str) -> Result<(String, String), String> {
+    fn pair(&self, params: &Params, ins: &str, inp: &str, out: &str) -> Result<(String, String), NodeError> {
         match &self.chat {
             None => Ok(template::seed(ins, inp, out)),
-            Some(t) => t.pair(params.str("system"), &format!("{ins}{inp}"), out).map_err(|e| format!("chat template: {e}")),
+            Some(t) => t.pair(params.str("system"), &format!("{ins}{inp}"), out).map_err(NodeError::ChatTemplate),
         }
     }
 }
@@ -196,7 +196,7 @@ impl NodeKind for Tokenize {
     }
 
     fn fingerprint_extra(&self, params: &Params, inputs: &BTreeMap<String, PathBuf>) -> Result<Extras, NodeError> {
-        let tok = inputs.get("tokenizer").ok_or_else(|| NodeError::Failed("input `tokenizer` is not connected".into()))?;
+        let tok = inputs.get("tokenizer").ok_or_else(|| NodeError::NotConnected("tokenizer".into()))?;
         let p = prepare(params, tok)?;
         let mut extra = Extra::new();
         extra.insert("end token".into(), format!("{} {:?}", p.eos.0, p.eos.1));
@@ -206,7 +206,7 @@ impl NodeKind for Tokenize {
             let d = crate::hash::hash_file(f).map_err(NodeError::io("hashing", f))?;
             extra.insert(format!("tokenizer file {name}"), d);
         }
-        let probe = p.pair(params, "PROBE-INSTRUCTION", "PROBE-INPUT", "PROBE-OUTPUT").map_err(NodeError::Failed)?;
+        let probe = p.pair(params, "PROBE-INSTRUCTION", "PROBE-INPUT", "PROBE-OUTPUT")?;
         extra.insert(
             "rendered template".into(),
             blake3::hash(format!("{}\u{0}{}\u{0}{}", probe.0, probe.1, p.eos.1).as_bytes()).to_hex().to_string(),
@@ -273,7 +273,7 @@ impl NodeKind for Tokenize {
                     message: format!("record {record} has no string fields `{fi}` and `{fo}`"),
                 },
                 EncodeError::Write(e) => NodeError::io("writing", &out)(e),
-                e => NodeError::Failed(e.to_string()),
+                e => e.into(),
             })?;
         tracing::debug!(
             "{total} records encoded and their ids written at {:?}; {n_miss} pieces ({miss_bytes} bytes) went through BPE",

@@ -255,9 +255,7 @@ impl Loader<'_> {
 
     fn pipeline(&mut self, doc: &Yaml, file: &Path) -> Option<Pipeline> {
         let top = self.keys(doc, "the pipeline", TOP_KEYS);
-        if map_entries(doc).is_none() {
-            return None;
-        }
+        map_entries(doc)?;
         let name = match top.get("name") {
             Some((_, v)) => self.string(v, "name"),
             None => {
@@ -332,9 +330,7 @@ impl Loader<'_> {
     fn node(&mut self, name: String, span: Span, body: &Yaml, defaults: &HashMap<String, &Yaml>) -> Option<NodeSpec> {
         let what = format!("node `{name}`");
         let keys = self.keys(body, &what, NODE_KEYS);
-        if map_entries(body).is_none() {
-            return None;
-        }
+        map_entries(body)?;
         let kind = match keys.get("kind") {
             None => {
                 self.diag.error(span, format!("node `{name}` has no `kind`"), "here", Some(format!("kinds: {}", kind_names())));
@@ -431,7 +427,7 @@ impl Loader<'_> {
         }
         let mut out = Params::default();
         for spec in schema {
-            let over = self.overrides.iter().enumerate().filter(|(_, o)| o.node == node && o.param == spec.name).last();
+            let over = self.overrides.iter().enumerate().rfind(|(_, o)| o.node == node && o.param == spec.name);
             let value = if let Some((i, o)) = over {
                 self.used_overrides.insert(i);
                 let quoted = o.value.starts_with('"') || o.value.starts_with('\'');
