@@ -193,13 +193,10 @@ fn with_chat_template(mut kv: Vec<(String, GgufValue)>, chat_template: &str) -> 
     TokenizerMetadata { kv }
 }
 
-/// The stated perplexity bound per type, about twice the rise measured on the default model
-/// (SmolLM2-135M, 40 held-out records, 128-token chunks: Q6_K +3.3%, Q5_0 +0.6%, Q4_K_M +5.4%,
-/// Q4_0 +16.3%), so a broken quantizer fails while honest rounding passes.
-/// The greedy check's near-tie bound: pipe reproduces llama.cpp's F32/F16/BF16 logits within
-/// ~0.002 and its Q8_0 logits (8-bit activations inside each matmul, emulated in
-/// `model::ggml_cpu`) within ~0.1-0.13 on the fortune-tuned default model, so a parting at a
-/// margin up to about twice that is rounding, not a wrong file.
+/// The greedy check's near-tie bound: about twice how far pipe's logits sit from llama.cpp's on
+/// the default model (F32/F16/BF16, and Q8_0 with its 8-bit activations emulated in
+/// `model::ggml_cpu`; BENCHMARKS.md section 12 has the measurements), so a parting at a smaller
+/// margin is rounding, not a wrong file.
 fn default_tie_margin(t: FileType) -> f32 {
     match t {
         FileType::Q8_0 => 0.5,
@@ -207,6 +204,8 @@ fn default_tie_margin(t: FileType) -> f32 {
     }
 }
 
+/// The stated perplexity bound per type: about twice the rise the default model measures
+/// (BENCHMARKS.md section 12), so a broken quantizer fails while honest rounding passes.
 fn default_ppl_tolerance(t: FileType) -> f64 {
     match t {
         FileType::Q6_K | FileType::Q5_K_M | FileType::Q5_K_S => 0.08,

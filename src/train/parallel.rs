@@ -37,8 +37,8 @@
 //! # Limits
 //! - Same results as one device up to floating-point summation order (hence the world size in
 //!   the node key), not bit-identical; world size 1 is bit-identical.
-//! - The gradients cross the host on every step today (the LoRA parameters live on the host);
-//!   [`GradReduce::sum_tensor`] is the device-side path once they live on the device.
+//! - Under NCCL the gradients are summed on the GPUs ([`GradReduce::sum_tensor`]); the loss sum
+//!   and the status flag cross the host. [`ThreadReduce`] sums everything on the host.
 
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};

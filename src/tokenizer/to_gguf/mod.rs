@@ -54,9 +54,9 @@
 //!   tokenizer merges the adjacent pair with the highest score, the leftmost on ties, so with
 //!   equal scores it merges by position, not by rank, and tokenizes differently from Hugging Face
 //!   wherever merge order matters. Here a token made by merge `r` scores `-r` (others `0.0`), which
-//!   makes llama.cpp merge in rank order: on tests/data/to-gguf/spmbpe, random texts
-//!   (scripts/spm_scores_check.py) differ from Hugging Face in 4 of 300 with the converter's scores
-//!   and 0 of 300 with these. [`ExportOptions::with_converter_scores`] restores the converter's.
+//!   makes llama.cpp merge in rank order (`scripts/spm_scores_check.py` compares the two on random
+//!   texts; BENCHMARKS.md section 12 has its counts). [`ExportOptions::with_converter_scores`]
+//!   restores the converter's.
 //! * `AutoTokenizer` is emulated on `tokenizer.json` alone: transformers' own rewriting of the
 //!   post-processor from `add_bos_token` (Llama, Gemma tokenizer classes) is not done, so a
 //!   `tokenizer.json` whose post-processor disagrees with its config hashes the way the file says.
