@@ -210,6 +210,32 @@ mod tests {
         }
     }
 
+    /// The README's "Layout" table names every top-level module, and only paths that exist.
+    #[test]
+    fn the_readme_layout_table_lists_every_module() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).expect("read README.md");
+        let table = readme.split("\n## Layout\n").nth(1).expect("README.md has a Layout section");
+        let paths: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| cell.split(", "))
+            .filter_map(|p| p.trim().strip_prefix('`')?.strip_suffix('`'))
+            .collect();
+        for p in &paths {
+            assert!(root.join(p).exists(), "README.md's layout table names `{p}`, which does not exist");
+        }
+        for module in declared_order().iter().map(|(m, _)| m) {
+            let (file, dir) = (format!("src/{module}.rs"), format!("src/{module}/"));
+            assert!(
+                paths.contains(&file.as_str()) || paths.contains(&dir.as_str()),
+                "README.md's layout table has no row for `{module}` ({file} or {dir})"
+            );
+        }
+    }
+
     #[test]
     fn uses_are_read_from_code_not_comments_or_unit_tests() {
         let text = "use crate::a::B;\nuse crate::{b::C, c, d::{e, f}};\n// crate::g\n/// [`crate::h`]\nlet x = crate::i::j(); // crate::k\n\n#[cfg(test)]\nmod tests {\n    use crate::l;\n}\n";

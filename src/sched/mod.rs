@@ -7,10 +7,13 @@
 //! 3. A worker computes the node's [`KeyParts`] (hashing inputs; upstream outputs are known by
 //!    now), takes the key's lock (another process computing the same key makes it wait, then
 //!    reuse the result), and either reports a cache hit or runs the kind into a staging folder
-//!    and publishes the outputs.
+//!    and publishes the outputs. One function runs a kind, for `run` and for
+//!    [`Session::verify_node`] alike: it catches a panic as an internal error and checks that
+//!    every declared output was written.
 //! 4. Results come back over a channel to the main loop, which frees the slot, records the node,
-//!    and starts whatever became ready. A failure skips the node's dependents and, without
-//!    `--keep-going`, stops starting new nodes; running ones finish.
+//!    and starts whatever became ready. A failure is one [`NodeFailed`] (the node, its kind and
+//!    the [`Cause`]); it skips the node's dependents and, without `--keep-going`, stops starting
+//!    new nodes; running ones finish.
 //! 5. The run record (each completed node's key and parts) is saved for `status --why` and `gc`.
 //!
 //! Keys are computed as late as possible on purpose: a downstream key uses the upstream outputs'
