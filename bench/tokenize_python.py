@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerFast
 
 
 def read_pipetok(path):
-    """The PIPETOK layout from src/dataset.rs: header, offsets (u64), ids (u32), trained (u8)."""
+    """The PIPETOK layout from src/dataset/mod.rs: header, offsets (u64), ids (u32), trained (u8)."""
     import numpy as np
 
     b = open(path, "rb").read()

@@ -45,7 +45,7 @@ TORCH_DTYPE = {"f32": torch.float32, "bf16": torch.bfloat16}
 
 
 def read_pipetok(path):
-    """The PIPETOK layout from src/dataset.rs: records of (ids, labels), labels -100 where untrained."""
+    """The PIPETOK layout from src/dataset/mod.rs: records of (ids, labels), labels -100 where untrained."""
     b = Path(path).read_bytes()
     assert b[:8] == b"PIPETOK\0", "not a pipe token dataset"
     version, _flags, n_rec, n_tok = struct.unpack_from("<IIQQ", b, 8)

@@ -1,17 +1,16 @@
 //! The pipeline as a DAG: one graph node per pipeline node, one edge per `node.output` input.
 //!
-//! Built with petgraph. [`Graph::build`] rejects cycles and returns the cycle's members in order,
-//! so the error can list them. `--target` selection is [`Graph::ancestors_of`]: the targets plus
+//! Built with petgraph from each node's upstream indices ([`crate::spec::Pipeline::graph`] reads
+//! them off the pipeline), so the graph knows nothing of pipelines. [`Graph::build`] rejects
+//! cycles and returns the cycle's members in order, so the error can list them. `--target` selection is [`Graph::ancestors_of`]: the targets plus
 //! everything they transitively read.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
-
-use crate::spec::NodeSpec;
 
 /// Indices into the pipeline's `nodes` vector, with dependency edges.
 pub struct Graph {
@@ -19,26 +18,31 @@ pub struct Graph {
     order: Vec<usize>,
 }
 
+/// The pipeline has a cycle: these node indices, in dependency order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the pipeline has a cycle")]
+pub struct Cycle(pub Vec<usize>);
+
 impl Graph {
-    /// Builds the DAG; `Err` holds the indices of one cycle, in dependency order.
-    pub fn build(nodes: &[NodeSpec]) -> Result<Graph, Vec<usize>> {
+    /// Builds the DAG of `upstream.len()` nodes, where `upstream[i]` holds the indices of the
+    /// nodes node `i` reads; `Err` holds one cycle.
+    pub fn build(upstream: &[BTreeSet<usize>]) -> Result<Graph, Cycle> {
+        let n = upstream.len();
         let mut g = DiGraph::new();
-        let ids: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
-        let by_name: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
-        for (i, n) in nodes.iter().enumerate() {
-            let ups: BTreeSet<usize> = n.upstream().filter_map(|u| by_name.get(u).copied()).collect();
-            for u in ups {
+        let ids: Vec<NodeIndex> = (0..n).map(|i| g.add_node(i)).collect();
+        for (i, ups) in upstream.iter().enumerate() {
+            for &u in ups {
                 g.add_edge(ids[u], ids[i], ());
             }
         }
         if toposort(&g, None).is_err() {
-            return Err(find_cycle(&g));
+            return Err(Cycle(find_cycle(&g)));
         }
         // Kahn's algorithm with a min-heap, so ties go to the node written first.
-        let mut indeg: Vec<usize> = (0..nodes.len()).map(|i| g.edges_directed(ids[i], Direction::Incoming).count()).collect();
+        let mut indeg: Vec<usize> = (0..n).map(|i| g.edges_directed(ids[i], Direction::Incoming).count()).collect();
         let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> =
-            (0..nodes.len()).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
-        let mut order = Vec::with_capacity(nodes.len());
+            (0..n).filter(|&i| indeg[i] == 0).map(std::cmp::Reverse).collect();
+        let mut order = Vec::with_capacity(n);
         while let Some(std::cmp::Reverse(i)) = ready.pop() {
             order.push(i);
             for e in g.edges_directed(ids[i], Direction::Outgoing) {

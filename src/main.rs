@@ -10,7 +10,7 @@ use pipe::commands::{self, ExitStatus};
 use pipe::spec::validate::SpecError;
 
 // Tokenizing and JSON handling allocate many small strings; mimalloc makes the tokenize node
-// about a third faster than the system allocator (BENCHMARKS.md).
+// faster than the system allocator does (BENCHMARKS.md, "Performance problems found", 2).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

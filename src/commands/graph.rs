@@ -4,13 +4,12 @@ use anyhow::Result;
 
 use super::{load_pipeline, ExitStatus};
 use crate::cli::{GraphArgs, GraphFormat};
-use crate::graph::Graph;
 use crate::spec::InputRef;
 
 /// Runs the command.
 pub fn run(args: &GraphArgs) -> Result<ExitStatus> {
     let p = load_pipeline(&args.file, &[])?;
-    let g = Graph::build(&p.nodes).map_err(|_| anyhow::anyhow!("cycle"))?;
+    let g = p.graph().map_err(|_| anyhow::anyhow!("cycle"))?;
     let label = |i: usize| format!("{}\\n({})", p.nodes[i].name, p.nodes[i].kind.name());
     let id = |s: &str| s.replace('-', "_");
     match args.format {

@@ -1,12 +1,14 @@
-//! `pipe kinds [KIND] [--markdown]`: the node reference, generated from the kinds' schemas (the
-//! README's reference is this command's markdown output, so the two cannot drift apart).
+//! `pipe kinds [KIND] [--markdown]`: the node reference, generated from the kinds' schemas. The
+//! README's reference is this command's markdown output; an integration test
+//! (`introspection::the_readme_node_reference_is_what_pipe_kinds_markdown_prints`) fails when
+//! the two drift apart.
 
 use anyhow::Result;
 
 use super::ExitStatus;
 use crate::cli::KindsArgs;
 use crate::nodes::{self, NodeKind};
-use crate::spec::params::{Default, Params};
+use crate::params::{Default, Params};
 
 fn default_text(d: &Default) -> String {
     match d {

@@ -6,8 +6,8 @@ use anyhow::Result;
 
 use super::{cache_dir, load_pipeline, ExitStatus};
 use crate::cli::{GlobalArgs, RunArgs};
+use crate::device::{DevicePool, PoolProblem};
 use crate::report::{Event, Reporter};
-use crate::sched::device::{DevicePool, PoolProblem};
 use crate::sched::{RunOptions, Session};
 use crate::spec::validate::Diagnostics;
 
@@ -65,9 +65,9 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
         duration_ms: reporter.elapsed_ms(),
     });
     if !ok {
-        for (_, error, log) in &summary.failed {
-            eprintln!("error: {error}");
-            if !log.as_os_str().is_empty() {
+        for f in &summary.failed {
+            eprintln!("error: {}", f.error);
+            if let Some(log) = &f.log {
                 eprintln!("  log: {}", log.display());
             }
         }

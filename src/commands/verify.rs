@@ -1,6 +1,6 @@
 //! `pipe verify FILE [NODE]...`: re-execute cached nodes ignoring the cache and compare output
-//! digests with the cached ones. A mismatch means the node is not deterministic (or the cache
-//! was tampered with) and exits 1.
+//! digests with the cached ones. A mismatch ([`Mismatch`]) means the cache was modified on disk
+//! or the node is not deterministic, and exits 1.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use anyhow::Result;
 use super::{cache_dir, load_pipeline, ExitStatus};
 use crate::cli::{GlobalArgs, VerifyArgs};
 use crate::report::Reporter;
-use crate::sched::Session;
+use crate::sched::{Mismatch, Session, Verified};
 
 /// Runs the command.
 pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> Result<ExitStatus> {
@@ -29,31 +29,31 @@ pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> Result<ExitStatus> {
         let node = &session.pipeline.nodes[i];
         if wanted.contains(&i) {
             match session.verify_node(i, &done) {
-                Ok((rec, diffs)) if diffs.is_empty() => {
-                    println!("ok        {} ({}): {} output(s) identical", node.name, node.kind.name(), rec.outputs.len());
-                    done.insert(node.name.clone(), rec);
-                }
-                Ok((rec, diffs)) => {
-                    status = ExitStatus::Failure;
-                    for (out, want, got) in diffs {
-                        match got.strip_prefix("on disk ") {
-                            Some(disk) => println!(
-                                "MISMATCH  {} ({}): output `{out}`: the cached object {} was modified on disk (it now hashes to {})",
+                Ok(Verified { record, mismatches }) => {
+                    if mismatches.is_empty() {
+                        println!("ok        {} ({}): {} output(s) identical", node.name, node.kind.name(), record.outputs.len());
+                    }
+                    let short = |d: &str| d[..12.min(d.len())].to_string();
+                    for m in mismatches {
+                        status = ExitStatus::Failure;
+                        match m {
+                            Mismatch::Tampered { output, recorded, on_disk } => println!(
+                                "MISMATCH  {} ({}): output `{output}`: the cached object {} was modified on disk (it now hashes to {})",
                                 node.name,
                                 node.kind.name(),
-                                &want[..12],
-                                &disk[..12.min(disk.len())]
+                                short(&recorded),
+                                short(&on_disk)
                             ),
-                            None => println!(
-                                "MISMATCH  {} ({}): output `{out}`: cached {} but re-executed {}",
+                            Mismatch::Nondeterministic { output, recorded, recomputed } => println!(
+                                "MISMATCH  {} ({}): output `{output}`: cached {} but re-executed {}",
                                 node.name,
                                 node.kind.name(),
-                                &want[..12],
-                                &got[..12.min(got.len())]
+                                short(&recorded),
+                                short(&recomputed)
                             ),
                         }
                     }
-                    done.insert(node.name.clone(), rec);
+                    done.insert(node.name.clone(), record);
                 }
                 Err(e) => {
                     println!("error     {}: {e}", node.name);

@@ -52,9 +52,8 @@ impl Check {
 }
 
 /// The largest relative RMS error (`rms(dequantized - source) / rms(source)`) a tensor of this
-/// type may have. The bounds sit about twice above what the default model's tensors measure
-/// (BENCHMARKS.md), so a wrong block layout, scale or row order fails while honest rounding
-/// passes.
+/// type may have. The bounds sit about twice above what the default model's tensors measure,
+/// so a wrong block layout, scale or row order fails while honest rounding passes.
 pub fn error_bound(kind: GgmlKind) -> f64 {
     match kind {
         GgmlKind::F32 => 0.0,

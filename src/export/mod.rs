@@ -6,6 +6,8 @@
 //! | [`mod@self`] | [`write_gguf`]: metadata (architecture, tokenizer, chat template) and tensors, quantized per llama.cpp's rules |
 //! | [`gate`] | the verification gate: re-read, tokenizer equality, and llama.cpp's own tokenizer, greedy decoding and perplexity |
 //! | [`llamacpp`] | running llama.cpp's command-line tools |
+//! | [`modelfile`] | the Ollama Modelfile, with the Jinja chat template translated to a Go TEMPLATE |
+//! | [`go_template`] | the subset of Go's `text/template` those TEMPLATEs use, evaluated as Ollama does |
 //!
 //! The model code ([`crate::model::to_gguf`]) says what the tensors are called and how their rows
 //! are ordered; the tokenizer code ([`crate::tokenizer::to_gguf`]) says what the vocabulary
@@ -13,7 +15,9 @@
 //! tensor gets and produce its bytes. This module puts them together.
 
 pub mod gate;
+pub mod go_template;
 pub mod llamacpp;
+pub mod modelfile;
 
 use std::collections::BTreeMap;
 use std::path::Path;

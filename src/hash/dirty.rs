@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::KeyParts;
-use crate::spec::params::Value;
+use crate::params::Value;
 
 /// One reason a node is not fresh.
 #[derive(Debug, Clone, PartialEq, Serialize)]

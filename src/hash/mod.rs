@@ -30,7 +30,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::params::Value;
+use crate::params::Value;
 
 /// A hex blake3 digest.
 pub type Digest = String;

@@ -13,7 +13,7 @@ use crate::dataset::TokenDataset;
 use crate::model::generate::generate;
 use crate::model::llama::{Batch, Model};
 use crate::model::load;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, Bundle};
 use crate::tokenizer::template::{self, ChatTemplate};
 
@@ -73,18 +73,14 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Failed(e.to_string())
-}
-
 /// Mean loss over labelled tokens.
 pub fn dataset_loss(model: &Model, ds: &TokenDataset, batch_size: usize) -> Result<(f64, usize), NodeError> {
     let (mut sum, mut n) = (0f64, 0usize);
     let recs: Vec<(&[u32], Vec<i64>)> = (0..ds.len()).map(|r| ds.record(r)).collect();
     for chunk in recs.chunks(batch_size.max(1)) {
-        let b = Batch::new(chunk, 0, &model.device).map_err(err)?;
-        let (s, c) = model.loss_and_grad(&b, None, 1.0, None, true).map_err(err)?;
-        sum += f64::from(s.to_scalar::<f32>().map_err(err)?);
+        let b = Batch::new(chunk, 0, &model.device)?;
+        let (s, c) = model.loss_and_grad(&b, None, 1.0, None, true)?;
+        sum += f64::from(s.to_scalar::<f32>()?);
         n += c;
     }
     Ok((if n == 0 { f64::NAN } else { sum / n as f64 }, n))
@@ -92,12 +88,14 @@ pub fn dataset_loss(model: &Model, ds: &TokenDataset, batch_size: usize) -> Resu
 
 fn render_prompt(params: &Params, tk: &Bundle, prompt: &str) -> Result<String, NodeError> {
     if params.str("format") == Some("chat_template") {
-        let src =
-            tk.chat_template.as_deref().ok_or_else(|| err("format `chat_template`: the tuned model has no chat template"))?;
+        let src = tk
+            .chat_template
+            .as_deref()
+            .ok_or_else(|| NodeError::Failed("format `chat_template`: the tuned model has no chat template".into()))?;
         let eos = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let bos = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
-        let t = ChatTemplate::new(src, bos, eos).map_err(err)?;
-        return Ok(t.pair(params.str("system"), prompt, "").map_err(err)?.0);
+        let t = ChatTemplate::new(src, bos, eos).map_err(NodeError::ChatTemplate)?;
+        return Ok(t.pair(params.str("system"), prompt, "").map_err(NodeError::ChatTemplate)?.0);
     }
     let (p, a) = template::seed(prompt, "", "");
     Ok(format!("{p}{a}"))
@@ -133,12 +131,12 @@ impl NodeKind for Eval {
             Some("f16") => candle_core::DType::F16,
             _ => candle_core::DType::F32,
         };
-        let base = load::load_as(ctx.input("base")?, &dev, dtype).map_err(err)?;
+        let base = load::load_as(ctx.input("base")?, &dev, dtype)?;
         let tuned_path = ctx.input("tuned")?.to_path_buf();
-        let tuned = load::load_as(&tuned_path, &dev, dtype).map_err(err)?;
-        let tk = load_tokenizer(&tuned_path).map_err(err)?;
+        let tuned = load::load_as(&tuned_path, &dev, dtype)?;
+        let tk = load_tokenizer(&tuned_path)?;
         let ds_path = ctx.input("dataset")?.to_path_buf();
-        let ds = TokenDataset::read(&ds_path).map_err(err)?;
+        let ds = TokenDataset::read(&ds_path)?;
         let bs = ctx.params.int("batch_size") as usize;
         let prompts: Vec<String> = match ctx.inputs.get("prompts") {
             Some(p) => std::fs::read_to_string(p)
@@ -168,13 +166,16 @@ impl NodeKind for Eval {
             let ids = tk
                 .tokenizer
                 .encode_fast(text.as_str(), false)
-                .map_err(|e| err(format!("tokenizing prompt {}: {e}", i + 1)))?
+                .map_err(|source| NodeError::Tokenizers { action: format!("tokenizing prompt {}", i + 1), source })?
                 .get_ids()
                 .to_vec();
             let mut outs = Vec::new();
             for m in [&base, &tuned] {
-                let g = generate(m, &ids, &stop, max_new, temp, top_p, seed).map_err(err)?;
-                let text = tk.tokenizer.decode(&g, true).map_err(|e| err(format!("decoding: {e}")))?;
+                let g = generate(m, &ids, &stop, max_new, temp, top_p, seed)?;
+                let text = tk
+                    .tokenizer
+                    .decode(&g, true)
+                    .map_err(|source| NodeError::Tokenizers { action: "decoding".into(), source })?;
                 // A generation cut at max_new_tokens can end inside a multi-byte character.
                 outs.push(text.trim_end_matches('\u{FFFD}').to_string());
             }

@@ -14,15 +14,16 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value as Json};
 
 use super::{Accepts, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::records::json_position;
 use crate::export::gate::{Check, Gate};
 use crate::export::llamacpp::{self, LlamaCpp};
+use crate::export::modelfile::Modelfile;
 use crate::export::{write_gguf, write_gguf_from_folder};
-use crate::gguf::ftype::FileType;
+use crate::gguf::ftype::{FileType, FileTypeError};
 use crate::gguf::{GgufFile, GgufValue};
 use crate::model::load;
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, with_tokenizer as tokenizer_with, Bundle};
-use crate::tokenizer::modelfile::Modelfile;
 use crate::tokenizer::template::{self, ChatTemplate};
 use crate::tokenizer::to_gguf::{to_gguf, HfTokenizer, ToGgufError, TokenizerMetadata};
 
@@ -118,10 +119,10 @@ fn err(e: impl std::fmt::Display) -> NodeError {
 fn chat_template(params: &Params, tk: &Bundle) -> Result<String, NodeError> {
     let eos = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
     match params.str("format") {
-        Some("chat_template") => tk
-            .chat_template
-            .clone()
-            .ok_or_else(|| err("param `format`: `chat_template`, but the model has no chat template; use `format: seed`")),
+        Some("chat_template") => tk.chat_template.clone().ok_or_else(|| NodeError::Param {
+            param: "format".into(),
+            message: "`chat_template`, but the model has no chat template; use `format: seed`".into(),
+        }),
         _ => Ok(template::seed_chat_template(eos)),
     }
 }
@@ -141,7 +142,7 @@ fn heldout_text(path: &Path, template: &ChatTemplate, system: Option<&str>) -> R
     let text = std::fs::read_to_string(path).map_err(NodeError::io("reading", path))?;
     let records: Vec<Json> = serde_json::from_str(&text).map_err(|e| NodeError::BadInput {
         path: path.to_path_buf(),
-        location: Some(crate::nodes::fix_json::json_position(&text, &e)),
+        location: Some(json_position(&text, &e)),
         message: format!("held-out records must be a JSON array of objects: {e}"),
     })?;
     let mut out = String::new();
@@ -162,18 +163,18 @@ fn heldout_text(path: &Path, template: &ChatTemplate, system: Option<&str>) -> R
 /// built into a tokenizer once, for both), or copied from a GGUF source.
 fn read_tokenizer(src: &Path, pre: Option<&str>) -> Result<(Bundle, Vec<(String, GgufValue)>), NodeError> {
     if src.is_dir() {
-        let hf = HfTokenizer::from_dir(src).map_err(err)?;
+        let hf = HfTokenizer::from_dir(src)?;
         let kv = to_gguf(&hf, pre)
             .map_err(|e| match e {
                 ToGgufError::UnknownPreTokenizer { .. } => err(format!("{e}: the export-gguf param `pre`")),
-                e => err(e),
+                e => e.into(),
             })?
             .into_pairs();
-        let tk = tokenizer_with(&src.join("tokenizer.json"), hf.into_tokenizer()).map_err(err)?;
+        let tk = tokenizer_with(&src.join("tokenizer.json"), hf.into_tokenizer())?;
         return Ok((tk, kv));
     }
-    let tk = load_tokenizer(src).map_err(err)?;
-    let f = GgufFile::open(src).map_err(err)?;
+    let tk = load_tokenizer(src)?;
+    let f = GgufFile::open(src)?;
     let mut kv: Vec<(String, GgufValue)> = f.metadata.into_iter().filter(|(k, _)| k.starts_with("tokenizer.")).collect();
     if let Some(p) = pre {
         kv.retain(|(k, _)| k != "tokenizer.ggml.pre");
@@ -192,13 +193,10 @@ fn with_chat_template(mut kv: Vec<(String, GgufValue)>, chat_template: &str) -> 
     TokenizerMetadata { kv }
 }
 
-/// The stated perplexity bound per type, about twice the rise measured on the default model
-/// (SmolLM2-135M, 40 held-out records, 128-token chunks: Q6_K +3.3%, Q5_0 +0.6%, Q4_K_M +5.4%,
-/// Q4_0 +16.3%), so a broken quantizer fails while honest rounding passes.
-/// The greedy check's near-tie bound: pipe reproduces llama.cpp's F32/F16/BF16 logits within
-/// ~0.002 and its Q8_0 logits (8-bit activations inside each matmul, emulated in
-/// `model::ggml_cpu`) within ~0.1-0.13 on the fortune-tuned default model, so a parting at a
-/// margin up to about twice that is rounding, not a wrong file.
+/// The greedy check's near-tie bound: about twice how far pipe's logits sit from llama.cpp's on
+/// the default model (F32/F16/BF16, and Q8_0 with its 8-bit activations emulated in
+/// `model::ggml_cpu`; BENCHMARKS.md section 13 has the measurements), so a parting at a smaller
+/// margin is rounding, not a wrong file.
 fn default_tie_margin(t: FileType) -> f32 {
     match t {
         FileType::Q8_0 => 0.5,
@@ -206,6 +204,8 @@ fn default_tie_margin(t: FileType) -> f32 {
     }
 }
 
+/// The stated perplexity bound per type: about twice the rise the default model measures
+/// (BENCHMARKS.md section 13), so a broken quantizer fails while honest rounding passes.
 fn default_ppl_tolerance(t: FileType) -> f64 {
     match t {
         FileType::Q6_K | FileType::Q5_K_M | FileType::Q5_K_S => 0.08,
@@ -218,9 +218,10 @@ fn default_ppl_tolerance(t: FileType) -> f64 {
 fn llama_cpp(params: &Params) -> Result<Option<LlamaCpp>, NodeError> {
     match params.str("llama_cpp") {
         Some("off") => Ok(None),
-        Some("require") => LlamaCpp::find()
-            .map(Some)
-            .ok_or_else(|| err(format!("param `llama_cpp: require`: llama.cpp not found in {}", llamacpp::search_description()))),
+        Some("require") => LlamaCpp::find().map(Some).ok_or_else(|| NodeError::Param {
+            param: "llama_cpp: require".into(),
+            message: format!("llama.cpp not found in {}", llamacpp::search_description()),
+        }),
         _ => Ok(LlamaCpp::find()),
     }
 }
@@ -259,8 +260,12 @@ impl NodeKind for ExportGguf {
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let file_type: FileType =
-            ctx.params.str("type").unwrap_or("Q8_0").parse().map_err(|e| err(format!("param `type`: {e}")))?;
+        let file_type: FileType = ctx
+            .params
+            .str("type")
+            .unwrap_or("Q8_0")
+            .parse()
+            .map_err(|e: FileTypeError| NodeError::Param { param: "type".into(), message: e.to_string() })?;
         let verify = ctx.params.bool("verify");
         let llama = if verify { llama_cpp(ctx.params)? } else { None };
         let src = ctx.input("model")?.to_path_buf();
@@ -269,7 +274,7 @@ impl NodeKind for ExportGguf {
         // files to the GGUF file (the same bytes) and the model is never loaded.
         let model = if verify || !src.is_dir() {
             ctx.log(format!("loading {}", src.display()));
-            Some(load::load(&src, &candle_core::Device::Cpu).map_err(err)?)
+            Some(load::load(&src, &candle_core::Device::Cpu)?)
         } else {
             None
         };
@@ -277,15 +282,15 @@ impl NodeKind for ExportGguf {
         let template_src = chat_template(ctx.params, &tk)?;
         let eos_text = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
         let bos_text = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
-        let template = ChatTemplate::new(&template_src, bos_text, eos_text).map_err(|e| err(format!("chat template: {e}")))?;
+        let template = ChatTemplate::new(&template_src, bos_text, eos_text).map_err(NodeError::ChatTemplate)?;
         let tok_meta = with_chat_template(tok_kv, &template_src);
         let stop_texts = tok_meta.end_of_generation_tokens();
         let stop: Vec<u32> = stop_texts.iter().filter_map(|t| tk.tokenizer.token_to_id(t)).collect();
-        let mut mf = Modelfile::for_tokenizer("model.gguf", &tok_meta).map_err(|e| err(format!("Modelfile: {e}")))?;
+        let mut mf = Modelfile::for_tokenizer("model.gguf", &tok_meta)?;
         if let Some(system) = ctx.params.str("system") {
             mf = mf.with_system(system);
         }
-        let mf = mf.render().map_err(|e| err(format!("Modelfile: {e}")))?;
+        let mf = mf.render()?;
         let tok_kv = tok_meta.into_pairs();
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(NodeError::io("creating", &out))?;
@@ -293,16 +298,16 @@ impl NodeKind for ExportGguf {
         let name = ctx.params.str("name").unwrap_or(ctx.node).to_string();
         let t0 = std::time::Instant::now();
         let written = match &model {
-            Some(m) => write_gguf(m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?,
+            Some(m) => write_gguf(m, tok_kv.clone(), file_type, &name, &gguf)?,
             None => {
                 ctx.log(format!("streaming the tensors of {}", src.display()));
-                let cfg = load::config(&src).map_err(err)?;
-                match write_gguf_from_folder(&src, &cfg, tok_kv.clone(), file_type, &name, &gguf).map_err(err)? {
+                let cfg = load::config(&src)?;
+                match write_gguf_from_folder(&src, &cfg, tok_kv.clone(), file_type, &name, &gguf)? {
                     Some(w) => w,
                     None => {
                         ctx.log(format!("a dtype the stream cannot read: loading {}", src.display()));
-                        let m = load::load(&src, &candle_core::Device::Cpu).map_err(err)?;
-                        write_gguf(&m, tok_kv.clone(), file_type, &name, &gguf).map_err(err)?
+                        let m = load::load(&src, &candle_core::Device::Cpu)?;
+                        write_gguf(&m, tok_kv.clone(), file_type, &name, &gguf)?
                     }
                 }
             }
@@ -326,7 +331,7 @@ impl NodeKind for ExportGguf {
             };
             let rendered: Vec<String> = prompts
                 .iter()
-                .map(|p| template.pair(system, p, "").map(|x| x.0).map_err(|e| err(format!("chat template: {e}"))))
+                .map(|p| template.pair(system, p, "").map(|x| x.0).map_err(NodeError::ChatTemplate))
                 .collect::<Result<_, _>>()?;
             let mut samples: Vec<String> = SAMPLES.iter().map(|s| s.to_string()).collect();
             samples.extend(rendered.iter().cloned());
@@ -337,7 +342,7 @@ impl NodeKind for ExportGguf {
                     let text = scratch.join("heldout.txt");
                     std::fs::write(&text, heldout_text(h, &template, system)?).map_err(NodeError::io("writing", &text))?;
                     let reference = scratch.join("reference-f16.gguf");
-                    write_gguf(model, tok_kv, FileType::F16, &name, &reference).map_err(err)?;
+                    write_gguf(model, tok_kv, FileType::F16, &name, &reference)?;
                     Some((text, reference))
                 }
                 _ => None,
@@ -354,11 +359,11 @@ impl NodeKind for ExportGguf {
                 greedy_tokens: ctx.params.int("greedy_tokens") as usize,
                 perplexity,
                 ppl_tolerance: match ctx.params.get("ppl_tolerance") {
-                    crate::spec::params::Value::Null => default_ppl_tolerance(file_type),
+                    crate::params::Value::Null => default_ppl_tolerance(file_type),
                     _ => ctx.params.float("ppl_tolerance"),
                 },
                 tie_margin: match ctx.params.get("greedy_tie_margin") {
-                    crate::spec::params::Value::Null => default_tie_margin(file_type),
+                    crate::params::Value::Null => default_tie_margin(file_type),
                     _ => ctx.params.float("greedy_tie_margin") as f32,
                 },
                 llama,

@@ -22,7 +22,8 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 use super::{InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::dataset::records::json_position;
+use crate::params::{Default, ParamSpec, ParamType, Params};
 
 /// The `fix-json` kind.
 pub struct FixJson;
@@ -263,18 +264,6 @@ pub fn scan(text: &str) -> Scan {
     out
 }
 
-/// serde_json's 1-based (line, column) of an error in `text`. serde_json reports column 0 when
-/// the offending character is a newline (it has already moved to the next line); that is the end
-/// of the previous line for a reader.
-pub fn json_position(text: &str, e: &serde_json::Error) -> (usize, usize) {
-    let (line, col) = (e.line().max(1), e.column());
-    if col > 0 || line <= 1 {
-        return (line, col.max(1));
-    }
-    let prev = text.split('\n').nth(line - 2).unwrap_or("");
-    (line - 1, prev.trim_end_matches('\r').chars().count() + 1)
-}
-
 /// serde_json appends " at line L column C"; the report has its own (absolute) position.
 fn strip_position(msg: &str) -> String {
     match msg.rfind(" at line ") {
@@ -294,16 +283,31 @@ fn type_name(v: &Json) -> &'static str {
     }
 }
 
-/// Checks a record's required fields; the error is the reason for the report.
-pub fn check_fields(obj: &Map<String, Json>, required: &[String]) -> Result<(), String> {
-    let missing: Vec<&str> = required.iter().filter(|f| !obj.contains_key(*f)).map(String::as_str).collect();
+/// What is wrong with a record's fields; its text is the reason in the report.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FieldProblem {
+    /// Required fields that are absent.
+    #[error("missing field{} `{}`", if .0.len() == 1 { "" } else { "s" }, .0.join("`, `"))]
+    Missing(Vec<String>),
+    /// A required field that is not a string.
+    #[error("field `{field}` must be a string, found {found}")]
+    NotAString {
+        /// The field.
+        field: String,
+        /// Its JSON type.
+        found: &'static str,
+    },
+}
+
+/// Checks a record's required fields.
+pub fn check_fields(obj: &Map<String, Json>, required: &[String]) -> Result<(), FieldProblem> {
+    let missing: Vec<String> = required.iter().filter(|f| !obj.contains_key(*f)).cloned().collect();
     if !missing.is_empty() {
-        let s = if missing.len() == 1 { "" } else { "s" };
-        return Err(format!("missing field{s} `{}`", missing.join("`, `")));
+        return Err(FieldProblem::Missing(missing));
     }
     for f in required {
         if let Some(v) = obj.get(f).filter(|v| !v.is_string()) {
-            return Err(format!("field `{f}` must be a string, found {}", type_name(v)));
+            return Err(FieldProblem::NotAString { field: f.clone(), found: type_name(v) });
         }
     }
     Ok(())
@@ -396,10 +400,10 @@ impl NodeKind for FixJson {
         for (obj, line) in &scan.objects {
             match check_fields(obj, &required) {
                 Ok(()) => good.push((obj, *line)),
-                Err(reason) => bad.push(BadRecord {
+                Err(problem) => bad.push(BadRecord {
                     line: *line,
                     col: 1,
-                    reason,
+                    reason: problem.to_string(),
                     excerpt: excerpt(&serde_json::to_string(obj).unwrap_or_default()),
                 }),
             }
@@ -547,9 +551,9 @@ mod tests {
     fn field_checks_name_the_field() {
         let obj: Map<String, Json> = serde_json::from_str("{\"instruction\":\"x\",\"input\":\"\",\"output\":7}").unwrap();
         let req: Vec<String> = ["instruction", "input", "output"].map(String::from).to_vec();
-        assert_eq!(check_fields(&obj, &req).unwrap_err(), "field `output` must be a string, found a number");
+        assert_eq!(check_fields(&obj, &req).unwrap_err().to_string(), "field `output` must be a string, found a number");
         let obj: Map<String, Json> = serde_json::from_str("{\"instruction\":\"x\"}").unwrap();
-        assert_eq!(check_fields(&obj, &req).unwrap_err(), "missing fields `input`, `output`");
+        assert_eq!(check_fields(&obj, &req).unwrap_err().to_string(), "missing fields `input`, `output`");
     }
 
     fn record() -> impl Strategy<Value = Map<String, Json>> {

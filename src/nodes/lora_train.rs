@@ -36,10 +36,11 @@ use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
 use crate::model::lora::Module;
 use crate::model::{load, peft};
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::train::optim::{AdamWConfig, Schedule};
+use crate::train::parallel::train_on_gpus;
 use crate::train::scaler::ScalerConfig;
-use crate::train::trainer::{train, TrainConfig};
+use crate::train::trainer::{train, LogEntry, TrainConfig};
 
 /// The `lora-train` kind.
 pub struct LoraTrain;
@@ -188,52 +189,6 @@ pub fn train_config(params: &Params) -> Result<TrainConfig, (String, String)> {
     })
 }
 
-/// Data-parallel training on these CUDA devices: a model per GPU, NCCL between them.
-#[cfg(feature = "cuda")]
-#[allow(clippy::too_many_arguments)]
-fn train_on_gpus(
-    gpus: &[usize],
-    model_path: &std::path::Path,
-    dtype: DType,
-    records: &[(Vec<u32>, Vec<i64>)],
-    cfg: &TrainConfig,
-    work: &std::path::Path,
-    on_step: &mut dyn FnMut(&crate::train::trainer::StepReport),
-    note: &mut dyn FnMut(&str),
-) -> Result<Result<crate::train::trainer::Trained, crate::train::trainer::TrainError>, NodeError> {
-    use crate::train::parallel::{nccl, train_ranks};
-    let failed = |what: &str, e: &dyn std::fmt::Display| NodeError::Failed(format!("{what}: {e}"));
-    let devices = gpus
-        .iter()
-        .map(|&g| candle_core::Device::new_cuda(g).map_err(|e| failed(&format!("opening cuda:{g}"), &e)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut models = Vec::new();
-    for (d, g) in devices.iter().zip(gpus) {
-        note(&format!("loading {} on cuda:{g}", model_path.display()));
-        models.push(load::load_as(model_path, d, dtype).map_err(|e| failed(&format!("loading on cuda:{g}"), &e))?);
-    }
-    let reducers = nccl::group(&devices).map_err(|e| failed("setting up NCCL", &e))?;
-    let version = nccl::version().unwrap_or_default();
-    note(&format!("data-parallel over {} GPUs {gpus:?} (NCCL {version})", gpus.len()));
-    Ok(train_ranks(&models, reducers, records, cfg, work, on_step, note))
-}
-
-/// Without the `cuda` feature the pool has no GPUs, so no lease holds two.
-#[cfg(not(feature = "cuda"))]
-#[allow(clippy::too_many_arguments)]
-fn train_on_gpus(
-    gpus: &[usize],
-    _model_path: &std::path::Path,
-    _dtype: DType,
-    _records: &[(Vec<u32>, Vec<i64>)],
-    _cfg: &TrainConfig,
-    _work: &std::path::Path,
-    _on_step: &mut dyn FnMut(&crate::train::trainer::StepReport),
-    _note: &mut dyn FnMut(&str),
-) -> Result<Result<crate::train::trainer::Trained, crate::train::trainer::TrainError>, NodeError> {
-    unreachable!("a lease of GPUs {gpus:?} in a build without CUDA")
-}
-
 impl NodeKind for LoraTrain {
     fn name(&self) -> &'static str {
         "lora-train"
@@ -276,7 +231,7 @@ impl NodeKind for LoraTrain {
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let mut cfg = train_config(ctx.params).map_err(|(p, m)| NodeError::Failed(format!("param `{p}`: {m}")))?;
+        let mut cfg = train_config(ctx.params).map_err(|(param, message)| NodeError::Param { param, message })?;
         cfg.init = ctx.inputs.get("init").cloned();
         let dtype = match ctx.params.str("dtype") {
             Some("bf16") => DType::BF16,
@@ -285,7 +240,7 @@ impl NodeKind for LoraTrain {
         };
         let model_path = ctx.input("model")?.to_path_buf();
         let data_path = ctx.input("dataset")?.to_path_buf();
-        let ds = TokenDataset::read(&data_path).map_err(|e| NodeError::Failed(e.to_string()))?;
+        let ds = TokenDataset::read(&data_path)?;
         let records: Vec<(Vec<u32>, Vec<i64>)> = (0..ds.len())
             .map(|r| {
                 let (ids, labels) = ds.record(r);
@@ -298,7 +253,7 @@ impl NodeKind for LoraTrain {
         } else {
             ctx.log(format!("loading {}", model_path.display()));
             let device = ctx.candle_device()?;
-            Some(load::load_as(&model_path, &device, dtype).map_err(|e| NodeError::Failed(e.to_string()))?)
+            Some(load::load_as(&model_path, &device, dtype)?)
         };
         let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
         ctx.progress.start(Some(total), "steps");
@@ -330,29 +285,23 @@ impl NodeKind for LoraTrain {
         let work = ctx.work.clone();
         let trained = match &model {
             Some(model) => train(model, &records, &cfg, &work, &mut on_step, &mut note),
-            None => train_on_gpus(&gpus, &model_path, dtype, &records, &cfg, &work, &mut on_step, &mut note)?,
-        }
-        .map_err(|e| NodeError::Failed(e.to_string()))?;
+            None => train_on_gpus(&gpus, &model_path, dtype, &records, &cfg, &work, &mut on_step, &mut note),
+        }?;
         let adapter = ctx.output("adapter");
         let base = model_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         peft::write_adapter(&adapter, &trained.layout, &trained.params, cfg.alpha, cfg.dropout, &cfg.targets, &base)
-            .map_err(|e| NodeError::Failed(format!("writing the adapter: {e}")))?;
+            .map_err(NodeError::WriteAdapter)?;
         let log_path = ctx.output("log");
-        std::fs::write(&log_path, trained.log.join("\n") + "\n").map_err(NodeError::io("writing", &log_path))?;
-        let points: Vec<(f64, f64)> = trained
-            .log
-            .iter()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| Some((v.get("step")?.as_f64()?, v.get("loss")?.as_f64()?)))
-            .collect();
+        let lines: Vec<String> = trained.log.iter().map(LogEntry::to_json_line).collect();
+        std::fs::write(&log_path, lines.join("\n") + "\n").map_err(NodeError::io("writing", &log_path))?;
+        let points: Vec<(f64, f64)> = trained.log.iter().map(|e| (e.step as f64, e.loss)).collect();
         let curve = ctx.output("curve");
         std::fs::write(&curve, crate::report::plot::loss_curve_png(&points, 640, 360))
             .map_err(NodeError::io("writing", &curve))?;
-        let last = trained.log.last().and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok());
-        let loss = last.as_ref().and_then(|v| v.get("loss")).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+        let loss = trained.log.last().map_or(f64::NAN, |e| e.loss);
         let resumed =
             if trained.resumed_from > 0 { format!(", resumed at step {}", trained.resumed_from) } else { String::new() };
-        let skipped = trained.log.iter().filter(|l| l.contains("\"skipped\":true")).count();
+        let skipped = trained.log.iter().filter(|e| e.scaling.is_some_and(|s| s.skipped)).count();
         let skipped = if skipped > 0 { format!(", {skipped} skipped for f16 overflow") } else { String::new() };
         ctx.set_summary(format!("{total} steps, final loss {loss:.4}{skipped}{resumed}"));
         Ok(())

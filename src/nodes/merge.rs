@@ -14,8 +14,9 @@ use candle_core::{DType, Tensor};
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::{load, peft};
-use crate::spec::params::{Default, ParamSpec, ParamType, Params};
+use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::load as load_tokenizer;
+use crate::tokenizer::save::write_hf_tokenizer;
 
 /// The `merge` kind.
 pub struct Merge;
@@ -50,48 +51,9 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
+/// The model code's errors that are still strings (`peft::read_adapter`, `hf_rope_scaling`).
 fn err(e: impl std::fmt::Display) -> NodeError {
     NodeError::Failed(e.to_string())
-}
-
-/// Writes the tokenizer files of `base` (a GGUF file or a Hugging Face folder) into `out`.
-pub fn write_tokenizer(base: &Path, out: &Path) -> Result<(), NodeError> {
-    if base.is_dir() {
-        for f in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"] {
-            if base.join(f).exists() {
-                std::fs::copy(base.join(f), out.join(f)).map_err(NodeError::io("copying", &base.join(f)))?;
-            }
-        }
-        return Ok(());
-    }
-    let b = load_tokenizer(base).map_err(err)?;
-    b.tokenizer.save(out.join("tokenizer.json"), false).map_err(|e| err(format!("writing tokenizer.json: {e}")))?;
-    let mut cfg = serde_json::json!({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "clean_up_tokenization_spaces": false,
-        "model_max_length": 8192,
-        "add_bos_token": false,
-    });
-    if let Some((_, t)) = &b.eos {
-        cfg["eos_token"] = t.clone().into();
-    }
-    if let Some((_, t)) = &b.bos {
-        cfg["bos_token"] = t.clone().into();
-    }
-    if let Some(id) = b.pad {
-        if let Some(t) = b.tokenizer.id_to_token(id) {
-            cfg["pad_token"] = t.into();
-        }
-    }
-    if let Some(t) = &b.chat_template {
-        cfg["chat_template"] = t.clone().into();
-    }
-    std::fs::write(out.join("tokenizer_config.json"), serde_json::to_string_pretty(&cfg).expect("json"))
-        .map_err(NodeError::io("writing", out))?;
-    let gen = serde_json::json!({"bos_token_id": b.bos.as_ref().map(|x| x.0), "eos_token_id": b.eos.as_ref().map(|x| x.0), "do_sample": false});
-    std::fs::write(out.join("generation_config.json"), serde_json::to_string_pretty(&gen).expect("json"))
-        .map_err(NodeError::io("writing", out))?;
-    Ok(())
 }
 
 /// Writes tensors as `model.safetensors`, or shards plus `model.safetensors.index.json`.
@@ -100,7 +62,7 @@ pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, s
     let mut size = 0usize;
     let mut total = 0usize;
     for (name, t) in tensors {
-        let t = t.to_dtype(dtype).map_err(err)?;
+        let t = t.to_dtype(dtype)?;
         let bytes = t.elem_count() * dtype.size_in_bytes();
         if size + bytes > shard_bytes && !shards.last().expect("one shard").is_empty() {
             shards.push(Vec::new());
@@ -112,7 +74,7 @@ pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, s
     }
     if shards.len() == 1 {
         let map: HashMap<String, Tensor> = shards.pop().expect("one shard").into_iter().collect();
-        return candle_core::safetensors::save(&map, out.join("model.safetensors")).map_err(err);
+        return Ok(candle_core::safetensors::save(&map, out.join("model.safetensors"))?);
     }
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
@@ -122,7 +84,7 @@ pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, s
             weight_map.insert(name.clone(), file.clone().into());
         }
         let map: HashMap<String, Tensor> = shard.into_iter().collect();
-        candle_core::safetensors::save(&map, out.join(&file)).map_err(err)?;
+        candle_core::safetensors::save(&map, out.join(&file))?;
     }
     let index = serde_json::json!({"metadata": {"total_size": total}, "weight_map": weight_map});
     std::fs::write(out.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).expect("json"))
@@ -156,13 +118,13 @@ impl NodeKind for Merge {
         let base = ctx.input("model")?.to_path_buf();
         let adapter = ctx.inputs.get("adapter").cloned();
         ctx.log(format!("loading {}", base.display()));
-        let mut model = load::load(&base, &ctx.candle_device()?).map_err(err)?;
+        let mut model = load::load(&base, &ctx.candle_device()?)?;
         // A Hugging Face config cannot hold every RoPE variant a GGUF can: refuse before working.
         model.cfg.hf_rope_scaling().map_err(err)?;
         let merged_pairs = match &adapter {
             Some(adapter) => {
                 let (layout, params) = peft::read_adapter(adapter, &model.cfg).map_err(err)?;
-                model.merge_lora(&layout, &params).map_err(err)?;
+                model.merge_lora(&layout, &params)?;
                 layout.entries.len()
             }
             None => 0,
@@ -174,7 +136,7 @@ impl NodeKind for Merge {
             Some("f16") => (DType::F16, "float16"),
             _ => (DType::F32, "float32"),
         };
-        write_tokenizer(&base, &out)?;
+        write_hf_tokenizer(&base, &out)?;
         let tk = load_tokenizer(&out).ok();
         if !out.join("generation_config.json").exists() {
             let id = |b: Option<&(u32, String)>| b.map(|x| x.0);

@@ -30,38 +30,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::device::{DeviceReq, Lease};
+use crate::params::{ParamSpec, Params};
 use crate::report::progress::NodeProgress;
-use crate::spec::params::{ParamSpec, Params};
-
-/// Where a node wants to run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeviceReq {
-    /// Always on the CPU pool.
-    Cpu,
-    /// Needs a CUDA device slot; an error before anything runs when none exists.
-    Cuda,
-    /// A CUDA slot when one exists, else the CPU (with a warning).
-    Auto,
-}
-
-/// How many GPUs a node asks for (`gpus:`); one unless a data-parallel kind says otherwise.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GpuCount {
-    /// Exactly this many (at least one); more than the pool has is an error before anything runs.
-    Count(usize),
-    /// Every GPU of the run (`--gpus`, `CUDA_VISIBLE_DEVICES`); the CPU under `auto` without one.
-    All,
-}
-
-impl std::fmt::Display for GpuCount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            GpuCount::Count(n) => write!(f, "{n}"),
-            GpuCount::All => write!(f, "all"),
-        }
-    }
-}
 
 /// What an input slot accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +69,10 @@ pub struct OutputSpec {
     pub doc: &'static str,
 }
 
-/// A failure inside a node's `run`.
+/// A failure inside a node's `run` (or its `fingerprint_extra`).
+///
+/// Errors from the modules a kind calls keep their type (`#[from]`) and their message, so `?`
+/// is all a kind writes for them; the scheduler wraps the error with the node's name and kind.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     /// Reading or writing a file failed.
@@ -107,6 +81,57 @@ pub enum NodeError {
     /// The input data is wrong in a way the user must fix.
     #[error("{path}{}: {message}", location.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     BadInput { path: PathBuf, location: Option<(usize, usize)>, message: String },
+    /// A parameter's value cannot be used with these inputs or the other parameters.
+    #[error("param `{param}`: {message}")]
+    Param { param: String, message: String },
+    /// An input slot the kind needs is not connected.
+    #[error("input `{0}` is not connected")]
+    NotConnected(String),
+    /// The device of the lease could not be opened.
+    #[error("opening {lease}: {source}")]
+    Device { lease: Lease, source: candle_core::Error },
+    /// The chat template failed to compile or to render.
+    #[error("chat template: {0}")]
+    ChatTemplate(#[source] minijinja::Error),
+    /// The tokenizer failed to encode or decode.
+    #[error("{action}: {source}")]
+    Tokenizers { action: String, source: tokenizers::Error },
+    /// Tensor code failed.
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+    /// The trained adapter could not be written.
+    #[error("writing the adapter: {0}")]
+    WriteAdapter(#[source] candle_core::Error),
+    /// A model could not be loaded.
+    #[error(transparent)]
+    Model(#[from] crate::model::load::LoadError),
+    /// A tokenizer could not be loaded.
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::load::LoadError),
+    /// Writing a model folder's tokenizer files failed.
+    #[error(transparent)]
+    TokenizerFiles(#[from] crate::tokenizer::save::SaveError),
+    /// A tokenizer could not be exported to GGUF metadata.
+    #[error(transparent)]
+    TokenizerToGguf(#[from] crate::tokenizer::to_gguf::ToGgufError),
+    /// A token dataset could not be read.
+    #[error(transparent)]
+    Dataset(#[from] crate::dataset::DatasetError),
+    /// Encoding records into a token dataset failed.
+    #[error(transparent)]
+    Encode(#[from] crate::dataset::encode::EncodeError),
+    /// Training failed.
+    #[error(transparent)]
+    Train(#[from] crate::train::trainer::TrainError),
+    /// A GGUF file could not be read.
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    /// Writing the GGUF export failed.
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
+    /// The Ollama Modelfile could not be written.
+    #[error("Modelfile: {0}")]
+    Modelfile(#[from] crate::export::modelfile::ModelfileError),
     /// Anything else the kind wants to report, already phrased for the user.
     #[error("{0}")]
     Failed(String),
@@ -138,13 +163,13 @@ pub struct RunCtx<'a> {
     /// A one-line summary for the "Finished" line and the node record.
     pub summary: Option<String>,
     /// The device slot the scheduler gave this run.
-    pub lease: crate::sched::device::Lease,
+    pub lease: Lease,
 }
 
 impl RunCtx<'_> {
     /// The path of a required input.
     pub fn input(&self, name: &str) -> Result<&Path, NodeError> {
-        self.inputs.get(name).map(PathBuf::as_path).ok_or_else(|| NodeError::Failed(format!("input `{name}` is not connected")))
+        self.inputs.get(name).map(PathBuf::as_path).ok_or_else(|| NodeError::NotConnected(name.to_string()))
     }
 
     /// Where to write the output called `name`.
@@ -154,7 +179,7 @@ impl RunCtx<'_> {
 
     /// The candle device for this run's lease.
     pub fn candle_device(&self) -> Result<candle_core::Device, NodeError> {
-        self.lease.candle_device().map_err(|e| NodeError::Failed(format!("opening {}: {e}", self.lease)))
+        self.lease.candle_device().map_err(|source| NodeError::Device { lease: self.lease, source })
     }
 
     /// Sets the one-line summary shown when the node finishes ("334 records, 4 bad").

@@ -21,7 +21,7 @@ use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::model::arch::{self, Init};
 use crate::model::config::Config;
 use crate::model::rng::{normal, splitmix};
-use crate::spec::params::{Default, ParamSpec, ParamType, Params, Value};
+use crate::params::{Default, ParamSpec, ParamType, Params, Value};
 
 /// The `random-model` kind.
 pub struct RandomModel;
@@ -183,7 +183,7 @@ impl NodeKind for RandomModel {
         let tok_path = ctx.input("tokenizer")?.to_path_buf();
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(NodeError::io("creating", &out))?;
-        super::merge::write_tokenizer(&tok_path, &out)?;
+        crate::tokenizer::save::write_hf_tokenizer(&tok_path, &out)?;
         let tk = crate::tokenizer::load::load(&out).map_err(err)?;
         let n_tok = tk.tokenizer.get_vocab_size(true);
         if n_tok > cfg.vocab_size {

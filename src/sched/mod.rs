@@ -3,39 +3,42 @@
 //! # Outline
 //! 1. [`Session::open`] loads the cache, the stat cache and the pipeline's last run record.
 //! 2. [`Session::run`] keeps a ready set: a node is ready when every upstream node is done. Ready
-//!    nodes take a slot from the [`device::DevicePool`] and run on their own thread.
+//!    nodes take a slot from the [`DevicePool`] and run on their own thread.
 //! 3. A worker computes the node's [`KeyParts`] (hashing inputs; upstream outputs are known by
 //!    now), takes the key's lock (another process computing the same key makes it wait, then
 //!    reuse the result), and either reports a cache hit or runs the kind into a staging folder
-//!    and publishes the outputs.
+//!    and publishes the outputs. One function runs a kind, for `run` and for
+//!    [`Session::verify_node`] alike: it catches a panic as an internal error and checks that
+//!    every declared output was written.
 //! 4. Results come back over a channel to the main loop, which frees the slot, records the node,
-//!    and starts whatever became ready. A failure skips the node's dependents and, without
-//!    `--keep-going`, stops starting new nodes; running ones finish.
+//!    and starts whatever became ready. A failure is one [`NodeFailed`] (the node, its kind and
+//!    the [`Cause`]); it skips the node's dependents and, without `--keep-going`, stops starting
+//!    new nodes; running ones finish.
 //! 5. The run record (each completed node's key and parts) is saved for `status --why` and `gc`.
 //!
 //! Keys are computed as late as possible on purpose: a downstream key uses the upstream outputs'
 //! content digests, so an upstream rerun that produces identical bytes leaves everything
 //! downstream fresh (early cutoff).
 
-pub mod device;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::cache::{NodeRecord, RunNode, RunRecord, Store};
+use crate::cache::{CacheError, NodeRecord, RunNode, RunRecord, Store};
+use crate::device::{DevicePool, DeviceReq, Lease};
 use crate::graph::Graph;
 use crate::hash::dirty::{explain, DirtyReason};
 use crate::hash::statcache::StatCache;
 use crate::hash::{Canon, Digest, KeyParts};
-use crate::nodes::{DeviceReq, NodeError, RunCtx};
+use crate::nodes::{NodeError, RunCtx};
+use crate::params::did_you_mean;
 use crate::report::progress::NodeProgress;
 use crate::report::{Event, Reporter};
 use crate::source::Source;
 use crate::spec::validate::{suggest, SpecError};
-use crate::spec::{params::did_you_mean, InputRef, Pipeline};
-use device::{DevicePool, Lease};
+use crate::spec::{InputRef, Pipeline};
 
 /// A pipeline bound to a cache.
 pub struct Session {
@@ -76,8 +79,8 @@ pub struct RunSummary {
     pub ran: usize,
     /// Nodes served from the cache.
     pub cached: usize,
-    /// Failed nodes with their error and log path.
-    pub failed: Vec<(String, String, PathBuf)>,
+    /// Failed nodes, each with the path of its log when it got one.
+    pub failed: Vec<Failure>,
     /// Nodes not run because of a failure.
     pub skipped: usize,
     /// Records of completed nodes by index.
@@ -96,11 +99,113 @@ pub enum Freshness {
     Error { message: String },
 }
 
-/// One node failing, as the scheduler reports it.
+/// A node's inputs could not be resolved to paths and digests, so it has no key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// An upstream node has no record yet (it did not run, or is not cached).
+    #[error("upstream `{node}` has not run")]
+    UpstreamNotRun { node: String },
+    /// An upstream node's record lacks the output the input names.
+    #[error("upstream `{node}` has no output `{output}`")]
+    NoSuchOutput { node: String, output: String },
+    /// An input file or folder could not be hashed.
+    #[error("input `{slot}`: {}: {source}", path.display())]
+    Read { slot: String, path: PathBuf, source: std::io::Error },
+    /// An input's source string is not a source.
+    #[error("input `{slot}`: {source}")]
+    BadSource { slot: String, source: crate::source::ParseError },
+    /// A source could not be made a local path.
+    #[error("input `{slot}` ({text}): {source}")]
+    Source { slot: String, text: String, source: Box<crate::source::SourceError> },
+    /// The kind's extra key components could not be computed.
+    #[error(transparent)]
+    Extra(#[from] NodeError),
+}
+
+/// What made a node fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// It has no key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The cache could not lock, stage or publish it.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// Its work folder or log could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create { path: PathBuf, source: std::io::Error },
+    /// Its kind failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
+
+/// A node failed: the scheduler's one report of it, naming the node and its kind.
+#[derive(Debug, thiserror::Error)]
+#[error("node '{node}' ({kind}): {source}")]
+pub struct NodeFailed {
+    /// The node's name.
+    pub node: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// Why.
+    #[source]
+    pub source: Box<Cause>,
+}
+
+/// A failed node in a [`RunSummary`].
 #[derive(Debug)]
-struct Failure {
-    message: String,
-    log: PathBuf,
+pub struct Failure {
+    /// What failed and why.
+    pub error: NodeFailed,
+    /// The node's log, when it got as far as having one.
+    pub log: Option<PathBuf>,
+}
+
+/// What re-executing a cached node found wrong with one output ([`Session::verify_node`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The cached object no longer hashes to the digest it is stored under: the cache was
+    /// modified after the node ran.
+    Tampered {
+        /// The output.
+        output: String,
+        /// The digest recorded (the object's name).
+        recorded: Digest,
+        /// What the object hashes to now (or why it cannot be read).
+        on_disk: String,
+    },
+    /// Re-executing the node wrote other bytes: the node is not deterministic.
+    Nondeterministic {
+        /// The output.
+        output: String,
+        /// The digest recorded.
+        recorded: Digest,
+        /// The digest of the re-executed output (or why it cannot be read).
+        recomputed: String,
+    },
+}
+
+/// A cached node, re-executed: its record and every output that did not match.
+#[derive(Debug)]
+pub struct Verified {
+    /// The node's cache record.
+    pub record: NodeRecord,
+    /// Mismatching outputs; empty when the node reproduced its outputs.
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// A node could not be verified.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// Its key cannot be computed (upstream not cached, an input missing).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Its key has no cache entry.
+    #[error("node `{node}` is not in the cache; run the pipeline first")]
+    NotCached { node: String },
+    /// Re-executing it failed.
+    #[error(transparent)]
+    Failed(#[from] NodeFailed),
 }
 
 enum State {
@@ -118,7 +223,7 @@ fn now_secs() -> u64 {
 impl Session {
     /// Binds a pipeline to the cache folder `cache_dir`.
     pub fn open(pipeline: Pipeline, cache_dir: &Path, reporter: Arc<Reporter>) -> anyhow::Result<Session> {
-        let graph = Graph::build(&pipeline.nodes).map_err(|_| anyhow::anyhow!("pipeline has a cycle"))?;
+        let graph = pipeline.graph().map_err(|_| anyhow::anyhow!("pipeline has a cycle"))?;
         let store = Store::open(cache_dir)?;
         let stat = Mutex::new(StatCache::load(&store.stat_cache_path()));
         let canonical_file = pipeline.file.canonicalize().unwrap_or_else(|_| pipeline.file.clone());
@@ -169,26 +274,35 @@ impl Session {
         &self,
         i: usize,
         done: &HashMap<String, NodeRecord>,
-    ) -> Result<(KeyParts, BTreeMap<String, PathBuf>), String> {
+    ) -> Result<(KeyParts, BTreeMap<String, PathBuf>), KeyError> {
         let node = &self.pipeline.nodes[i];
         let mut inputs = BTreeMap::new();
         let mut digests = BTreeMap::new();
         for (slot, input) in &node.inputs {
             let (path, digest) = match input {
                 InputRef::Node { node: up, output } => {
-                    let rec = done.get(up).ok_or_else(|| format!("upstream `{up}` has not run"))?;
-                    let out = rec.outputs.get(output).ok_or_else(|| format!("upstream `{up}` has no output `{output}`"))?;
+                    let rec = done.get(up).ok_or_else(|| KeyError::UpstreamNotRun { node: up.clone() })?;
+                    let out = rec
+                        .outputs
+                        .get(output)
+                        .ok_or_else(|| KeyError::NoSuchOutput { node: up.clone(), output: output.clone() })?;
                     (self.store.object_path(&out.digest), out.digest.clone())
                 }
                 InputRef::File(p) => {
                     let path = self.pipeline.root.join(p);
-                    let d = self.digest(&path).map_err(|e| format!("input `{slot}`: {}: {e}", path.display()))?;
+                    let d =
+                        self.digest(&path).map_err(|source| KeyError::Read { slot: slot.clone(), path: path.clone(), source })?;
                     (path, d)
                 }
                 InputRef::Source(text) => {
-                    let src = Source::parse(text).map_err(|e| format!("input `{slot}`: {e}"))?;
-                    let path = src.resolve(self.store.root()).map_err(|e| format!("input `{slot}` ({text}): {e}"))?;
-                    let d = self.digest(&path).map_err(|e| format!("input `{slot}`: {}: {e}", path.display()))?;
+                    let src = Source::parse(text).map_err(|source| KeyError::BadSource { slot: slot.clone(), source })?;
+                    let path = src.resolve(self.store.root()).map_err(|e| KeyError::Source {
+                        slot: slot.clone(),
+                        text: text.clone(),
+                        source: Box::new(e),
+                    })?;
+                    let d =
+                        self.digest(&path).map_err(|source| KeyError::Read { slot: slot.clone(), path: path.clone(), source })?;
                     (path, d)
                 }
             };
@@ -228,7 +342,7 @@ impl Session {
         parts.extra = match memo {
             Some(m) => m.values,
             None => {
-                let e = kind.fingerprint_extra(&node.params, &inputs).map_err(|e| e.to_string())?;
+                let e = kind.fingerprint_extra(&node.params, &inputs)?;
                 let files = e.files.iter().filter_map(|f| Some((f.display().to_string(), self.digest(f).ok()?))).collect();
                 let _ = self.store.put_extra(&extra_id, &crate::cache::store::ExtraMemo { values: e.values.clone(), files });
                 e.values
@@ -288,7 +402,7 @@ impl Session {
                 continue;
             }
             match self.key_parts(i, &done) {
-                Err(message) => out.push((i, Freshness::Error { message })),
+                Err(e) => out.push((i, Freshness::Error { message: e.to_string() })),
                 Ok((parts, _)) => {
                     let key = parts.key();
                     match self.store.record(&key) {
@@ -390,7 +504,7 @@ impl Session {
                                 });
                             }
                         }
-                        summary.failed.push((name, f.message, f.log));
+                        summary.failed.push(f);
                         if !opts.keep_going {
                             stop = true;
                         }
@@ -450,22 +564,23 @@ impl Session {
         let kind = node.kind;
         let span = tracing::info_span!("node", node = %node.name, kind = kind.name());
         let _enter = span.enter();
+        let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: kind.name(), source: Box::new(cause) };
         let (parts, inputs) = self.key_parts(i, ups).map_err(|e| {
             self.reporter.emit(Event::NodeFailed {
                 node: node.name.clone(),
                 kind: kind.name().into(),
-                error: e.clone(),
+                error: e.to_string(),
                 log: String::new(),
             });
-            Failure { message: format!("node '{}' ({}): {e}", node.name, kind.name()), log: PathBuf::new() }
+            Failure { error: failed(e.into()), log: None }
         })?;
         let key = parts.key();
         let log_path = self.store.log_path(&key);
-        let fail = |message: String| Failure { message, log: log_path.clone() };
+        let fail = |cause: Cause| Failure { error: failed(cause), log: Some(log_path.clone()) };
         let _lock = self
             .store
             .lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() }))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
         if !force {
             if let Some(rec) = self.store.record(&key) {
                 tracing::debug!("fresh: {key}");
@@ -486,60 +601,37 @@ impl Session {
         });
         let started_at = now_secs();
         let t0 = Instant::now();
-        let staging = self.store.staging(&key).map_err(|e| fail(e.to_string()))?;
+        let staging = self.store.staging(&key).map_err(|e| fail(e.into()))?;
         let work = self.store.work_dir(&key);
-        std::fs::create_dir_all(&work).map_err(|e| fail(format!("creating {}: {e}", work.display())))?;
-        let log_file = std::fs::File::create(&log_path).map_err(|e| fail(format!("creating {}: {e}", log_path.display())))?;
-        let mut ctx = RunCtx {
-            node: &node.name,
-            params: &node.params,
-            inputs,
-            staging: staging.clone(),
-            work: work.clone(),
-            log: Arc::new(Mutex::new(log_file)),
-            progress: NodeProgress::new(&node.name, self.reporter.clone()),
-            summary: None,
-            lease,
-        };
-        ctx.log(format!("node {} ({} v{}) key {key} on {lease}", node.name, kind.name(), kind.version()));
-        for (slot, p) in &ctx.inputs {
-            ctx.log(format!("input {slot}: {}", p.display()));
-        }
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx))).unwrap_or_else(|p| {
-            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Err(NodeError::Failed(format!("internal error (a bug in pipe, please report it): {}", msg.unwrap_or_default())))
-        });
-        let outputs = kind.outputs(&node.params);
-        let result = result.and_then(|()| {
-            for o in &outputs {
-                if !staging.join(o.name).exists() {
-                    return Err(NodeError::Failed(format!(
-                        "internal error: kind {} did not write output `{}`",
-                        kind.name(),
-                        o.name
-                    )));
+        std::fs::create_dir_all(&work).map_err(|source| fail(Cause::Create { path: work.clone(), source }))?;
+        let log_file =
+            std::fs::File::create(&log_path).map_err(|source| fail(Cause::Create { path: log_path.clone(), source }))?;
+        let log = Arc::new(Mutex::new(log_file));
+        let progress = NodeProgress::new(&node.name, self.reporter.clone());
+        let summary = match self.run_node(i, &key, inputs, &staging, &work, log.clone(), progress, lease) {
+            Ok(summary) => summary,
+            Err(e) => {
+                let event = Event::NodeFailed {
+                    node: node.name.clone(),
+                    kind: kind.name().into(),
+                    error: e.to_string(),
+                    log: log_path.display().to_string(),
+                };
+                let failure = fail(e.into());
+                if let Ok(mut f) = log.lock() {
+                    let _ = writeln!(f, "error: {}", failure.error);
                 }
+                let _ = std::fs::remove_dir_all(&staging);
+                self.reporter.emit(event);
+                return Err(failure);
             }
-            Ok(())
-        });
-        if let Err(e) = result {
-            let message = format!("node '{}' ({}): {e}", node.name, kind.name());
-            ctx.log(format!("error: {message}"));
-            let _ = std::fs::remove_dir_all(&staging);
-            self.reporter.emit(Event::NodeFailed {
-                node: node.name.clone(),
-                kind: kind.name().into(),
-                error: e.to_string(),
-                log: log_path.display().to_string(),
-            });
-            return Err(fail(message));
-        }
+        };
         let duration_ms = t0.elapsed().as_millis() as u64;
-        let outs: Vec<(&str, bool)> = outputs.iter().map(|o| (o.name, o.dir)).collect();
+        let outs: Vec<(&str, bool)> = kind.outputs(&node.params).iter().map(|o| (o.name, o.dir)).collect();
         let rec = self
             .store
-            .publish(&key, &node.name, &parts, &staging, &outs, started_at, duration_ms, ctx.summary.clone())
-            .map_err(|e| fail(e.to_string()))?;
+            .publish(&key, &node.name, &parts, &staging, &outs, started_at, duration_ms, summary)
+            .map_err(|e| fail(e.into()))?;
         let _ = std::fs::remove_dir_all(&work);
         self.reporter.emit(Event::NodeFinished {
             node: node.name.clone(),
@@ -556,55 +648,91 @@ impl Session {
         Ok((rec, true))
     }
 
-    /// Re-executes node `i` from its cached inputs into a scratch folder and compares output
-    /// digests with its cache entry. `Ok(None)` means identical; `Ok(Some(diffs))` lists
-    /// (output, recorded, recomputed).
-    pub fn verify_node(
+    /// Runs node `i`'s kind once, into `staging` (each output at `staging/<name>`): the one way
+    /// a kind is run, for `run` and `verify` alike. Writes the node's header to `log`, turns a
+    /// panic into an internal error, and checks that every declared output was written. Returns
+    /// the one-line summary the kind set.
+    #[allow(clippy::too_many_arguments)]
+    fn run_node(
         &self,
         i: usize,
-        done: &HashMap<String, NodeRecord>,
-    ) -> Result<(NodeRecord, Vec<(String, String, String)>), String> {
+        key: &str,
+        inputs: BTreeMap<String, PathBuf>,
+        staging: &Path,
+        work: &Path,
+        log: Arc<Mutex<std::fs::File>>,
+        progress: NodeProgress,
+        lease: Lease,
+    ) -> Result<Option<String>, NodeError> {
         let node = &self.pipeline.nodes[i];
-        let (parts, inputs) = self.key_parts(i, done)?;
-        let key = parts.key();
-        let rec =
-            self.store.record(&key).ok_or_else(|| format!("node `{}` is not in the cache; run the pipeline first", node.name))?;
-        let staging = self.store.staging(&key).map_err(|e| e.to_string())?;
-        let work = staging.join(".work");
-        std::fs::create_dir_all(&work).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(staging.join(".log")).map_err(|e| e.to_string())?;
+        let kind = node.kind;
         let mut ctx = RunCtx {
             node: &node.name,
             params: &node.params,
             inputs,
-            staging: staging.clone(),
-            work,
-            log: Arc::new(Mutex::new(log)),
-            progress: NodeProgress::silent(&node.name),
+            staging: staging.to_path_buf(),
+            work: work.to_path_buf(),
+            log,
+            progress,
             summary: None,
-            lease: DevicePool::new(1, &self.gpus).try_lease(node.device, node.gpus).unwrap_or(Lease::Cpu),
+            lease,
         };
-        let r = node.kind.run(&mut ctx).map_err(|e| format!("node '{}' ({}): {e}", node.name, node.kind.name()));
-        let mut diffs = Vec::new();
-        // The cached object itself must still hash to its name (nobody edited the cache).
-        for (name, out) in &rec.outputs {
-            let on_disk =
-                crate::hash::hash_path(&self.store.object_path(&out.digest)).unwrap_or_else(|e| format!("(unreadable: {e})"));
-            if on_disk != out.digest {
-                diffs.push((name.clone(), out.digest.clone(), format!("on disk {on_disk}")));
+        ctx.log(format!("node {} ({} v{}) key {key} on {lease}", node.name, kind.name(), kind.version()));
+        for (slot, p) in &ctx.inputs {
+            ctx.log(format!("input {slot}: {}", p.display()));
+        }
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| kind.run(&mut ctx))).unwrap_or_else(|p| {
+            let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(NodeError::Failed(format!("internal error (a bug in pipe, please report it): {}", msg.unwrap_or_default())))
+        })?;
+        for o in kind.outputs(&node.params) {
+            if !staging.join(o.name).exists() {
+                return Err(NodeError::Failed(format!("internal error: kind {} did not write output `{}`", kind.name(), o.name)));
             }
         }
-        if r.is_ok() {
-            for (name, out) in &rec.outputs {
-                let got = crate::hash::hash_path(&staging.join(name)).unwrap_or_else(|e| format!("(unreadable: {e})"));
-                if got != out.digest {
-                    diffs.push((name.clone(), out.digest.clone(), got));
+        Ok(ctx.summary)
+    }
+
+    /// Re-executes node `i` from its cached inputs into a scratch folder and compares each
+    /// output with its cache entry: the cached object must still hash to its digest, and the
+    /// re-executed output must hash to it too. `done` holds the records of its upstream nodes.
+    pub fn verify_node(&self, i: usize, done: &HashMap<String, NodeRecord>) -> Result<Verified, VerifyError> {
+        let node = &self.pipeline.nodes[i];
+        let (parts, inputs) = self.key_parts(i, done)?;
+        let key = parts.key();
+        let record = self.store.record(&key).ok_or_else(|| VerifyError::NotCached { node: node.name.clone() })?;
+        let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: node.kind.name(), source: Box::new(cause) };
+        let staging = self.store.staging(&key).map_err(|e| failed(e.into()))?;
+        let work = staging.join(".work");
+        std::fs::create_dir_all(&work).map_err(|source| failed(Cause::Create { path: work.clone(), source }))?;
+        let log_path = staging.join(".log");
+        let log = std::fs::File::create(&log_path).map_err(|source| failed(Cause::Create { path: log_path, source }))?;
+        let lease = DevicePool::new(1, &self.gpus).try_lease(node.device, node.gpus).unwrap_or(Lease::Cpu);
+        let progress = NodeProgress::silent(&node.name);
+        let ran = self.run_node(i, &key, inputs, &staging, &work, Arc::new(Mutex::new(log)), progress, lease);
+        let hash = |p: &Path| crate::hash::hash_path(p).unwrap_or_else(|e| format!("(unreadable: {e})"));
+        let mut mismatches = Vec::new();
+        for (name, out) in &record.outputs {
+            let on_disk = hash(&self.store.object_path(&out.digest));
+            if on_disk != out.digest {
+                mismatches.push(Mismatch::Tampered { output: name.clone(), recorded: out.digest.clone(), on_disk });
+            }
+        }
+        if ran.is_ok() {
+            for (name, out) in &record.outputs {
+                let recomputed = hash(&staging.join(name));
+                if recomputed != out.digest {
+                    mismatches.push(Mismatch::Nondeterministic {
+                        output: name.clone(),
+                        recorded: out.digest.clone(),
+                        recomputed,
+                    });
                 }
             }
         }
         let _ = std::fs::remove_dir_all(&staging);
-        r?;
-        Ok((rec, diffs))
+        ran.map_err(|e| failed(e.into()))?;
+        Ok(Verified { record, mismatches })
     }
 }
 

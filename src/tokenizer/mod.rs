@@ -6,7 +6,7 @@
 //!   metadata that produces the same ids as llama.cpp (byte-level BPE vocabularies).
 //! - [`fast`]: an ids-only encoder for byte-level BPE tokenizers; [`encoder`]: it, with the
 //!   general tokenizer as the fallback (what `tokenize` encodes with).
-//! - [`modelfile`]: Ollama Modelfiles, with the Jinja chat template translated to a Go TEMPLATE.
+//! - [`save`]: a tokenizer as the tokenizer files of a Hugging Face folder.
 //! - [`template`]: prompt formats, the tutorial's and Jinja chat templates.
 //! - [`to_gguf`]: the inverse of [`gguf`]: GGUF `tokenizer.*` metadata from a Hugging Face
 //!   tokenizer, as llama.cpp's `convert_hf_to_gguf.py` writes it.
@@ -15,6 +15,6 @@ pub mod encoder;
 pub mod fast;
 pub mod gguf;
 pub mod load;
-pub mod modelfile;
+pub mod save;
 pub mod template;
 pub mod to_gguf;

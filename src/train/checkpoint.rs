@@ -15,6 +15,23 @@ use serde::{Deserialize, Serialize};
 
 use super::optim::AdamW;
 use super::scaler::ScalerState;
+use super::trainer::LogEntry;
+
+/// The log as `state.json` has always held it: a list of JSON lines.
+mod log_lines {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::LogEntry;
+
+    pub fn serialize<S: Serializer>(log: &[LogEntry], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(log.iter().map(LogEntry::to_json_line))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<LogEntry>, D::Error> {
+        let lines = Vec::<String>::deserialize(d)?;
+        lines.iter().map(|l| serde_json::from_str(l).map_err(serde::de::Error::custom)).collect()
+    }
+}
 
 /// What a checkpoint holds besides the arrays.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,8 +42,9 @@ pub struct State {
     pub step: u64,
     /// Number of parameters (a sanity check on load).
     pub n_params: usize,
-    /// Training-log lines written so far.
-    pub log: Vec<String>,
+    /// The training log so far; each entry a string of JSON in `state.json`.
+    #[serde(with = "log_lines")]
+    pub log: Vec<LogEntry>,
     /// Optimizer updates applied (AdamW's step count); absent in older checkpoints, where it
     /// equals `step`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,13 +140,43 @@ pub fn latest(dir: &Path, n_params: usize) -> Option<(State, Vec<f32>, AdamW)> {
 mod tests {
     use super::*;
 
+    fn entry(step: u64) -> LogEntry {
+        LogEntry { step, epoch: 0.5, loss: 2.25, lr: 1e-4, grad_norm: Some(0.1), tokens: 64, scaling: None }
+    }
+
+    #[test]
+    fn the_log_is_kept_as_json_lines_and_reads_back_equal() {
+        let skipped = LogEntry {
+            grad_norm: None,
+            scaling: Some(super::super::trainer::LossScaling { loss_scale: 65536.0, skipped: true }),
+            ..entry(2)
+        };
+        let st = State {
+            version: 1,
+            step: 2,
+            n_params: 1,
+            log: vec![entry(1), skipped.clone()],
+            optimizer_steps: Some(1),
+            loss_scaler: None,
+        };
+        let json = serde_json::to_value(&st).unwrap();
+        assert_eq!(
+            json["log"],
+            serde_json::json!([
+                r#"{"step":1,"epoch":0.5,"loss":2.25,"lr":0.0001,"grad_norm":0.1,"tokens":64}"#,
+                r#"{"step":2,"epoch":0.5,"loss":2.25,"lr":0.0001,"grad_norm":null,"tokens":64,"loss_scale":65536.0,"skipped":true}"#,
+            ])
+        );
+        let back: State = serde_json::from_value(json).unwrap();
+        assert_eq!(back.log, vec![entry(1), skipped]);
+    }
+
     #[test]
     fn the_newest_whole_checkpoint_wins_and_old_ones_are_pruned() {
         let t = tempfile::tempdir().unwrap();
         let opt = AdamW { m: vec![1.0, 2.0], v: vec![3.0, 4.0], t: 0 };
         for step in 1..=3u64 {
-            let st =
-                State { version: 1, step, n_params: 2, log: vec![format!("{step}")], optimizer_steps: None, loss_scaler: None };
+            let st = State { version: 1, step, n_params: 2, log: vec![entry(step)], optimizer_steps: None, loss_scaler: None };
             save(t.path(), &st, &[step as f32, 0.5], &opt, 2).unwrap();
         }
         assert_eq!(list(t.path()).len(), 2, "save_total_limit 2 keeps two");
@@ -136,6 +184,7 @@ mod tests {
         std::fs::create_dir_all(t.path().join("checkpoint-9")).unwrap();
         let (st, params, o) = latest(t.path(), 2).unwrap();
         assert_eq!((st.step, params, o.m, o.t), (3, vec![3.0, 0.5], vec![1.0, 2.0], 3));
+        assert_eq!(st.log, vec![entry(3)]);
         assert!(latest(t.path(), 5).is_none(), "a different parameter count never resumes");
     }
 

@@ -37,8 +37,8 @@
 //! # Limits
 //! - Same results as one device up to floating-point summation order (hence the world size in
 //!   the node key), not bit-identical; world size 1 is bit-identical.
-//! - The gradients cross the host on every step today (the LoRA parameters live on the host);
-//!   [`GradReduce::sum_tensor`] is the device-side path once they live on the device.
+//! - Under NCCL the gradients are summed on the GPUs ([`GradReduce::sum_tensor`]); the loss sum
+//!   and the status flag cross the host. [`ThreadReduce`] sums everything on the host.
 
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
@@ -272,6 +272,53 @@ pub fn train_ranks<R: GradReduce>(
     })
 }
 
+/// Data-parallel training on these CUDA devices: the model at `model_path` loaded in `dtype` on
+/// each GPU, NCCL between them, then [`train_ranks`] (rank `r` on `gpus[r]`). `note` gets a line
+/// per model loaded and one naming the group.
+#[cfg(feature = "cuda")]
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_gpus(
+    gpus: &[usize],
+    model_path: &std::path::Path,
+    dtype: candle_core::DType,
+    records: &[(Vec<u32>, Vec<i64>)],
+    cfg: &super::trainer::TrainConfig,
+    work: &std::path::Path,
+    on_step: &mut dyn FnMut(&super::trainer::StepReport),
+    note: &mut dyn FnMut(&str),
+) -> Result<super::trainer::Trained, super::trainer::TrainError> {
+    use super::trainer::TrainError;
+    let devices = gpus
+        .iter()
+        .map(|&gpu| candle_core::Device::new_cuda(gpu).map_err(|source| TrainError::OpenDevice { gpu, source }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut models = Vec::new();
+    for (d, &gpu) in devices.iter().zip(gpus) {
+        note(&format!("loading {} on cuda:{gpu}", model_path.display()));
+        models.push(crate::model::load::load_as(model_path, d, dtype).map_err(|source| TrainError::LoadModel { gpu, source })?);
+    }
+    let reducers = nccl::group(&devices).map_err(TrainError::NcclSetup)?;
+    let version = nccl::version().unwrap_or_default();
+    note(&format!("data-parallel over {} GPUs {gpus:?} (NCCL {version})", gpus.len()));
+    train_ranks(&models, reducers, records, cfg, work, on_step, note)
+}
+
+/// Without the `cuda` feature the device pool has no GPUs, so no lease holds two.
+#[cfg(not(feature = "cuda"))]
+#[allow(clippy::too_many_arguments)]
+pub fn train_on_gpus(
+    gpus: &[usize],
+    _model_path: &std::path::Path,
+    _dtype: candle_core::DType,
+    _records: &[(Vec<u32>, Vec<i64>)],
+    _cfg: &super::trainer::TrainConfig,
+    _work: &std::path::Path,
+    _on_step: &mut dyn FnMut(&super::trainer::StepReport),
+    _note: &mut dyn FnMut(&str),
+) -> Result<super::trainer::Trained, super::trainer::TrainError> {
+    unreachable!("a lease of GPUs {gpus:?} in a build without CUDA")
+}
+
 #[cfg(feature = "cuda")]
 pub mod nccl;
 
@@ -402,7 +449,7 @@ mod tests {
     }
 
     fn losses(t: &Trained) -> Vec<f64> {
-        t.log.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap()).collect()
+        t.log.iter().map(|l| l.loss).collect()
     }
 
     /// Largest `|a - b| / max(|a|, |b|, floor)` over two vectors.
@@ -465,7 +512,7 @@ mod tests {
         assert!(dir.path().join("checkpoint-3").exists(), "rank 0 checkpointed step 3");
         let resumed = run_world(2, &c, dir.path(), &mut |_| {});
         assert_eq!(resumed.resumed_from, 3);
-        assert!(resumed.log == full.log, "{}\nvs\n{}", resumed.log.join("\n"), full.log.join("\n"));
+        assert!(resumed.log == full.log, "{:?}\nvs\n{:?}", resumed.log, full.log);
         assert!(resumed.params == full.params, "the resumed adapter differs from the uninterrupted one");
     }
 

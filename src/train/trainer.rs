@@ -87,6 +87,43 @@ pub struct StepReport {
     pub skipped: bool,
 }
 
+/// One line of the training log (the node's `log` output, JSON lines), for the steps
+/// `logging_steps` selects. Deterministic (no timings), so `pipe verify` can compare it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// Mean loss over the step's labelled tokens.
+    pub loss: f64,
+    /// The learning rate the step used.
+    pub lr: f64,
+    /// The gradient norm before clipping; `null` for a step skipped for f16 overflow.
+    pub grad_norm: Option<f64>,
+    /// Tokens in the step's micro-batches, padding included.
+    pub tokens: usize,
+    /// With f16 loss scaling only.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<LossScaling>,
+}
+
+/// The f16 loss scaling of one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaling {
+    /// The scale the step ran with.
+    pub loss_scale: f64,
+    /// The scaled gradients overflowed and the optimizer step was skipped.
+    pub skipped: bool,
+}
+
+impl LogEntry {
+    /// The entry as one line of JSON.
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("a log entry serializes")
+    }
+}
+
 /// Training failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -104,15 +141,26 @@ pub enum TrainError {
     /// The `init` adapter's shape is not the training's.
     #[error("the init adapter {path} has {what} {adapter}, but training has {what} {training}")]
     InitMismatch { path: PathBuf, what: &'static str, adapter: String, training: String },
+    /// A data-parallel rank's GPU could not be opened.
+    #[error("opening cuda:{gpu}: {source}")]
+    OpenDevice { gpu: usize, source: candle_core::Error },
+    /// A data-parallel rank's copy of the model could not be loaded.
+    #[error("loading on cuda:{gpu}: {source}")]
+    LoadModel { gpu: usize, source: crate::model::load::LoadError },
+    /// Summing across data-parallel ranks failed.
+    #[error(transparent)]
+    Reduce(#[from] super::parallel::ReduceError),
+    /// The NCCL group of the ranks could not be set up.
+    #[error("setting up NCCL: {0}")]
+    NcclSetup(super::parallel::ReduceError),
 }
 
 /// What training produced.
 pub struct Trained {
     pub layout: Layout,
     pub params: Vec<f32>,
-    /// JSON lines: step, epoch, loss, lr, grad_norm, tokens; with loss scaling also loss_scale
-    /// and skipped.
-    pub log: Vec<String>,
+    /// The training log.
+    pub log: Vec<LogEntry>,
     /// The step a resumed run started from (0 when fresh).
     pub resumed_from: u64,
 }
@@ -247,7 +295,7 @@ pub fn train_rank(
             let failed = local.is_err() || pending.is_some();
             let mine = if local.is_ok() { loss_sum.to_scalar::<f64>()? } else { 0.0 };
             let mut status = [mine, f64::from(u8::from(failed))];
-            r.sum_f64(&mut status).map_err(|e| TrainError::Data(e.to_string()))?;
+            r.sum_f64(&mut status)?;
             if status[1] > 0.0 {
                 local?;
                 return Err(pending.take().unwrap_or_else(|| {
@@ -302,15 +350,15 @@ pub fn train_rank(
             skipped,
         };
         if step % cfg.logging_steps.max(1) == 0 || step == total || step == 1 || skipped {
-            let mut line = serde_json::json!({
-                "step": step, "epoch": (step as f64 / per_epoch as f64), "loss": loss, "lr": lr,
-                "grad_norm": grad_norm, "tokens": tokens,
+            log.push(LogEntry {
+                step,
+                epoch: step as f64 / per_epoch as f64,
+                loss,
+                lr,
+                grad_norm: (!skipped).then_some(grad_norm),
+                tokens,
+                scaling: loss_scale.map(|loss_scale| LossScaling { loss_scale, skipped }),
             });
-            if let Some(s) = loss_scale {
-                line["loss_scale"] = s.into();
-                line["skipped"] = skipped.into();
-            }
-            log.push(line.to_string());
         }
         on_step(&report);
         if cfg.save_steps > 0 && step % cfg.save_steps == 0 && step < total && world.rank == 0 {
@@ -436,7 +484,7 @@ mod tests {
     }
 
     fn log_values(t: &Trained, key: &str) -> Vec<serde_json::Value> {
-        t.log.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()[key].clone()).collect()
+        t.log.iter().map(|l| serde_json::to_value(l).unwrap()[key].clone()).collect()
     }
 
     /// f16 with a loss scale far too large: the first steps overflow and are skipped, each
@@ -476,7 +524,7 @@ mod tests {
         assert!(killed.is_err());
         let resumed = train(&model, &records(), &c, dir.path(), &mut |_| {}, &mut |_| {}).unwrap();
         assert_eq!(resumed.resumed_from, kill_at - 1);
-        assert!(resumed.log == full.log, "resumed log differs:\n{}\nvs\n{}", resumed.log.join("\n"), full.log.join("\n"));
+        assert!(resumed.log == full.log, "resumed log differs:\n{:?}\nvs\n{:?}", resumed.log, full.log);
         assert!(resumed.params == full.params, "the resumed adapter differs from the uninterrupted one");
     }
 

@@ -125,10 +125,10 @@ fn a_changed_tokenizer_file_reruns_tokenize_but_not_fix_json() {
     assert_eq!(r.cached_nodes(), names(&["fix"]));
 }
 
-/// Regression (fixed): the memoised key extras (`extra/<id>.json`) are keyed by the input digests
-/// only, and `tokenizer_config.json` beside the tokenizer is not an input, so after a first run
-/// the config's digest in the key never changes again: editing the chat template (or the end
-/// token) leaves tokenize "fresh" with a dataset built from the old template.
+/// The memoised key extras (`extra/<id>.json`) are keyed by the input digests, and
+/// `tokenizer_config.json` beside the tokenizer is not an input: the memo also records the side
+/// files it read, so editing the chat template (or the end token) there still reruns tokenize
+/// instead of leaving it "fresh" with a dataset built from the old template.
 #[test]
 fn a_changed_tokenizer_config_beside_the_tokenizer_reruns_tokenize_but_not_fix_json() {
     let t = TestContext::with_fixtures();

@@ -43,9 +43,9 @@ fn an_unknown_node_kind_is_located_with_did_you_mean() {
     snapshot("unknown_node_kind", &t, &err);
 }
 
-/// Regression (fixed): a node whose kind is unknown is dropped before references are checked, so
-/// `fix.records` downstream is reported a second time as "file not found: <dir>/fix.records",
-/// which sends the user looking for a file that was never meant to exist.
+/// A node whose kind is unknown still counts when references are checked, so `fix.records`
+/// downstream is not reported a second time as "file not found: <dir>/fix.records" (which would
+/// send the user looking for a file that was never meant to exist).
 #[test]
 fn a_reference_to_a_node_with_an_unknown_kind_is_not_reported_as_a_missing_file() {
     let (_t, err) = invalid(&FORTUNE.replace("kind: fix-json", "kind: fix-jsn"), &[]);
@@ -187,7 +187,7 @@ fn an_unknown_target_is_an_error_with_did_you_mean() {
 
 /// True (with a note) when this build sees a CUDA device, where the `device:` tests do not apply.
 fn has_gpu(test: &str) -> bool {
-    let gpus = pipe::sched::device::DevicePool::discover_gpus();
+    let gpus = pipe::device::DevicePool::discover_gpus();
     if !gpus.is_empty() {
         eprintln!("SKIPPED {test}: this build of pipe sees CUDA devices {gpus:?}");
     }
@@ -223,9 +223,9 @@ fn device_auto_without_a_gpu_runs_on_the_cpu_with_a_warning() {
     assert_eq!(r.ran_nodes(), names(&["fix", "tokenize"]));
 }
 
-/// Regression (fixed): a block mapping's span starts at its first `:` (yaml-rust2's MappingStart
-/// marker), so errors about a whole mapping point into the middle of a line: "missing input"
-/// underlines the `:` after `records` (12:14), "missing key `nodes`" the `:` after `name` (1:5).
+/// Errors about a whole mapping point at its start. yaml-rust2's MappingStart marker is the first
+/// `:`, which would put "missing input" on the `:` after `records` (12:14) and "missing key
+/// `nodes`" on the `:` after `name` (1:5), in the middle of a line.
 #[test]
 fn errors_about_a_whole_mapping_point_at_its_start_not_at_a_colon() {
     let (_t, err) = invalid(&FORTUNE.replace("      tokenizer: tok/tokenizer.json\n", ""), &[]);

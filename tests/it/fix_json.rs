@@ -95,7 +95,8 @@ fn crlf_line_ends_are_accepted_and_reported() {
     check(Expect { file: "crlf.jsonl", records: GOOD_123, bad: &[], duplicates: &[], flags: (false, true, false) });
 }
 
-/// Regression (fixed): a string cut by a newline is reported one line too late with column 0.
+/// A string cut by a newline is reported at its own line (serde_json's position after the newline
+/// would be the next line, column 0).
 #[test]
 fn truncated_records_are_reported_at_their_line_and_their_neighbours_survive() {
     check(Expect {
@@ -107,7 +108,8 @@ fn truncated_records_are_reported_at_their_line_and_their_neighbours_survive() {
     });
 }
 
-/// Regression (fixed): see `truncated_records_...`; the raw newline is on line 2, reported as 3:0.
+/// As in `truncated_records_...`: the raw newline is on line 2, and the record is reported there
+/// (not at 3:0).
 #[test]
 fn a_raw_newline_inside_a_string_is_a_bad_record_at_its_line() {
     check(Expect {
@@ -119,7 +121,7 @@ fn a_raw_newline_inside_a_string_is_a_bad_record_at_its_line() {
     });
 }
 
-/// Regression (fixed): same as the raw newline: reported as 3:0.
+/// As with the raw newline: the record is reported at its own line (not at 3:0).
 #[test]
 fn a_missing_closing_quote_costs_only_that_record() {
     check(Expect {
@@ -203,8 +205,8 @@ fn every_kind_of_damage_at_once_is_repaired_and_reported() {
     });
 }
 
-/// Regression (fixed): the first bad record of fortune.jsonl is on line 41 (README of the data);
-/// fix-json reports `fortune.jsonl:42:0`.
+/// The first bad record of fortune.jsonl is on line 41 (README of the data), and the error names
+/// that line, not the next one with column 0.
 #[test]
 fn on_error_fail_exits_1_naming_file_line_and_column_of_the_first_bad_record_and_the_log() {
     let t = TestContext::with_fixtures();
@@ -249,7 +251,7 @@ fn the_tutorial_data_repairs_to_334_records_with_4_bad() {
     assert_eq!(report["bad_records"].as_array().unwrap().len(), 4, "{report:#}");
     assert_eq!(report["duplicates"].as_array().unwrap().len(), 3, "{report:#}");
     let lines: Vec<u64> = report["bad_records"].as_array().unwrap().iter().map(|b| b["line"].as_u64().unwrap()).collect();
-    // Regression (fixed): 41 and 116 come out as 42 and 117 (with column 0).
+    // Not 42 and 117 (with column 0): serde_json's position after a newline.
     assert_eq!(lines, vec![41, 116, 204, 291], "{report:#}");
 }
 
@@ -301,10 +303,9 @@ fn train_and_eval_outputs_exist_only_with_a_split() {
     assert_eq!(stats["records"], 301, "334 records minus a 10% eval split of 33: {stats:#}");
 }
 
-/// Regression (fixed): with `eval_fraction > 0` the report's `split` is a `HashMap`, serialised in
-/// the process's random hash order, so `report` differs from run to run (`{"train":..,"eval":..}`
-/// or the reverse): fix-json is not reproducible, and `pipe verify` fails half the time on
-/// pipelines/fortune.yaml.
+/// With `eval_fraction > 0` the report's `split` must serialise in a fixed order (a `HashMap`
+/// would write `{"train":..,"eval":..}` or the reverse from run to run), so fix-json is
+/// reproducible and `pipe verify` passes on pipelines/fortune.yaml.
 #[test]
 fn a_split_is_byte_for_byte_reproducible() {
     let t = TestContext::new();

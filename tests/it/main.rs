@@ -21,7 +21,7 @@ mod fix_json;
 /// `pipe gc` and `gc --dry-run`.
 mod gc;
 
-/// `pipe graph`, `pipe kinds`, `pipe show`.
+/// `pipe graph`, `pipe kinds` (and the README's node reference, its output), `pipe show`.
 mod introspection;
 
 /// Parameter precedence: kind default < `defaults:` < `params:` < `--set`.

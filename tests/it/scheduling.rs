@@ -114,8 +114,8 @@ fn without_keep_going_no_node_starts_after_a_failure() {
     assert!(stopped_an_independent_node, "neither file order ran `broken` before the good branch");
 }
 
-/// Regression (fixed): src/graph.rs documents `order()` as "ties broken by file order", but
-/// petgraph's toposort takes the last root first: this file runs fix, tokenize, broken, broken_tok.
+/// src/graph.rs documents `order()` as "ties broken by file order" (petgraph's toposort alone
+/// would take the last root first): this file runs fix, tokenize, broken, broken_tok.
 #[test]
 fn independent_nodes_run_in_file_order() {
     let t = two_branches();
@@ -135,11 +135,9 @@ fn force_reruns_a_fresh_node_and_identical_output_keeps_downstream_fresh() {
     assert_eq!(r.cached_nodes(), names(&["tokenize"]));
 }
 
-/// Regression (fixed): when a node fails while its key is computed (here: `eos_token` is not a token,
-/// found by `fingerprint_extra`), `Session::execute` returns through `fail_early` without
-/// emitting `node_failed`: `--json` consumers see `failed: 1` in `run_finished` but no event
-/// naming the node, the human output has no "Failed tokenize" line, and the final
-/// `error:` line does not name the node either.
+/// A node that fails while its key is computed (here: `eos_token` is not a token, found by
+/// `fingerprint_extra`) is reported like any failed node: a `node_failed` event naming it for
+/// `--json` consumers, a "Failed tokenize" line, and a final `error:` line that names it.
 #[test]
 fn a_node_that_fails_before_it_starts_is_reported_as_failed_by_name() {
     let t = two_branches();

@@ -204,7 +204,7 @@ fn a_model_folder_works_as_the_tokenizer_and_gives_the_same_tokens() {
     assert_eq!(dataset(&t, "p.yaml", "tokenize"), dataset(&t, "q.yaml", "tokenize"));
 }
 
-/// Regression (fixed): the location is `fortune.jsonl:1:0`: serde_json's column is used as is.
+/// The location is 1-based, `fortune.jsonl:1:1` (serde_json's column 0 is not used as is).
 #[test]
 fn tokenize_on_json_lines_says_to_run_fix_json_first() {
     let t = TestContext::with_fixtures();

@@ -15,9 +15,9 @@ fn verify_passes_on_deterministic_nodes() {
     assert!(!r.stdout.contains("ok        fix"), "only the named node is re-executed: {r:?}");
 }
 
-/// Regression (fixed): `Session::verify_node` compares the re-executed digest with the digest in the
-/// node record, never with the bytes of the cached object, so a tampered object passes (and
-/// `pipe run` keeps serving it), although the docs say a mismatch catches tampering.
+/// `Session::verify_node` hashes the cached object itself, not only the re-executed output against
+/// the record's digest: a tampered object is a mismatch (comparing digests alone would pass it,
+/// and `pipe run` would keep serving it).
 #[test]
 fn verify_finds_a_tampered_output_and_exits_1() {
     let t = TestContext::with_fixtures();

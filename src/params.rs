@@ -2,7 +2,8 @@
 //!
 //! Every node kind lists its parameters as [`ParamSpec`]s (name, type, default, one line of doc).
 //! The same schema drives four things, so they can never disagree:
-//! 1. type-checking the YAML `params:` map and `defaults:` (with located errors),
+//! 1. type-checking the YAML `params:` map and `defaults:` (with located errors; the conversion
+//!    from YAML is [`crate::spec::values`]),
 //! 2. type-checking `--set node.param=value` overrides,
 //! 3. filling defaults, so a node's fingerprint covers the effective value of every parameter
 //!    (writing a default explicitly does not change a key; changing a default does),
@@ -12,8 +13,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use super::yaml::{is_null_text, Yaml, YamlValue};
 
 /// The type of one parameter.
 #[derive(Debug, Clone, Copy)]
@@ -124,73 +123,6 @@ impl Default {
     }
 }
 
-/// Converts a YAML value to the parameter's type; the error is the message for a diagnostic.
-pub fn convert(spec: &ParamSpec, y: &Yaml) -> Result<Value, String> {
-    if y.is_null() && matches!(spec.default, Default::Null) {
-        return Ok(Value::Null);
-    }
-    let expected = || format!("`{}` must be {}, found {}", spec.name, spec.ty.describe(), y.type_name());
-    match (&spec.ty, &y.value) {
-        (ParamType::StrList, YamlValue::Seq(items)) => items
-            .iter()
-            .map(|item| match &item.value {
-                YamlValue::Scalar { text, .. } if !item.is_null() => Ok(Value::Str(text.clone())),
-                _ => Err(format!("`{}` must be a list of strings, found an item that is {}", spec.name, item.type_name())),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::List),
-        (ParamType::StrList, YamlValue::Scalar { text, .. }) if !y.is_null() => {
-            // `targets: q,k,v` is accepted as shorthand for a list, as it is on the command line.
-            Ok(Value::List(text.split(',').map(|s| Value::Str(s.trim().to_string())).collect()))
-        }
-        (_, YamlValue::Scalar { text, quoted }) => convert_scalar(spec, text, *quoted).ok_or_else(expected)?,
-        _ => Err(expected()),
-    }
-}
-
-/// Converts the text of a scalar (from YAML or from `--set`) to the parameter's type.
-/// `None` means the text is the wrong type; `Some(Err)` means the right type out of range.
-pub fn convert_scalar(spec: &ParamSpec, text: &str, quoted: bool) -> Option<Result<Value, String>> {
-    let name = spec.name;
-    Some(match spec.ty {
-        ParamType::Bool if !quoted => match text {
-            "true" | "True" | "TRUE" => Ok(Value::Bool(true)),
-            "false" | "False" | "FALSE" => Ok(Value::Bool(false)),
-            _ => return None,
-        },
-        ParamType::Int { min, max } if !quoted => {
-            let v: i64 = text.replace('_', "").parse().ok()?;
-            if v < min || v > max {
-                Err(format!("`{name}` must be {}, found {v}", spec.ty.describe()))
-            } else {
-                Ok(Value::Int(v))
-            }
-        }
-        ParamType::Float { min, max } if !quoted => {
-            let v: f64 = text.replace('_', "").parse().ok()?;
-            if !v.is_finite() || v < min || v > max {
-                Err(format!("`{name}` must be {}, found {v}", spec.ty.describe()))
-            } else {
-                Ok(Value::Float(v))
-            }
-        }
-        ParamType::Str if quoted || !is_null_text(text) => Ok(Value::Str(text.to_string())),
-        ParamType::Enum(choices) => {
-            if choices.contains(&text) {
-                Ok(Value::Str(text.to_string()))
-            } else {
-                let hint =
-                    did_you_mean(text, choices.iter().copied()).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
-                Err(format!("`{name}` must be one of {}, found `{text}`{hint}", choices.join(", ")))
-            }
-        }
-        ParamType::StrList if !is_null_text(text) || quoted => {
-            Ok(Value::List(text.split(',').map(|s| Value::Str(s.trim().to_string())).collect()))
-        }
-        _ => return None,
-    })
-}
-
 /// A node's effective parameters: every declared parameter, after defaults and overrides.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Params(pub BTreeMap<String, Value>);
@@ -261,8 +193,8 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -279,24 +211,6 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const LR: ParamSpec =
-        ParamSpec { name: "lr", ty: ParamType::Float { min: 0.0, max: 1.0 }, default: Default::Float(1e-4), doc: "" };
-    const MODE: ParamSpec =
-        ParamSpec { name: "on_error", ty: ParamType::Enum(&["skip", "fail"]), default: Default::Str("skip"), doc: "" };
-
-    #[test]
-    fn scalars_convert_to_the_declared_type() {
-        assert_eq!(convert_scalar(&LR, "3e-4", false), Some(Ok(Value::Float(3e-4))));
-        assert_eq!(convert_scalar(&LR, "abc", false), None);
-        assert!(matches!(convert_scalar(&LR, "2", false), Some(Err(_))));
-    }
-
-    #[test]
-    fn enum_errors_suggest_the_closest_choice() {
-        let Some(Err(msg)) = convert_scalar(&MODE, "skp", false) else { panic!() };
-        assert!(msg.contains("did you mean `skip`"), "{msg}");
-    }
 
     #[test]
     fn did_you_mean_finds_typos_but_not_strangers() {

@@ -1,4 +1,8 @@
-//! Device slots: the CPU pool and CUDA devices, leased to nodes.
+//! Devices: what a node asks for ([`DeviceReq`], [`GpuCount`]), and the slots of the CPU pool
+//! and CUDA devices the scheduler leases to nodes ([`DevicePool`], [`Lease`]).
+//!
+//! A leaf module: the spec reads requests into it, node kinds run on its leases, the scheduler
+//! hands them out.
 //!
 //! CPU nodes take one of `jobs` CPU slots. Nodes with `device: cuda` take whole GPUs: one by
 //! default, or the `gpus: N | all` a data-parallel kind asks for; `auto` takes GPUs when the pool
@@ -15,7 +19,35 @@
 //! wide node can wait behind a stream of narrow ones. [`DevicePool::check`] guarantees the
 //! request fits the pool, so it does run once the others finish.
 
-use crate::nodes::{DeviceReq, GpuCount};
+/// Where a node wants to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceReq {
+    /// Always on the CPU pool.
+    Cpu,
+    /// Needs a CUDA device slot; an error before anything runs when none exists.
+    Cuda,
+    /// A CUDA slot when one exists, else the CPU (with a warning).
+    Auto,
+}
+
+/// How many GPUs a node asks for (`gpus:`); one unless a data-parallel kind says otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuCount {
+    /// Exactly this many (at least one); more than the pool has is an error before anything runs.
+    Count(usize),
+    /// Every GPU of the run (`--gpus`, `CUDA_VISIBLE_DEVICES`); the CPU under `auto` without one.
+    All,
+}
+
+impl std::fmt::Display for GpuCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GpuCount::Count(n) => write!(f, "{n}"),
+            GpuCount::All => write!(f, "all"),
+        }
+    }
+}
 
 /// A set of CUDA ordinals (0 to 63, the most [`DevicePool::discover_gpus`] probes), `Copy` so a
 /// [`Lease`] stays a plain value.

@@ -1,4 +1,12 @@
-//! The tokenized dataset file written by `tokenize` and read by training.
+//! Training data: records files in, the tokenized dataset file out.
+//!
+//! | file | |
+//! |---|---|
+//! | [`mod@self`] | the token dataset file: [`TokenDataset`] (read, write) and the streaming [`DatasetWriter`] |
+//! | [`records`] | reading a JSON array of records, borrowed; serde_json error positions |
+//! | [`encode`] | records to training pairs to ids, in parallel, written in order |
+//!
+//! The token dataset file is written by `tokenize` and read by training.
 //!
 //! Layout (all integers little-endian):
 //!
@@ -16,6 +24,9 @@
 //! Record `r` is tokens `offsets[r]..offsets[r+1]`; its labels are `ids[i]` where `trained[i]` is
 //! 1 and -100 elsewhere (the shift by one for next-token prediction is the trainer's business,
 //! as in Hugging Face). Python reads it with numpy in five lines (see README).
+
+pub mod encode;
+pub mod records;
 
 use std::io::Write;
 use std::path::Path;
