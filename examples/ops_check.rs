@@ -393,7 +393,11 @@ fn main() -> Result<()> {
         eprintln!("ops_check needs a CUDA device and a build with --features cuda: {e}");
         std::process::exit(2)
     });
-    println!("fused LoRA kernels: {:?}; outputs poisoned: {}", ops::FusedLora::get(), std::env::var("PIPE_CUDA_POISON").unwrap_or_default());
+    println!(
+        "fused LoRA kernels: {:?}; outputs poisoned: {}",
+        ops::FusedLora::get(),
+        std::env::var("PIPE_CUDA_POISON").unwrap_or_default()
+    );
     let mut c = Check { cpu: Device::Cpu, gpu, opts, rng: ChaCha8Rng::seed_from_u64(7), failed: 0 };
     let t0 = Instant::now();
     let timed = c.opts.time;

@@ -21,7 +21,7 @@
 pub mod lock;
 pub mod store;
 
-pub use store::{NodeRecord, OutputRecord, RunNode, RunRecord, Store};
+pub use store::{NodeRecord, OutputRecord, RunFacts, RunNode, RunRecord, Store};
 
 use std::path::PathBuf;
 

@@ -94,6 +94,17 @@ pub struct Store {
 
 const DIRS: &[&str] = &["objects", "nodes", "logs", "runs", "locks", "work", "extra", "tmp"];
 
+/// What a record keeps about the run that computed it (none of it is part of the key).
+#[derive(Debug, Clone, Default)]
+pub struct RunFacts {
+    /// Unix seconds when the node started.
+    pub started_at: u64,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// The node's one-line summary.
+    pub summary: Option<String>,
+}
+
 impl Store {
     /// Opens (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Store, CacheError> {
@@ -177,10 +188,9 @@ impl Store {
         parts: &KeyParts,
         staging: &Path,
         outputs: &[(&str, bool)],
-        started_at: u64,
-        duration_ms: u64,
-        summary: Option<String>,
+        run: RunFacts,
     ) -> Result<NodeRecord, CacheError> {
+        let RunFacts { started_at, duration_ms, summary } = run;
         let mut recs = BTreeMap::new();
         for &(name, dir) in outputs {
             let src = staging.join(name);
@@ -405,7 +415,9 @@ mod tests {
         assert!(store.record(&key).is_none());
         let st = store.staging(&key).unwrap();
         fs::write(st.join("out"), b"data").unwrap();
-        let rec = store.publish(&key, "n", &parts(), &st, &[("out", false)], 0, 1, None).unwrap();
+        let rec = store
+            .publish(&key, "n", &parts(), &st, &[("out", false)], RunFacts { started_at: 0, duration_ms: 1, summary: None })
+            .unwrap();
         assert_eq!(fs::read(store.object_path(&rec.outputs["out"].digest)).unwrap(), b"data");
         assert!(store.record(&key).is_some());
         assert!(!st.exists(), "staging is removed after publishing");
@@ -418,7 +430,9 @@ mod tests {
         let key = parts().key();
         let st = store.staging(&key).unwrap();
         fs::write(st.join("out"), b"x").unwrap();
-        let rec = store.publish(&key, "n", &parts(), &st, &[("out", false)], 0, 1, None).unwrap();
+        let rec = store
+            .publish(&key, "n", &parts(), &st, &[("out", false)], RunFacts { started_at: 0, duration_ms: 1, summary: None })
+            .unwrap();
         remove(&store.object_path(&rec.outputs["out"].digest)).unwrap();
         assert!(store.record(&key).is_none());
     }
@@ -434,7 +448,9 @@ mod tests {
             let key = p.key();
             let st = store.staging(&key).unwrap();
             fs::write(st.join("out"), content).unwrap();
-            store.publish(&key, "n", &p, &st, &[("out", false)], 0, 1, None).unwrap();
+            store
+                .publish(&key, "n", &p, &st, &[("out", false)], RunFacts { started_at: 0, duration_ms: 1, summary: None })
+                .unwrap();
             keys.push((key, p));
         }
         let mut run = RunRecord::default();

@@ -60,7 +60,7 @@ impl TensorPlan {
             return Err(bad(format!("type {} has no known size", self.ty)));
         };
         let row = self.shape.last().copied().unwrap_or(1) as u64;
-        if row % block != 0 {
+        if !row.is_multiple_of(block) {
             return Err(bad(format!("rows of {row} values are not a whole number of {}-value {} blocks", block, self.ty)));
         }
         let n: u64 = self.shape.iter().map(|&d| d as u64).product();

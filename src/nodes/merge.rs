@@ -51,11 +51,6 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-/// The model code's errors that are still strings (`peft::read_adapter`, `hf_rope_scaling`).
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Failed(e.to_string())
-}
-
 /// Writes tensors as `model.safetensors`, or shards plus `model.safetensors.index.json`.
 pub fn write_weights(out: &Path, tensors: Vec<(String, Tensor)>, dtype: DType, shard_bytes: usize) -> Result<(), NodeError> {
     let mut shards: Vec<Vec<(String, Tensor)>> = vec![Vec::new()];
@@ -120,10 +115,10 @@ impl NodeKind for Merge {
         ctx.log(format!("loading {}", base.display()));
         let mut model = load::load(&base, &ctx.candle_device()?)?;
         // A Hugging Face config cannot hold every RoPE variant a GGUF can: refuse before working.
-        model.cfg.hf_rope_scaling().map_err(err)?;
+        model.cfg.hf_rope_scaling()?;
         let merged_pairs = match &adapter {
             Some(adapter) => {
-                let (layout, params) = peft::read_adapter(adapter, &model.cfg).map_err(err)?;
+                let (layout, params) = peft::read_adapter(adapter, &model.cfg)?;
                 model.merge_lora(&layout, &params)?;
                 layout.entries.len()
             }

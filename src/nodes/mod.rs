@@ -105,6 +105,9 @@ pub enum NodeError {
     /// A model could not be loaded.
     #[error(transparent)]
     Model(#[from] crate::model::load::LoadError),
+    /// The model code refused a configuration, tensor or adapter.
+    #[error(transparent)]
+    ModelCode(#[from] crate::model::error::ModelError),
     /// A tokenizer could not be loaded.
     #[error(transparent)]
     Tokenizer(#[from] crate::tokenizer::load::LoadError),

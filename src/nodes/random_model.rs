@@ -72,10 +72,6 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
-fn err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Failed(e.to_string())
-}
-
 /// The model's configuration after the `layers` and `vocab` overrides.
 pub fn config(params: &Params) -> Result<Config, (String, String)> {
     let shape = params.str("shape").unwrap_or_default();
@@ -179,19 +175,22 @@ impl NodeKind for RandomModel {
     }
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
-        let cfg = config(ctx.params).map_err(|(p, m)| err(format!("param `{p}`: {m}")))?;
+        let cfg = config(ctx.params).map_err(|(param, message)| NodeError::Param { param, message })?;
         let tok_path = ctx.input("tokenizer")?.to_path_buf();
         let out = ctx.output("model");
         std::fs::create_dir_all(&out).map_err(NodeError::io("creating", &out))?;
         crate::tokenizer::save::write_hf_tokenizer(&tok_path, &out)?;
-        let tk = crate::tokenizer::load::load(&out).map_err(err)?;
+        let tk = crate::tokenizer::load::load(&out)?;
         let n_tok = tk.tokenizer.get_vocab_size(true);
         if n_tok > cfg.vocab_size {
-            return Err(err(format!(
-                "the tokenizer {} has {n_tok} tokens, more than the model's vocabulary of {} (set `vocab` to at least {n_tok})",
-                tok_path.display(),
-                cfg.vocab_size
-            )));
+            return Err(NodeError::Param {
+                param: "vocab".into(),
+                message: format!(
+                    "the tokenizer {} has {n_tok} tokens, more than the model's vocabulary of {} (set it to at least {n_tok})",
+                    tok_path.display(),
+                    cfg.vocab_size
+                ),
+            });
         }
         let dtype = ctx.params.str("dtype").unwrap_or("bf16").to_string();
         let torch_dtype = match dtype.as_str() {

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cache::store::RunFacts;
 use crate::cache::{CacheError, NodeRecord, RunNode, RunRecord, Store};
 use crate::device::{DevicePool, DeviceReq, Lease};
 use crate::graph::Graph;
@@ -630,7 +631,7 @@ impl Session {
         let outs: Vec<(&str, bool)> = kind.outputs(&node.params).iter().map(|o| (o.name, o.dir)).collect();
         let rec = self
             .store
-            .publish(&key, &node.name, &parts, &staging, &outs, started_at, duration_ms, summary)
+            .publish(&key, &node.name, &parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })
             .map_err(|e| fail(e.into()))?;
         let _ = std::fs::remove_dir_all(&work);
         self.reporter.emit(Event::NodeFinished {

@@ -149,7 +149,7 @@ pub fn dropout_mask_at(seed: u64, first: u64, n: usize, p: f32) -> Vec<f32> {
         for (j, m) in chunk.iter_mut().enumerate() {
             let g = first + (c * 4096 + j) as u64;
             let r = splitmix(seed ^ splitmix(g / 2));
-            let bits = if g % 2 == 0 { r as u32 } else { (r >> 32) as u32 };
+            let bits = if g.is_multiple_of(2) { r as u32 } else { (r >> 32) as u32 };
             *m = if bits >= threshold { keep } else { 0.0 };
         }
     });
