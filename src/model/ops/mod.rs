@@ -315,6 +315,7 @@ fn lora_kernel_fits(x: &Tensor, r: usize) -> bool {
     is_cuda(x)
         && FusedLora::get() == FusedLora::On
         && matches!(x.dtype(), DType::F32 | DType::BF16 | DType::F16)
+        && r >= 1
         && lora_kernel_rank(r).is_some()
         && x.elem_count() > 0
 }
