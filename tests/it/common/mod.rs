@@ -25,6 +25,31 @@ pub fn fixture(rel: &str) -> PathBuf {
     repo().join("tests/data").join(rel)
 }
 
+/// Blocks until the llama.cpp build that scripts/test.sh started in the background has finished
+/// (`PIPE_TEST_LLAMA_CPP_STATUS` names the file it writes `ok` or `failed` to); panics with the
+/// build log's place if it failed. Returns at once where the variable is not set.
+pub fn llama_cpp_ready() {
+    static READY: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let state = READY.get_or_init(|| {
+        let Some(status) = std::env::var_os("PIPE_TEST_LLAMA_CPP_STATUS") else { return Ok(()) };
+        let status = PathBuf::from(status);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+        loop {
+            match std::fs::read_to_string(&status) {
+                Ok(s) if s.trim() == "ok" => return Ok(()),
+                Ok(s) if !s.trim().is_empty() => {
+                    return Err(format!("building llama.cpp failed ({}: {}); see target/llamacpp.log", status.display(), s.trim()))
+                }
+                _ if std::time::Instant::now() > deadline => return Err("llama.cpp's build did not finish in 30 minutes".into()),
+                _ => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+    });
+    if let Err(e) = state {
+        panic!("{e}");
+    }
+}
+
 /// A temporary project folder with its own cache folder (`<dir>/cache-under-test`).
 pub struct TestContext {
     dir: tempfile::TempDir,
@@ -97,6 +122,8 @@ impl TestContext {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let args: Vec<S> = args.into_iter().collect();
+        self.await_tools(&args);
         let mut c = assert_cmd::Command::new(PIPE);
         c.current_dir(self.dir()).env_remove("PIPE_CACHE").env_remove("PIPE_LOG").env_remove("RUST_LOG").env("NO_COLOR", "1");
         c.args(args);
@@ -111,11 +138,26 @@ impl TestContext {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        let args: Vec<S> = args.into_iter().collect();
+        self.await_tools(&args);
         let mut c = std::process::Command::new(PIPE);
         c.current_dir(self.dir()).env_remove("PIPE_CACHE").env_remove("PIPE_LOG").env_remove("RUST_LOG").env("NO_COLOR", "1");
         c.args(args);
         c.arg("--no-progress").arg("--color").arg("never").arg("--cache").arg(&self.cache);
         c
+    }
+
+    /// A command on a pipeline with an `export-gguf` node may run llama.cpp (the gate), which
+    /// scripts/test.sh builds while the tests already run: wait for that build first.
+    fn await_tools<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) {
+        let exports = args.iter().any(|a| {
+            let p = self.dir().join(a.as_ref());
+            p.extension().is_some_and(|e| e == "yaml" || e == "yml")
+                && std::fs::read_to_string(&p).is_ok_and(|text| text.contains("export-gguf"))
+        });
+        if exports {
+            llama_cpp_ready();
+        }
     }
 
     /// Runs any `pipe` command to completion.
