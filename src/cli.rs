@@ -13,6 +13,8 @@ Examples:
   pipe graph pipelines/fortune.yaml --format mermaid
   pipe show pipelines/fortune.yaml fix                 artifact paths and metadata
   pipe verify pipelines/fortune.yaml tokenize          re-execute and compare digests
+  pipe push pipelines/fortune.yaml --remote s3://team-bucket/pipe
+                                                       share results through a remote cache
   pipe gc --dry-run                                    what gc would delete
 
 Exit codes: 0 success (also when everything was fresh), 1 a node failed or verify found a
@@ -46,6 +48,13 @@ pub struct GlobalArgs {
     /// Colour in diagnostics
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto, env = "PIPE_COLOR")]
     pub color: Color,
+    /// Remote cache: s3://BUCKET/PREFIX or file:///PATH [default: `remote` in pipe.toml]
+    #[arg(long, global = true, env = "PIPE_REMOTE", value_name = "URL")]
+    pub remote: Option<String>,
+    /// What to do with the remote cache: pull only, pull and push, or fail when it fails
+    #[arg(long, global = true, env = "PIPE_REMOTE_MODE", value_name = "MODE",
+          value_parser = clap::builder::PossibleValuesParser::new(crate::remote::Mode::NAMES))]
+    pub remote_mode: Option<String>,
 }
 
 /// When to use colour.
@@ -76,6 +85,8 @@ pub enum Command {
     Show(ShowArgs),
     /// Re-execute cached nodes, ignoring the cache, and compare output digests
     Verify(VerifyArgs),
+    /// Upload cached nodes to the remote cache (those it lacks)
+    Push(PushArgs),
     /// Delete cache entries that no pipeline's latest run references
     Gc(GcArgs),
     /// List node kinds with their inputs, parameters and outputs
@@ -165,6 +176,18 @@ pub struct VerifyArgs {
     /// The pipeline file
     pub file: PathBuf,
     /// Nodes to verify [default: all]
+    pub nodes: Vec<String>,
+    /// Override a parameter as `run` would
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+}
+
+/// `pipe push`.
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// Nodes to push [default: every node that is fresh in the local cache]
     pub nodes: Vec<String>,
     /// Override a parameter as `run` would
     #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]

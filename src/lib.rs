@@ -14,6 +14,7 @@
 //! | [`graph`] | the DAG, topological order, cycles, target selection |
 //! | [`hash`] | node keys (what is hashed), file hashing, stat cache, why-dirty reasons |
 //! | [`cache`] | the content-addressed store, atomic publishing, locks, run records, gc |
+//! | [`remote`] | the remote cache: S3 or a shared folder, verified pulls, pushes, record MACs, `pipe.toml` |
 //! | [`device`] | device requests (`device:`, `gpus:`), the CPU and GPU slots, leases |
 //! | [`sched`] | the scheduler: ready queue, worker threads, running a node, verify |
 //! | [`nodes`] | the `NodeKind` trait and one file per kind |
@@ -54,10 +55,11 @@
 //! | `export` | `gguf`, `model`, `tokenizer` |
 //! | `cache` | `hash` |
 //! | `source` | `cache` |
+//! | `remote` | `hash`, `cache` |
 //! | `nodes` | `params`, `device`, `report`, `hash`, `gguf`, `model`, `tokenizer`, `train`, `dataset`, `export` |
 //! | `spec` | `params`, `device`, `graph`, `nodes`, `source` |
-//! | `sched` | `params`, `device`, `graph`, `report`, `hash`, `cache`, `source`, `nodes`, `spec` |
-//! | `commands` | `cli`, `params`, `device`, `graph`, `report`, `hash`, `cache`, `nodes`, `spec`, `sched` |
+//! | `sched` | `params`, `device`, `graph`, `report`, `hash`, `cache`, `remote`, `source`, `nodes`, `spec` |
+//! | `commands` | `cli`, `params`, `device`, `graph`, `report`, `hash`, `cache`, `remote`, `nodes`, `spec`, `sched` |
 
 pub mod cache;
 pub mod cli;
@@ -71,6 +73,7 @@ pub mod hash;
 pub mod model;
 pub mod nodes;
 pub mod params;
+pub mod remote;
 pub mod report;
 pub mod sched;
 pub mod source;

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Graph(a) => commands::graph::run(a),
         Command::Show(a) => commands::show::run(a, g),
         Command::Verify(a) => commands::verify::run(a, g),
+        Command::Push(a) => commands::push::run(a, g),
         Command::Gc(a) => commands::gc::run(a, g),
         Command::Kinds(a) => commands::kinds::run(a),
         Command::Completions { shell } => {

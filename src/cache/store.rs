@@ -206,18 +206,7 @@ impl Store {
             sync_tree(&src)?;
             let digest = hash::hash_path(&src).map_err(io("hashing", &src))?;
             let bytes = tree_size(&src);
-            let dest = self.object_path(&digest);
-            if !dest.exists() {
-                let parent = dest.parent().expect("objects have a parent");
-                fs::create_dir_all(parent).map_err(io("creating", parent))?;
-                make_read_only(&src);
-                match fs::rename(&src, &dest) {
-                    Ok(()) => sync_dir(parent),
-                    // Another process published the same content first: same bytes, keep theirs.
-                    Err(_) if dest.exists() => {}
-                    Err(e) => return Err(CacheError::Io { action: "publishing", path: dest, source: e }),
-                }
-            }
+            self.adopt_object(&src, &digest)?;
             recs.insert(name.to_string(), OutputRecord { digest, dir, bytes });
         }
         let rec = NodeRecord {
@@ -230,11 +219,43 @@ impl Store {
             pipe_version: env!("CARGO_PKG_VERSION").to_string(),
             summary,
         };
-        let path = self.record_path(key);
-        let bytes = serde_json::to_vec_pretty(&rec).map_err(|source| CacheError::Encode { path: path.clone(), source })?;
-        write_atomic(&path, &bytes)?;
+        self.write_record(&rec)?;
         let _ = fs::remove_dir_all(staging);
         Ok(rec)
+    }
+
+    /// Moves a file or folder whose content hashes to `digest` (the caller checked) into
+    /// `objects/`, read-only, by an atomic rename. Another process publishing the same content
+    /// first is fine: same bytes, theirs are kept.
+    pub fn adopt_object(&self, src: &Path, digest: &str) -> Result<(), CacheError> {
+        let dest = self.object_path(digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        sync_tree(src)?;
+        let parent = dest.parent().expect("objects have a parent");
+        fs::create_dir_all(parent).map_err(io("creating", parent))?;
+        make_read_only(src);
+        match fs::rename(src, &dest) {
+            Ok(()) => sync_dir(parent),
+            Err(_) if dest.exists() => {}
+            Err(e) => return Err(CacheError::Io { action: "publishing", path: dest, source: e }),
+        }
+        Ok(())
+    }
+
+    /// Writes a node record (atomically). Every object it names must be in `objects/` already:
+    /// the record is what makes them a cache entry.
+    pub fn write_record(&self, rec: &NodeRecord) -> Result<(), CacheError> {
+        let path = self.record_path(&rec.key);
+        let bytes = serde_json::to_vec_pretty(rec).map_err(|source| CacheError::Encode { path: path.clone(), source })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// The record of `key` even when some of its objects are missing locally (the remote cache
+    /// pulls those).
+    pub fn record_any(&self, key: &str) -> Option<NodeRecord> {
+        serde_json::from_slice(&fs::read(self.record_path(key)).ok()?).ok()
     }
 
     fn run_path(&self, pipeline_file: &Path) -> PathBuf {

@@ -2,9 +2,10 @@
 
 use anyhow::Result;
 
-use super::{cache_dir, show::human_bytes, ExitStatus};
+use super::{cache_dir, ExitStatus};
 use crate::cache::Store;
 use crate::cli::{GcArgs, GlobalArgs};
+use crate::report::fmt_bytes;
 
 /// Runs the command.
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<ExitStatus> {
@@ -28,7 +29,7 @@ pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<ExitStatus> {
         "{verb} {} node record(s) and {} object(s), {} in {}",
         report.records.len(),
         report.objects.len(),
-        human_bytes(report.bytes),
+        fmt_bytes(report.bytes),
         store.root().display()
     );
     Ok(ExitStatus::Success)

@@ -4,6 +4,7 @@
 pub mod gc;
 pub mod graph;
 pub mod kinds;
+pub mod push;
 pub mod run;
 pub mod show;
 pub mod status;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use crate::cli::GlobalArgs;
+use crate::remote::{self, Remote, RemoteConfig};
 use crate::spec::{self, validate::SpecError, Override, Pipeline};
 
 /// How a command ended.
@@ -59,4 +61,25 @@ pub fn cache_dir(global: &GlobalArgs, pipeline_file: Option<&Path>) -> PathBuf {
         }
     }
     start.join("cache")
+}
+
+/// The remote cache setting for a command on the cache folder `cache`: `--remote`/`PIPE_REMOTE`,
+/// else `remote` in `pipe.toml` beside the cache folder; none when unset or `--remote-mode off`.
+pub fn remote_config(global: &GlobalArgs, cache: &Path) -> anyhow::Result<Option<RemoteConfig>> {
+    let project = cache.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let config = remote::config::project_config(&project)?;
+    Ok(remote::config::resolve(
+        global.remote.as_deref(),
+        global.remote_mode.as_deref(),
+        &config,
+        &project.join(remote::config::FILE),
+    )?)
+}
+
+/// The remote cache of [`remote_config`], connected.
+pub fn open_remote(global: &GlobalArgs, cache: &Path) -> anyhow::Result<Option<Remote>> {
+    Ok(match remote_config(global, cache)? {
+        Some(cfg) => Some(Remote::open(&cfg)?),
+        None => None,
+    })
 }

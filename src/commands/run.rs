@@ -16,7 +16,8 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let pipeline = load_pipeline(&args.file, &args.set)?;
     let cache = cache_dir(global, Some(&args.file));
     let reporter = Arc::new(Reporter::new(args.json, global.quiet > 0, global.no_progress));
-    let mut session = Session::open(pipeline, &cache, reporter.clone())?;
+    let remote = super::open_remote(global, &cache)?;
+    let mut session = Session::open(pipeline, &cache, reporter.clone())?.with_remote(remote);
     if let Some(ids) = &args.gpus {
         let visible = session.gpus().to_vec();
         if let Some(bad) = ids.iter().find(|i| !visible.contains(i)) {
@@ -53,7 +54,13 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
         diag.finish()?;
     }
     let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let opts = RunOptions { selected, force, keep_going: args.keep_going, jobs, gpus };
+    // What must be in the local cache at the end: the targets, or the pipeline's final nodes.
+    let materialize = if args.target.is_empty() {
+        session.sinks(&selected)
+    } else {
+        args.target.iter().map(|t| session.index(t)).collect::<Result<_, _>>()?
+    };
+    let opts = RunOptions { selected, force, keep_going: args.keep_going, jobs, gpus, materialize };
     let summary = session.run(&opts);
     let ok = summary.failed.is_empty();
     reporter.emit(Event::RunFinished {

@@ -7,14 +7,15 @@ use serde_json::json;
 
 use super::{cache_dir, load_pipeline, ExitStatus};
 use crate::cli::{GlobalArgs, ShowArgs};
-use crate::report::{fmt_ms, Reporter, SCHEMA_VERSION};
+use crate::report::{fmt_bytes, fmt_ms, Reporter, SCHEMA_VERSION};
 use crate::sched::{Freshness, Session};
 
 /// Runs the command.
 pub fn run(args: &ShowArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let pipeline = load_pipeline(&args.file, &args.set)?;
     let cache = cache_dir(global, Some(&args.file));
-    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?;
+    let remote = super::open_remote(global, &cache)?;
+    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?.with_remote(remote);
     let i = session.index(&args.node)?;
     let selected = session.graph.ancestors_of(&[i]);
     let status = session.status(&selected);
@@ -60,7 +61,7 @@ pub fn run(args: &ShowArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                 println!("summary  {s}");
             }
             for (name, o) in &rec.outputs {
-                println!("output   {name}: {} ({})", session.store.object_path(&o.digest).display(), human_bytes(o.bytes));
+                println!("output   {name}: {} ({})", session.store.object_path(&o.digest).display(), fmt_bytes(o.bytes));
             }
             println!("log      {}", session.store.log_path(key).display());
         }
@@ -69,6 +70,10 @@ pub fn run(args: &ShowArgs, global: &GlobalArgs) -> Result<ExitStatus> {
             for r in reasons {
                 println!("           - {r}");
             }
+        }
+        (Some(Freshness::Remote { key, remote }), _) => {
+            println!("state    in the remote cache {remote}, not here (`pipe run FILE --target {}` pulls it)", node.name);
+            println!("key      {key}");
         }
         (Some(Freshness::Error { message }), _) => println!("state    error: {message}"),
         _ => println!("state    unknown"),
@@ -79,20 +84,4 @@ pub fn run(args: &ShowArgs, global: &GlobalArgs) -> Result<ExitStatus> {
 fn ago(t: u64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(t);
     fmt_ms(now.saturating_sub(t) * 1000)
-}
-
-/// Formats a byte count.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut x = b as f64;
-    let mut u = 0;
-    while x >= 1024.0 && u < 4 {
-        x /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{x:.1} {}", UNITS[u])
-    }
 }

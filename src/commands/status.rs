@@ -14,7 +14,8 @@ use crate::sched::{Freshness, Session};
 pub fn run(args: &StatusArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let pipeline = load_pipeline(&args.file, &args.set)?;
     let cache = cache_dir(global, Some(&args.file));
-    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?;
+    let remote = super::open_remote(global, &cache)?;
+    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?.with_remote(remote);
     let selected = session.select(&args.target)?;
     let status = session.status(&selected);
     if args.json {
@@ -41,6 +42,14 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> Result<ExitStatus> {
         let label = format!("{:<width$}  ({})", n.name, n.kind.name());
         match f {
             Freshness::Fresh { key } => println!("fresh     {label}  {}", &key[..12]),
+            Freshness::Remote { key, remote } => {
+                if args.why {
+                    println!("remote    {label}  {}", &key[..12]);
+                    println!("            - in the remote cache {remote}: pulled when its outputs are needed here, not run");
+                } else {
+                    println!("remote    {label}  {}: will be pulled, not run", &key[..12]);
+                }
+            }
             Freshness::WillRun { reasons, .. } => {
                 stale += 1;
                 if args.why {

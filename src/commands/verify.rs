@@ -16,7 +16,8 @@ use crate::sched::{Mismatch, Session, Verified};
 pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let pipeline = load_pipeline(&args.file, &args.set)?;
     let cache = cache_dir(global, Some(&args.file));
-    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?;
+    let remote = super::open_remote(global, &cache)?;
+    let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?.with_remote(remote);
     let wanted: Vec<usize> = if args.nodes.is_empty() {
         (0..session.pipeline.nodes.len()).collect()
     } else {
@@ -61,7 +62,7 @@ pub fn run(args: &VerifyArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                 }
             }
         } else {
-            match session.key_parts(i, &done).ok().and_then(|(p, _)| session.store.record(&p.key())) {
+            match session.key_parts(i, &done).ok().and_then(|(p, _)| session.cached_record(&p.key())) {
                 Some(rec) => {
                     done.insert(node.name.clone(), rec);
                 }

@@ -245,7 +245,13 @@ pub trait NodeKind: Send + Sync {
     fn check_params(&self, _params: &Params) -> Result<(), (String, String)> {
         Ok(())
     }
-    /// Key components beyond input bytes and params. Default: none.
+    /// The input slots [`NodeKind::fingerprint_extra`] reads (an upstream output named here is
+    /// pulled from the remote cache before the key is computed). Default: none.
+    fn fingerprint_inputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Key components beyond input bytes and params. Default: none. Reads only the inputs
+    /// [`NodeKind::fingerprint_inputs`] names.
     fn fingerprint_extra(&self, _params: &Params, _inputs: &BTreeMap<String, PathBuf>) -> Result<Extras, NodeError> {
         Ok(Extras::default())
     }

@@ -195,6 +195,10 @@ impl NodeKind for Tokenize {
         ]
     }
 
+    fn fingerprint_inputs(&self) -> &'static [&'static str] {
+        &["tokenizer"]
+    }
+
     fn fingerprint_extra(&self, params: &Params, inputs: &BTreeMap<String, PathBuf>) -> Result<Extras, NodeError> {
         let tok = inputs.get("tokenizer").ok_or_else(|| NodeError::NotConnected("tokenizer".into()))?;
         let p = prepare(params, tok)?;

@@ -31,7 +31,22 @@ pub enum Event {
     /// The run begins; `nodes` are the selected nodes in order.
     RunStarted { pipeline: String, nodes: Vec<String> },
     /// A node's outputs were found in the cache.
-    NodeCached { node: String, kind: String, key: String },
+    /// `source` is `local`, or `remote` for an entry of the remote cache; `pulled_bytes` is what
+    /// was downloaded for it (absent when its outputs were not needed here: only the record was
+    /// read).
+    NodeCached {
+        node: String,
+        kind: String,
+        key: String,
+        source: CacheSource,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pulled_bytes: Option<u64>,
+    },
+    /// A node's outputs were downloaded from the remote cache because a node that runs here
+    /// needs them.
+    NodePulled { node: String, key: String, files: u64, bytes: u64 },
+    /// A node's outputs and record were uploaded to the remote cache.
+    NodePushed { node: String, key: String, remote: String, uploaded: u64, skipped: u64, bytes: u64 },
     /// A node started running, with the reasons it was not fresh.
     NodeStarted { node: String, kind: String, key: String, device: String, reasons: Vec<String> },
     /// Progress inside a node.
@@ -53,6 +68,16 @@ pub enum Event {
     NodeSkipped { node: String, because: String },
     /// The run is over.
     RunFinished { ok: bool, ran: usize, cached: usize, failed: usize, skipped: usize, duration_ms: u64 },
+}
+
+/// Where a fresh node's entry came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheSource {
+    /// This machine's cache folder.
+    Local,
+    /// The remote cache.
+    Remote,
 }
 
 #[derive(Serialize)]
@@ -126,7 +151,23 @@ impl Reporter {
         }
         match &ev {
             Event::RunStarted { .. } => {}
-            Event::NodeCached { node, kind, .. } => self.line(&format!("Fresh    {node} ({kind})")),
+            Event::NodeCached { node, kind, source: CacheSource::Local, .. } => self.line(&format!("Fresh    {node} ({kind})")),
+            Event::NodeCached { node, kind, source: CacheSource::Remote, pulled_bytes, .. } => {
+                self.finish_bar(node);
+                let what = match pulled_bytes {
+                    Some(b) => format!("pulled {}", fmt_bytes(*b)),
+                    None => "record only: its outputs are not needed here".into(),
+                };
+                self.line(&format!("Fresh    {node} ({kind}) (remote: {what})"))
+            }
+            Event::NodePulled { node, files, bytes, .. } => {
+                self.line(&format!("Pulled   {node}: {files} file(s), {} from the remote cache", fmt_bytes(*bytes)))
+            }
+            Event::NodePushed { node, remote, uploaded, skipped, bytes, .. } => self.line(&format!(
+                "Pushed   {node} to {remote}: {uploaded} object(s), {}{}",
+                fmt_bytes(*bytes),
+                if *skipped > 0 { format!("; {skipped} already there") } else { String::new() }
+            )),
             Event::NodeWaiting { node, .. } => {
                 self.line(&format!("Waiting  {node}: the same key is being computed elsewhere (another node or pipe process)"))
             }
@@ -234,6 +275,22 @@ pub fn fmt_ms(ms: u64) -> String {
         format!("{:.1}s", ms as f64 / 1000.0)
     } else {
         format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// A byte count for people: `812 B`, `3.4 MiB`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b as f64;
+    let mut u = 0;
+    while x >= 1024.0 && u < 4 {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{x:.1} {}", UNITS[u])
     }
 }
 

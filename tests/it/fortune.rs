@@ -36,8 +36,17 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
         args.extend_from_slice(extra);
         Run::from(t.cmd(args).timeout(std::time::Duration::from_secs(1800)).output().expect("pipe runs"))
     };
-    let r = long(&budget).success();
+    // The first run shares its results through a remote cache (a shared folder here).
+    let shared = tempfile::tempdir().unwrap();
+    let remote = format!("file://{}", shared.path().display());
+    let with_remote = |t: &TestContext| {
+        let mut args = vec!["run", file, "--json", "--remote", remote.as_str()];
+        args.extend_from_slice(&budget);
+        Run::from(t.cmd(args).timeout(std::time::Duration::from_secs(1800)).output().expect("pipe runs"))
+    };
+    let r = with_remote(&t).success();
     assert_eq!(r.ran_nodes().len(), 7, "{}", r.stderr);
+    assert_eq!(r.count("node_pushed"), 7, "{}", r.stderr);
     let report = t.output_path(file, "eval", "report", &budget);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
     let (base, tuned) = (v["base"]["loss"].as_f64().unwrap(), v["tuned"]["loss"].as_f64().unwrap());
@@ -48,6 +57,22 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     // A second run is all fresh.
     let again = long(&budget).success();
     assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
+    // Another checkout with an empty cache pulls instead of running: nothing recomputed, the same
+    // bytes, and re-executing the cheap nodes (merge pulls the adapter it reads) reproduces them.
+    let teammate = TestContext::new();
+    let pulled = with_remote(&teammate).success();
+    assert!(pulled.ran_nodes().is_empty(), "{}", pulled.stderr);
+    assert!(pulled.events_of("node_cached").iter().all(|e| e["source"] == "remote"), "{}", pulled.stdout);
+    let digests = |t: &TestContext, node: &str| {
+        let v = t.show(file, node, &budget);
+        v["outputs"].as_object().unwrap().iter().map(|(k, o)| (k.clone(), o["digest"].clone())).collect::<Vec<_>>()
+    };
+    for node in ["eval", "export"] {
+        assert_eq!(digests(&teammate, node), digests(&t, node), "{node}");
+    }
+    let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "merge", "--remote", remote.as_str()];
+    verify.extend_from_slice(&budget);
+    teammate.pipe(verify).success();
 
     // The export passes its gate in F16 (the pipeline's), Q8_0 and Q4_K_M; with llama.cpp
     // (scripts/test.sh builds it) that includes llama.cpp's tokenizer, greedy answers (for Q8_0

@@ -44,5 +44,9 @@ mod training;
 /// the Modelfile, clear errors.
 mod export;
 
+/// The remote cache: push, pull only what is needed, kills, corruption, a dead remote,
+/// signed records; over a shared folder and a real S3 server.
+mod remote;
+
 /// `pipelines/fortune.yaml` end to end on the default model with a small step budget.
 mod fortune;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, SystemTime};
@@ -38,7 +40,11 @@ pub fn llama_cpp_ready() {
             match std::fs::read_to_string(&status) {
                 Ok(s) if s.trim() == "ok" => return Ok(()),
                 Ok(s) if !s.trim().is_empty() => {
-                    return Err(format!("building llama.cpp failed ({}: {}); see target/llamacpp.log", status.display(), s.trim()))
+                    return Err(format!(
+                        "building llama.cpp failed ({}: {}); see target/llamacpp.log",
+                        status.display(),
+                        s.trim()
+                    ))
                 }
                 _ if std::time::Instant::now() > deadline => return Err("llama.cpp's build did not finish in 30 minutes".into()),
                 _ => std::thread::sleep(Duration::from_millis(500)),
