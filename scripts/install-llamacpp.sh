@@ -12,7 +12,7 @@ if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY"
 mkdir -p "$DIR" && cd "$DIR"
 BIN="$PWD/build/bin"
 TOOLS="llama-tokenize llama-simple llama-perplexity"
-done_marker="$PWD/.built-$VERSION"
+done_marker="$PWD/.built-$VERSION-o1"
 if [ -f "$done_marker" ]; then echo "$BIN"; exit 0; fi
 if ! command -v cmake >/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check cmake >&2
@@ -23,7 +23,16 @@ if [ ! -d "$SRC/vendor/llama.cpp" ]; then
     "llama-cpp-python==$VERSION" -d . >&2
   tar xzf "$SRC.tar.gz"
 fi
+# ggml (the kernels the tools compute with) keeps -O3; the rest (libllama, common, the tools:
+# most of the C++, none of it hot in the tests) builds at -O1, which compiles about 40% faster.
+# CMake includes this file right after ggml's own `project()`, in ggml's directory scope.
+cat > ggml-release-flags.cmake <<'CMAKE'
+set(CMAKE_C_FLAGS_RELEASE "-O3 -DNDEBUG")
+set(CMAKE_CXX_FLAGS_RELEASE "-O3 -DNDEBUG")
+CMAKE
 cmake -S "$SRC/vendor/llama.cpp" -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
+  -DCMAKE_C_FLAGS_RELEASE="-O1 -DNDEBUG" -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" \
+  -DCMAKE_PROJECT_ggml_INCLUDE="$PWD/ggml-release-flags.cmake" \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
   -DLLAMA_CURL=OFF -DGGML_CCACHE=OFF >cmake-configure.log 2>&1 || { tail -20 cmake-configure.log >&2; exit 1; }
 # shellcheck disable=SC2086

@@ -12,17 +12,23 @@ PY=target/pyenv
 if [ ! -x "$PY/bin/python3" ]; then
   python3 -m venv "$PY"
 fi
-"$PY/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt
 export PATH="$PWD/$PY/bin:$PATH"
-# A real llama.cpp, built from the sources in the llama-cpp-python sdist (about 4 minutes on 2
-# cores, reused once built), for export-gguf's gate: llama.cpp must read our GGUF files as we do.
-# It builds while cargo compiles the tests: each has long stretches that keep one core busy (cmake's
+# In the background while cargo compiles: the Python packages (half a minute: moto brings boto3 and
+# flask), then a real llama.cpp, built from the sources in the llama-cpp-python sdist (about 4
+# minutes on 2 cores, reused once built), for export-gguf's gate: llama.cpp must read our GGUF files
+# as we do. Cargo and the C++ build each have long stretches that keep one core busy (cmake's
 # configure, rustc's front end on the big crates, the links), so together they finish sooner.
-# The tests start before it is done: a test whose pipeline exports waits for
-# target/llamacpp.status to say `ok` (tests/it/common: llama_cpp_ready).
+# The tests start when cargo is done and the packages are in; a test whose pipeline exports waits
+# for target/llamacpp.status to say `ok` (tests/it/common: llama_cpp_ready).
 mkdir -p target
-rm -f target/llamacpp.status
+rm -f target/llamacpp.status target/pip.status
 (
+  if ! "$PY/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt > target/pip.log 2>&1; then
+    echo failed > target/pip.status
+    echo failed > target/llamacpp.status
+    exit 1
+  fi
+  echo ok > target/pip.status
   if PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp > target/llamacpp.path 2> target/llamacpp.log; then
     echo ok > target/llamacpp.status
   else
@@ -47,6 +53,12 @@ PYEOF
 fi
 export PIPE_TEST_GGUF="$PWD/$GGUF"
 cargo test --locked --no-run "$@"
+while [ ! -s target/pip.status ]; do sleep 1; done
+if [ "$(cat target/pip.status)" != ok ]; then
+  cat target/pip.log >&2
+  echo "installing the tests' Python packages failed (log above)" >&2
+  exit 1
+fi
 # Where install-llamacpp.sh puts the tools (it prints this folder when done).
 export PIPE_LLAMA_CPP="$PWD/target/llamacpp/build/bin"
 export PIPE_TEST_LLAMA_CPP_STATUS="$PWD/target/llamacpp.status"

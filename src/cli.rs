@@ -53,9 +53,13 @@ pub struct GlobalArgs {
     pub remote: Option<String>,
     /// What to do with the remote cache: pull only, pull and push, or fail when it fails
     #[arg(long, global = true, env = "PIPE_REMOTE_MODE", value_name = "MODE",
-          value_parser = clap::builder::PossibleValuesParser::new(crate::remote::Mode::NAMES))]
+          value_parser = clap::builder::PossibleValuesParser::new(REMOTE_MODES))]
     pub remote_mode: Option<String>,
 }
+
+/// `--remote-mode` values (the remote module's `Mode` names; a unit test in `commands` keeps
+/// them equal).
+pub const REMOTE_MODES: [&str; 4] = ["off", "read", "write", "require"];
 
 /// When to use colour.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]

@@ -83,3 +83,14 @@ pub fn open_remote(global: &GlobalArgs, cache: &Path) -> anyhow::Result<Option<R
         None => None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_remote_mode_flag_offers_exactly_the_remote_modes() {
+        assert_eq!(crate::cli::REMOTE_MODES, crate::remote::Mode::NAMES);
+        for m in crate::cli::REMOTE_MODES {
+            assert_eq!(m.parse::<crate::remote::Mode>().unwrap().to_string(), m);
+        }
+    }
+}
