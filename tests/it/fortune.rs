@@ -63,8 +63,12 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     let pulled = with_remote(&teammate).success();
     assert!(pulled.ran_nodes().is_empty(), "{}", pulled.stderr);
     assert!(pulled.events_of("node_cached").iter().all(|e| e["source"] == "remote"), "{}", pulled.stdout);
+    // (`show` on the teammate's checkout needs the remote: the nodes upstream of eval and export
+    // are known there only by their remote records.)
     let digests = |t: &TestContext, node: &str| {
-        let v = t.show(file, node, &budget);
+        let mut extra = budget.to_vec();
+        extra.extend(["--remote", remote.as_str()]);
+        let v = t.show(file, node, &extra);
         v["outputs"].as_object().unwrap().iter().map(|(k, o)| (k.clone(), o["digest"].clone())).collect::<Vec<_>>()
     };
     for node in ["eval", "export"] {
