@@ -1,6 +1,7 @@
 //! One file per subcommand. Each returns an [`ExitStatus`]; errors that reach `main` are
 //! invalid invocations or internal errors (exit 2).
 
+pub mod exec_node;
 pub mod gc;
 pub mod graph;
 pub mod kinds;

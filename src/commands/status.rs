@@ -62,6 +62,11 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                     println!("will run  {label}{first}");
                 }
             }
+            Freshness::Slurm { key, job, job_state, host } => {
+                stale += 1;
+                let on = host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
+                println!("slurm     {label}  {}: Slurm job {job} {}{on}", &key[..12], job_state.to_lowercase());
+            }
             Freshness::Error { message } => println!("error     {label}: {message}"),
         }
     }
