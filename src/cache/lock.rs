@@ -213,6 +213,10 @@ impl LeaseGuard {
                 let (lock, cv) = &*s;
                 let mut stopped = lock.lock().expect("lease stop flag");
                 loop {
+                    // The flag may be set before this thread first waits.
+                    if *stopped {
+                        return;
+                    }
                     let (guard, _) = cv.wait_timeout(stopped, ttl / 3).expect("lease stop flag");
                     stopped = guard;
                     if *stopped {

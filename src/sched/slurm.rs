@@ -40,7 +40,7 @@ pub enum JobError {
     #[error(transparent)]
     Slurm(#[from] SlurmError),
     /// The job ended without publishing the node.
-    #[error("Slurm job {job} ended {state} (from {source_name}){detail}; job log: {}", log.display())]
+    #[error("Slurm job {job} ended {state} (from {source_name}){detail}")]
     Ended {
         /// The job id.
         job: String,
@@ -54,7 +54,7 @@ pub enum JobError {
         log: PathBuf,
     },
     /// The job is unknown to every source pipe asks and published nothing.
-    #[error("Slurm job {job} disappeared (neither scontrol, sacct nor the job-completion log knows it) and published nothing; job log: {}", log.display())]
+    #[error("Slurm job {job} disappeared (neither scontrol, sacct nor the job-completion log knows it) and published nothing")]
     Lost { job: String, log: PathBuf },
     /// The job computed another key than the orchestrator did: the two do not see the same
     /// pipeline, inputs or cache.

@@ -128,7 +128,7 @@ fn with_executor_slurm_every_node_runs_as_a_job_and_outputs_equal_a_local_run() 
     let again = run_on(&t, c, &["--executor", "local"], &[]).success();
     assert_eq!(again.cached_nodes(), names(&["base", "fix", "tok"]), "{again:?}");
     // A per-node executor: only `tok` goes to the cluster after a change to it.
-    let yaml = PIPELINE.replace("params: { max_length: 64 } }", "params: { max_length: 48 }, executor: slurm }");
+    let yaml = PIPELINE.replace("params: { max_length: 64 } }", "params: { max_length: 96 }, executor: slurm }");
     t.write("p.yaml", &yaml);
     let mixed = run_on(&t, c, &[], &[]).success();
     assert_eq!(mixed.nodes_with("node_queued"), ["tok"], "{mixed:?}");
@@ -199,8 +199,9 @@ fn two_orchestrators_on_one_pipeline_compute_each_key_once() {
     assert!(leases.is_empty(), "{leases:?}");
 }
 
-/// The tiny training pipeline of tests/it/training.rs, its lora-train on Slurm.
-fn training_project(steps: u32) -> TestContext {
+/// The tiny training pipeline of tests/it/training.rs, its lora-train on Slurm (`on_slurm`) or
+/// local.
+fn training_project(steps: u32, on_slurm: bool) -> TestContext {
     let t = TestContext::with_fixtures();
     crate::training::tiny_model(&t, "model", pipe::model::config::Arch::Llama, 32);
     t.write(
@@ -212,11 +213,12 @@ nodes:
   tok: {{ kind: tokenize, inputs: {{ records: fix.train, tokenizer: model }}, params: {{ max_length: 64 }} }}
   train:
     kind: lora-train
-    executor: slurm
+    executor: {}
     resources: {{ cpus: 1, time: "10:00" }}
     inputs: {{ model: model, dataset: tok.dataset }}
     params: {{ max_steps: {steps}, batch_size: 4, grad_accum: 2, lr: 0.05, save_steps: 1, logging_steps: 1, r: 4 }}
-"#
+"#,
+            if on_slurm { "slurm" } else { "local" }
         ),
     );
     t
@@ -230,11 +232,11 @@ fn adapter_digest(t: &TestContext) -> String {
 fn scancel_of_a_training_job_then_a_rerun_resumes_and_ends_byte_identical() {
     let Some(c) = cluster("scancel_of_a_training_job_then_a_rerun_resumes_and_ends_byte_identical") else { return };
     let steps = 30;
-    let reference = training_project(steps);
+    let reference = training_project(steps, false);
     reference.run("p.yaml", &[]).success();
     let want = adapter_digest(&reference);
 
-    let t = training_project(steps);
+    let t = training_project(steps, true);
     let mut child = t
         .std_cmd(["run", "p.yaml", "--json"])
         .env("SLURM_CONF", &c.conf)
