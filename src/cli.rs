@@ -61,6 +61,10 @@ pub struct GlobalArgs {
 /// them equal).
 pub const REMOTE_MODES: [&str; 4] = ["off", "read", "write", "require"];
 
+/// `--executor` values (the slurm module's `Executor` names; a unit test in `commands` keeps them
+/// equal).
+pub const EXECUTORS: [&str; 2] = ["local", "slurm"];
+
 /// When to use colour.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Color {
@@ -133,7 +137,7 @@ pub struct RunArgs {
     pub gpus: Option<Vec<usize>>,
     /// Where nodes that set no `executor:` run: here, or as Slurm jobs (sbatch)
     #[arg(long, value_name = "EXECUTOR", env = "PIPE_EXECUTOR",
-          value_parser = clap::builder::PossibleValuesParser::new(["local", "slurm"]))]
+          value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
     pub executor: Option<String>,
 }
 
@@ -160,7 +164,7 @@ pub struct ExecNodeArgs {
     #[arg(long)]
     pub force: bool,
     /// The run's `--executor`
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["local", "slurm"]))]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
     pub executor: Option<String>,
     /// Print one JSON event per line on stdout
     #[arg(long)]

@@ -94,4 +94,12 @@ mod tests {
             assert_eq!(m.parse::<crate::remote::Mode>().unwrap().to_string(), m);
         }
     }
+
+    #[test]
+    fn the_executor_flag_offers_exactly_the_executors() {
+        assert_eq!(&crate::cli::EXECUTORS[..], crate::slurm::Executor::NAMES);
+        for e in crate::cli::EXECUTORS {
+            assert_eq!(crate::slurm::Executor::parse(e).map(|x| x.to_string()).as_deref(), Some(e));
+        }
+    }
 }
