@@ -354,7 +354,10 @@ pub fn query(id: &str) -> Option<JobInfo> {
             return Some(info);
         }
     }
-    if let Ok(out) = run("sacct", &["-j".into(), id.into(), "-X".into(), "-n".into(), "-P".into(), "-o".into(), "State,Reason,ExitCode,NodeList".into()]) {
+    if let Ok(out) = run(
+        "sacct",
+        &["-j".into(), id.into(), "-X".into(), "-n".into(), "-P".into(), "-o".into(), "State,Reason,ExitCode,NodeList".into()],
+    ) {
         if let Some(line) = out.lines().find(|l| !l.trim().is_empty()) {
             let f: Vec<&str> = line.split('|').collect();
             if f.len() >= 3 && !f[0].is_empty() {
@@ -417,7 +420,12 @@ mod tests {
 
     #[test]
     fn a_node_resource_overrides_the_default_and_sbatch_gets_them_all() {
-        let d = Resources { partition: Some("gpu".into()), time: Some("60".into()), extra: vec!["--qos=x".into()], ..Default::default() };
+        let d = Resources {
+            partition: Some("gpu".into()),
+            time: Some("60".into()),
+            extra: vec!["--qos=x".into()],
+            ..Default::default()
+        };
         let n = Resources { time: Some("5".into()), cpus: Some(4), ..Default::default() }.over(&d);
         assert_eq!(n.sbatch_args(2), ["--partition=gpu", "--time=5", "--cpus-per-task=4", "--gpus=2", "--qos=x"]);
     }

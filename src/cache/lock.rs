@@ -62,18 +62,18 @@ impl LockMode {
 pub fn on_shared_filesystem(path: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
     const SHARED: &[i64] = &[
-        0x6969,                // NFS
-        0x517B,                // SMB
+        0x6969,                 // NFS
+        0x517B,                 // SMB
         0xFF53_4D42_u32 as i64, // CIFS
         0xFE53_4D42_u32 as i64, // SMB2
-        0x0BD0_0BD0,           // Lustre
-        0x4750_4653,           // GPFS
-        0x00C3_6400,           // CephFS
-        0x1983_0326,           // BeeGFS
-        0x0102_1997,           // 9p
-        0x5346_414F,           // AFS
-        0x7461_636F,           // OCFS2
-        0x0116_1970,           // GFS2
+        0x0BD0_0BD0,            // Lustre
+        0x4750_4653,            // GPFS
+        0x00C3_6400,            // CephFS
+        0x1983_0326,            // BeeGFS
+        0x0102_1997,            // 9p
+        0x5346_414F,            // AFS
+        0x7461_636F,            // OCFS2
+        0x0116_1970,            // GFS2
         0xAAD7_AAEA_u32 as i64, // PanFS
     ];
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };

@@ -92,8 +92,7 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
 /// How this run submits Slurm jobs: this binary, run from here, with the arguments that make the
 /// job load the same pipeline and cache. Fails early when `sbatch` is not there.
 fn slurm_setup(args: &RunArgs, global: &GlobalArgs) -> Result<SlurmSetup> {
-    let found = std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("sbatch").is_file()));
+    let found = std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("sbatch").is_file()));
     if !found {
         anyhow::bail!("nodes run with `executor: slurm`, but `sbatch` is not on PATH (run on a Slurm login node, or use `--executor local`)");
     }

@@ -38,8 +38,8 @@ use crate::params::did_you_mean;
 use crate::remote::{Mode, Remote, RemoteError};
 use crate::report::progress::NodeProgress;
 use crate::report::{CacheSource, Event, Reporter};
-use crate::source::Source;
 use crate::slurm::Executor;
+use crate::source::Source;
 use crate::spec::validate::{suggest, SpecError};
 use crate::spec::{InputRef, NodeSpec, Pipeline};
 
@@ -525,10 +525,9 @@ impl Session {
                                 out.push((i, Freshness::Remote { key, remote }));
                             }
                             None => match self.slurm_job(&key) {
-                                Some((job, info)) => out.push((
-                                    i,
-                                    Freshness::Slurm { key, job, job_state: info.state, host: info.node },
-                                )),
+                                Some((job, info)) => {
+                                    out.push((i, Freshness::Slurm { key, job, job_state: info.state, host: info.node }))
+                                }
                                 None => {
                                     let reasons = self.reasons(i, &parts);
                                     out.push((i, Freshness::WillRun { key: Some(key), reasons }));

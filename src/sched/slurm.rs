@@ -366,7 +366,10 @@ impl Session {
                 return Err(fail(JobError::BadUpstream { arg: format!("{name}={key}"), message }.into()));
             }
             let rec = self.cached_record(key).ok_or_else(|| {
-                fail(JobError::UpstreamMissing { node: name.clone(), key: key.clone(), cache: self.store.root().to_path_buf() }.into())
+                fail(
+                    JobError::UpstreamMissing { node: name.clone(), key: key.clone(), cache: self.store.root().to_path_buf() }
+                        .into(),
+                )
             })?;
             done.insert(name.clone(), rec);
         }
@@ -377,7 +380,9 @@ impl Session {
         }
         let _lock = match lease {
             Some(token) => self.store.adopt_lock(&key, token),
-            None => self.store.lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() })),
+            None => {
+                self.store.lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() }))
+            }
         }
         .map_err(|e| fail(e.into()))?;
         if let Some(rec) = self.store.record(&key).filter(|_| !force) {

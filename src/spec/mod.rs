@@ -332,8 +332,10 @@ impl Loader<'_> {
     /// `defaults:` is a map of parameter name (or `device`) to value.
     fn defaults<'y>(&mut self, y: &'y Yaml) -> HashMap<String, &'y Yaml> {
         let mut out = HashMap::new();
-        let known: Vec<&str> =
-            ["device", "executor", "resources"].into_iter().chain(nodes::registry().iter().flat_map(|k| k.params().iter().map(|p| p.name))).collect();
+        let known: Vec<&str> = ["device", "executor", "resources"]
+            .into_iter()
+            .chain(nodes::registry().iter().flat_map(|k| k.params().iter().map(|p| p.name)))
+            .collect();
         for (k, entry) in self.keys(y, "defaults", &known) {
             out.insert(k.to_string(), &entry.1);
         }
@@ -478,21 +480,33 @@ impl Loader<'_> {
                 },
                 "time" => match text.map(slurm::check_time) {
                     Some(Ok(t)) => out.time = Some(t),
-                    Some(Err(e)) => bad(&mut self.diag, e, "minutes (`time: 30`), `HH:MM:SS` or `D-HH:MM:SS`, as sbatch --time reads it"),
-                    None => bad(&mut self.diag, format!("must be a time limit, found {}", v.type_name()), "e.g. `time: 30` (minutes) or `time: \"2:00:00\"`"),
+                    Some(Err(e)) => {
+                        bad(&mut self.diag, e, "minutes (`time: 30`), `HH:MM:SS` or `D-HH:MM:SS`, as sbatch --time reads it")
+                    }
+                    None => bad(
+                        &mut self.diag,
+                        format!("must be a time limit, found {}", v.type_name()),
+                        "e.g. `time: 30` (minutes) or `time: \"2:00:00\"`",
+                    ),
                 },
                 "mem" => match text.map(slurm::check_mem) {
                     Some(Ok(m)) => out.mem = Some(m),
-                    Some(Err(e)) => bad(&mut self.diag, e, "megabytes (`mem: 4000`) or with a unit (`mem: 16G`), as sbatch --mem reads it"),
+                    Some(Err(e)) => {
+                        bad(&mut self.diag, e, "megabytes (`mem: 4000`) or with a unit (`mem: 16G`), as sbatch --mem reads it")
+                    }
                     None => bad(&mut self.diag, format!("must be a memory size, found {}", v.type_name()), "e.g. `mem: 16G`"),
                 },
                 "cpus" => match text.and_then(number).filter(|&n| n >= 1) {
                     Some(n) => out.cpus = Some(n),
-                    None => bad(&mut self.diag, format!("must be a number of CPUs (1 or more), found {}", found(v)), "e.g. `cpus: 4`"),
+                    None => {
+                        bad(&mut self.diag, format!("must be a number of CPUs (1 or more), found {}", found(v)), "e.g. `cpus: 4`")
+                    }
                 },
                 "gpus" => match text.and_then(number) {
                     Some(n) => out.gpus = Some(n),
-                    None => bad(&mut self.diag, format!("must be a number of GPUs (0 or more), found {}", found(v)), "e.g. `gpus: 1`"),
+                    None => {
+                        bad(&mut self.diag, format!("must be a number of GPUs (0 or more), found {}", found(v)), "e.g. `gpus: 1`")
+                    }
                 },
                 "extra" => match &v.value {
                     YamlValue::Seq(items) => {
@@ -500,13 +514,27 @@ impl Loader<'_> {
                             match item.as_scalar().filter(|_| !item.is_null()) {
                                 Some(arg) => match slurm::check_extra(arg) {
                                     Ok(()) => out.extra.push(arg.to_string()),
-                                    Err(e) => self.diag.error(item.span, format!("{what}: `extra`: {e}"), "invalid sbatch argument", Some("e.g. `extra: [\"--qos=high\", \"--constraint=a100\"]`".into())),
+                                    Err(e) => self.diag.error(
+                                        item.span,
+                                        format!("{what}: `extra`: {e}"),
+                                        "invalid sbatch argument",
+                                        Some("e.g. `extra: [\"--qos=high\", \"--constraint=a100\"]`".into()),
+                                    ),
                                 },
-                                None => self.diag.error(item.span, format!("{what}: `extra`: each item must be a string, found {}", item.type_name()), "expected a string", None),
+                                None => self.diag.error(
+                                    item.span,
+                                    format!("{what}: `extra`: each item must be a string, found {}", item.type_name()),
+                                    "expected a string",
+                                    None,
+                                ),
                             }
                         }
                     }
-                    _ => bad(&mut self.diag, format!("must be a list of sbatch arguments, found {}", v.type_name()), "e.g. `extra: [\"--qos=high\"]`"),
+                    _ => bad(
+                        &mut self.diag,
+                        format!("must be a list of sbatch arguments, found {}", v.type_name()),
+                        "e.g. `extra: [\"--qos=high\"]`",
+                    ),
                 },
                 _ => unreachable!("keys() admits only RESOURCE_KEYS"),
             }
