@@ -1161,4 +1161,24 @@ mod tests {
         assert_eq!(extra.get("world_size").map(String::as_str), Some("3"));
         assert_ne!(all_three, gpus_2);
     }
+
+    #[test]
+    fn where_a_node_runs_and_what_it_asks_slurm_for_are_not_in_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (local, _) = key_extra(&session(dir.path(), "", &[]));
+        let slurm = "    executor: slurm\n    resources: { partition: gpu, time: 30, cpus: 4, mem: 8G, extra: [--qos=x] }\n";
+        let (on_slurm, extra) = key_extra(&session(dir.path(), slurm, &[]));
+        assert_eq!(on_slurm, local, "executor and resources change no key: {extra:?}");
+        // What the job computes on does: `cuda` on Slurm is CUDA whatever this machine has,
+        // and `auto` is CUDA when the job asks for GPUs.
+        let (cuda, extra) = key_extra(&session(dir.path(), "    executor: slurm\n    device: cuda\n", &[]));
+        assert_eq!(extra.get("device").map(String::as_str), Some("cuda"));
+        let (local_cuda, _) = key_extra(&session(dir.path(), "    device: cuda\n", &[0]));
+        assert_eq!(cuda, local_cuda, "a CUDA node's key is the same here and on the cluster");
+        let (auto_gpu, _) =
+            key_extra(&session(dir.path(), "    executor: slurm\n    device: auto\n    resources: { gpus: 1 }\n", &[]));
+        assert_eq!(auto_gpu, cuda);
+        let (auto_cpu, _) = key_extra(&session(dir.path(), "    executor: slurm\n    device: auto\n", &[0]));
+        assert_eq!(auto_cpu, local, "`auto` on a Slurm job without GPUs is the CPU, whatever this machine has");
+    }
 }

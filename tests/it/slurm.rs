@@ -307,3 +307,64 @@ fn bad_resources_and_executors_are_located_errors() {
     }
     assert!(t.node_records().is_empty());
 }
+
+#[test]
+fn pipe_status_shows_a_running_job_and_ctrl_c_cancels_it_and_frees_the_key() {
+    let Some(c) = cluster("pipe_status_shows_a_running_job_and_ctrl_c_cancels_it_and_frees_the_key") else { return };
+    let yaml =
+        "name: held\nnodes:\n  fix:\n    kind: fix-json\n    inputs: { records: data/fortune.jsonl }\n    executor: slurm\n";
+    let t = project(yaml);
+    let mut child = t
+        .std_cmd(["run", "p.yaml", "--json"])
+        .env("SLURM_CONF", &c.conf)
+        .env("PIPE_EXEC_NODE_HOLD_SECS", "120")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (seen, found) = read_until(&mut lines, |e| e["event"] == "node_queued");
+    assert!(found, "never queued: {seen:?}");
+    let job = events_of(seen.last().unwrap())[0]["job"].as_str().unwrap().to_string();
+    // `pipe status` sees the job (pending, then running on the node).
+    let start = Instant::now();
+    let status = loop {
+        let mut cmd = t.cmd(["status", "p.yaml"]);
+        cmd.env("SLURM_CONF", &c.conf);
+        let s = Run::from(cmd.output().unwrap()).success();
+        if s.stdout.contains("running") || start.elapsed() > Duration::from_secs(30) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        status.stdout.contains("slurm     fix") && status.stdout.contains(&format!("Slurm job {job} running")),
+        "{}",
+        status.stdout
+    );
+    // Ctrl-C: the job is cancelled, the lease removed, exit 130.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("cancelling Slurm job(s) {job}")));
+    let state = || {
+        let o =
+            std::process::Command::new("scontrol").args(["show", "job", "-o", &job]).env("SLURM_CONF", &c.conf).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let start = Instant::now();
+    while !state().contains("JobState=CANCELLED") && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(state().contains("JobState=CANCELLED"), "{}", state());
+    let leases: Vec<_> = std::fs::read_dir(t.cache.join("locks"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".lease"))
+        .collect();
+    assert!(leases.is_empty(), "Ctrl-C left a lease: {leases:?}");
+    // The key is free at once: a rerun runs it.
+    let r = run_on(&t, c, &[], &[]).success();
+    assert_eq!(r.ran_nodes(), names(&["fix"]), "{r:?}");
+}
