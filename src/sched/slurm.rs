@@ -129,6 +129,11 @@ struct Tail {
 impl Tail {
     fn lines(&mut self) -> Vec<String> {
         let Ok(mut f) = std::fs::File::open(&self.path) else { return Vec::new() };
+        // A requeued job's output starts again from the top.
+        if f.metadata().is_ok_and(|m| m.len() < self.offset) {
+            self.offset = 0;
+            self.partial.clear();
+        }
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return Vec::new();
         }

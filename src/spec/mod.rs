@@ -753,3 +753,34 @@ pub fn parse_ref(text: &str) -> InputRef {
     }
     InputRef::File(PathBuf::from(text))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_yaml(yaml: &str) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.jsonl"), "{}").unwrap();
+        std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();
+        load(&dir.path().join("p.yaml"), &[]).unwrap()
+    }
+
+    #[test]
+    fn executor_and_resources_come_from_the_node_over_the_defaults_and_the_command_line_fills_the_rest() {
+        let p = load_yaml(
+            "name: t\ndefaults:\n  resources: { partition: gpu, time: 30, extra: [--qos=low] }\nnodes:\n  a: { kind: fix-json, inputs: { records: r.jsonl }, executor: slurm, resources: { time: \"1-0\", cpus: 2 } }\n  b: { kind: fix-json, inputs: { records: r.jsonl } }\n  c: { kind: fix-json, inputs: { records: r.jsonl }, executor: local }\n",
+        )
+        .with_default_executor(Some(Executor::Slurm));
+        let [a, b, c] = &p.nodes[..] else { panic!("three nodes") };
+        assert_eq!((a.executor(), b.executor(), c.executor()), (Executor::Slurm, Executor::Slurm, Executor::Local));
+        assert_eq!(a.resources.sbatch_args(0), ["--partition=gpu", "--time=1-0", "--cpus-per-task=2", "--qos=low"]);
+        assert_eq!(b.resources.sbatch_args(0), ["--partition=gpu", "--time=30", "--qos=low"]);
+        let d =
+            load_yaml("name: t\ndefaults: { executor: slurm }\nnodes:\n  a: { kind: fix-json, inputs: { records: r.jsonl } }\n");
+        assert_eq!(
+            d.with_default_executor(Some(Executor::Local)).nodes[0].executor(),
+            Executor::Slurm,
+            "the file wins over --executor"
+        );
+    }
+}
