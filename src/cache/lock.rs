@@ -43,14 +43,18 @@ pub enum LockMode {
     Flock,
     /// `flock` plus a lease file: processes of several machines on a shared filesystem.
     Lease,
+    /// The lease file alone (`PIPE_LOCK=lease-only`): how processes on two machines see each
+    /// other where `flock` is not shared between them; for tests on one machine.
+    LeaseOnly,
 }
 
 impl LockMode {
-    /// `PIPE_LOCK` (`flock`, `lease`, `auto`), else what the filesystem at `root` needs:
-    /// leases on network and cluster filesystems, flock elsewhere.
+    /// `PIPE_LOCK` (`flock`, `lease`, `lease-only`, `auto`), else what the filesystem at `root`
+    /// needs: leases on network and cluster filesystems, flock elsewhere.
     pub fn for_folder(root: &Path) -> LockMode {
         match std::env::var("PIPE_LOCK").as_deref() {
             Ok("lease") => LockMode::Lease,
+            Ok("lease-only") => LockMode::LeaseOnly,
             Ok("flock") => LockMode::Flock,
             _ if on_shared_filesystem(root) => LockMode::Lease,
             _ => LockMode::Flock,
@@ -332,12 +336,15 @@ pub fn acquire_mode(mode: LockMode, flock_path: &Path, lease_path: &Path, on_wai
             }
         }
     };
-    let file = acquire(flock_path, &mut wait_once)?;
+    let file = match mode {
+        LockMode::LeaseOnly => None,
+        LockMode::Flock | LockMode::Lease => acquire(flock_path, &mut wait_once)?._file,
+    };
     if mode == LockMode::Flock {
-        return Ok(file);
+        return Ok(KeyLock { _file: file, lease: None });
     }
     let lease = acquire_lease(lease_path, &mut wait_once)?;
-    Ok(KeyLock { _file: file._file, lease: lease.lease })
+    Ok(KeyLock { _file: file, lease: lease.lease })
 }
 
 /// Takes the lock at `path`, calling `on_wait` once if another process holds it, then blocking.

@@ -171,7 +171,9 @@ impl Store {
 
     /// Locks keys with leases from now on (a cache that Slurm jobs on other machines share).
     pub fn use_leases(&mut self) {
-        self.lock_mode = LockMode::Lease;
+        if self.lock_mode == LockMode::Flock {
+            self.lock_mode = LockMode::Lease;
+        }
     }
 
     /// How this cache locks keys.

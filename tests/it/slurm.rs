@@ -165,13 +165,15 @@ fn a_job_whose_node_fails_reports_slurms_state_and_the_nodes_error() {
 }
 
 #[test]
-fn two_orchestrators_on_one_pipeline_compute_each_key_once() {
-    let Some(c) = cluster("two_orchestrators_on_one_pipeline_compute_each_key_once") else { return };
+fn two_orchestrators_on_one_pipeline_compute_each_key_once_through_lease_files() {
+    let Some(c) = cluster("two_orchestrators_on_one_pipeline_compute_each_key_once_through_lease_files") else { return };
     let t = project(PIPELINE);
     let spawn = || {
         t.std_cmd(["run", "p.yaml", "--json", "--executor", "slurm"])
             .env("SLURM_CONF", &c.conf)
             .env("PIPE_EXEC_NODE_HOLD_SECS", "2")
+            // As on two machines: only the lease files exclude (flock is per machine there).
+            .env("PIPE_LOCK", "lease-only")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
