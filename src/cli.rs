@@ -188,6 +188,9 @@ pub struct StatusArgs {
     /// Print JSON on stdout
     #[arg(long)]
     pub json: bool,
+    /// The executor `run` would use for nodes that set none (it decides what `device: auto` is)
+    #[arg(long, value_name = "EXECUTOR", env = "PIPE_EXECUTOR", value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
+    pub executor: Option<String>,
 }
 
 /// `pipe graph`.

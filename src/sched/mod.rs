@@ -16,6 +16,11 @@
 //!    new nodes; running ones finish.
 //! 5. The run record (each completed node's key and parts) is saved for `status --why` and `gc`.
 //!
+//! A node whose executor is Slurm takes no slot here: after step 3's key, lock and cache checks,
+//! it is submitted as a Slurm job that runs `pipe exec-node` on this cache, and its worker thread
+//! follows the job until it ends (see [`slurm`]). The job runs the node with the same function
+//! (`Session::compute`) as a local worker.
+//!
 //! Keys are computed as late as possible on purpose: a downstream key uses the upstream outputs'
 //! content digests, so an upstream rerun that produces identical bytes leaves everything
 //! downstream fresh (early cutoff).

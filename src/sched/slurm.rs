@@ -1,6 +1,6 @@
-//! Nodes whose executor is Slurm: the orchestrator's side ([`Session::run_on_slurm`]: submit,
+//! Nodes whose executor is Slurm: the orchestrator's side (`Session::run_on_slurm`: submit,
 //! follow, relay, read the record) and the job's side ([`Session::exec_node`]: the node's key
-//! checked, the orchestrator's lock adopted, the node run by [`Session::compute`] like any
+//! checked, the orchestrator's lock adopted, the node run by `Session::compute` like any
 //! local node). The Slurm commands themselves are in [`crate::slurm`].
 //!
 //! Ctrl-C (SIGINT) or SIGTERM on an orchestrator that submitted jobs cancels them (`scancel`),

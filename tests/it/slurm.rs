@@ -24,6 +24,7 @@ static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
 extern "C" fn stop_cluster() {
     if let Some(Some(c)) = CLUSTER.get() {
         let _ = std::process::Command::new(repo().join("scripts/slurm-cluster.sh")).arg("stop").arg(&c.dir).output();
+        let _ = std::fs::remove_dir_all(&c.dir);
     }
 }
 
