@@ -371,3 +371,19 @@ fn pipe_status_shows_a_running_job_and_ctrl_c_cancels_it_and_frees_the_key() {
     let r = run_on(&t, c, &[], &[]).success();
     assert_eq!(r.ran_nodes(), names(&["fix"]), "{r:?}");
 }
+
+#[test]
+fn exec_node_refuses_a_key_other_than_the_one_it_computes_and_runs_under_the_right_one() {
+    let t = project(PIPELINE);
+    let r = t.pipe(["exec-node", "p.yaml", "fix", "--key", "0123abcd", "--json"]).code(1);
+    assert!(r.stderr.contains("the job computed key") && r.stderr.contains("the orchestrator 0123abcd"), "{r:?}");
+    assert_eq!(r.count("node_failed"), 1, "{r:?}");
+    assert!(t.node_records().is_empty());
+    // Under the key `pipe status` computes, it runs the node into the cache like `pipe run`.
+    let s = t.pipe(["status", "p.yaml", "--json"]).success();
+    let v: serde_json::Value = serde_json::from_str(s.stdout.trim()).unwrap();
+    let key = v["nodes"][0]["status"]["key"].as_str().unwrap().to_string();
+    let ok = t.pipe(["exec-node", "p.yaml", "fix", "--key", &key, "--json"]).success();
+    assert_eq!(ok.ran_nodes(), names(&["fix"]), "{ok:?}");
+    assert_eq!(t.run("p.yaml", &["--target", "fix"]).success().cached_nodes(), names(&["fix"]));
+}
