@@ -30,7 +30,10 @@ chmod 700 "$D/munge"; chmod 600 "$D/munge/munge.key"
 munged --force --key-file="$D/munge/munge.key" --socket="$D/munge/munge.socket" \
   --pid-file="$D/munged.pid" --log-file="$D/munge/munged.log" --seed-file="$D/munge/munged.seed"
 H=$(hostname -s) N=$(nproc) M=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 - 1024 ))
-P=${SLURM_TEST_PORT:-$(( 20000 + RANDOM % 20000 ))}
+# Two free ports in a row (not listening in /proc/net/tcp{,6}), unless SLURM_TEST_PORT says.
+in_use() { awk -v p="$(printf '%04X' "$1")" 'NR > 1 { split($2, a, ":"); if (a[2] == p) f = 1 } END { exit !f }' /proc/net/tcp /proc/net/tcp6 2>/dev/null; }
+P=${SLURM_TEST_PORT:-}
+while [ -z "$P" ]; do P=$(( 20000 + RANDOM % 20000 )); if in_use "$P" || in_use $(( P + 1 )); then P=; fi; done
 cat > "$D/slurm.conf" <<CONF
 ClusterName=pipe-test
 SlurmctldHost=$H
