@@ -61,6 +61,10 @@ pub struct GlobalArgs {
 /// them equal).
 pub const REMOTE_MODES: [&str; 4] = ["off", "read", "write", "require"];
 
+/// `--executor` values (the slurm module's `Executor` names; a unit test in `commands` keeps them
+/// equal).
+pub const EXECUTORS: [&str; 2] = ["local", "slurm"];
+
 /// When to use colour.
 #[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
 pub enum Color {
@@ -95,6 +99,9 @@ pub enum Command {
     Gc(GcArgs),
     /// List node kinds with their inputs, parameters and outputs
     Kinds(KindsArgs),
+    /// Run one node by its key against the cache (what a Slurm job runs; internal)
+    #[command(hide = true)]
+    ExecNode(ExecNodeArgs),
     /// Print shell completions
     Completions {
         /// The shell
@@ -128,6 +135,40 @@ pub struct RunArgs {
     /// CUDA devices GPU nodes may use, e.g. 0,1 [default: all visible ones]
     #[arg(long, value_delimiter = ',', value_name = "IDS")]
     pub gpus: Option<Vec<usize>>,
+    /// Where nodes that set no `executor:` run: here, or as Slurm jobs (sbatch)
+    #[arg(long, value_name = "EXECUTOR", env = "PIPE_EXECUTOR",
+          value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
+    pub executor: Option<String>,
+}
+
+/// `pipe exec-node` (hidden): what a Slurm job runs.
+#[derive(Debug, Args)]
+pub struct ExecNodeArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// The node to run
+    pub node: String,
+    /// The key the orchestrator computed; the node does not run under another
+    #[arg(long)]
+    pub key: String,
+    /// The token of the lock lease the orchestrator holds on the key (adopted, not taken)
+    #[arg(long)]
+    pub lease: Option<String>,
+    /// An upstream node's key: NODE=KEY (repeatable)
+    #[arg(long = "upstream", value_name = "NODE=KEY")]
+    pub upstream: Vec<String>,
+    /// Override a parameter as `run` did
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// Run it even when the cache has it (the run's `--force`)
+    #[arg(long)]
+    pub force: bool,
+    /// The run's `--executor`
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
+    pub executor: Option<String>,
+    /// Print one JSON event per line on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pipe status`.
@@ -147,6 +188,9 @@ pub struct StatusArgs {
     /// Print JSON on stdout
     #[arg(long)]
     pub json: bool,
+    /// The executor `run` would use for nodes that set none (it decides what `device: auto` is)
+    #[arg(long, value_name = "EXECUTOR", env = "PIPE_EXECUTOR", value_parser = clap::builder::PossibleValuesParser::new(EXECUTORS))]
+    pub executor: Option<String>,
 }
 
 /// `pipe graph`.

@@ -16,6 +16,7 @@
 //! | [`cache`] | the content-addressed store, atomic publishing, locks, run records, gc |
 //! | [`remote`] | the remote cache: S3 or a shared folder, verified pulls, pushes, record MACs, `pipe.toml` |
 //! | [`device`] | device requests (`device:`, `gpus:`), the CPU and GPU slots, leases |
+//! | [`slurm`] | `executor:` and `resources:`, and the Slurm commands (sbatch, scontrol, sacct, scancel) |
 //! | [`sched`] | the scheduler: ready queue, worker threads, running a node, verify |
 //! | [`nodes`] | the `NodeKind` trait and one file per kind |
 //! | [`source`] | `pypi:` and `hf:` model sources |
@@ -46,6 +47,7 @@
 //! | `params` | |
 //! | `graph` | |
 //! | `device` | |
+//! | `slurm` | |
 //! | `gguf` | |
 //! | `hash` | `params` |
 //! | `model` | `gguf` |
@@ -57,9 +59,9 @@
 //! | `source` | `cache` |
 //! | `remote` | `hash`, `cache` |
 //! | `nodes` | `params`, `device`, `report`, `hash`, `gguf`, `model`, `tokenizer`, `train`, `dataset`, `export` |
-//! | `spec` | `params`, `device`, `graph`, `nodes`, `source` |
-//! | `sched` | `params`, `device`, `graph`, `report`, `hash`, `cache`, `remote`, `source`, `nodes`, `spec` |
-//! | `commands` | `cli`, `params`, `device`, `graph`, `report`, `hash`, `cache`, `remote`, `nodes`, `spec`, `sched` |
+//! | `spec` | `params`, `device`, `slurm`, `graph`, `nodes`, `source` |
+//! | `sched` | `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `source`, `nodes`, `spec` |
+//! | `commands` | `cli`, `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `nodes`, `spec`, `sched` |
 
 pub mod cache;
 pub mod cli;
@@ -76,6 +78,7 @@ pub mod params;
 pub mod remote;
 pub mod report;
 pub mod sched;
+pub mod slurm;
 pub mod source;
 pub mod spec;
 pub mod tokenizer;

@@ -7,6 +7,7 @@
 //!   logs/<key>.log          the log of the run that produced the record
 //!   runs/<pipeline>.json    the latest run of each pipeline file (what `status --why` and `gc` read)
 //!   locks/<key>.lock        per-key flock: one process computes a key, others wait then reuse it
+//!   locks/<key>.lease       per-key lease on shared filesystems and for Slurm jobs (see [`lock`])
 //!   work/<key>/             per-key scratch that survives kills (training checkpoints)
 //!   extra/<digest>.json     memoised kind-specific key components
 //!   stat-cache.json         (path, size, mtime, ctime, inode) -> digest

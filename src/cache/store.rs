@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::lock::{self, KeyLock};
+use super::lock::{self, KeyLock, LockMode};
 use super::{io, CacheError};
 use crate::hash::{self, Digest, KeyParts};
 
@@ -90,6 +90,7 @@ pub struct GcReport {
 /// A cache folder.
 pub struct Store {
     root: PathBuf,
+    lock_mode: LockMode,
 }
 
 const DIRS: &[&str] = &["objects", "nodes", "logs", "runs", "locks", "work", "extra", "tmp"];
@@ -116,7 +117,9 @@ impl Store {
         if !ignore.exists() {
             let _ = fs::write(&ignore, "*\n");
         }
-        Ok(Store { root: root.canonicalize().map_err(io("opening", root))? })
+        let root = root.canonicalize().map_err(io("opening", root))?;
+        let lock_mode = LockMode::for_folder(&root);
+        Ok(Store { root, lock_mode })
     }
 
     /// The cache folder.
@@ -166,9 +169,30 @@ impl Store {
         rec.outputs.values().all(|o| self.object_path(&o.digest).exists()).then_some(rec)
     }
 
+    /// Locks keys with leases from now on (a cache that Slurm jobs on other machines share).
+    pub fn use_leases(&mut self) {
+        if self.lock_mode == LockMode::Flock {
+            self.lock_mode = LockMode::Lease;
+        }
+    }
+
+    /// How this cache locks keys.
+    pub fn lock_mode(&self) -> LockMode {
+        self.lock_mode
+    }
+
+    fn lease_path(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(format!("{key}.lease"))
+    }
+
     /// Locks `key` against other processes; `on_wait` runs if someone else holds it.
     pub fn lock(&self, key: &str, on_wait: impl FnOnce()) -> Result<KeyLock, CacheError> {
-        lock::acquire(&self.root.join("locks").join(format!("{key}.lock")), on_wait)
+        lock::acquire_mode(self.lock_mode, &self.root.join("locks").join(format!("{key}.lock")), &self.lease_path(key), on_wait)
+    }
+
+    /// Adopts the lease on `key` that the process which submitted this one holds with `token`.
+    pub fn adopt_lock(&self, key: &str, token: &str) -> Result<KeyLock, CacheError> {
+        lock::adopt(&self.lease_path(key), token)
     }
 
     /// A fresh, empty staging folder under `tmp/`.
@@ -338,6 +362,9 @@ impl Store {
     }
 
     fn key_in_use(&self, key: &str) -> Result<bool, CacheError> {
+        if lock::lease_live(&self.lease_path(key)) {
+            return Ok(true);
+        }
         let p = self.root.join("locks").join(format!("{key}.lock"));
         if !p.exists() {
             return Ok(false);

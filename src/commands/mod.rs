@@ -1,6 +1,7 @@
 //! One file per subcommand. Each returns an [`ExitStatus`]; errors that reach `main` are
 //! invalid invocations or internal errors (exit 2).
 
+pub mod exec_node;
 pub mod gc;
 pub mod graph;
 pub mod kinds;
@@ -91,6 +92,14 @@ mod tests {
         assert_eq!(crate::cli::REMOTE_MODES, crate::remote::Mode::NAMES);
         for m in crate::cli::REMOTE_MODES {
             assert_eq!(m.parse::<crate::remote::Mode>().unwrap().to_string(), m);
+        }
+    }
+
+    #[test]
+    fn the_executor_flag_offers_exactly_the_executors() {
+        assert_eq!(&crate::cli::EXECUTORS[..], crate::slurm::Executor::NAMES);
+        for e in crate::cli::EXECUTORS {
+            assert_eq!(crate::slurm::Executor::parse(e).map(|x| x.to_string()).as_deref(), Some(e));
         }
     }
 }

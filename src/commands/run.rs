@@ -8,12 +8,14 @@ use super::{cache_dir, load_pipeline, ExitStatus};
 use crate::cli::{GlobalArgs, RunArgs};
 use crate::device::{DevicePool, PoolProblem};
 use crate::report::{Event, Reporter};
-use crate::sched::{RunOptions, Session};
+use crate::sched::{RunOptions, Session, SlurmSetup};
+use crate::slurm::Executor;
 use crate::spec::validate::Diagnostics;
 
 /// Runs the command.
 pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
-    let pipeline = load_pipeline(&args.file, &args.set)?;
+    let executor = args.executor.as_deref().and_then(Executor::parse);
+    let pipeline = load_pipeline(&args.file, &args.set)?.with_default_executor(executor);
     let cache = cache_dir(global, Some(&args.file));
     let reporter = Arc::new(Reporter::new(args.json, global.quiet > 0, global.no_progress));
     let remote = super::open_remote(global, &cache)?;
@@ -27,10 +29,14 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     }
     let selected = session.select(&args.target)?;
     let force = args.force.iter().map(|f| session.index(f)).collect::<Result<_, _>>()?;
+    if selected.iter().any(|&i| session.pipeline.nodes[i].executor() == Executor::Slurm) {
+        session = session.with_slurm(slurm_setup(args, global)?);
+    }
     let gpus = session.gpus().to_vec();
     let pool = DevicePool::new(1, &gpus);
     let mut gpu_diag: Option<Diagnostics> = None;
-    for &i in &selected {
+    // GPUs of Slurm nodes are the cluster's business.
+    for &i in selected.iter().filter(|&&i| session.pipeline.nodes[i].executor() == Executor::Local) {
         let node = &session.pipeline.nodes[i];
         match (pool.check(node.device, node.gpus), node.gpus_span) {
             (Ok(()), _) => {}
@@ -81,4 +87,31 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
         return Ok(ExitStatus::Failure);
     }
     Ok(ExitStatus::Success)
+}
+
+/// How this run submits Slurm jobs: this binary, run from here, with the arguments that make the
+/// job load the same pipeline and cache. Fails early when `sbatch` is not there.
+fn slurm_setup(args: &RunArgs, global: &GlobalArgs) -> Result<SlurmSetup> {
+    let found = std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("sbatch").is_file()));
+    if !found {
+        anyhow::bail!("nodes run with `executor: slurm`, but `sbatch` is not on PATH (run on a Slurm login node, or use `--executor local`)");
+    }
+    let mut extra = Vec::new();
+    for s in &args.set {
+        extra.push("--set".to_string());
+        extra.push(s.clone());
+    }
+    if let Some(e) = &args.executor {
+        extra.push("--executor".into());
+        extra.push(e.clone());
+    }
+    if let Some(r) = &global.remote {
+        extra.push("--remote".into());
+        extra.push(r.clone());
+    }
+    if let Some(m) = &global.remote_mode {
+        extra.push("--remote-mode".into());
+        extra.push(m.clone());
+    }
+    Ok(SlurmSetup { exe: std::env::current_exe()?, args: extra, chdir: std::env::current_dir()? })
 }

@@ -12,7 +12,8 @@ use crate::sched::{Freshness, Session};
 
 /// Runs the command.
 pub fn run(args: &StatusArgs, global: &GlobalArgs) -> Result<ExitStatus> {
-    let pipeline = load_pipeline(&args.file, &args.set)?;
+    let executor = args.executor.as_deref().and_then(crate::slurm::Executor::parse);
+    let pipeline = load_pipeline(&args.file, &args.set)?.with_default_executor(executor);
     let cache = cache_dir(global, Some(&args.file));
     let remote = super::open_remote(global, &cache)?;
     let session = Session::open(pipeline, &cache, Arc::new(Reporter::silent()))?.with_remote(remote);
@@ -61,6 +62,11 @@ pub fn run(args: &StatusArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                     let first = reasons.first().map(|r| format!(": {r}")).unwrap_or_default();
                     println!("will run  {label}{first}");
                 }
+            }
+            Freshness::Slurm { key, job, job_state, host } => {
+                stale += 1;
+                let on = host.as_ref().map(|h| format!(" on {h}")).unwrap_or_default();
+                println!("slurm     {label}  {}: Slurm job {job} {}{on}", &key[..12], job_state.to_lowercase());
             }
             Freshness::Error { message } => println!("error     {label}: {message}"),
         }

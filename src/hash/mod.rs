@@ -13,7 +13,10 @@
 //! | extra `world_size` | the number of GPUs a data-parallel kind (`gpus:`) runs on, when more than one | N ranks sum gradients in another order than one device |
 //!
 //! Not hashed: node names, file paths, mtimes, the pipeline's name, the cache location, the
-//! device a CPU-only node ran on. Renaming a node or moving the project reuses the cache.
+//! device a CPU-only node ran on, where a node ran (`executor:`: here or as a Slurm job) and what
+//! its job asked for (`resources:`). Renaming a node, moving the project or moving a node to a
+//! cluster reuses the cache. (A Slurm node's `device: auto` is CUDA when its job asks for GPUs,
+//! and that device type is hashed as above.)
 //!
 //! The encoding ([`Canon`]) is tagged and length-prefixed, so no two different values encode to
 //! the same bytes, and maps are sorted, so YAML key order never changes a key.

@@ -49,6 +49,8 @@ pub enum Event {
     NodePushed { node: String, key: String, remote: String, uploaded: u64, skipped: u64, bytes: u64 },
     /// A node started running, with the reasons it was not fresh.
     NodeStarted { node: String, kind: String, key: String, device: String, reasons: Vec<String> },
+    /// A node was submitted to Slurm as job `job`; the job's output goes to `log`.
+    NodeQueued { node: String, kind: String, key: String, job: String, log: String },
     /// Progress inside a node.
     NodeProgress { node: String, done: u64, total: Option<u64>, unit: String, message: Option<String> },
     /// Another process is computing the same key; this one waits and reuses its result.
@@ -182,6 +184,9 @@ impl Reporter {
                     bar.enable_steady_tick(Duration::from_millis(120));
                     self.bars.lock().expect("bars").insert(node.clone(), bar);
                 }
+            }
+            Event::NodeQueued { node, kind, job, log, .. } => {
+                self.line(&format!("Queued   {node} ({kind}) as Slurm job {job}\n         log: {log}"))
             }
             Event::NodeProgress { node, done, total, unit, message } => match &self.human {
                 Human::Bars(_) => {

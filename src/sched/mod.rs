@@ -16,6 +16,11 @@
 //!    new nodes; running ones finish.
 //! 5. The run record (each completed node's key and parts) is saved for `status --why` and `gc`.
 //!
+//! A node whose executor is Slurm takes no slot here: after step 3's key, lock and cache checks,
+//! it is submitted as a Slurm job that runs `pipe exec-node` on this cache, and its worker thread
+//! follows the job until it ends (see [`slurm`]). The job runs the node with the same function
+//! (`Session::compute`) as a local worker.
+//!
 //! Keys are computed as late as possible on purpose: a downstream key uses the upstream outputs'
 //! content digests, so an upstream rerun that produces identical bytes leaves everything
 //! downstream fresh (early cutoff).
@@ -38,9 +43,14 @@ use crate::params::did_you_mean;
 use crate::remote::{Mode, Remote, RemoteError};
 use crate::report::progress::NodeProgress;
 use crate::report::{CacheSource, Event, Reporter};
+use crate::slurm::Executor;
 use crate::source::Source;
 use crate::spec::validate::{suggest, SpecError};
-use crate::spec::{InputRef, Pipeline};
+use crate::spec::{InputRef, NodeSpec, Pipeline};
+
+pub mod slurm;
+
+pub use slurm::{JobError, SlurmSetup};
 
 /// A pipeline bound to a cache.
 pub struct Session {
@@ -61,6 +71,8 @@ pub struct Session {
     remote: Option<Remote>,
     /// Whether a failure to reach the remote was reported already.
     remote_down_reported: std::sync::atomic::AtomicBool,
+    /// How to submit nodes whose executor is Slurm (`None`: such nodes fail).
+    slurm: Option<SlurmSetup>,
 }
 
 /// How to run.
@@ -108,6 +120,8 @@ pub enum Freshness {
     Remote { key: Digest, remote: String },
     /// Will run, for these reasons.
     WillRun { key: Option<Digest>, reasons: Vec<DirtyReason> },
+    /// Being computed by a Slurm job that a run submitted: queued or running on the cluster.
+    Slurm { key: Digest, job: String, job_state: String, host: Option<String> },
     /// Its inputs cannot be resolved (a missing file, a failed download).
     Error { message: String },
 }
@@ -154,6 +168,9 @@ pub enum Cause {
     /// Its kind failed.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// Its Slurm job could not be submitted, failed, or was not the job it should be.
+    #[error(transparent)]
+    Job(#[from] JobError),
     /// The remote cache failed and the mode is `require`.
     #[error("{source} (--remote-mode require)")]
     Remote { source: RemoteError },
@@ -264,6 +281,7 @@ impl Session {
             gpus,
             remote: None,
             remote_down_reported: Default::default(),
+            slurm: None,
         })
     }
 
@@ -376,14 +394,13 @@ impl Session {
         // Extra components are a pure function of kind, version, params and input bytes, so they
         // are memoised under a digest of exactly those (a no-op rerun must not reparse a tokenizer).
         // A device-sensitive kind's output depends on the device type it runs on.
-        let pool = DevicePool::new(1, &self.gpus);
-        if kind.device_sensitive() && pool.resolves_to_cuda(node.device) {
+        let (cuda, world) = self.placement(node);
+        if kind.device_sensitive() && cuda {
             parts.extra.insert("device".into(), "cuda".into());
         }
         // Data-parallel ranks sum their gradients in another order than one device does, so the
         // world size changes the bits (not the math). One device adds nothing: keys from before
         // `gpus:` existed stay valid.
-        let world = pool.world_size(node.device, node.gpus);
         if kind.data_parallel() && world > 1 {
             parts.extra.insert("world_size".into(), world.to_string());
         }
@@ -424,6 +441,30 @@ impl Session {
             parts.extra.insert("world_size".into(), w);
         }
         Ok((parts, inputs))
+    }
+
+    /// Where node `i` computes, as far as its key is concerned: on CUDA or not, and on how many
+    /// devices. A local node resolves `auto` against this session's GPUs; a Slurm node against
+    /// what its job asks for (`auto` is CUDA when the job asks for GPUs), so the orchestrator
+    /// and the job agree on the key whatever machines they run on. The executor itself is never
+    /// part of a key.
+    fn placement(&self, node: &NodeSpec) -> (bool, usize) {
+        if node.executor() == Executor::Slurm {
+            let gpus = node.slurm_gpus() as usize;
+            let cuda = match node.device {
+                DeviceReq::Cuda => true,
+                DeviceReq::Cpu => false,
+                DeviceReq::Auto => gpus > 0,
+            };
+            let world = match (cuda, node.gpus) {
+                (false, _) => 1,
+                (true, crate::device::GpuCount::Count(n)) => n,
+                (true, crate::device::GpuCount::All) => gpus.max(1),
+            };
+            return (cuda, world);
+        }
+        let pool = DevicePool::new(1, &self.gpus);
+        (pool.resolves_to_cuda(node.device), pool.world_size(node.device, node.gpus))
     }
 
     fn digest(&self, path: &Path) -> std::io::Result<Digest> {
@@ -488,10 +529,15 @@ impl Session {
                                 done.insert(node.name.clone(), rec);
                                 out.push((i, Freshness::Remote { key, remote }));
                             }
-                            None => {
-                                let reasons = self.reasons(i, &parts);
-                                out.push((i, Freshness::WillRun { key: Some(key), reasons }));
-                            }
+                            None => match self.slurm_job(&key) {
+                                Some((job, info)) => {
+                                    out.push((i, Freshness::Slurm { key, job, job_state: info.state, host: info.node }))
+                                }
+                                None => {
+                                    let reasons = self.reasons(i, &parts);
+                                    out.push((i, Freshness::WillRun { key: Some(key), reasons }));
+                                }
+                            },
                         },
                     }
                 }
@@ -514,16 +560,19 @@ impl Session {
             pipeline: self.pipeline.name.clone(),
             nodes: order.iter().map(|&i| self.pipeline.nodes[i].name.clone()).collect(),
         });
+        if order.iter().any(|&i| self.pipeline.nodes[i].executor() == Executor::Slurm) {
+            slurm::install_interrupt_handler();
+        }
         for &i in &order {
             let node = &self.pipeline.nodes[i];
-            if node.device == DeviceReq::Auto && !pool.has_gpus() {
+            if node.device == DeviceReq::Auto && !pool.has_gpus() && node.executor() == Executor::Local {
                 self.reporter.warn(&format!(
                     "node `{}` has `device: auto` and no CUDA device is available: running on the CPU",
                     node.name
                 ));
             }
         }
-        let (tx, rx) = mpsc::channel::<(usize, Lease, Result<(NodeRecord, bool), Failure>)>();
+        let (tx, rx) = mpsc::channel::<(usize, Option<Lease>, Result<(NodeRecord, bool), Failure>)>();
         std::thread::scope(|scope| {
             let mut running = 0usize;
             loop {
@@ -536,8 +585,13 @@ impl Session {
                         if !self.graph.upstream(i).iter().all(|u| matches!(state[*u], State::Done)) {
                             continue;
                         }
-                        let Some(lease) = pool.try_lease(node.device, node.gpus) else {
-                            continue;
+                        // A Slurm node holds nothing here: the cluster schedules it.
+                        let lease = match node.executor() {
+                            Executor::Slurm => None,
+                            Executor::Local => match pool.try_lease(node.device, node.gpus) {
+                                Some(l) => Some(l),
+                                None => continue,
+                            },
                         };
                         state[i] = State::Running;
                         running += 1;
@@ -560,7 +614,9 @@ impl Session {
                     break;
                 };
                 running -= 1;
-                pool.release(lease);
+                if let Some(lease) = lease {
+                    pool.release(lease);
+                }
                 match result {
                     Ok((rec, ran)) => {
                         if ran {
@@ -635,13 +691,14 @@ impl Session {
 
     /// One node: key, lock, cache check (local, then remote), run, publish, push.
     /// `done` holds the records of the nodes done so far; `need_local` says the node's outputs
-    /// must end up in the local cache even when the remote has them.
+    /// must end up in the local cache even when the remote has them. `lease` is what it runs on
+    /// here; `None` for a node submitted to Slurm.
     fn execute(
         &self,
         i: usize,
         done: &HashMap<String, NodeRecord>,
         force: bool,
-        lease: Lease,
+        lease: Option<Lease>,
         need_local: bool,
     ) -> Result<(NodeRecord, bool), Failure> {
         let node = &self.pipeline.nodes[i];
@@ -661,7 +718,7 @@ impl Session {
         let key = parts.key();
         let log_path = self.store.log_path(&key);
         let fail = |cause: Cause| Failure { error: failed(cause), log: Some(log_path.clone()) };
-        let _lock = self
+        let lock = self
             .store
             .lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() }))
             .map_err(|e| fail(e.into()))?;
@@ -689,6 +746,29 @@ impl Session {
         for r in &reasons {
             tracing::debug!("dirty: {r}");
         }
+        let Some(lease) = lease else {
+            return self.run_on_slurm(i, &key, &lock, done, force, &reasons);
+        };
+        self.compute(i, &key, &parts, inputs, lease, &reasons).map(|rec| (rec, true))
+    }
+
+    /// Runs node `i` here under its held lock and publishes it: the one path from a key to a
+    /// cache entry, for `pipe run` and for a Slurm job's `pipe exec-node` alike.
+    fn compute(
+        &self,
+        i: usize,
+        key: &str,
+        parts: &KeyParts,
+        inputs: BTreeMap<String, PathBuf>,
+        lease: Lease,
+        reasons: &[DirtyReason],
+    ) -> Result<NodeRecord, Failure> {
+        let node = &self.pipeline.nodes[i];
+        let kind = node.kind;
+        let key = key.to_string();
+        let log_path = self.store.log_path(&key);
+        let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: kind.name(), source: Box::new(cause) };
+        let fail = |cause: Cause| Failure { error: failed(cause), log: Some(log_path.clone()) };
         self.reporter.emit(Event::NodeStarted {
             node: node.name.clone(),
             kind: kind.name().into(),
@@ -727,7 +807,7 @@ impl Session {
         let outs: Vec<(&str, bool)> = kind.outputs(&node.params).iter().map(|o| (o.name, o.dir)).collect();
         let rec = self
             .store
-            .publish(&key, &node.name, &parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })
+            .publish(&key, &node.name, parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })
             .map_err(|e| fail(e.into()))?;
         let _ = std::fs::remove_dir_all(&work);
         let finished = Event::NodeFinished {
@@ -744,7 +824,7 @@ impl Session {
         };
         self.reporter.emit(finished);
         self.push(&node.name, &rec, false).map_err(fail)?;
-        Ok((rec, true))
+        Ok(rec)
     }
 
     /// A remote failure: with `--remote-mode require` it fails the node; otherwise a warning
@@ -1085,5 +1165,25 @@ mod tests {
         let (all_three, extra) = key_extra(&session(dir.path(), "    gpus: all\n", &[0, 1, 2]));
         assert_eq!(extra.get("world_size").map(String::as_str), Some("3"));
         assert_ne!(all_three, gpus_2);
+    }
+
+    #[test]
+    fn where_a_node_runs_and_what_it_asks_slurm_for_are_not_in_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (local, _) = key_extra(&session(dir.path(), "", &[]));
+        let slurm = "    executor: slurm\n    resources: { partition: gpu, time: 30, cpus: 4, mem: 8G, extra: [--qos=x] }\n";
+        let (on_slurm, extra) = key_extra(&session(dir.path(), slurm, &[]));
+        assert_eq!(on_slurm, local, "executor and resources change no key: {extra:?}");
+        // What the job computes on does: `cuda` on Slurm is CUDA whatever this machine has,
+        // and `auto` is CUDA when the job asks for GPUs.
+        let (cuda, extra) = key_extra(&session(dir.path(), "    executor: slurm\n    device: cuda\n", &[]));
+        assert_eq!(extra.get("device").map(String::as_str), Some("cuda"));
+        let (local_cuda, _) = key_extra(&session(dir.path(), "    device: cuda\n", &[0]));
+        assert_eq!(cuda, local_cuda, "a CUDA node's key is the same here and on the cluster");
+        let (auto_gpu, _) =
+            key_extra(&session(dir.path(), "    executor: slurm\n    device: auto\n    resources: { gpus: 1 }\n", &[]));
+        assert_eq!(auto_gpu, cuda);
+        let (auto_cpu, _) = key_extra(&session(dir.path(), "    executor: slurm\n    device: auto\n", &[0]));
+        assert_eq!(auto_cpu, local, "`auto` on a Slurm job without GPUs is the CPU, whatever this machine has");
     }
 }

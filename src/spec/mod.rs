@@ -15,6 +15,8 @@
 //!   train:
 //!     kind: lora-train
 //!     gpus: 2                                   # data-parallel kinds only: N | all (implies cuda)
+//!     executor: slurm                           # local | slurm (default: `defaults:`, `--executor`, local)
+//!     resources: { time: "2:00:00", mem: 64G }  # sbatch options over `defaults: resources:`
 //! ```
 //!
 //! Loading never stops at the first problem: [`load`] collects every located diagnostic (syntax,
@@ -34,6 +36,7 @@ use crate::device::{DeviceReq, GpuCount};
 use crate::graph::{Cycle, Graph};
 use crate::nodes::{self, NodeKind};
 use crate::params::{did_you_mean, Default as ParamDefault, Params};
+use crate::slurm::{self, Executor, Resources};
 use validate::{suggest, Diagnostics, SpecError};
 use values::{convert, convert_scalar, BadValue};
 use yaml::{Span, Yaml, YamlValue};
@@ -53,6 +56,16 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Sets the executor of every node whose file says none (`pipe run --executor`).
+    pub fn with_default_executor(mut self, executor: Option<Executor>) -> Pipeline {
+        if let Some(e) = executor {
+            for n in &mut self.nodes {
+                n.executor.get_or_insert(e);
+            }
+        }
+        self
+    }
+
     /// The DAG of the nodes (indices into [`Self::nodes`]); a validated pipeline has no cycle.
     pub fn graph(&self) -> Result<Graph, Cycle> {
         Graph::build(&upstream_indices(&self.nodes))
@@ -75,11 +88,33 @@ pub struct NodeSpec {
     pub gpus: GpuCount,
     /// Where its `gpus:` value is in the file, when given (for errors found against the pool).
     pub gpus_span: Option<Span>,
+    /// Where it runs (`executor:`, else `defaults: executor:`, else `--executor`); `None` when
+    /// nothing says, which is local.
+    pub executor: Option<Executor>,
+    /// What it asks Slurm for (`resources:` over `defaults: resources:`); never part of its key.
+    pub resources: Resources,
     /// Where its name is in the file.
     pub span: Span,
 }
 
 impl NodeSpec {
+    /// Where it runs.
+    pub fn executor(&self) -> Executor {
+        self.executor.unwrap_or_default()
+    }
+
+    /// The GPUs its Slurm job asks for: `resources: gpus`, else its `gpus:` count when it runs on
+    /// CUDA (`device: cuda` or `gpus:`), else none. `gpus: all` without `resources: gpus` asks
+    /// for one.
+    pub fn slurm_gpus(&self) -> u32 {
+        match (self.resources.gpus, self.device, self.gpus) {
+            (Some(n), _, _) => n,
+            (None, DeviceReq::Cuda, GpuCount::Count(n)) => n as u32,
+            (None, DeviceReq::Cuda, GpuCount::All) => 1,
+            _ => 0,
+        }
+    }
+
     /// Names of the upstream nodes this node reads from.
     pub fn upstream(&self) -> impl Iterator<Item = &str> {
         self.inputs.values().filter_map(|r| match r {
@@ -147,7 +182,7 @@ impl Override {
 }
 
 const TOP_KEYS: &[&str] = &["name", "description", "defaults", "nodes"];
-const NODE_KEYS: &[&str] = &["kind", "inputs", "params", "device", "gpus", "description"];
+const NODE_KEYS: &[&str] = &["kind", "inputs", "params", "device", "gpus", "executor", "resources", "description"];
 const DEVICES: &[&str] = &["cpu", "cuda", "auto"];
 
 /// Reads, parses and validates a pipeline file, applying `--set` overrides.
@@ -297,8 +332,10 @@ impl Loader<'_> {
     /// `defaults:` is a map of parameter name (or `device`) to value.
     fn defaults<'y>(&mut self, y: &'y Yaml) -> HashMap<String, &'y Yaml> {
         let mut out = HashMap::new();
-        let known: Vec<&str> =
-            std::iter::once("device").chain(nodes::registry().iter().flat_map(|k| k.params().iter().map(|p| p.name))).collect();
+        let known: Vec<&str> = ["device", "executor", "resources"]
+            .into_iter()
+            .chain(nodes::registry().iter().flat_map(|k| k.params().iter().map(|p| p.name)))
+            .collect();
         for (k, entry) in self.keys(y, "defaults", &known) {
             out.insert(k.to_string(), &entry.1);
         }
@@ -310,6 +347,11 @@ impl Loader<'_> {
         let entries = self.keys(y, "nodes", &[]);
         let mut entries: Vec<_> = entries.into_values().collect();
         entries.sort_by_key(|(k, _)| k.span.offset);
+        // `defaults: executor` and `defaults: resources`, checked once.
+        let run_defaults = (
+            defaults.get("executor").and_then(|v| self.executor(v)),
+            defaults.get("resources").map(|v| self.resources("defaults", v)).unwrap_or_default(),
+        );
         for (key, body) in entries {
             let Some(name) = self.string(key, "node name") else {
                 continue;
@@ -320,14 +362,21 @@ impl Loader<'_> {
                 continue;
             }
             self.declared.insert(name.clone());
-            if let Some(node) = self.node(name, key.span, body, defaults) {
+            if let Some(node) = self.node(name, key.span, body, defaults, &run_defaults) {
                 out.push(node);
             }
         }
         out
     }
 
-    fn node(&mut self, name: String, span: Span, body: &Yaml, defaults: &HashMap<String, &Yaml>) -> Option<NodeSpec> {
+    fn node(
+        &mut self,
+        name: String,
+        span: Span,
+        body: &Yaml,
+        defaults: &HashMap<String, &Yaml>,
+        run_defaults: &(Option<Executor>, Resources),
+    ) -> Option<NodeSpec> {
         let what = format!("node `{name}`");
         let keys = self.keys(body, &what, NODE_KEYS);
         map_entries(body)?;
@@ -379,13 +428,118 @@ impl Loader<'_> {
                 self.diag.error(g.span, msg, "needs CUDA", help);
             }
         }
+        let executor = match keys.get("executor") {
+            Some((_, v)) => self.executor(v),
+            None => run_defaults.0,
+        };
+        let resources = match keys.get("resources") {
+            Some((_, v)) => self.resources(&format!("node `{name}`"), v),
+            None => Resources::default(),
+        }
+        .over(&run_defaults.1);
         let params = self.params(&name, kind, keys.get("params").map(|(_, v)| v), defaults);
         let inputs = self.inputs(&name, span, kind, keys.get("inputs").map(|(_, v)| v));
         if let Err((param, message)) = kind.check_params(&params) {
             let at = keys.get("params").map(|(_, v)| v.span).unwrap_or(span);
             self.diag.error(at, format!("node `{name}`: parameter `{param}`: {message}"), "here", None);
         }
-        Some(NodeSpec { name, kind, inputs, params, device, gpus, gpus_span, span })
+        Some(NodeSpec { name, kind, inputs, params, device, gpus, gpus_span, executor, resources, span })
+    }
+
+    /// `executor: local | slurm`.
+    fn executor(&mut self, v: &Yaml) -> Option<Executor> {
+        let e = v.as_scalar().filter(|_| !v.is_null()).and_then(Executor::parse);
+        if e.is_none() {
+            let help = suggest(v.as_scalar().and_then(|t| did_you_mean(t, Executor::NAMES.iter().copied())))
+                .or_else(|| Some("`local` runs the node in this process, `slurm` submits it as a Slurm job".into()));
+            self.diag.error(v.span, "`executor` must be one of local, slurm", "unknown executor", help);
+        }
+        e
+    }
+
+    /// `resources:` (of a node, or under `defaults:`): Slurm options, each checked.
+    fn resources(&mut self, owner: &str, y: &Yaml) -> Resources {
+        let mut out = Resources::default();
+        let what = format!("resources of {owner}");
+        let keys = self.keys(y, &what, slurm::RESOURCE_KEYS);
+        let mut keys: Vec<_> = keys.into_iter().collect();
+        keys.sort_by_key(|(_, (k, _))| k.span.offset);
+        for (key, (_, v)) in keys {
+            let text = v.as_scalar().filter(|_| !v.is_null() && !matches!(v.value, YamlValue::Seq(_)));
+            let bad = |diag: &mut Diagnostics, message: String, help: &str| {
+                diag.error(v.span, format!("{what}: `{key}`: {message}"), "invalid value", Some(help.to_string()));
+            };
+            let number = |t: &str| t.parse::<u32>().ok();
+            match key {
+                "partition" | "account" => match text {
+                    Some(t) if !t.is_empty() && !t.contains(char::is_whitespace) => {
+                        let slot = if key == "partition" { &mut out.partition } else { &mut out.account };
+                        *slot = Some(t.to_string());
+                    }
+                    _ => bad(&mut self.diag, format!("must be a name, found {}", v.type_name()), "e.g. `partition: gpu`"),
+                },
+                "time" => match text.map(slurm::check_time) {
+                    Some(Ok(t)) => out.time = Some(t),
+                    Some(Err(e)) => {
+                        bad(&mut self.diag, e, "minutes (`time: 30`), `HH:MM:SS` or `D-HH:MM:SS`, as sbatch --time reads it")
+                    }
+                    None => bad(
+                        &mut self.diag,
+                        format!("must be a time limit, found {}", v.type_name()),
+                        "e.g. `time: 30` (minutes) or `time: \"2:00:00\"`",
+                    ),
+                },
+                "mem" => match text.map(slurm::check_mem) {
+                    Some(Ok(m)) => out.mem = Some(m),
+                    Some(Err(e)) => {
+                        bad(&mut self.diag, e, "megabytes (`mem: 4000`) or with a unit (`mem: 16G`), as sbatch --mem reads it")
+                    }
+                    None => bad(&mut self.diag, format!("must be a memory size, found {}", v.type_name()), "e.g. `mem: 16G`"),
+                },
+                "cpus" => match text.and_then(number).filter(|&n| n >= 1) {
+                    Some(n) => out.cpus = Some(n),
+                    None => {
+                        bad(&mut self.diag, format!("must be a number of CPUs (1 or more), found {}", found(v)), "e.g. `cpus: 4`")
+                    }
+                },
+                "gpus" => match text.and_then(number) {
+                    Some(n) => out.gpus = Some(n),
+                    None => {
+                        bad(&mut self.diag, format!("must be a number of GPUs (0 or more), found {}", found(v)), "e.g. `gpus: 1`")
+                    }
+                },
+                "extra" => match &v.value {
+                    YamlValue::Seq(items) => {
+                        for item in items {
+                            match item.as_scalar().filter(|_| !item.is_null()) {
+                                Some(arg) => match slurm::check_extra(arg) {
+                                    Ok(()) => out.extra.push(arg.to_string()),
+                                    Err(e) => self.diag.error(
+                                        item.span,
+                                        format!("{what}: `extra`: {e}"),
+                                        "invalid sbatch argument",
+                                        Some("e.g. `extra: [\"--qos=high\", \"--constraint=a100\"]`".into()),
+                                    ),
+                                },
+                                None => self.diag.error(
+                                    item.span,
+                                    format!("{what}: `extra`: each item must be a string, found {}", item.type_name()),
+                                    "expected a string",
+                                    None,
+                                ),
+                            }
+                        }
+                    }
+                    _ => bad(
+                        &mut self.diag,
+                        format!("must be a list of sbatch arguments, found {}", v.type_name()),
+                        "e.g. `extra: [\"--qos=high\"]`",
+                    ),
+                },
+                _ => unreachable!("keys() admits only RESOURCE_KEYS"),
+            }
+        }
+        out
     }
 
     /// `gpus: N | all` on a data-parallel kind.
@@ -573,6 +727,11 @@ impl Loader<'_> {
     }
 }
 
+/// How a value reads in a "found ..." message: the scalar itself, or its shape.
+fn found(v: &Yaml) -> String {
+    v.as_scalar().filter(|_| !v.is_null()).map(|t| format!("`{t}`")).unwrap_or_else(|| v.type_name().to_string())
+}
+
 fn kind_names() -> String {
     nodes::registry().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
 }
@@ -593,4 +752,35 @@ pub fn parse_ref(text: &str) -> InputRef {
         }
     }
     InputRef::File(PathBuf::from(text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_yaml(yaml: &str) -> Pipeline {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("r.jsonl"), "{}").unwrap();
+        std::fs::write(dir.path().join("p.yaml"), yaml).unwrap();
+        load(&dir.path().join("p.yaml"), &[]).unwrap()
+    }
+
+    #[test]
+    fn executor_and_resources_come_from_the_node_over_the_defaults_and_the_command_line_fills_the_rest() {
+        let p = load_yaml(
+            "name: t\ndefaults:\n  resources: { partition: gpu, time: 30, extra: [--qos=low] }\nnodes:\n  a: { kind: fix-json, inputs: { records: r.jsonl }, executor: slurm, resources: { time: \"1-0\", cpus: 2 } }\n  b: { kind: fix-json, inputs: { records: r.jsonl } }\n  c: { kind: fix-json, inputs: { records: r.jsonl }, executor: local }\n",
+        )
+        .with_default_executor(Some(Executor::Slurm));
+        let [a, b, c] = &p.nodes[..] else { panic!("three nodes") };
+        assert_eq!((a.executor(), b.executor(), c.executor()), (Executor::Slurm, Executor::Slurm, Executor::Local));
+        assert_eq!(a.resources.sbatch_args(0), ["--partition=gpu", "--time=1-0", "--cpus-per-task=2", "--qos=low"]);
+        assert_eq!(b.resources.sbatch_args(0), ["--partition=gpu", "--time=30", "--qos=low"]);
+        let d =
+            load_yaml("name: t\ndefaults: { executor: slurm }\nnodes:\n  a: { kind: fix-json, inputs: { records: r.jsonl } }\n");
+        assert_eq!(
+            d.with_default_executor(Some(Executor::Local)).nodes[0].executor(),
+            Executor::Slurm,
+            "the file wins over --executor"
+        );
+    }
 }

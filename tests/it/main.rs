@@ -48,5 +48,10 @@ mod export;
 /// signed records; over a shared folder and a real S3 server.
 mod remote;
 
+/// Nodes as Slurm jobs on a real one-node cluster (scripts/slurm-cluster.sh): `--executor slurm`,
+/// a cancelled training job resumes, time limits and failures with Slurm's reason, two
+/// orchestrators at once; bad `resources:`.
+mod slurm;
+
 /// `pipelines/fortune.yaml` end to end on the default model with a small step budget.
 mod fortune;
