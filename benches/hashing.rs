@@ -17,9 +17,10 @@
 //!      PIPE_BENCH_MIB (default 1024), PIPE_BENCH_REPS (default 5), PIPE_BENCH_JSON (write results here).
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
+
+mod common;
 
 use pipe::hash::hash_file;
 use pipe::hash::statcache::StatCache;
@@ -37,24 +38,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Writes `bytes` of deterministic pseudo-random data (xorshift64*), then fsyncs.
+/// Writes `bytes` of deterministic pseudo-random data, then fsyncs.
 fn write_file(path: &Path, bytes: u64) -> std::io::Result<()> {
-    let mut f = File::create(path)?;
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 8 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            chunk.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.sync_all()
+    common::write_random_file(path, bytes, 0)
 }
 
 /// Evicts the file from the page cache; returns the method that worked.

@@ -13,9 +13,9 @@
 //! env: PIPE_BENCH_MIB (default 1024), PIPE_BENCH_REPS (default 3),
 //!      PIPE_BENCH_DIR (default target/bench-remote; on a real disk).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
 use std::time::Instant;
 
 use pipe::cache::{RunFacts, Store};
@@ -24,26 +24,6 @@ use pipe::remote::{Mode, Remote, RemoteConfig};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// `bytes` of xorshift64* output from `seed`, fsynced.
-fn write_file(path: &Path, bytes: u64, seed: u64) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    let mut buf = vec![0u8; 8 << 20];
-    let mut left = bytes;
-    while left > 0 {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            chunk.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-        }
-        let n = left.min(buf.len() as u64) as usize;
-        f.write_all(&buf[..n])?;
-        left -= n as u64;
-    }
-    f.sync_all()
 }
 
 fn main() {
@@ -73,7 +53,7 @@ fn main() {
         };
         let key = parts.key();
         let staging = a.staging(&key).expect("staging");
-        write_file(&staging.join("blob"), bytes, rep + u64::from(std::process::id())).expect("write");
+        common::write_random_file(&staging.join("blob"), bytes, rep + u64::from(std::process::id())).expect("write");
         let rec = a.publish(&key, "bench", &parts, &staging, &[("blob", false)], RunFacts::default()).expect("publish");
         let t = Instant::now();
         let pushed = remote.push(&a, &rec, &|_, _| {}).expect("push");

@@ -816,15 +816,16 @@ impl Session {
             key: key.clone(),
             duration_ms,
             summary: rec.summary.clone(),
-            outputs: rec
-                .outputs
-                .iter()
-                .map(|(k, v)| (k.clone(), self.store.object_path(&v.digest).display().to_string()))
-                .collect(),
+            outputs: self.output_paths(&rec),
         };
         self.reporter.emit(finished);
         self.push(&node.name, &rec, false).map_err(fail)?;
         Ok(rec)
+    }
+
+    /// Where each of a record's outputs is in the local cache (for `node_finished`).
+    fn output_paths(&self, rec: &NodeRecord) -> HashMap<String, String> {
+        rec.outputs.iter().map(|(k, v)| (k.clone(), self.store.object_path(&v.digest).display().to_string())).collect()
     }
 
     /// A remote failure: with `--remote-mode require` it fails the node; otherwise a warning
@@ -1015,11 +1016,7 @@ impl Session {
             key,
             duration_ms,
             summary: local.summary.clone(),
-            outputs: local
-                .outputs
-                .iter()
-                .map(|(k, v)| (k.clone(), self.store.object_path(&v.digest).display().to_string()))
-                .collect(),
+            outputs: self.output_paths(&local),
         });
         Ok(())
     }

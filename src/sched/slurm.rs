@@ -311,11 +311,7 @@ impl Session {
                     key: key.to_string(),
                     duration_ms: rec.duration_ms,
                     summary: rec.summary.clone(),
-                    outputs: rec
-                        .outputs
-                        .iter()
-                        .map(|(k, v)| (k.clone(), self.store.object_path(&v.digest).display().to_string()))
-                        .collect(),
+                    outputs: self.output_paths(&rec),
                 });
                 let _ = std::fs::remove_dir_all(&work);
                 self.push(&node.name, &rec, true).map_err(|c| failed(c, Some(log.clone())))?;
