@@ -725,13 +725,7 @@ impl Session {
         if !force {
             if let Some(rec) = self.store.record(&key) {
                 tracing::debug!("fresh: {key}");
-                self.reporter.emit(Event::NodeCached {
-                    node: node.name.clone(),
-                    kind: kind.name().into(),
-                    key: key.clone(),
-                    source: CacheSource::Local,
-                    pulled_bytes: None,
-                });
+                self.emit_cached_locally(node, &key);
                 // An entry computed here before (or whose push was killed) reaches the remote now.
                 self.push(&node.name, &rec, true).map_err(fail)?;
                 return Ok((rec, false));
@@ -821,6 +815,17 @@ impl Session {
         self.reporter.emit(finished);
         self.push(&node.name, &rec, false).map_err(fail)?;
         Ok(rec)
+    }
+
+    /// Reports a node served from the local cache.
+    fn emit_cached_locally(&self, node: &NodeSpec, key: &str) {
+        self.reporter.emit(Event::NodeCached {
+            node: node.name.clone(),
+            kind: node.kind.name().into(),
+            key: key.to_string(),
+            source: CacheSource::Local,
+            pulled_bytes: None,
+        });
     }
 
     /// Where each of a record's outputs is in the local cache (for `node_finished`).

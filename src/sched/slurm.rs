@@ -18,7 +18,7 @@ use crate::cache::lock::KeyLock;
 use crate::cache::NodeRecord;
 use crate::device::{DevicePool, DeviceReq};
 use crate::hash::dirty::DirtyReason;
-use crate::report::{CacheSource, Event};
+use crate::report::Event;
 use crate::slurm::{self, JobInfo, JobSpec, SlurmError};
 
 /// How this process submits Slurm jobs.
@@ -287,13 +287,7 @@ impl Session {
         match self.store.record(key) {
             Some(rec) if info.as_ref().is_none_or(|i| i.state == "COMPLETED") || started || cached => {
                 if cached && !started {
-                    self.reporter.emit(Event::NodeCached {
-                        node: node.name.clone(),
-                        kind: kind.name().into(),
-                        key: key.to_string(),
-                        source: CacheSource::Local,
-                        pulled_bytes: None,
-                    });
+                    self.emit_cached_locally(node, key.as_ref());
                     return Ok((rec, false));
                 }
                 if !started {
@@ -387,13 +381,7 @@ impl Session {
         }
         .map_err(|e| fail(e.into()))?;
         if let Some(rec) = self.store.record(&key).filter(|_| !force) {
-            self.reporter.emit(Event::NodeCached {
-                node: node.name.clone(),
-                kind: kind.name().into(),
-                key: key.clone(),
-                source: CacheSource::Local,
-                pulled_bytes: None,
-            });
+            self.emit_cached_locally(node, key.as_ref());
             return Ok((rec, false));
         }
         self.ensure_inputs(i, &done).map_err(fail)?;
