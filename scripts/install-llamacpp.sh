@@ -11,8 +11,8 @@ PY=${PYTHON:-python3}
 if [[ "$PY" == */* ]]; then PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"; fi
 mkdir -p "$DIR" && cd "$DIR"
 BIN="$PWD/build/bin"
-TOOLS="llama-tokenize llama-simple llama-perplexity"
-done_marker="$PWD/.built-$VERSION-o1"
+TOOLS="llama-tokenize llama-simple llama-perplexity llama-server"
+done_marker="$PWD/.built-$VERSION-o1-server"
 if [ -f "$done_marker" ]; then echo "$BIN"; exit 0; fi
 if ! command -v cmake >/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check cmake >&2
@@ -33,7 +33,7 @@ CMAKE
 cmake -S "$SRC/vendor/llama.cpp" -B build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=OFF \
   -DCMAKE_C_FLAGS_RELEASE="-O1 -DNDEBUG" -DCMAKE_CXX_FLAGS_RELEASE="-O1 -DNDEBUG" \
   -DCMAKE_PROJECT_ggml_INCLUDE="$PWD/ggml-release-flags.cmake" \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF -DLLAMA_OPENSSL=OFF \
   -DLLAMA_CURL=OFF -DGGML_CCACHE=OFF >cmake-configure.log 2>&1 || { tail -20 cmake-configure.log >&2; exit 1; }
 # shellcheck disable=SC2086
 cmake --build build -j"$(nproc)" --target $TOOLS >cmake-build.log 2>&1 || { tail -30 cmake-build.log >&2; exit 1; }

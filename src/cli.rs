@@ -15,6 +15,8 @@ Examples:
   pipe verify pipelines/fortune.yaml tokenize          re-execute and compare digests
   pipe push pipelines/fortune.yaml --remote s3://team-bucket/pipe
                                                        share results through a remote cache
+  pipe serve pipelines/fortune.yaml                    chat with the exported model (Ollama and
+                                                       OpenAI APIs on http://127.0.0.1:11434)
   pipe gc --dry-run                                    what gc would delete
 
 Exit codes: 0 success (also when everything was fresh), 1 a node failed or verify found a
@@ -95,6 +97,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Upload cached nodes to the remote cache (those it lacks)
     Push(PushArgs),
+    /// Serve export-gguf models over the Ollama and OpenAI APIs (brings them up to date first)
+    Serve(ServeArgs),
     /// Delete cache entries that no pipeline's latest run references
     Gc(GcArgs),
     /// List node kinds with their inputs, parameters and outputs
@@ -240,6 +244,36 @@ pub struct PushArgs {
     /// Override a parameter as `run` would
     #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
     pub set: Vec<String>,
+}
+
+/// `pipe serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The pipeline file
+    pub file: PathBuf,
+    /// export-gguf nodes to serve [default: every export-gguf node of the file]
+    pub nodes: Vec<String>,
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (Ollama's, so Ollama clients find it unconfigured); 0 picks a free one
+    #[arg(long, default_value_t = 11434)]
+    pub port: u16,
+    /// Override a parameter as `run` would
+    #[arg(long = "set", value_name = "NODE.PARAM=VALUE")]
+    pub set: Vec<String>,
+    /// Context size in tokens per model, shared by its parallel requests [default: the model's]
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx_size: Option<u32>,
+    /// Requests each model decodes at once; more wait in its queue
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub parallel: u32,
+    /// CPU threads per model [default: llama-server's choice]
+    #[arg(long)]
+    pub threads: Option<u32>,
+    /// Print one JSON event per line on stdout (the run's, then `serving` with the URL)
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `pipe gc`.

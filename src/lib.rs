@@ -26,6 +26,7 @@
 //! | [`model`] | the decoder in candle: architectures, LoRA forward, explicit backward, loading, peft format |
 //! | [`train`] | AdamW, schedules, checkpoints, the resumable training loop, data-parallel ranks |
 //! | [`export`] | the GGUF export, its verification gate, llama.cpp's tools, the Ollama Modelfile |
+//! | [`serve`] | `pipe serve`: llama-server children behind an Ollama- and OpenAI-compatible front end |
 //! | [`report`] | progress bars, plain lines and `--json` events |
 //! | [`cli`] | the command line (clap) |
 //! | [`commands`] | one file per subcommand |
@@ -55,13 +56,14 @@
 //! | `train` | `model` |
 //! | `dataset` | `tokenizer` |
 //! | `export` | `gguf`, `model`, `tokenizer` |
+//! | `serve` | `gguf`, `export`, `report` |
 //! | `cache` | `hash` |
 //! | `source` | `cache` |
 //! | `remote` | `hash`, `cache` |
 //! | `nodes` | `params`, `device`, `report`, `hash`, `gguf`, `model`, `tokenizer`, `train`, `dataset`, `export` |
 //! | `spec` | `params`, `device`, `slurm`, `graph`, `nodes`, `source` |
 //! | `sched` | `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `source`, `nodes`, `spec` |
-//! | `commands` | `cli`, `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `nodes`, `spec`, `sched` |
+//! | `commands` | `cli`, `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `nodes`, `spec`, `sched`, `serve` |
 
 pub mod cache;
 pub mod cli;
@@ -78,6 +80,7 @@ pub mod params;
 pub mod remote;
 pub mod report;
 pub mod sched;
+pub mod serve;
 pub mod slurm;
 pub mod source;
 pub mod spec;

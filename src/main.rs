@@ -51,6 +51,7 @@ fn main() -> ExitCode {
         Command::Show(a) => commands::show::run(a, g),
         Command::Verify(a) => commands::verify::run(a, g),
         Command::Push(a) => commands::push::run(a, g),
+        Command::Serve(a) => commands::serve::run(a, g),
         Command::Gc(a) => commands::gc::run(a, g),
         Command::Kinds(a) => commands::kinds::run(a),
         Command::ExecNode(a) => commands::exec_node::run(a, g),

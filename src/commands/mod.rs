@@ -7,6 +7,7 @@ pub mod graph;
 pub mod kinds;
 pub mod push;
 pub mod run;
+pub mod serve;
 pub mod show;
 pub mod status;
 pub mod verify;

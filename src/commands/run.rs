@@ -14,6 +14,12 @@ use crate::spec::validate::Diagnostics;
 
 /// Runs the command.
 pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
+    Ok(run_session(args, global)?.0)
+}
+
+/// Runs the command and returns the session it ran in (`pipe serve` reads the targets' records
+/// from it).
+pub fn run_session(args: &RunArgs, global: &GlobalArgs) -> Result<(ExitStatus, Session)> {
     let executor = args.executor.as_deref().and_then(Executor::parse);
     let pipeline = load_pipeline(&args.file, &args.set)?.with_default_executor(executor);
     let cache = cache_dir(global, Some(&args.file));
@@ -84,9 +90,9 @@ pub fn run(args: &RunArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                 eprintln!("  log: {}", log.display());
             }
         }
-        return Ok(ExitStatus::Failure);
+        return Ok((ExitStatus::Failure, session));
     }
-    Ok(ExitStatus::Success)
+    Ok((ExitStatus::Success, session))
 }
 
 /// How this run submits Slurm jobs: this binary, run from here, with the arguments that make the

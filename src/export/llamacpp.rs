@@ -33,7 +33,8 @@ pub struct LlamaCpp {
     pub perplexity: Option<PathBuf>,
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
+/// A llama.cpp program by name: in `$PIPE_LLAMA_CPP` when set, else on `PATH`.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("PIPE_LLAMA_CPP") {
         let p = Path::new(&dir).join(name);
         return p.is_file().then_some(p);
@@ -45,7 +46,7 @@ fn find_tool(name: &str) -> Option<PathBuf> {
 pub fn search_description() -> String {
     match std::env::var_os("PIPE_LLAMA_CPP") {
         Some(d) => format!("PIPE_LLAMA_CPP={}", Path::new(&d).display()),
-        None => "PATH (set PIPE_LLAMA_CPP to a folder with llama-tokenize and llama-simple)".into(),
+        None => "PATH (set PIPE_LLAMA_CPP to the folder of llama.cpp's programs: llama-tokenize, llama-simple, llama-server)".into(),
     }
 }
 

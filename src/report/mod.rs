@@ -70,6 +70,29 @@ pub enum Event {
     NodeSkipped { node: String, because: String },
     /// The run is over.
     RunFinished { ok: bool, ran: usize, cached: usize, failed: usize, skipped: usize, duration_ms: u64 },
+    /// `pipe serve`: a model's llama-server is starting (loading the GGUF file).
+    ModelStarting { model: String, node: String, gguf: String, log: String },
+    /// `pipe serve`: every model answers at `url` (Ollama API there, OpenAI API under `/v1`).
+    Serving { url: String, models: Vec<ServedModel> },
+    /// `pipe serve`: a model's llama-server exited while serving; requests for it get 503.
+    ModelExited { model: String, status: String, log: String, tail: String },
+    /// `pipe serve` stopped (a signal) and stopped its llama-server children.
+    ServeStopped { reason: String },
+}
+
+/// One model of [`Event::Serving`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ServedModel {
+    /// The name clients ask for.
+    pub name: String,
+    /// The export-gguf node it comes from.
+    pub node: String,
+    /// The GGUF file.
+    pub gguf: String,
+    /// The llama-server child's process id.
+    pub pid: u32,
+    /// The child's log file.
+    pub log: String,
 }
 
 /// Where a fresh node's entry came from.
@@ -231,6 +254,34 @@ impl Reporter {
                 let verdict = if *ok { "Done" } else { "Failed" };
                 self.line(&format!("{verdict}: {} in {}", parts.join(", "), fmt_ms(*duration_ms)));
             }
+            Event::ModelStarting { model, gguf, .. } => self.line(&format!("Starting llama-server for model `{model}` ({gguf})")),
+            Event::Serving { url, models } => {
+                // The result of the command, so on stdout (as `pipe show` prints), even with -q.
+                if !self.json {
+                    let mut out = std::io::stdout().lock();
+                    let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+                    let _ = writeln!(out, "Serving {} on {url} (Ollama API) and {url}/v1 (OpenAI API)", names.join(", "));
+                    for m in models {
+                        let _ = writeln!(out, "  {:<20} from node {}: {} (llama-server pid {}, log {})", m.name, m.node, m.gguf, m.pid, m.log);
+                    }
+                    let _ = writeln!(out, "Chat with it in Open WebUI (pip install open-webui):");
+                    let _ = writeln!(out, "  OLLAMA_BASE_URL={url} open-webui serve");
+                    let _ = writeln!(out, "  or: OPENAI_API_BASE_URL={url}/v1 OPENAI_API_KEY=none open-webui serve");
+                    let _ = writeln!(out, "or with curl: curl {url}/api/chat -d '{{\"model\": \"{}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'", names.first().copied().unwrap_or(""));
+                    let _ = writeln!(out, "Ctrl-C stops.");
+                    let _ = out.flush();
+                }
+            }
+            Event::ModelExited { model, status, log, tail } => {
+                // An error the user must see, even with -q.
+                if !self.json {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "error: llama-server for model `{model}` exited ({status}); requests for it get 503 (log: {log}). Its last lines:\n{tail}"
+                    );
+                }
+            }
+            Event::ServeStopped { reason } => self.line(&format!("Stopped ({reason}); the llama-server children are stopped")),
         }
     }
 

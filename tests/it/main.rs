@@ -57,3 +57,8 @@ mod remote;
 /// a cancelled training job resumes, time limits and failures with Slurm's reason, two
 /// orchestrators at once; bad `resources:`.
 mod slurm;
+
+/// `pipe serve` with a real llama-server: the Ollama and OpenAI APIs (and their official Python
+/// clients) agree on one greedy answer, 16 streams at once, bad requests, and the lifecycle (busy
+/// port, no llama.cpp, a failed export, a dead child, SIGTERM, SIGKILL leaves no orphan).
+mod serve;
