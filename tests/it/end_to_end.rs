@@ -79,6 +79,13 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     verify.extend_from_slice(&budget);
     teammate.pipe(verify).success();
 
+    // The tuned F16 export, served: the same greedy answer through the OpenAI and Ollama APIs,
+    // streamed or not, and it is pipe's own greedy continuation of the same rendered prompt on the
+    // same file (or parts from it only at a near-tie, as the export gate allows).
+    if crate::serve::available("fortune served") {
+        served_answer_is_pipes_greedy_answer(&t, file, &budget);
+    }
+
     // The export passes its gate in F16 (the pipeline's), Q8_0 and Q4_K_M; with llama.cpp
     // (scripts/test.sh builds it) that includes llama.cpp's tokenizer, greedy answers (for Q8_0
     // against pipe's emulation of llama.cpp's CPU arithmetic) and perplexity.
@@ -101,4 +108,70 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
             assert_eq!(status("llama.cpp perplexity"), Some(ppl.into()), "{ty}: {v:#}");
         }
     }
+}
+
+fn served_answer_is_pipes_greedy_answer(t: &TestContext, file: &str, budget: &[&str]) {
+    use serde_json::json;
+
+    use crate::common::http::post;
+    const Q: &str = "现在你要扮演我碰到一位神秘的算命大师, 你是谁?今天我的事业运道如何?";
+    const N: usize = 8;
+    let mut args = vec![file];
+    args.extend_from_slice(budget);
+    let s = crate::serve::Server::start_file(t, &args).unwrap_or_else(|e| panic!("{e:?}"));
+    let u = &s.url;
+    let rendered = format!("User: {Q}\n\nAssistant:");
+    let messages = json!([{"role": "user", "content": Q}]);
+    let r = post(&format!("{u}/apply-template"), &json!({"model": "fortune", "messages": messages}));
+    assert_eq!(r.json()["prompt"], rendered.as_str(), "{}", r.body);
+    let openai = post(
+        &format!("{u}/v1/chat/completions"),
+        &json!({"model": "fortune", "messages": messages, "temperature": 0, "max_tokens": N}),
+    )
+    .json();
+    let served = openai["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let ollama = |stream: bool| {
+        let r = post(
+            &format!("{u}/api/chat"),
+            &json!({"model": "fortune", "messages": messages, "stream": stream, "options": {"temperature": 0, "num_predict": N}}),
+        );
+        r.body
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]["content"].as_str().unwrap().to_string())
+            .collect::<String>()
+    };
+    assert_eq!(ollama(false), served);
+    assert_eq!(ollama(true), served);
+
+    // pipe's greedy continuation of the rendered prompt on the served file, with its top-2 logit
+    // margin at each step.
+    let gguf = &s.ggufs[0];
+    let model = pipe::model::load::load(gguf, &candle_core::Device::Cpu).expect("pipe loads the served GGUF");
+    let tk = pipe::tokenizer::load::load(gguf).expect("its tokenizer");
+    let ids = tk.tokenizer.encode(rendered.as_str(), true).unwrap().get_ids().to_vec();
+    let stop: Vec<u32> = tk.eos.iter().map(|e| e.0).collect();
+    let mut margins = Vec::new();
+    let ours = pipe::model::generate::decode_with(&model, None, &ids, &stop, N, |v| {
+        let best = pipe::model::generate::argmax(v) as usize;
+        let second = v.iter().enumerate().filter(|(i, _)| *i != best).map(|(_, x)| *x).fold(f32::NEG_INFINITY, f32::max);
+        margins.push(v[best] - second);
+        best as u32
+    })
+    .unwrap();
+    let text = |n: usize| tk.tokenizer.decode(&ours[..n], true).unwrap().trim_end_matches('\u{FFFD}').to_string();
+    let served_trim = served.trim_end_matches('\u{FFFD}');
+    // The first of pipe's tokens whose text the served answer does not continue with (or, past
+    // the last, the step where pipe chose to stop).
+    let parting = (1..=ours.len()).find(|&n| !served_trim.starts_with(&text(n))).map(|n| n - 1);
+    let parting = parting.or((text(ours.len()) != served_trim).then_some(ours.len()));
+    if let Some(k) = parting {
+        // The export gate's default near-tie bound.
+        assert!(
+            margins[k] < 0.25,
+            "served {served:?} parts from pipe's greedy {:?} at token {k}, where pipe's top-2 margin is {} (not a near-tie)",
+            text(ours.len()),
+            margins[k]
+        );
+    }
+    assert!(!served.trim().is_empty());
 }

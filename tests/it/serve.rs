@@ -29,6 +29,11 @@ fn have_llama_server(test: &str) -> bool {
     found
 }
 
+/// Whether `pipe serve` can be tested here (llama-server built); panics where it is required.
+pub fn available(test: &str) -> bool {
+    have_llama_server(test)
+}
+
 /// A project with a tiny random model exported as F16 in the training format (`seed`).
 fn project() -> TestContext {
     let t = TestContext::new();
@@ -41,26 +46,36 @@ fn project() -> TestContext {
 }
 
 /// A running `pipe serve --json`.
-struct Server {
+pub struct Server {
     child: Child,
-    url: String,
-    pids: Vec<u32>,
+    pub url: String,
+    pub pids: Vec<u32>,
+    /// The served GGUF files, in the event's order.
+    pub ggufs: Vec<std::path::PathBuf>,
     /// stdout lines after the `serving` event.
     later: Arc<Mutex<Vec<String>>>,
     stderr: std::path::PathBuf,
 }
 
 impl Server {
-    /// Starts `pipe serve FILE --port 0 --json EXTRA...`; `Err` with stdout and stderr when it
+    /// Starts `pipe serve p.yaml --port 0 --json EXTRA...`; `Err` with stdout and stderr when it
     /// exits before serving.
     fn start(t: &TestContext, extra: &[&str]) -> Result<Server, (Option<i32>, String, String)> {
+        let mut args = vec!["p.yaml"];
+        args.extend_from_slice(extra);
+        Server::start_file(t, &args)
+    }
+
+    /// Starts `pipe serve ARGS... --port 0 --json --threads 1`.
+    pub fn start_file(t: &TestContext, args: &[&str]) -> Result<Server, (Option<i32>, String, String)> {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stderr = t.path(&format!("serve-{n}.stderr"));
-        let mut args = vec!["serve", "p.yaml", "--port", "0", "--json", "--threads", "1"];
-        args.extend_from_slice(extra);
+        let mut all = vec!["serve"];
+        all.extend_from_slice(args);
+        all.extend(["--port", "0", "--json", "--threads", "1"]);
         let mut child = t
-            .std_cmd(args)
+            .std_cmd(all)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .spawn()
@@ -74,6 +89,7 @@ impl Server {
             if v["event"] == "serving" {
                 let url = v["url"].as_str().unwrap().to_string();
                 let pids = v["models"].as_array().unwrap().iter().map(|m| m["pid"].as_u64().unwrap() as u32).collect();
+                let ggufs = v["models"].as_array().unwrap().iter().map(|m| m["gguf"].as_str().unwrap().into()).collect();
                 let later = Arc::new(Mutex::new(Vec::new()));
                 let sink = later.clone();
                 std::thread::spawn(move || {
@@ -81,7 +97,7 @@ impl Server {
                         sink.lock().unwrap().push(l);
                     }
                 });
-                return Ok(Server { child, url, pids, later, stderr });
+                return Ok(Server { child, url, pids, ggufs, later, stderr });
             }
         }
         let status = child.wait().unwrap();
