@@ -40,7 +40,11 @@ pub fn run(args: &ServeArgs, global: &GlobalArgs) -> Result<ExitStatus> {
                     export_names(&pipeline.nodes).join(", ")
                 ),
                 Some(n) if n.kind.name() != EXPORT => {
-                    bail!("{}: node `{name}` is a {} node; `pipe serve` serves {EXPORT} nodes", args.file.display(), n.kind.name())
+                    bail!(
+                        "{}: node `{name}` is a {} node; `pipe serve` serves {EXPORT} nodes",
+                        args.file.display(),
+                        n.kind.name()
+                    )
                 }
                 Some(_) => {}
             }

@@ -46,7 +46,9 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
 pub fn search_description() -> String {
     match std::env::var_os("PIPE_LLAMA_CPP") {
         Some(d) => format!("PIPE_LLAMA_CPP={}", Path::new(&d).display()),
-        None => "PATH (set PIPE_LLAMA_CPP to the folder of llama.cpp's programs: llama-tokenize, llama-simple, llama-server)".into(),
+        None => {
+            "PATH (set PIPE_LLAMA_CPP to the folder of llama.cpp's programs: llama-tokenize, llama-simple, llama-server)".into()
+        }
     }
 }
 

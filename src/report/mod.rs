@@ -262,7 +262,11 @@ impl Reporter {
                     let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
                     let _ = writeln!(out, "Serving {} on {url} (Ollama API) and {url}/v1 (OpenAI API)", names.join(", "));
                     for m in models {
-                        let _ = writeln!(out, "  {:<20} from node {}: {} (llama-server pid {}, log {})", m.name, m.node, m.gguf, m.pid, m.log);
+                        let _ = writeln!(
+                            out,
+                            "  {:<20} from node {}: {} (llama-server pid {}, log {})",
+                            m.name, m.node, m.gguf, m.pid, m.log
+                        );
                     }
                     let _ = writeln!(out, "Chat with it in Open WebUI (pip install open-webui):");
                     let _ = writeln!(out, "  OLLAMA_BASE_URL={url} open-webui serve");

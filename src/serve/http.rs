@@ -69,7 +69,9 @@ impl ApiError {
     /// The response for `api`.
     pub fn into_response(self, api: Api) -> Response<Body> {
         let body = match api {
-            Api::OpenAi => json!({"error": {"message": self.message, "type": kind_of(self.status), "param": null, "code": self.code}}),
+            Api::OpenAi => {
+                json!({"error": {"message": self.message, "type": kind_of(self.status), "param": null, "code": self.code}})
+            }
             Api::Ollama => json!({"error": self.message}),
         };
         json_response(self.status, &body)
@@ -282,7 +284,9 @@ fn health(state: &State) -> Value {
     let models: Map<String, Value> = state
         .models
         .iter()
-        .map(|m| (m.info.name.clone(), json!(m.child.exit_status().map(|s| format!("exited ({s})")).unwrap_or_else(|| "ok".into()))))
+        .map(|m| {
+            (m.info.name.clone(), json!(m.child.exit_status().map(|s| format!("exited ({s})")).unwrap_or_else(|| "ok".into())))
+        })
         .collect();
     let ok = models.values().all(|v| v == "ok");
     json!({"status": if ok { "ok" } else { "degraded" }, "models": models})

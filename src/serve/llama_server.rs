@@ -143,9 +143,12 @@ impl LlamaServer {
         let mut child = cmd.spawn().map_err(|source| ChildError::Spawn { program: cfg.program.clone(), source })?;
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let log = std::fs::File::create(&cfg.log).ok().map(|f| Arc::new(Mutex::new(f)));
-        for stream in [child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>), child.stderr.take().map(|s| Box::new(s) as _)]
-            .into_iter()
-            .flatten()
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
         {
             let (tail, log) = (tail.clone(), log.clone());
             std::thread::spawn(move || copy_lines(stream, &tail, log.as_deref()));

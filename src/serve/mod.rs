@@ -20,8 +20,8 @@ mod openai;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::gguf::reader::GgufFile;
 use crate::gguf::ftype::FileType;
+use crate::gguf::reader::GgufFile;
 
 /// What the catalogue endpoints (`/api/tags`, `/api/show`, `/v1/models`) say about a model.
 #[derive(Debug, Clone)]
@@ -140,13 +140,7 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_nanos())
 }
 
 #[cfg(test)]

@@ -215,7 +215,9 @@ pub async fn generate(state: &State, req: Request<Incoming>) -> Result<Response<
     let prompt = match body.get("prompt") {
         None | Some(Value::Null) => "",
         Some(Value::String(s)) => s.as_str(),
-        Some(v) => return Err(ApiError::bad_request(format!("field `prompt` must be a string, not {}", super::http::type_name(v)))),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!("field `prompt` must be a string, not {}", super::http::type_name(v))))
+        }
     };
     let raw = matches!(body.get("raw"), Some(Value::Bool(true)));
     let stream = stream_flag(&body)?;
@@ -363,7 +365,11 @@ async fn translate(
             .into_body()
             .collect()
             .await
-            .map_err(|e| ApiError { status: StatusCode::BAD_GATEWAY, message: format!("reading llama-server's answer: {e}"), code: "upstream_error" })?
+            .map_err(|e| ApiError {
+                status: StatusCode::BAD_GATEWAY,
+                message: format!("reading llama-server's answer: {e}"),
+                code: "upstream_error",
+            })?
             .to_bytes();
         let v: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError {
             status: StatusCode::BAD_GATEWAY,

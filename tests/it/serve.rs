@@ -195,7 +195,11 @@ fn ndjson_text(body: &str, field: &str) -> String {
     assert!(["stop", "length"].contains(&last["done_reason"].as_str().unwrap()), "{last}");
     assert!(last["eval_count"].as_u64().unwrap() > 0 && last["prompt_eval_count"].as_u64().unwrap() > 0, "{last}");
     assert!(last["total_duration"].as_u64().unwrap() > 0, "{last}");
-    pieces.iter().chain([last]).map(|v| if field == "message" { v["message"]["content"].as_str().unwrap() } else { v["response"].as_str().unwrap() }).collect()
+    pieces
+        .iter()
+        .chain([last])
+        .map(|v| if field == "message" { v["message"]["content"].as_str().unwrap() } else { v["response"].as_str().unwrap() })
+        .collect()
 }
 
 #[test]
@@ -222,7 +226,8 @@ fn one_greedy_answer_through_both_apis_streamed_or_not_and_the_official_clients(
     assert_eq!(show["model_info"]["general.architecture"], "llama");
 
     // The prompt llama-server renders from a chat is the training format, byte for byte.
-    let rendered = post(&format!("{u}/apply-template"), &json!({"model": "fortune", "messages": [{"role": "user", "content": QUESTION}]}));
+    let rendered =
+        post(&format!("{u}/apply-template"), &json!({"model": "fortune", "messages": [{"role": "user", "content": QUESTION}]}));
     assert_eq!(rendered.json()["prompt"], format!("User: {QUESTION}\n\nAssistant:"), "{}", rendered.body);
 
     // One greedy answer, five ways.
@@ -248,7 +253,8 @@ fn one_greedy_answer_through_both_apis_streamed_or_not_and_the_official_clients(
 
     // The official clients: list the model and get the same answer.
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_clients = std::process::Command::new(&python).args(["-c", "import openai, ollama"]).status().is_ok_and(|s| s.success());
+    let has_clients =
+        std::process::Command::new(&python).args(["-c", "import openai, ollama"]).status().is_ok_and(|s| s.success());
     if has_clients {
         let script = r#"
 import json, sys, openai, ollama
@@ -267,7 +273,10 @@ print(json.dumps([a.choices[0].message.content, b.message.content, s]))
         let got: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(got, vec![answer.clone(); 3]);
     } else {
-        assert!(std::env::var_os("PIPE_REQUIRE_PYTHON").is_none(), "PIPE_REQUIRE_PYTHON=1 but `{python}` cannot import openai and ollama");
+        assert!(
+            std::env::var_os("PIPE_REQUIRE_PYTHON").is_none(),
+            "PIPE_REQUIRE_PYTHON=1 but `{python}` cannot import openai and ollama"
+        );
         eprintln!("SKIPPED the official clients: `{python}` cannot import openai and ollama");
     }
 
@@ -327,7 +336,8 @@ fn serve_refuses_a_busy_port_a_missing_llama_cpp_and_a_failed_export_before_serv
     assert!(r.stderr.contains("cannot listen on 127.0.0.1") && r.stderr.contains("--port"), "{}", r.stderr);
     assert!(t.node_records().is_empty(), "nothing ran");
 
-    let r = Run::from(t.cmd(["serve", "p.yaml", "--port", "0"]).env("PIPE_LLAMA_CPP", t.path("nowhere")).output().unwrap()).code(2);
+    let r =
+        Run::from(t.cmd(["serve", "p.yaml", "--port", "0"]).env("PIPE_LLAMA_CPP", t.path("nowhere")).output().unwrap()).code(2);
     assert!(r.stderr.contains("llama-server") && r.stderr.contains("scripts/install-llamacpp.sh"), "{}", r.stderr);
 
     let r = t.pipe(["serve", "p.yaml", "nope", "--port", "0"]).code(2);

@@ -36,7 +36,8 @@ pub fn request(method: &str, url: &str, body: Option<&str>) -> Reply {
     let mut r = BufReader::new(s);
     let mut status_line = String::new();
     r.read_line(&mut status_line).unwrap();
-    let status: u16 = status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{status_line:?}"));
+    let status: u16 =
+        status_line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("{status_line:?}"));
     let (mut chunked, mut length, mut content_type) = (false, None, String::new());
     loop {
         let mut line = String::new();
