@@ -19,20 +19,32 @@ export PATH="$PWD/$PY/bin:$PATH"
 # as we do. Cargo and the C++ build each have long stretches that keep one core busy (cmake's
 # configure, rustc's front end on the big crates, the links), so together they finish sooner.
 # The tests start when cargo is done and the packages are in; a test whose pipeline exports waits
-# for target/llamacpp.status to say `ok` (tests/it/common: llama_cpp_ready).
+# for target/llamacpp.status to say `ok` (tests/it/common: llama_cpp_ready), a `pipe serve` test for
+# target/llamaserver.status (llama_server_ready).
 mkdir -p target
-rm -f target/llamacpp.status target/pip.status
+rm -f target/llamacpp.status target/llamaserver.status target/pip.status
 (
   if ! "$PY/bin/python3" -m pip install -q --disable-pip-version-check -r scripts/test-requirements.txt > target/pip.log 2>&1; then
     echo failed > target/pip.status
     echo failed > target/llamacpp.status
+    echo failed > target/llamaserver.status
     exit 1
   fi
   echo ok > target/pip.status
-  if PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp > target/llamacpp.path 2> target/llamacpp.log; then
+  if PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp \
+      llama-tokenize llama-simple llama-perplexity > target/llamacpp.path 2> target/llamacpp.log; then
     echo ok > target/llamacpp.status
   else
     echo failed > target/llamacpp.status
+    echo failed > target/llamaserver.status
+    exit 1
+  fi
+  # llama-server (for `pipe serve`) second: the export tests need only the tools above.
+  if PYTHON="$PWD/$PY/bin/python3" nice -n 5 scripts/install-llamacpp.sh target/llamacpp llama-server \
+      > /dev/null 2>> target/llamacpp.log; then
+    echo ok > target/llamaserver.status
+  else
+    echo failed > target/llamaserver.status
   fi
 ) &
 llama=$!
@@ -74,6 +86,7 @@ fi
 # Where install-llamacpp.sh puts the tools (it prints this folder when done).
 export PIPE_LLAMA_CPP="$PWD/target/llamacpp/build/bin"
 export PIPE_TEST_LLAMA_CPP_STATUS="$PWD/target/llamacpp.status"
+export PIPE_TEST_LLAMA_SERVER_STATUS="$PWD/target/llamaserver.status"
 while [ ! -s target/slurm.status ]; do sleep 1; done
 if [ "$(cat target/slurm.status)" != ok ]; then
   cat target/slurm-apt.log >&2
@@ -98,7 +111,7 @@ if [ $# -eq 0 ]; then
 else
   cargo test --locked "$@" || status=$?
 fi
-if ! wait "$llama" || [ "$(cat target/llamacpp.status)" != ok ]; then
+if ! wait "$llama" || [ "$(cat target/llamacpp.status)" != ok ] || [ "$(cat target/llamaserver.status)" != ok ]; then
   cat target/llamacpp.log >&2
   echo "building llama.cpp failed (log above)" >&2
   exit 1

@@ -1,50 +1,95 @@
 //! The real thing: `pipelines/fortune.yaml` end to end on the default model (SmolLM2-135M-Instruct
 //! from its PyPI package), with a small step budget so it fits in CI.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
 use crate::common::{repo, Run, TestContext};
 
-#[test]
-fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
+/// The budget that fits CI's 2 cores (the real run is `pipe run pipelines/fortune.yaml`): 4
+/// optimizer steps of 2 records still lower the held-out loss at the pipeline's lr (3.72 -> 3.41
+/// when this budget was set), a 3% held-out split (10 records) keeps eval's and the gate's forward
+/// passes short, and 8 greedy tokens per prompt still compare pipe's continuations with
+/// llama.cpp's token by token.
+const BUDGET: [&str; 10] = [
+    "--set",
+    "train.max_steps=4",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "fix.eval_fraction=0.03",
+    "--set",
+    "eval.max_new_tokens=8",
+    "--set",
+    "export.greedy_tokens=8",
+];
+
+/// The fortune project both tests here work on: the pipeline's first run, shared through a remote
+/// cache (a shared folder).
+struct Fortune {
+    t: TestContext,
+    /// The remote's folder.
+    shared: tempfile::TempDir,
+    /// The first run.
+    first: Run,
+}
+
+/// The first run, done once by whichever test gets here first; the other waits for it, then both
+/// go on at once (the exports below beside the remote and serve checks: on 2 cores the run's tail
+/// is shorter that way).
+fn fortune() -> Option<&'static Fortune> {
     if std::env::var_os("PIPE_TEST_GGUF").is_none() {
         assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
         eprintln!("skipping: the default model is fetched by scripts/test.sh");
-        return;
+        return None;
     }
-    let t = TestContext::new();
-    let file = repo().join("pipelines/fortune.yaml");
-    let file = file.to_str().unwrap();
-    // The budget that fits CI's 2 cores (the real run is `pipe run pipelines/fortune.yaml`): 4
-    // optimizer steps of 2 records still lower the held-out loss at the pipeline's lr (3.72 ->
-    // 3.41 when this budget was set), a 3% held-out split (10 records) keeps eval's and the gate's
-    // forward passes short, and 8 greedy tokens per prompt still compare pipe's continuations
-    // with llama.cpp's token by token.
-    let budget = [
-        "--set",
-        "train.max_steps=4",
-        "--set",
-        "train.batch_size=2",
-        "--set",
-        "fix.eval_fraction=0.03",
-        "--set",
-        "eval.max_new_tokens=8",
-        "--set",
-        "export.greedy_tokens=8",
-    ];
-    // Real training on 2 CPU cores in a test build: minutes, not the harness's default 2.
-    let long = |extra: &[&str]| {
-        let mut args = vec!["run", file, "--json"];
-        args.extend_from_slice(extra);
-        Run::from(t.cmd(args).timeout(std::time::Duration::from_secs(1800)).output().expect("pipe runs"))
-    };
-    // The first run shares its results through a remote cache (a shared folder here).
-    let shared = tempfile::tempdir().unwrap();
-    let remote = format!("file://{}", shared.path().display());
+    static FORTUNE: OnceLock<Fortune> = OnceLock::new();
+    Some(FORTUNE.get_or_init(|| {
+        let t = TestContext::new();
+        let shared = tempfile::tempdir().unwrap();
+        let remote = format!("file://{}", shared.path().display());
+        let mut args = vec!["run", file(), "--json", "--remote", remote.as_str()];
+        args.extend_from_slice(&BUDGET);
+        // Real training on 2 CPU cores in a test build: minutes, not the harness's default 2.
+        let first = Run::from(t.cmd(args).timeout(Duration::from_secs(1800)).output().expect("pipe runs"));
+        Fortune { t, shared, first }
+    }))
+}
+
+/// Called by each test here when it passed; the last one removes the shared folders (a failed
+/// test leaves them for a look).
+fn done_with(f: &Fortune) {
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+    if DONE.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+        let _ = std::fs::remove_dir_all(f.t.dir());
+        let _ = std::fs::remove_dir_all(f.shared.path());
+    }
+}
+
+fn file() -> &'static str {
+    static FILE: OnceLock<String> = OnceLock::new();
+    FILE.get_or_init(|| repo().join("pipelines/fortune.yaml").to_str().unwrap().to_string())
+}
+
+/// `pipe run FILE --json EXTRA...` with the long timeout.
+fn long(t: &TestContext, extra: &[&str]) -> Run {
+    let mut args = vec!["run", file(), "--json"];
+    args.extend_from_slice(extra);
+    Run::from(t.cmd(args).timeout(Duration::from_secs(1800)).output().expect("pipe runs"))
+}
+
+#[test]
+fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
+    let Some(f) = fortune() else { return };
+    let (t, file, budget) = (&f.t, file(), BUDGET);
+    let remote = format!("file://{}", f.shared.path().display());
     let with_remote = |t: &TestContext| {
         let mut args = vec!["run", file, "--json", "--remote", remote.as_str()];
         args.extend_from_slice(&budget);
-        Run::from(t.cmd(args).timeout(std::time::Duration::from_secs(1800)).output().expect("pipe runs"))
+        Run::from(t.cmd(args).timeout(Duration::from_secs(1800)).output().expect("pipe runs"))
     };
-    let r = with_remote(&t).success();
+    let r = f.first.clone().success();
     assert_eq!(r.ran_nodes().len(), 7, "{}", r.stderr);
     assert_eq!(r.count("node_pushed"), 7, "{}", r.stderr);
     let report = t.output_path(file, "eval", "report", &budget);
@@ -55,7 +100,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     assert_eq!(first["prompt"], "现在你要扮演我碰到一位神秘的算命大师, 你是谁?今天我的事业运道如何?");
     assert!(!first["tuned"].as_str().unwrap().trim().is_empty());
     // A second run is all fresh.
-    let again = long(&budget).success();
+    let again = long(t, &budget).success();
     assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
     // Another checkout with an empty cache pulls instead of running: nothing recomputed, the same
     // bytes, and re-executing the cheap nodes (pulling the outputs they were not sent) reproduces
@@ -73,7 +118,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
         v["outputs"].as_object().unwrap().iter().map(|(k, o)| (k.clone(), o["digest"].clone())).collect::<Vec<_>>()
     };
     for node in ["eval", "export"] {
-        assert_eq!(digests(&teammate, node), digests(&t, node), "{node}");
+        assert_eq!(digests(&teammate, node), digests(t, node), "{node}");
     }
     let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "--remote", remote.as_str()];
     verify.extend_from_slice(&budget);
@@ -83,9 +128,17 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     // streamed or not, and it is pipe's own greedy continuation of the same rendered prompt on the
     // same file (or parts from it only at a near-tie, as the export gate allows).
     if crate::serve::available("fortune served") {
-        served_answer_is_pipes_greedy_answer(&t, file, &budget);
+        served_answer_is_pipes_greedy_answer(t, file, &budget);
     }
 
+    done_with(f);
+}
+
+#[test]
+fn fortune_export_passes_its_gate_in_f16_q8_0_and_q4_k_m() {
+    let Some(f) = fortune() else { return };
+    let (t, file, budget) = (&f.t, file(), BUDGET);
+    f.first.clone().success();
     // The export passes its gate in F16 (the pipeline's), Q8_0 and Q4_K_M; with llama.cpp
     // (scripts/test.sh builds it) that includes llama.cpp's tokenizer, greedy answers (for Q8_0
     // against pipe's emulation of llama.cpp's CPU arithmetic) and perplexity.
@@ -93,7 +146,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
         let set = format!("export.type={ty}");
         let mut extra = budget.to_vec();
         extra.extend(["--set", set.as_str()]);
-        let r = long(&extra).success();
+        let r = long(t, &extra).success();
         assert!(r.ran_nodes().len() <= 1, "only the export reruns: {:?}", r.ran_nodes());
         let dir = t.output_path(file, "export", "report", &extra);
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
@@ -108,6 +161,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
             assert_eq!(status("llama.cpp perplexity"), Some(ppl.into()), "{ty}: {v:#}");
         }
     }
+    done_with(f);
 }
 
 fn served_answer_is_pipes_greedy_answer(t: &TestContext, file: &str, budget: &[&str]) {

@@ -16,8 +16,9 @@ mod concurrency;
 mod diagnostics;
 
 /// `pipelines/fortune.yaml` end to end on the default model with a small step budget, shared
-/// through a remote cache with an empty checkout. (Named to sort early: libtest starts tests in
-/// name order, and this, the longest, should start first.)
+/// through a remote cache with an empty checkout and served over the Ollama and OpenAI APIs; its
+/// export through the gate in three types, beside that. (Named to sort early: libtest starts
+/// tests in name order, and these, the longest, should start first.)
 mod end_to_end;
 
 /// `fix-json` on the malformed corpus in `tests/data/malformed`, and `on_error: fail`.

@@ -13,14 +13,14 @@ use pipe::model::config::Arch;
 use serde_json::{json, Value};
 
 use crate::common::http::{get, post, request};
-use crate::common::{llama_cpp_ready, Run, TestContext};
+use crate::common::{llama_server_ready, Run, TestContext};
 use crate::training::tiny_model;
 
 const QUESTION: &str = "现在你要扮演我碰到一位神秘的算命大师, 你是谁?今天我的事业运道如何?";
 
 /// llama.cpp's `llama-server` is needed; `false` means skip (not in CI, where it is required).
 fn have_llama_server(test: &str) -> bool {
-    llama_cpp_ready();
+    llama_server_ready();
     let found = std::env::var_os("PIPE_LLAMA_CPP").is_some_and(|d| std::path::Path::new(&d).join("llama-server").is_file());
     if !found {
         assert!(std::env::var_os("PIPE_REQUIRE_LLAMA_CPP").is_none(), "{test}: PIPE_LLAMA_CPP has no llama-server");

@@ -28,32 +28,39 @@ pub fn fixture(rel: &str) -> PathBuf {
     repo().join("tests/data").join(rel)
 }
 
-/// Blocks until the llama.cpp build that scripts/test.sh started in the background has finished
-/// (`PIPE_TEST_LLAMA_CPP_STATUS` names the file it writes `ok` or `failed` to); panics with the
-/// build log's place if it failed. Returns at once where the variable is not set.
+/// Blocks until the llama.cpp build that scripts/test.sh started in the background has built the
+/// export gate's tools (`PIPE_TEST_LLAMA_CPP_STATUS` names the file it writes `ok` or `failed`
+/// to); panics with the build log's place if it failed. Returns at once where the variable is not
+/// set.
 pub fn llama_cpp_ready() {
     static READY: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    let state = READY.get_or_init(|| {
-        let Some(status) = std::env::var_os("PIPE_TEST_LLAMA_CPP_STATUS") else { return Ok(()) };
-        let status = PathBuf::from(status);
-        let deadline = std::time::Instant::now() + Duration::from_secs(1800);
-        loop {
-            match std::fs::read_to_string(&status) {
-                Ok(s) if s.trim() == "ok" => return Ok(()),
-                Ok(s) if !s.trim().is_empty() => {
-                    return Err(format!(
-                        "building llama.cpp failed ({}: {}); see target/llamacpp.log",
-                        status.display(),
-                        s.trim()
-                    ))
-                }
-                _ if std::time::Instant::now() > deadline => return Err("llama.cpp's build did not finish in 30 minutes".into()),
-                _ => std::thread::sleep(Duration::from_millis(500)),
-            }
-        }
-    });
-    if let Err(e) = state {
+    if let Err(e) = READY.get_or_init(|| wait_for_status("PIPE_TEST_LLAMA_CPP_STATUS", "llama.cpp's tools")) {
         panic!("{e}");
+    }
+}
+
+/// [`llama_cpp_ready`] for `llama-server`, which the same background build makes after the
+/// gate's tools (`PIPE_TEST_LLAMA_SERVER_STATUS`).
+pub fn llama_server_ready() {
+    static READY: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    if let Err(e) = READY.get_or_init(|| wait_for_status("PIPE_TEST_LLAMA_SERVER_STATUS", "llama-server")) {
+        panic!("{e}");
+    }
+}
+
+fn wait_for_status(var: &str, what: &str) -> Result<(), String> {
+    let Some(status) = std::env::var_os(var) else { return Ok(()) };
+    let status = PathBuf::from(status);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1800);
+    loop {
+        match std::fs::read_to_string(&status) {
+            Ok(s) if s.trim() == "ok" => return Ok(()),
+            Ok(s) if !s.trim().is_empty() => {
+                return Err(format!("building {what} failed ({}: {}); see target/llamacpp.log", status.display(), s.trim()))
+            }
+            _ if std::time::Instant::now() > deadline => return Err(format!("building {what} did not finish in 30 minutes")),
+            _ => std::thread::sleep(Duration::from_millis(500)),
+        }
     }
 }
 
@@ -257,6 +264,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
 }
 
 /// A finished `pipe` invocation.
+#[derive(Clone)]
 pub struct Run {
     /// Exit code (`None` when killed by a signal).
     pub code: Option<i32>,
