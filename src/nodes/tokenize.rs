@@ -545,3 +545,53 @@ fn run_chats(
     ));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::{fix_json::FixJson, key_params, NodeKind};
+    use crate::params::Value;
+
+    fn defaults(kind: &dyn NodeKind) -> Params {
+        Params(kind.params().iter().filter_map(|p| Some((p.name.to_string(), p.default.value()?))).collect())
+    }
+
+    fn key_names(kind: &dyn NodeKind, p: &Params) -> Vec<String> {
+        key_params(kind, p).into_keys().collect()
+    }
+
+    /// The params of the key before conversations existed: a pipeline that does not use them
+    /// keeps its keys (and its cache).
+    #[test]
+    fn the_conversation_params_at_their_defaults_leave_keys_as_they_were() {
+        let before =
+            ["eos_token", "format", "input_field", "instruction_field", "max_length", "on_empty", "output_field", "system"];
+        let mut p = defaults(&Tokenize);
+        assert_eq!(key_names(&Tokenize, &p), before);
+        p.0.insert("schema".into(), Value::Str("messages".into()));
+        p.0.insert("role_field".into(), Value::Str("speaker".into()));
+        let names = key_names(&Tokenize, &p);
+        assert!(names.contains(&"schema".into()) && names.contains(&"role_field".into()), "{names:?}");
+        assert!(!names.contains(&"train_on".into()), "{names:?}");
+
+        let before = ["dedupe", "eval_fraction", "on_error", "required", "seed"];
+        let mut p = defaults(&FixJson);
+        assert_eq!(key_names(&FixJson, &p), before);
+        p.0.insert("input_format".into(), Value::Str("csv".into()));
+        assert!(key_names(&FixJson, &p).contains(&"input_format".into()));
+    }
+
+    #[test]
+    fn field_names_default_by_schema_and_can_be_overridden() {
+        let mut p = defaults(&Tokenize);
+        assert!(chat_schema(&p).is_none());
+        p.0.insert("schema".into(), Value::Str("sharegpt".into()));
+        let (schema, fields) = chat_schema(&p).unwrap();
+        assert_eq!(
+            (schema, fields.messages.as_str(), fields.role.as_str(), fields.content.as_str()),
+            (Schema::ShareGpt, "conversations", "from", "value")
+        );
+        p.0.insert("content_field".into(), Value::Str("text".into()));
+        assert_eq!(chat_schema(&p).unwrap().1.content, "text");
+    }
+}
