@@ -249,10 +249,11 @@ fn encode_chats(p: &EncodeSpec, c: usize, chats: &[Vec<Message>], mut part: Part
         }
         let enc = tokenizer.encode(text.as_str(), false).map_err(EncodeError::Tokenize)?;
         let (ids, offsets) = (enc.get_ids(), enc.get_offsets());
+        let everything = [Range { start: 0, end: usize::MAX }];
         let trained: &[Range<usize>] = match p.train_on {
             TrainOn::AllAssistant => &spans,
             TrainOn::LastAssistant => &spans[spans.len() - 1..],
-            TrainOn::All => &[0..usize::MAX],
+            TrainOn::All => &everything,
         };
         flags.clear();
         flags.extend(offsets.iter().map(|&(s, e)| trained.iter().any(|r| overlaps(s, e, r))));
