@@ -4,6 +4,8 @@
 //! |---|---|
 //! | [`mod@self`] | the token dataset file: [`TokenDataset`] (read, write) and the streaming [`DatasetWriter`] |
 //! | [`records`] | reading a JSON array of records, borrowed; serde_json error positions |
+//! | [`chat`] | conversation records (`messages`, `sharegpt`): schemas, field names, validation |
+//! | [`csv_records`] | CSV records files, streamed row by row into JSON objects |
 //! | [`encode`] | records to training pairs to ids, in parallel, written in order |
 //!
 //! The token dataset file is written by `tokenize` and read by training.
@@ -25,6 +27,8 @@
 //! 1 and -100 elsewhere (the shift by one for next-token prediction is the trainer's business,
 //! as in Hugging Face). Python reads it with numpy in five lines (see README).
 
+pub mod chat;
+pub mod csv_records;
 pub mod encode;
 pub mod records;
 
@@ -148,13 +152,17 @@ impl TokenDataset {
 /// Writes a dataset file as records arrive, without holding their ids: the ids go straight
 /// to the file, after room left for the offsets of at most `max_records` records; the header,
 /// the offsets and the `trained` flags are written by [`DatasetWriter::finish`]. Each record is
-/// `(length, untrained)`: its first `untrained` tokens have label -100, the rest are trained
-/// (the shape of every record `tokenize` makes). The bytes equal [`TokenDataset::write`]'s for
-/// the same records.
+/// `(length, n_runs)` and its label mask is `n_runs` run lengths that alternate untrained,
+/// trained, untrained, ... (the first may be 0): a prompt/answer pair is the two runs
+/// `[prompt, answer]`, a conversation one pair of runs per assistant turn. The runs of a record
+/// sum to at most its length; tokens after them are untrained. The bytes equal
+/// [`TokenDataset::write`]'s for the same records.
 pub struct DatasetWriter {
     file: std::fs::File,
     max_records: usize,
-    records: Vec<(u32, u32)>,
+    /// (length, end of the record's runs in `runs`).
+    records: Vec<(u32, usize)>,
+    runs: Vec<u32>,
     n_tokens: u64,
     buf: Vec<u8>,
 }
@@ -169,18 +177,32 @@ impl DatasetWriter {
         // Read too: `finish` may move the ids down.
         let mut file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
         file.seek(SeekFrom::Start(Self::ids_at(max_records)))?;
-        Ok(DatasetWriter { file, max_records, records: Vec::new(), n_tokens: 0, buf: Vec::with_capacity(BLOCK) })
+        Ok(DatasetWriter {
+            file,
+            max_records,
+            records: Vec::new(),
+            runs: Vec::new(),
+            n_tokens: 0,
+            buf: Vec::with_capacity(BLOCK),
+        })
     }
 
     fn ids_at(n_records: usize) -> u64 {
         32 + 8 * (n_records as u64 + 1)
     }
 
-    /// Appends records and their ids (the sum of the records' lengths).
-    pub fn push(&mut self, records: &[(u32, u32)], ids: &[u32]) -> std::io::Result<()> {
+    /// Appends records as `(length, n_runs)`, their mask runs back to back (the sum of the
+    /// records' `n_runs`) and their ids (the sum of the records' lengths).
+    pub fn push(&mut self, records: &[(u32, u32)], runs: &[u32], ids: &[u32]) -> std::io::Result<()> {
         debug_assert_eq!(records.iter().map(|r| r.0 as usize).sum::<usize>(), ids.len());
+        debug_assert_eq!(records.iter().map(|r| r.1 as usize).sum::<usize>(), runs.len());
         assert!(self.records.len() + records.len() <= self.max_records, "more records than the writer was made for");
-        self.records.extend_from_slice(records);
+        let mut at = 0;
+        for &(len, n_runs) in records {
+            at += n_runs as usize;
+            self.records.push((len, self.runs.len() + at));
+        }
+        self.runs.extend_from_slice(runs);
         self.n_tokens += ids.len() as u64;
         for block in ids.chunks(BLOCK / 4) {
             self.buf.clear();
@@ -224,10 +246,16 @@ impl DatasetWriter {
         }
         self.file.seek(SeekFrom::Start(ids_end))?;
         self.buf.clear();
-        for &(len, untrained) in &self.records {
-            let untrained = untrained.min(len) as usize;
-            self.buf.resize(self.buf.len() + untrained, 0);
-            self.buf.resize(self.buf.len() + (len as usize - untrained), 1);
+        let mut run_start = 0;
+        for &(len, run_end) in &self.records {
+            let mut left = len as usize;
+            for (k, &run) in self.runs[run_start..run_end].iter().enumerate() {
+                let n = (run as usize).min(left);
+                self.buf.resize(self.buf.len() + n, u8::from(k % 2 == 1));
+                left -= n;
+            }
+            self.buf.resize(self.buf.len() + left, 0);
+            run_start = run_end;
             if self.buf.len() >= BLOCK {
                 self.file.write_all(&self.buf)?;
                 self.buf.clear();
@@ -283,19 +311,33 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let p = t.path().join("w.bin");
         let ids: Vec<u32> = (0..300_000).map(|i| i * 7 % 50_000).collect();
-        let recs: Vec<(u32, u32)> = (0..1000u32).map(|i| (300, i % 301)).collect();
+        // Records of one run (all untrained), two runs (prompt, answer) and five runs (turns),
+        // some runs longer than what is left of the record.
+        let masks: Vec<Vec<u32>> = (0..1000u32)
+            .map(|i| match i % 3 {
+                0 => vec![300],
+                1 => vec![i % 301, 300 - i % 301],
+                _ => vec![i % 50, 20, 7, i % 90, 400],
+            })
+            .collect();
+        let recs: Vec<(u32, u32)> = masks.iter().map(|m| (300, m.len() as u32)).collect();
+        let runs: Vec<u32> = masks.concat();
         let mut d = TokenDataset::default();
-        for (r, &(len, untrained)) in recs.iter().enumerate() {
-            let flags: Vec<u8> = (0..len).map(|i| u8::from(i >= untrained)).collect();
+        for (r, m) in masks.iter().enumerate() {
+            let mut flags: Vec<u8> =
+                m.iter().enumerate().flat_map(|(k, &n)| std::iter::repeat_n(u8::from(k % 2 == 1), n as usize)).collect();
+            flags.resize(300, 0);
+            flags.truncate(300);
             d.push(&ids[r * 300..(r + 1) * 300], &flags);
         }
         // Room for exactly these records, for more (the ids move down), and for none at all.
         for room in [1000, 1000 + 70_000, 5_000_000] {
             let mut w = DatasetWriter::create(&p, room).unwrap();
             let (a, b) = ids.split_at(123 * 300);
-            w.push(&recs[..123], a).unwrap();
-            w.push(&[], &[]).unwrap();
-            w.push(&recs[123..], b).unwrap();
+            let split = masks[..123].iter().map(Vec::len).sum::<usize>();
+            w.push(&recs[..123], &runs[..split], a).unwrap();
+            w.push(&[], &[], &[]).unwrap();
+            w.push(&recs[123..], &runs[split..], b).unwrap();
             w.finish().unwrap();
             assert_eq!(std::fs::read(&p).unwrap(), d.to_bytes(), "room for {room}");
         }

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | kind name | string | two kinds never share entries |
 //! | kind version | u32 | a kind whose code changes its output bumps this |
-//! | params | every declared param after defaults, `defaults:` and `--set`, sorted by name | writing a default explicitly changes nothing; changing a value reruns |
+//! | params | every declared param after defaults, `defaults:` and `--set`, sorted by name, less a kind's `key_neutral_params` that have their default | writing a default explicitly changes nothing; changing a value reruns; a param added later with a default that keeps the old output leaves old keys valid |
 //! | inputs | per slot: the content digest of the file or folder, or the upstream output's digest | content, never paths or mtimes |
 //! | extra | what the kind declares beyond bytes and params (tokenize: rendered chat template) | e.g. a template that renders differently |
 //! | extra `device` | `cuda` when a device-sensitive kind runs on CUDA | GPU kernels round differently from the CPU |

@@ -10,6 +10,15 @@
 //! the next line that starts with `{`, so one broken record never swallows its neighbours. Each
 //! parsed object is then checked against the required fields, which must be strings.
 //!
+//! Conversation records (`schema: messages | sharegpt`) are checked as conversations instead
+//! ([`crate::dataset::chat`]): each problem is reported with the record's line and the field path
+//! (`messages[2].role`: unknown role). `required` applies to the alpaca schema only.
+//!
+//! With `input_format: csv` the input is a CSV file with a header row ([`crate::dataset::csv_records`]),
+//! read a row at a time; cells are string fields, except a conversation schema's messages
+//! column, whose cells hold the messages as JSON. A bad row is reported with its line and column.
+//! (Parquet is not read yet.)
+//!
 //! Outputs: `records` (the good records as a JSON array, one per line, input order), `report`
 //! (JSON: every bad record with line, column and reason; duplicates; counts), and with
 //! `eval_fraction > 0` a seeded `train`/`eval` split of the good records.
@@ -22,6 +31,8 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
 use super::{InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::chat;
+use crate::dataset::csv_records::read_csv;
 use crate::dataset::records::json_position;
 use crate::params::{Default, ParamSpec, ParamType, Params};
 
@@ -40,7 +51,7 @@ const PARAMS: &[ParamSpec] = &[
         name: "required",
         ty: ParamType::StrList,
         default: Default::StrList(&["instruction", "input", "output"]),
-        doc: "fields every record must have, as strings",
+        doc: "fields every record must have, as strings (alpaca schema)",
     },
     ParamSpec {
         name: "on_error",
@@ -66,7 +77,41 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Int(42),
         doc: "seed of the train/eval split",
     },
+    ParamSpec {
+        name: "input_format",
+        ty: ParamType::Enum(&["json", "csv"]),
+        default: Default::Str("json"),
+        doc: "the records file: JSON (array, Lines, run together) or CSV with a header row",
+    },
+    ParamSpec {
+        name: "schema",
+        ty: ParamType::Enum(chat::SCHEMAS),
+        default: Default::Str("alpaca"),
+        doc: "records: alpaca (the `required` fields) or messages / sharegpt conversations, validated turn by turn",
+    },
+    ParamSpec {
+        name: "messages_field",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "conversations: record field holding the messages (default `messages`, sharegpt `conversations`)",
+    },
+    ParamSpec {
+        name: "role_field",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "conversations: message field holding the role (default `role`, sharegpt `from`)",
+    },
+    ParamSpec {
+        name: "content_field",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "conversations: message field holding the text (default `content`, sharegpt `value`)",
+    },
 ];
+
+/// The params added with conversations and CSV: at their defaults they change nothing, so they
+/// stay out of the key and the keys of existing pipelines hold.
+const ADDED_LATER: &[&str] = &["input_format", "schema", "messages_field", "role_field", "content_field"];
 
 /// One record that could not be used.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -351,6 +396,12 @@ struct Report<'a> {
     bracketed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     split: Option<std::collections::BTreeMap<&'static str, usize>>,
+    /// `csv` for CSV input (absent for JSON, whose reports stay as they were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    input_format: Option<&'static str>,
+    /// The conversation schema (absent for alpaca).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema: Option<String>,
 }
 
 impl NodeKind for FixJson {
@@ -368,6 +419,9 @@ impl NodeKind for FixJson {
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+    fn key_neutral_params(&self) -> &'static [&'static str] {
+        ADDED_LATER
     }
     fn outputs(&self, params: &Params) -> Vec<OutputSpec> {
         let mut v = vec![
@@ -387,23 +441,53 @@ impl NodeKind for FixJson {
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let path = ctx.input("records")?.to_path_buf();
-        let bytes = std::fs::read(&path).map_err(NodeError::io("reading", &path))?;
-        let text = String::from_utf8(bytes).map_err(|e| NodeError::BadInput {
-            path: path.clone(),
-            location: None,
-            message: format!("not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
-        })?;
-        let scan = scan(&text);
+        let conversations = super::tokenize::chat_schema(ctx.params);
+        let csv = ctx.params.str("input_format") == Some("csv");
+        let scan = if csv {
+            let json_columns: Vec<&str> = conversations.iter().map(|(_, f)| f.messages.as_str()).collect();
+            let rows = read_csv(&path, &json_columns).map_err(|e| NodeError::BadInput {
+                path: path.clone(),
+                location: None,
+                message: e.to_string(),
+            })?;
+            let bad = rows
+                .bad
+                .into_iter()
+                .map(|r| BadRecord { line: r.line, col: r.column, reason: r.reason, excerpt: String::new() })
+                .collect();
+            Scan { objects: rows.objects, bad, ..Scan::default() }
+        } else {
+            let bytes = std::fs::read(&path).map_err(NodeError::io("reading", &path))?;
+            let text = String::from_utf8(bytes).map_err(|e| NodeError::BadInput {
+                path: path.clone(),
+                location: None,
+                message: format!("not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
+            })?;
+            let scan = scan(&text);
+            if scan.objects.is_empty() && !scan.bad.is_empty() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
+            {
+                return Err(NodeError::BadInput {
+                    path,
+                    location: None,
+                    message: "no JSON record found in a `.csv` file; set `input_format: csv`".into(),
+                });
+            }
+            scan
+        };
         let required = ctx.params.str_list("required");
         let mut bad = scan.bad.clone();
         let mut good: Vec<(&Map<String, Json>, usize)> = Vec::new();
         for (obj, line) in &scan.objects {
-            match check_fields(obj, &required) {
+            let checked = match &conversations {
+                Some((schema, fields)) => chat::conversation(obj, *schema, fields).map(drop).map_err(|p| p.to_string()),
+                None => check_fields(obj, &required).map_err(|p| p.to_string()),
+            };
+            match checked {
                 Ok(()) => good.push((obj, *line)),
                 Err(problem) => bad.push(BadRecord {
                     line: *line,
                     col: 1,
-                    reason: problem.to_string(),
+                    reason: problem,
                     excerpt: excerpt(&serde_json::to_string(obj).unwrap_or_default()),
                 }),
             }
@@ -470,6 +554,8 @@ impl NodeKind for FixJson {
             crlf: scan.crlf,
             bracketed: scan.bracketed,
             split,
+            input_format: csv.then_some("csv"),
+            schema: conversations.as_ref().and(ctx.params.str("schema")).map(String::from),
         };
         write(ctx, "report", &serde_json::to_string_pretty(&report).expect("report serialises"))?;
         ctx.set_summary(format!("{} records, {} bad, {} duplicates dropped", records.len(), bad.len(), duplicates.len()));

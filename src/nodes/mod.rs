@@ -11,6 +11,7 @@
 //! | [`NodeKind::inputs`] / [`NodeKind::params`] | the schema; drives validation, defaults and docs |
 //! | [`NodeKind::outputs`] | named outputs, which may depend on params (fix-json's split) |
 //! | [`NodeKind::default_device`] / [`NodeKind::device_sensitive`] / [`NodeKind::data_parallel`] | where it runs, whether the device type is in the key, whether it takes `gpus:` |
+//! | [`NodeKind::key_neutral_params`] | params added after keys were in use: left out of the key while at their default |
 //! | [`NodeKind::fingerprint_extra`] | anything else that determines the output and is not an input file's bytes or a param |
 //! | [`NodeKind::run`] | read inputs from [`RunCtx::input`], write each output to [`RunCtx::output`] |
 //!
@@ -245,6 +246,12 @@ pub trait NodeKind: Send + Sync {
     fn check_params(&self, _params: &Params) -> Result<(), (String, String)> {
         Ok(())
     }
+    /// Parameters added after keys of this kind were in use, whose default keeps the old
+    /// behaviour byte for byte: each is left out of the key while it has its default, so the
+    /// keys of existing pipelines stay valid (see [`key_params`]). Default: none.
+    fn key_neutral_params(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The input slots [`NodeKind::fingerprint_extra`] reads (an upstream output named here is
     /// pulled from the remote cache before the key is computed). Default: none.
     fn fingerprint_inputs(&self) -> &'static [&'static str] {
@@ -257,6 +264,19 @@ pub trait NodeKind: Send + Sync {
     }
     /// Does the work.
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError>;
+}
+
+/// The params that go into a node's key: every effective param, less those of
+/// [`NodeKind::key_neutral_params`] that have their default value.
+pub fn key_params(kind: &dyn NodeKind, params: &Params) -> BTreeMap<String, crate::params::Value> {
+    let mut out = params.0.clone();
+    for name in kind.key_neutral_params() {
+        let default = kind.params().iter().find(|p| p.name == *name).and_then(|p| p.default.value());
+        if default.is_some() && out.get(*name) == default.as_ref() {
+            out.remove(*name);
+        }
+    }
+    out
 }
 
 /// Every node kind this build knows.

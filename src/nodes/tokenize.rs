@@ -9,6 +9,16 @@
 //!   the rendered conversation up to the assistant turn, the completion the rest. The end token
 //!   is appended only if the template did not already emit it.
 //!
+//! Records are alpaca-style (instruction / input / output) by default. With `schema: messages`
+//! or `schema: sharegpt` each record is a conversation ([`crate::dataset::chat`]), rendered whole
+//! with the chat template (`format: seed` renders it with the seed's format as a template,
+//! [`template::seed_chat_template`]); `train_on` picks the trained tokens: every assistant turn
+//! (default), the last one, or all. Each assistant turn is located by rendering prefixes of the
+//! conversation and the rendered text is tokenized once, with offsets, so a turn's edges fall
+//! exactly between tokens ([`crate::dataset::encode`]). A conversation longer than `max_length`
+//! is cut after its last whole assistant turn that fits, else at `max_length`; `stats` counts the
+//! conversations cut and those left with no trained token (which follow `on_empty`).
+//!
 //! Labels are -100 on prompt tokens; everything is cut at `max_length`. A record left with no
 //! trained token (a prompt longer than `max_length`) would silently train on nothing, so it is an
 //! error by default, with a count; `on_empty: skip` drops such records instead.
@@ -31,12 +41,13 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
-use crate::dataset::encode::{encode_records, EncodeError, EncodeSpec, Encoded};
+use crate::dataset::chat::{self, ChatFields, Schema};
+use crate::dataset::encode::{encode_records, EncodeError, EncodeSpec, Encoded, Items, TrainOn};
 use crate::dataset::records::{json_position, read_records};
 use crate::dataset::DatasetWriter;
 use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load_encoder, EncoderBundle};
-use crate::tokenizer::template::{self, ChatTemplate};
+use crate::tokenizer::template::{self, ChatTemplate, Message};
 
 /// The `tokenize` kind.
 pub struct Tokenize;
@@ -100,7 +111,55 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Str("output"),
         doc: "record field holding the answer",
     },
+    ParamSpec {
+        name: "schema",
+        ty: ParamType::Enum(chat::SCHEMAS),
+        default: Default::Str("alpaca"),
+        doc: "records: alpaca (instruction/input/output), messages (OpenAI role/content) or sharegpt (from/value) conversations",
+    },
+    ParamSpec {
+        name: "train_on",
+        ty: ParamType::Enum(TrainOn::NAMES),
+        default: Default::Str("all_assistant"),
+        doc: "conversations: train on every assistant turn, the last one, or every token",
+    },
+    ParamSpec {
+        name: "messages_field",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "conversations: record field holding the messages (default `messages`, sharegpt `conversations`)",
+    },
+    ParamSpec {
+        name: "role_field",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "conversations: message field holding the role (default `role`, sharegpt `from`)",
+    },
+    ParamSpec {
+        name: "content_field",
+        ty: ParamType::Str,
+        default: Default::Null,
+        doc: "conversations: message field holding the text (default `content`, sharegpt `value`)",
+    },
 ];
+
+/// The params added with conversations: at their defaults (alpaca) they change nothing, so
+/// they stay out of the key and the keys of existing pipelines hold.
+const ADDED_WITH_CONVERSATIONS: &[&str] = &["schema", "train_on", "messages_field", "role_field", "content_field"];
+
+/// The conversation schema and field names of `params` (`None` for alpaca).
+pub(crate) fn chat_schema(params: &Params) -> Option<(Schema, ChatFields)> {
+    let schema = Schema::parse(params.str("schema").unwrap_or("alpaca"))?;
+    let mut fields = schema.default_fields()?;
+    for (slot, name) in
+        [(&mut fields.messages, "messages_field"), (&mut fields.role, "role_field"), (&mut fields.content, "content_field")]
+    {
+        if let Some(v) = params.str(name) {
+            *slot = v.to_string();
+        }
+    }
+    Some((schema, fields))
+}
 
 /// Dataset statistics written as the `stats` output.
 #[derive(Debug, Serialize)]
@@ -117,6 +176,21 @@ pub struct Stats {
     format: String,
     eos_id: u32,
     eos_token: String,
+    /// Conversation schemas only (absent for alpaca, whose stats stay as they were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    conversations: Option<ChatStats>,
+}
+
+/// The conversation part of [`Stats`].
+#[derive(Debug, Serialize)]
+pub struct ChatStats {
+    schema: String,
+    train_on: String,
+    /// Conversations cut at `max_length` (after their last whole assistant turn that fit, or at
+    /// `max_length` itself).
+    cut: usize,
+    /// Conversations the cut left with no trained token (kept, or dropped under `on_empty: skip`).
+    cut_to_nothing: usize,
 }
 
 struct Prepared {
@@ -147,12 +221,15 @@ fn prepare(params: &Params, tokenizer: &Path) -> Result<Prepared, NodeError> {
             message: format!("`{}` is the padding token, not the end-of-sentence token", eos.1),
         });
     }
+    let bos = bundle.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
     let chat = if params.str("format") == Some("chat_template") {
         let src = bundle.chat_template.as_deref().ok_or_else(|| {
             NodeError::Failed(format!("format `chat_template`: {} has no chat template; use `format: seed`", tokenizer.display()))
         })?;
-        let bos = bundle.bos.as_ref().map(|b| b.1.as_str()).unwrap_or("");
         Some(ChatTemplate::new(src, bos, &eos.1).map_err(NodeError::ChatTemplate)?)
+    } else if chat_schema(params).is_some() {
+        // Conversations in the seed format: the seed's format as a template.
+        Some(ChatTemplate::new(&template::seed_chat_template(&eos.1), bos, &eos.1).map_err(NodeError::ChatTemplate)?)
     } else {
         None
     };
@@ -199,6 +276,10 @@ impl NodeKind for Tokenize {
         &["tokenizer"]
     }
 
+    fn key_neutral_params(&self) -> &'static [&'static str] {
+        ADDED_WITH_CONVERSATIONS
+    }
+
     fn fingerprint_extra(&self, params: &Params, inputs: &BTreeMap<String, PathBuf>) -> Result<Extras, NodeError> {
         let tok = inputs.get("tokenizer").ok_or_else(|| NodeError::NotConnected("tokenizer".into()))?;
         let p = prepare(params, tok)?;
@@ -215,6 +296,24 @@ impl NodeKind for Tokenize {
             "rendered template".into(),
             blake3::hash(format!("{}\u{0}{}\u{0}{}", probe.0, probe.1, p.eos.1).as_bytes()).to_hex().to_string(),
         );
+        if let (Some(_), Some(t)) = (chat_schema(params), &p.chat) {
+            // Where the assistant turns of a multi-turn conversation fall, too.
+            let m = |role: &str, content: &str| Message { role: role.into(), content: content.into() };
+            let conv = [
+                m("system", "PROBE-S"),
+                m("user", "PROBE-U1"),
+                m("assistant", "PROBE-A1"),
+                m("tool", "PROBE-T"),
+                m("user", "PROBE-U2"),
+                m("assistant", "PROBE-A2"),
+            ];
+            let rendered = match t.assistant_spans(&conv) {
+                Ok((text, spans)) => format!("{text}\u{0}{spans:?}"),
+                // A template that rejects a role of the probe: hash what it says.
+                Err(e) => format!("error\u{0}{e}"),
+            };
+            extra.insert("rendered conversation".into(), blake3::hash(rendered.as_bytes()).to_hex().to_string());
+        }
         Ok(Extras { values: extra, files: p.bundle.files.iter().filter(|f| *f != tok).cloned().collect() })
     }
 
@@ -229,6 +328,9 @@ impl NodeKind for Tokenize {
         );
         let t0 = std::time::Instant::now();
         let text = std::fs::read_to_string(&rec_path).map_err(NodeError::io("reading", &rec_path))?;
+        if let Some((schema, fields)) = chat_schema(params) {
+            return run_chats(ctx, &rec_path, &tok_path, &text, schema, &fields);
+        }
         // Parsing the records and loading the tokenizer are independent: one on each core.
         let (records, p) = rayon::join(
             || {
@@ -266,8 +368,9 @@ impl NodeKind for Tokenize {
             eos: p.eos.0,
             max_len,
             skip_empty,
+            train_on: TrainOn::AllAssistant,
         };
-        let encoded = encode_records(&spec, &records, writer);
+        let encoded = encode_records(&spec, Items::Pairs(&records), writer);
         drop(records);
         let Encoded { writer, empty, truncated, max_seen, trained_tokens, tokens, misses: (n_miss, miss_bytes) } = encoded
             .map_err(|e| match e {
@@ -317,6 +420,7 @@ impl NodeKind for Tokenize {
             format: params.str("format").unwrap_or("seed").into(),
             eos_id: p.eos.0,
             eos_token: p.eos.1.clone(),
+            conversations: None,
         };
         let sp = ctx.output("stats");
         std::fs::write(&sp, serde_json::to_string_pretty(&stats).expect("stats serialise"))
@@ -326,5 +430,168 @@ impl NodeKind for Tokenize {
             stats.trained_fraction * 100.0
         ));
         Ok(())
+    }
+}
+
+/// `tokenize` on conversation records (see the module docs).
+fn run_chats(
+    ctx: &mut RunCtx,
+    rec_path: &Path,
+    tok_path: &Path,
+    text: &str,
+    schema: Schema,
+    fields: &ChatFields,
+) -> Result<(), NodeError> {
+    let params = ctx.params;
+    let bad = |location: Option<(usize, usize)>, message: String| NodeError::BadInput {
+        path: rec_path.to_path_buf(),
+        location,
+        message,
+    };
+    let (values, p) = rayon::join(|| serde_json::from_str::<Vec<serde_json::Value>>(text), || prepare(params, tok_path));
+    let values = values.map_err(|e| {
+        bad(
+            Some(json_position(text, &e)),
+            format!("expected a JSON array of records ({e}); run the file through a fix-json node first"),
+        )
+    })?;
+    let p = p?;
+    let system = params.str("system");
+    let mut chats = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        let serde_json::Value::Object(obj) = v else {
+            return Err(bad(None, format!("record {} is {}, not an object", i + 1, chat::type_name(v))));
+        };
+        let mut conv = chat::conversation(obj, schema, fields).map_err(|problem| {
+            bad(
+                None,
+                format!(
+                    "record {}: {problem}; a fix-json node with the same `schema` drops such records and reports them",
+                    i + 1
+                ),
+            )
+        })?;
+        if let Some(s) = system.filter(|_| conv[0].role != "system") {
+            conv.insert(0, Message { role: "system".into(), content: s.into() });
+        }
+        chats.push(conv);
+    }
+    drop(values);
+    let total = chats.len();
+    ctx.progress.start(Some(total as u64), "conversations");
+    let max_len = params.int("max_length") as usize;
+    let skip_empty = params.str("on_empty") == Some("skip");
+    let train_on = params.str("train_on").and_then(TrainOn::parse).unwrap_or(TrainOn::AllAssistant);
+    let out = ctx.output("dataset");
+    let writer = DatasetWriter::create(&out, total).map_err(NodeError::io("writing", &out))?;
+    let spec = EncodeSpec {
+        encoder: &p.bundle.encoder,
+        chat: p.chat.as_ref(),
+        system: None,
+        eos: p.eos.0,
+        max_len,
+        skip_empty,
+        train_on,
+    };
+    let encoded = encode_records(&spec, Items::Chats(&chats), writer).map_err(|e| match e {
+        EncodeError::Write(e) => NodeError::io("writing", &out)(e),
+        e => e.into(),
+    })?;
+    let Encoded { writer, empty, truncated, max_seen, trained_tokens, tokens, .. } = encoded;
+    if !empty.is_empty() {
+        ctx.log(format!("conversations with no trained token after truncation: {empty:?}"));
+        if !skip_empty {
+            let first: Vec<String> = empty.iter().take(5).map(|r| r.to_string()).collect();
+            return Err(bad(
+                None,
+                format!(
+                    "{} conversation{} would train on nothing: no trained token is left in the first {max_len} tokens (records {}{}); raise `max_length` or set `on_empty: skip`",
+                    empty.len(),
+                    if empty.len() == 1 { "" } else { "s" },
+                    first.join(", "),
+                    if empty.len() > 5 { ", …" } else { "" }
+                ),
+            ));
+        }
+    }
+    ctx.progress.update(total as u64, None);
+    let n = writer.len();
+    writer.finish().map_err(NodeError::io("writing", &out))?;
+    let stats = Stats {
+        records: n,
+        tokens,
+        trained_tokens,
+        truncated_records: truncated,
+        skipped_empty: if skip_empty { empty.len() } else { 0 },
+        mean_length: if n == 0 { 0.0 } else { tokens as f64 / n as f64 },
+        max_length_seen: max_seen,
+        trained_fraction: if tokens == 0 { 0.0 } else { trained_tokens as f64 / tokens as f64 },
+        max_length: max_len,
+        format: params.str("format").unwrap_or("seed").into(),
+        eos_id: p.eos.0,
+        eos_token: p.eos.1.clone(),
+        conversations: Some(ChatStats {
+            schema: params.str("schema").unwrap_or_default().into(),
+            train_on: params.str("train_on").unwrap_or_default().into(),
+            cut: truncated,
+            cut_to_nothing: empty.len(),
+        }),
+    };
+    let sp = ctx.output("stats");
+    std::fs::write(&sp, serde_json::to_string_pretty(&stats).expect("stats serialise")).map_err(NodeError::io("writing", &sp))?;
+    ctx.set_summary(format!(
+        "{n} conversations, {tokens} tokens ({:.0}% trained), {truncated} cut",
+        stats.trained_fraction * 100.0
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nodes::{fix_json::FixJson, key_params, NodeKind};
+    use crate::params::Value;
+
+    fn defaults(kind: &dyn NodeKind) -> Params {
+        Params(kind.params().iter().filter_map(|p| Some((p.name.to_string(), p.default.value()?))).collect())
+    }
+
+    fn key_names(kind: &dyn NodeKind, p: &Params) -> Vec<String> {
+        key_params(kind, p).into_keys().collect()
+    }
+
+    /// The params of the key before conversations existed: a pipeline that does not use them
+    /// keeps its keys (and its cache).
+    #[test]
+    fn the_conversation_params_at_their_defaults_leave_keys_as_they_were() {
+        let before =
+            ["eos_token", "format", "input_field", "instruction_field", "max_length", "on_empty", "output_field", "system"];
+        let mut p = defaults(&Tokenize);
+        assert_eq!(key_names(&Tokenize, &p), before);
+        p.0.insert("schema".into(), Value::Str("messages".into()));
+        p.0.insert("role_field".into(), Value::Str("speaker".into()));
+        let names = key_names(&Tokenize, &p);
+        assert!(names.contains(&"schema".into()) && names.contains(&"role_field".into()), "{names:?}");
+        assert!(!names.contains(&"train_on".into()), "{names:?}");
+
+        let before = ["dedupe", "eval_fraction", "on_error", "required", "seed"];
+        let mut p = defaults(&FixJson);
+        assert_eq!(key_names(&FixJson, &p), before);
+        p.0.insert("input_format".into(), Value::Str("csv".into()));
+        assert!(key_names(&FixJson, &p).contains(&"input_format".into()));
+    }
+
+    #[test]
+    fn field_names_default_by_schema_and_can_be_overridden() {
+        let mut p = defaults(&Tokenize);
+        assert!(chat_schema(&p).is_none());
+        p.0.insert("schema".into(), Value::Str("sharegpt".into()));
+        let (schema, fields) = chat_schema(&p).unwrap();
+        assert_eq!(
+            (schema, fields.messages.as_str(), fields.role.as_str(), fields.content.as_str()),
+            (Schema::ShareGpt, "conversations", "from", "value")
+        );
+        p.0.insert("content_field".into(), Value::Str("text".into()));
+        assert_eq!(chat_schema(&p).unwrap().1.content, "text");
     }
 }

@@ -387,7 +387,7 @@ impl Session {
         let mut parts = KeyParts {
             kind: kind.name().into(),
             version: kind.version(),
-            params: node.params.0.clone(),
+            params: crate::nodes::key_params(kind, &node.params),
             inputs: digests,
             extra: BTreeMap::new(),
         };
@@ -503,7 +503,7 @@ impl Session {
                     stale_up.into_iter().map(|node| DirtyReason::UpstreamWillRun { node }).collect();
                 if let Some(last) = self.last_run.as_ref().and_then(|r| r.nodes.get(&node.name)) {
                     let mut now = last.parts.clone();
-                    now.params = node.params.0.clone();
+                    now.params = crate::nodes::key_params(node.kind, &node.params);
                     now.version = node.kind.version();
                     now.kind = node.kind.name().into();
                     reasons.extend(explain(&last.parts, &now, |s| self.source_of(i, s)));

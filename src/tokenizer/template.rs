@@ -50,6 +50,38 @@ pub fn seed_chat_template(eos: &str) -> String {
     .concat()
 }
 
+/// `source` with transformers' `{% generation %}` / `{% endgeneration %}` tags replaced by
+/// `{% if true %}` / `{% endif %}`, keeping their `-` whitespace control.
+fn without_generation_tags(source: &str) -> String {
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(i) = rest.find("{%") {
+        out.push_str(&rest[..i]);
+        let tag = &rest[i..];
+        let Some(end) = tag.find("%}") else {
+            out.push_str(tag);
+            return out;
+        };
+        let inner = &tag[2..end];
+        let (lead, body) = match inner.strip_prefix('-') {
+            Some(b) => ("-", b),
+            None => ("", inner),
+        };
+        let (body, trail) = match body.strip_suffix('-') {
+            Some(b) => (b, "-"),
+            None => (body, ""),
+        };
+        match body.trim() {
+            "generation" => out.push_str(&format!("{{%{lead} if true {trail}%}}")),
+            "endgeneration" => out.push_str(&format!("{{%{lead} endif {trail}%}}")),
+            _ => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `s` as a single-quoted Jinja string literal.
 fn jinja_string_literal(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
@@ -103,7 +135,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
-        env.add_template_owned("chat", source.to_string())?;
+        env.add_template_owned("chat", without_generation_tags(source))?;
         Ok(ChatTemplate { env, bos: bos.into(), eos: eos.into() })
     }
 
@@ -115,6 +147,30 @@ impl ChatTemplate {
             bos_token => self.bos,
             eos_token => self.eos,
         })
+    }
+
+    /// The whole conversation rendered (without a generation prompt), and the byte range of
+    /// each assistant message's turn in it, in order.
+    pub fn assistant_spans(&self, messages: &[Message]) -> Result<(String, Vec<std::ops::Range<usize>>), Error> {
+        let full = self.render(messages, false)?;
+        let mut spans = Vec::new();
+        for (i, _) in messages.iter().enumerate().filter(|(_, m)| m.role == "assistant") {
+            let before = self.render(&messages[..i], true)?;
+            let through = self.render(&messages[..=i], false)?;
+            if !through.starts_with(&before) || !full.starts_with(&through) {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!(
+                        "the chat template renders the conversation up to assistant message {} as something that is not a prefix of the whole conversation, so its turn cannot be located ({} message{})",
+                        i + 1,
+                        messages.len(),
+                        if messages.len() == 1 { "" } else { "s" }
+                    ),
+                ));
+            }
+            spans.push(before.len()..through.len());
+        }
+        Ok((full, spans))
     }
 
     /// (prompt, completion) for one exchange.
@@ -152,6 +208,37 @@ mod tests {
             "<|im_start|>system\nYou are helpful<|im_end|>\n<|im_start|>user\n你是谁?<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(c, "我是算命大师。<|im_end|>\n");
+    }
+
+    #[test]
+    fn assistant_spans_cover_each_assistant_turn_with_its_end_tokens() {
+        let t = ChatTemplate::new(CHATML, "", "<|im_end|>").unwrap();
+        let msgs = [msg("user", "a"), msg("assistant", "b"), msg("user", "c"), msg("assistant", "d")];
+        let (full, spans) = t.assistant_spans(&msgs).unwrap();
+        let turns: Vec<&str> = spans.iter().map(|s| &full[s.clone()]).collect();
+        assert_eq!(turns, ["b<|im_end|>\n", "d<|im_end|>\n"]);
+        assert!(full[..spans[0].start].ends_with("<|im_start|>assistant\n"));
+        assert!(t.assistant_spans(&msgs[..1]).unwrap().1.is_empty());
+    }
+
+    #[test]
+    fn a_template_that_rewrites_earlier_turns_cannot_be_split() {
+        // Shows only the last assistant message in full, as reasoning templates do with thoughts.
+        let src = "{% for m in messages %}{% if m.role == 'assistant' and not loop.last %}[old]{% else %}{{ m.content }}{% endif %}|{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let e = t.assistant_spans(&[msg("user", "a"), msg("assistant", "b"), msg("user", "c")]).unwrap_err();
+        assert!(e.to_string().contains("assistant message 2"), "{e}");
+    }
+
+    #[test]
+    fn generation_tags_render_as_their_content() {
+        let src = "{% for m in messages %}{% if m.role == 'assistant' %}{%- generation -%} {{ m.content }} {%- endgeneration %}{% else %}{{ m.content }}{% endif %}{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        assert_eq!(t.render(&[msg("user", "q "), msg("assistant", "a")], false).unwrap(), "q a");
+        assert_eq!(
+            without_generation_tags("{% generation %}x{%endgeneration%}{% if a %}{% endif %}"),
+            "{% if true %}x{% endif %}{% if a %}{% endif %}"
+        );
     }
 
     #[test]

@@ -8,6 +8,10 @@ mod common;
 /// Reruns, `--set` and YAML edits, touched and changed inputs, early cutoff: what runs again.
 mod caching;
 
+/// Conversation datasets (`schema: messages | sharegpt`, CSV input) against transformers'
+/// assistant masks; `train_on`, truncation counts, located errors.
+mod chat;
+
 /// Concurrent runs on one cache, and a run killed with SIGKILL mid-node.
 mod concurrency;
 
