@@ -132,10 +132,20 @@ impl State {
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(serde_json::to_vec(body).unwrap_or_default())))
             .map_err(|e| unavailable(e.to_string()))?;
-        self.client.request(req).await.map_err(|e| match m.child.exit_status() {
-            Some(status) => unavailable(format!("its llama-server exited ({status})")),
-            None => unavailable(format!("its llama-server did not answer: {e}")),
-        })
+        match self.client.request(req).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                // A child being killed refuses connections a moment before it can be reaped (its
+                // threads are still exiting): give it that moment, so the answer says what happened.
+                for _ in 0..20 {
+                    if let Some(status) = m.child.exit_status() {
+                        return Err(unavailable(format!("its llama-server exited ({status})")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(unavailable(format!("its llama-server did not answer: {e}")))
+            }
+        }
     }
 }
 
