@@ -317,17 +317,6 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-fn type_name(v: &Json) -> &'static str {
-    match v {
-        Json::Null => "null",
-        Json::Bool(_) => "a boolean",
-        Json::Number(_) => "a number",
-        Json::String(_) => "a string",
-        Json::Array(_) => "an array",
-        Json::Object(_) => "an object",
-    }
-}
-
 /// What is wrong with a record's fields; its text is the reason in the report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FieldProblem {
@@ -352,7 +341,7 @@ pub fn check_fields(obj: &Map<String, Json>, required: &[String]) -> Result<(), 
     }
     for f in required {
         if let Some(v) = obj.get(f).filter(|v| !v.is_string()) {
-            return Err(FieldProblem::NotAString { field: f.clone(), found: type_name(v) });
+            return Err(FieldProblem::NotAString { field: f.clone(), found: chat::type_name(v) });
         }
     }
     Ok(())

@@ -25,6 +25,12 @@ pub fn models(state: &State) -> Response<Body> {
 
 /// `POST /v1/chat/completions`.
 pub async fn chat(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    chat_to(state, req, "/v1/chat/completions").await
+}
+
+/// A request with `model` and `messages` (the export's system prompt added where the chat has
+/// none), passed to `path` of the model's llama-server.
+async fn chat_to(state: &State, req: Request<Incoming>, path: &str) -> Result<Response<Body>, ApiError> {
     let mut body = json_body(req).await?;
     let name = required_str(&body, "model")?.to_string();
     check_messages(required_array(&body, "messages")?)?;
@@ -32,7 +38,7 @@ pub async fn chat(state: &State, req: Request<Incoming>) -> Result<Response<Body
     if let Some(system) = &m.info.system {
         with_system(&mut body, system);
     }
-    Ok(pass_through(state.forward(m, "/v1/chat/completions", &Value::Object(body)).await?))
+    Ok(pass_through(state.forward(m, path, &Value::Object(body)).await?))
 }
 
 /// `POST /v1/completions`.
@@ -56,14 +62,7 @@ pub async fn completions(state: &State, req: Request<Incoming>) -> Result<Respon
 /// `POST /apply-template` (llama.cpp's endpoint, with a `model` field): the prompt the model's
 /// chat template renders from `messages`, exactly as a chat request would be rendered.
 pub async fn apply_template(state: &State, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let mut body = json_body(req).await?;
-    let name = required_str(&body, "model")?.to_string();
-    check_messages(required_array(&body, "messages")?)?;
-    let m = state.model(&name)?;
-    if let Some(system) = &m.info.system {
-        with_system(&mut body, system);
-    }
-    Ok(pass_through(state.forward(m, "/apply-template", &Value::Object(body)).await?))
+    chat_to(state, req, "/apply-template").await
 }
 
 /// Each message is an object with a string `role`; 400 naming the first that is not.
