@@ -98,7 +98,10 @@ pub struct State {
 impl State {
     /// The state for `models`.
     pub fn new(models: Vec<Served>) -> State {
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build_http();
+        // One connection per request: llama-server (cpp-httplib) closes a kept-alive connection
+        // after a few requests, and a pooled connection it is closing fails the next request
+        // sent on it ("SendRequest"). On loopback a new connection costs about 0.1 ms.
+        let client = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(0).build_http();
         State { models, client, started: Instant::now() }
     }
 

@@ -303,6 +303,22 @@ print(json.dumps([a.choices[0].message.content, b.message.content, s]))
         h.join().expect("a streaming chat failed");
     }
 
+    // Many requests one after another, streamed and not, through both APIs: each gets its answer.
+    // (scripts/bench-serve.py once got a 503 here when the front end reused pooled connections
+    // to llama-server, which closes them on its own; this loop did not catch that race, the front
+    // end now opens one connection per request.)
+    for i in 0..40 {
+        let mut req = openai_chat(i % 2 == 1);
+        req["max_tokens"] = json!(2);
+        let r = post(&format!("{u}/v1/chat/completions"), &req);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        let r = post(
+            &format!("{u}/api/generate"),
+            &json!({"model": "fortune", "prompt": "x", "stream": false, "options": {"num_predict": 1}}),
+        );
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+
     // Bad requests: clear answers in each API's error shape, and the server goes on.
     let r = request("POST", &format!("{u}/api/chat"), Some("{\"model\": \"fortune\", \"messages\": [}"));
     assert_eq!(r.status, 400);
