@@ -315,3 +315,47 @@ fn tokenize_names_the_record_and_field_of_a_bad_conversation() {
     assert!(r.stderr.contains("records.json: record 2: `messages[0].content` must be a string, found an array"), "{r:?}");
     assert!(r.stderr.contains("a fix-json node with the same `schema`"), "{r:?}");
 }
+
+/// `pipelines/chat.yaml` on the default model up to its tokenized datasets: the six damaged
+/// conversations of `data/chat.jsonl` are reported at their lines and dropped, the rest are
+/// rendered with SmolLM2's own chat template and trained on the assistant's turns only, and the
+/// data file is what scripts/make_chat_dataset.py writes. (Training, merge, eval and export are
+/// the fortune pipeline's nodes, tested end to end there.)
+#[test]
+fn the_example_chat_pipeline_reads_its_dataset_and_trains_on_assistant_turns() {
+    if std::env::var_os("PIPE_TEST_GGUF").is_none() {
+        assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
+        eprintln!("skipping: the default model is fetched by scripts/test.sh");
+        return;
+    }
+    let made = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(repo().join("scripts/make_chat_dataset.py"))
+        .arg(made.path().join("chat.jsonl"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        std::fs::read(made.path().join("chat.jsonl")).unwrap(),
+        std::fs::read(repo().join("pipelines/data/chat.jsonl")).unwrap(),
+        "pipelines/data/chat.jsonl is what scripts/make_chat_dataset.py writes"
+    );
+    let t = TestContext::new();
+    let file = repo().join("pipelines/chat.yaml");
+    let file = file.to_str().unwrap();
+    t.run(file, &["--target", "tokenize", "--target", "tokenize-eval"]).success();
+    let report = t.output_json(file, "fix", "report", &[]);
+    let bad: Vec<u64> = report["bad_records"].as_array().unwrap().iter().map(|b| b["line"].as_u64().unwrap()).collect();
+    assert_eq!(bad, vec![18, 49, 80, 111, 142, 173], "{report:#}");
+    assert_eq!(report["records_written"], 219, "{report:#}");
+    for node in ["tokenize", "tokenize-eval"] {
+        let stats = t.output_json(file, node, "stats", &[]);
+        assert_eq!(stats["conversations"]["train_on"], "all_assistant", "{stats:#}");
+        assert_eq!(stats["conversations"]["cut_to_nothing"], 0, "{stats:#}");
+        let f = stats["trained_fraction"].as_f64().unwrap();
+        assert!(f > 0.3 && f < 0.7, "the assistant's turns are about half the tokens: {stats:#}");
+    }
+    // 219 conversations, a 10% held-out split.
+    assert_eq!(t.output_json(file, "tokenize", "stats", &[])["records"], 197);
+    assert_eq!(t.output_json(file, "tokenize-eval", "stats", &[])["records"], 22);
+}
