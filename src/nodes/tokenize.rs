@@ -181,6 +181,35 @@ pub struct Stats {
     conversations: Option<ChatStats>,
 }
 
+impl Stats {
+    /// The stats of a finished encoding (every record pushed to its writer); `conversations` is
+    /// left for the conversation path to fill.
+    fn of(e: &Encoded, skip_empty: bool, max_length: usize, params: &Params, eos: &(u32, String)) -> Stats {
+        let n = e.writer.len();
+        Stats {
+            records: n,
+            tokens: e.tokens,
+            trained_tokens: e.trained_tokens,
+            truncated_records: e.truncated,
+            skipped_empty: if skip_empty { e.empty.len() } else { 0 },
+            mean_length: if n == 0 { 0.0 } else { e.tokens as f64 / n as f64 },
+            max_length_seen: e.max_seen,
+            trained_fraction: if e.tokens == 0 { 0.0 } else { e.trained_tokens as f64 / e.tokens as f64 },
+            max_length,
+            format: params.str("format").unwrap_or("seed").into(),
+            eos_id: eos.0,
+            eos_token: eos.1.clone(),
+            conversations: None,
+        }
+    }
+
+    /// Writes the `stats` output.
+    fn write(&self, ctx: &RunCtx) -> Result<(), NodeError> {
+        let sp = ctx.output("stats");
+        std::fs::write(&sp, serde_json::to_string_pretty(self).expect("stats serialise")).map_err(NodeError::io("writing", &sp))
+    }
+}
+
 /// The conversation part of [`Stats`].
 #[derive(Debug, Serialize)]
 pub struct ChatStats {
@@ -372,16 +401,17 @@ impl NodeKind for Tokenize {
         };
         let encoded = encode_records(&spec, Items::Pairs(&records), writer);
         drop(records);
-        let Encoded { writer, empty, truncated, max_seen, trained_tokens, tokens, misses: (n_miss, miss_bytes) } = encoded
-            .map_err(|e| match e {
-                EncodeError::Fields { record } => NodeError::BadInput {
-                    path: rec_path.clone(),
-                    location: None,
-                    message: format!("record {record} has no string fields `{fi}` and `{fo}`"),
-                },
-                EncodeError::Write(e) => NodeError::io("writing", &out)(e),
-                e => e.into(),
-            })?;
+        let encoded = encoded.map_err(|e| match e {
+            EncodeError::Fields { record } => NodeError::BadInput {
+                path: rec_path.clone(),
+                location: None,
+                message: format!("record {record} has no string fields `{fi}` and `{fo}`"),
+            },
+            EncodeError::Write(e) => NodeError::io("writing", &out)(e),
+            e => e.into(),
+        })?;
+        let stats = Stats::of(&encoded, skip_empty, max_len, params, &p.eos);
+        let Encoded { writer, empty, truncated, misses: (n_miss, miss_bytes), .. } = encoded;
         tracing::debug!(
             "{total} records encoded and their ids written at {:?}; {n_miss} pieces ({miss_bytes} bytes) went through BPE",
             t0.elapsed()
@@ -404,29 +434,13 @@ impl NodeKind for Tokenize {
             }
         }
         ctx.progress.update(total as u64, None);
-        let n = writer.len();
         writer.finish().map_err(NodeError::io("writing", &out))?;
         tracing::debug!("dataset written at {:?}", t0.elapsed());
-        let stats = Stats {
-            records: n,
-            tokens,
-            trained_tokens,
-            truncated_records: truncated,
-            skipped_empty: if skip_empty { empty.len() } else { 0 },
-            mean_length: if n == 0 { 0.0 } else { tokens as f64 / n as f64 },
-            max_length_seen: max_seen,
-            trained_fraction: if tokens == 0 { 0.0 } else { trained_tokens as f64 / tokens as f64 },
-            max_length: max_len,
-            format: params.str("format").unwrap_or("seed").into(),
-            eos_id: p.eos.0,
-            eos_token: p.eos.1.clone(),
-            conversations: None,
-        };
-        let sp = ctx.output("stats");
-        std::fs::write(&sp, serde_json::to_string_pretty(&stats).expect("stats serialise"))
-            .map_err(NodeError::io("writing", &sp))?;
+        stats.write(ctx)?;
         ctx.set_summary(format!(
-            "{n} records, {tokens} tokens ({:.0}% trained), {truncated} truncated",
+            "{} records, {} tokens ({:.0}% trained), {truncated} truncated",
+            stats.records,
+            stats.tokens,
             stats.trained_fraction * 100.0
         ));
         Ok(())
@@ -497,7 +511,8 @@ fn run_chats(
         EncodeError::Write(e) => NodeError::io("writing", &out)(e),
         e => e.into(),
     })?;
-    let Encoded { writer, empty, truncated, max_seen, trained_tokens, tokens, .. } = encoded;
+    let mut stats = Stats::of(&encoded, skip_empty, max_len, params, &p.eos);
+    let Encoded { writer, empty, truncated, .. } = encoded;
     if !empty.is_empty() {
         ctx.log(format!("conversations with no trained token after truncation: {empty:?}"));
         if !skip_empty {
@@ -515,32 +530,18 @@ fn run_chats(
         }
     }
     ctx.progress.update(total as u64, None);
-    let n = writer.len();
     writer.finish().map_err(NodeError::io("writing", &out))?;
-    let stats = Stats {
-        records: n,
-        tokens,
-        trained_tokens,
-        truncated_records: truncated,
-        skipped_empty: if skip_empty { empty.len() } else { 0 },
-        mean_length: if n == 0 { 0.0 } else { tokens as f64 / n as f64 },
-        max_length_seen: max_seen,
-        trained_fraction: if tokens == 0 { 0.0 } else { trained_tokens as f64 / tokens as f64 },
-        max_length: max_len,
-        format: params.str("format").unwrap_or("seed").into(),
-        eos_id: p.eos.0,
-        eos_token: p.eos.1.clone(),
-        conversations: Some(ChatStats {
-            schema: params.str("schema").unwrap_or_default().into(),
-            train_on: params.str("train_on").unwrap_or_default().into(),
-            cut: truncated,
-            cut_to_nothing: empty.len(),
-        }),
-    };
-    let sp = ctx.output("stats");
-    std::fs::write(&sp, serde_json::to_string_pretty(&stats).expect("stats serialise")).map_err(NodeError::io("writing", &sp))?;
+    stats.conversations = Some(ChatStats {
+        schema: params.str("schema").unwrap_or_default().into(),
+        train_on: params.str("train_on").unwrap_or_default().into(),
+        cut: truncated,
+        cut_to_nothing: empty.len(),
+    });
+    stats.write(ctx)?;
     ctx.set_summary(format!(
-        "{n} conversations, {tokens} tokens ({:.0}% trained), {truncated} cut",
+        "{} conversations, {} tokens ({:.0}% trained), {truncated} cut",
+        stats.records,
+        stats.tokens,
         stats.trained_fraction * 100.0
     ));
     Ok(())
