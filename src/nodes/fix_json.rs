@@ -46,6 +46,26 @@ const INPUTS: &[InputSpec] = &[InputSpec {
     doc: "the records file (JSON array, JSON Lines, or objects run together)",
 }];
 
+/// The field-name params of conversation records (tokenize takes them too).
+pub(super) const MESSAGES_FIELD: ParamSpec = ParamSpec {
+    name: "messages_field",
+    ty: ParamType::Str,
+    default: Default::Null,
+    doc: "conversations: record field holding the messages (default `messages`, sharegpt `conversations`)",
+};
+pub(super) const ROLE_FIELD: ParamSpec = ParamSpec {
+    name: "role_field",
+    ty: ParamType::Str,
+    default: Default::Null,
+    doc: "conversations: message field holding the role (default `role`, sharegpt `from`)",
+};
+pub(super) const CONTENT_FIELD: ParamSpec = ParamSpec {
+    name: "content_field",
+    ty: ParamType::Str,
+    default: Default::Null,
+    doc: "conversations: message field holding the text (default `content`, sharegpt `value`)",
+};
+
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
         name: "required",
@@ -89,24 +109,9 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Str("alpaca"),
         doc: "records: alpaca (the `required` fields) or messages / sharegpt conversations, validated turn by turn",
     },
-    ParamSpec {
-        name: "messages_field",
-        ty: ParamType::Str,
-        default: Default::Null,
-        doc: "conversations: record field holding the messages (default `messages`, sharegpt `conversations`)",
-    },
-    ParamSpec {
-        name: "role_field",
-        ty: ParamType::Str,
-        default: Default::Null,
-        doc: "conversations: message field holding the role (default `role`, sharegpt `from`)",
-    },
-    ParamSpec {
-        name: "content_field",
-        ty: ParamType::Str,
-        default: Default::Null,
-        doc: "conversations: message field holding the text (default `content`, sharegpt `value`)",
-    },
+    MESSAGES_FIELD,
+    ROLE_FIELD,
+    CONTENT_FIELD,
 ];
 
 /// The params added with conversations and CSV: at their defaults they change nothing, so they

@@ -40,6 +40,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::fix_json::{CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD};
 use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::chat::{self, ChatFields, Schema};
 use crate::dataset::encode::{encode_records, EncodeError, EncodeSpec, Encoded, Items, TrainOn};
@@ -123,24 +124,9 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Str("all_assistant"),
         doc: "conversations: train on every assistant turn, the last one, or every token",
     },
-    ParamSpec {
-        name: "messages_field",
-        ty: ParamType::Str,
-        default: Default::Null,
-        doc: "conversations: record field holding the messages (default `messages`, sharegpt `conversations`)",
-    },
-    ParamSpec {
-        name: "role_field",
-        ty: ParamType::Str,
-        default: Default::Null,
-        doc: "conversations: message field holding the role (default `role`, sharegpt `from`)",
-    },
-    ParamSpec {
-        name: "content_field",
-        ty: ParamType::Str,
-        default: Default::Null,
-        doc: "conversations: message field holding the text (default `content`, sharegpt `value`)",
-    },
+    MESSAGES_FIELD,
+    ROLE_FIELD,
+    CONTENT_FIELD,
 ];
 
 /// The params added with conversations: at their defaults (alpaca) they change nothing, so
