@@ -254,6 +254,21 @@ impl Session {
                         unit: s("unit").unwrap_or_default(),
                         message: s("message"),
                     }),
+                    // The job pushed its outputs to the remote cache (it was given the run's).
+                    Some("node_pushed") => self.reporter.emit(Event::NodePushed {
+                        node: node.name.clone(),
+                        key: key.to_string(),
+                        remote: s("remote").unwrap_or_default(),
+                        uploaded: v["uploaded"].as_u64().unwrap_or(0),
+                        skipped: v["skipped"].as_u64().unwrap_or(0),
+                        bytes: v["bytes"].as_u64().unwrap_or(0),
+                    }),
+                    Some("node_pulled") => self.reporter.emit(Event::NodePulled {
+                        node: s("node").unwrap_or_default(),
+                        key: s("key").unwrap_or_default(),
+                        files: v["files"].as_u64().unwrap_or(0),
+                        bytes: v["bytes"].as_u64().unwrap_or(0),
+                    }),
                     Some("node_cached") => cached = true,
                     Some("node_failed") => job_error = s("error"),
                     _ => {}
@@ -261,8 +276,12 @@ impl Session {
             }
         };
         let mut unknown = 0;
+        // Short jobs end within a second or two of starting: poll fast at first, then back off to
+        // one query a second (each is a `scontrol` RPC to the controller).
+        let mut poll = Duration::from_millis(200);
         let info: Option<JobInfo> = loop {
-            std::thread::sleep(Duration::from_millis(1000));
+            std::thread::sleep(poll);
+            poll = (poll * 3 / 2).min(Duration::from_secs(1));
             relay(tail.lines());
             match slurm::query(&id) {
                 Some(info) if info.ended() => break Some(info),

@@ -33,6 +33,8 @@ struct Fortune {
     shared: tempfile::TempDir,
     /// The first run.
     first: Run,
+    /// Whether the first run's nodes ran as Slurm jobs.
+    on_slurm: bool,
 }
 
 /// The first run, done once by whichever test gets here first; the other waits for it, then both
@@ -51,9 +53,16 @@ fn fortune() -> Option<&'static Fortune> {
         let remote = format!("file://{}", shared.path().display());
         let mut args = vec!["run", file(), "--json", "--remote", remote.as_str()];
         args.extend_from_slice(&BUDGET);
+        // Every node as a job on the test cluster, as on a team's GPU cluster (README, "On a
+        // Slurm cluster"); where Slurm cannot run (and PIPE_REQUIRE_SLURM is not set), here.
+        let cluster = crate::common::slurm::cluster("the fortune pipeline on Slurm (it runs locally)");
+        let mut cmd = t.cmd(args);
+        if let Some(c) = cluster {
+            cmd.args(["--executor", "slurm"]).env("SLURM_CONF", &c.conf);
+        }
         // Real training on 2 CPU cores in a test build: minutes, not the harness's default 2.
-        let first = Run::from(t.cmd(args).timeout(Duration::from_secs(1800)).output().expect("pipe runs"));
-        Fortune { t, shared, first }
+        let first = Run::from(cmd.timeout(Duration::from_secs(1800)).output().expect("pipe runs"));
+        Fortune { t, shared, first, on_slurm: cluster.is_some() }
     }))
 }
 
@@ -91,6 +100,16 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     };
     let r = f.first.clone().success();
     assert_eq!(r.ran_nodes().len(), 7, "{}", r.stderr);
+    if f.on_slurm {
+        let mut queued = r.nodes_with("node_queued");
+        queued.sort();
+        let mut ran = r.ran_nodes();
+        ran.sort();
+        assert_eq!(queued, ran, "every node ran as a Slurm job: {}", r.stderr);
+        for e in r.events_of("node_started") {
+            assert!(e["device"].as_str().unwrap().starts_with("slurm job "), "{e}");
+        }
+    }
     assert_eq!(r.count("node_pushed"), 7, "{}", r.stderr);
     let report = t.output_path(file, "eval", "report", &budget);
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(report.join("report.json")).unwrap()).unwrap();
@@ -103,8 +122,8 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     let again = long(t, &budget).success();
     assert!(again.ran_nodes().is_empty(), "{:?}", again.ran_nodes());
     // Another checkout with an empty cache pulls instead of running: nothing recomputed, the same
-    // bytes, and re-executing the cheap nodes (pulling the outputs they were not sent) reproduces
-    // them.
+    // bytes. Re-executing the nodes up to the merged model there (pulling the outputs they were
+    // not sent) reproduces them: the jobs' outputs are a local run's, byte for byte.
     let teammate = TestContext::new();
     let pulled = with_remote(&teammate).success();
     assert!(pulled.ran_nodes().is_empty(), "{}", pulled.stderr);
@@ -120,7 +139,7 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     for node in ["eval", "export"] {
         assert_eq!(digests(&teammate, node), digests(t, node), "{node}");
     }
-    let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "--remote", remote.as_str()];
+    let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "train", "merge", "--remote", remote.as_str()];
     verify.extend_from_slice(&budget);
     teammate.pipe(verify).success();
 

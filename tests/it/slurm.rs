@@ -6,62 +6,11 @@
 //! started, unless `PIPE_REQUIRE_SLURM=1`. Bad `resources:` need no cluster.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::{events_of, names, read_until, repo, Run, TestContext};
-
-/// A running cluster: `SLURM_CONF` for every command.
-struct Cluster {
-    dir: PathBuf,
-    conf: String,
-}
-
-static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
-
-extern "C" fn stop_cluster() {
-    if let Some(Some(c)) = CLUSTER.get() {
-        let _ = std::process::Command::new(repo().join("scripts/slurm-cluster.sh")).arg("stop").arg(&c.dir).output();
-        let _ = std::fs::remove_dir_all(&c.dir);
-    }
-}
-
-/// The test binary's cluster, started on first use; `None` (after a SKIPPED line) where Slurm
-/// cannot run here, a panic instead with `PIPE_REQUIRE_SLURM=1`.
-fn cluster(test: &str) -> Option<&'static Cluster> {
-    let c = CLUSTER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("pipe-slurm-{}", std::process::id()));
-        let out = std::process::Command::new(repo().join("scripts/slurm-cluster.sh")).arg("start").arg(&dir).output();
-        let started = match out {
-            Ok(o) if o.status.success() => {
-                let text = String::from_utf8_lossy(&o.stdout).to_string();
-                text.lines().find_map(|l| l.strip_prefix("export SLURM_CONF=")).map(|c| c.trim().to_string()).ok_or(text)
-            }
-            Ok(o) => Err(String::from_utf8_lossy(&o.stderr).to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match started {
-            Ok(conf) => {
-                // SAFETY: registering a plain extern "C" function.
-                unsafe { libc::atexit(stop_cluster) };
-                Some(Cluster { dir, conf })
-            }
-            Err(why) => {
-                if std::env::var("PIPE_REQUIRE_SLURM").is_ok_and(|v| v == "1") {
-                    panic!("PIPE_REQUIRE_SLURM=1 but scripts/slurm-cluster.sh could not start a cluster: {why}");
-                }
-                eprintln!("SKIPPED slurm tests: scripts/slurm-cluster.sh could not start a cluster ({}); set PIPE_REQUIRE_SLURM=1 to make this a failure", why.trim());
-                None
-            }
-        }
-    });
-    if c.is_none() {
-        eprintln!("SKIPPED {test}: no Slurm cluster");
-    }
-    c.as_ref()
-}
+use crate::common::slurm::{cluster, Cluster};
+use crate::common::{events_of, names, read_until, Run, TestContext};
 
 /// fix-json -> tokenize, and a random model: three small nodes (as in tests/it/remote.rs).
 const PIPELINE: &str = r#"name: on-slurm

@@ -8,6 +8,7 @@
 
 pub mod http;
 pub mod s3;
+pub mod slurm;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
