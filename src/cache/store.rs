@@ -74,6 +74,10 @@ pub struct ExtraMemo {
     pub values: BTreeMap<String, String>,
     /// Files read to compute them, with their digests at the time.
     pub files: Vec<(String, Digest)>,
+    /// Whether the kind read only its own inputs (already in the key by content) to compute
+    /// them, so that another machine may reuse them (the remote cache shares such memos).
+    #[serde(default)]
+    pub portable: bool,
 }
 
 /// What `gc` removed (or would remove).

@@ -36,6 +36,16 @@ impl Layout {
     pub(crate) fn record(&self, key: &str) -> ObjPath {
         ObjPath::from(format!("{}/nodes/{key}.json", self.root))
     }
+
+    /// A source's digest (`pypi:`, `hf:`), named by the blake3 of its text.
+    pub(crate) fn source(&self, text: &str) -> ObjPath {
+        ObjPath::from(format!("{}/sources/{}.json", self.root, blake3::hash(text.as_bytes()).to_hex()))
+    }
+
+    /// A kind's extra key components, named by what they are a function of.
+    pub(crate) fn extras(&self, id: &str) -> ObjPath {
+        ObjPath::from(format!("{}/extras/{id}.json", self.root))
+    }
 }
 
 /// One file of a folder output.

