@@ -101,6 +101,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Delete cache entries that no pipeline's latest run references
     Gc(GcArgs),
+    /// Rehash every cached object and check every record; `--repair` moves damaged ones aside
+    Fsck(FsckArgs),
     /// List node kinds with their inputs, parameters and outputs
     Kinds(KindsArgs),
     /// Run one node by its key against the cache (what a Slurm job runs; internal)
@@ -283,6 +285,16 @@ pub struct GcArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// A pipeline file whose project's cache to clean [default: ./cache]
+    pub file: Option<PathBuf>,
+}
+
+/// `pipe fsck`.
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Move damaged objects and records aside (into the cache's tmp/) so the next run recomputes them
+    #[arg(long)]
+    pub repair: bool,
+    /// A pipeline file whose project's cache to check [default: ./cache]
     pub file: Option<PathBuf>,
 }
 

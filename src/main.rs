@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Command::Push(a) => commands::push::run(a, g),
         Command::Serve(a) => commands::serve::run(a, g),
         Command::Gc(a) => commands::gc::run(a, g),
+        Command::Fsck(a) => commands::fsck::run(a, g),
         Command::Kinds(a) => commands::kinds::run(a),
         Command::ExecNode(a) => commands::exec_node::run(a, g),
         Command::Completions { shell } => {

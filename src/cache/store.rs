@@ -67,6 +67,17 @@ pub struct RunRecord {
     pub nodes: BTreeMap<String, RunNode>,
 }
 
+/// What [`Store::lookup`] found for a key.
+#[derive(Debug)]
+pub enum Lookup {
+    /// A usable entry.
+    Hit(NodeRecord),
+    /// No entry (or one whose objects were collected).
+    Absent,
+    /// A damaged entry: `why`, and the digests of the objects to move aside before recomputing.
+    Damaged { why: String, objects: Vec<Digest> },
+}
+
 /// Memoised kind-specific key components and the side files (path, digest) they were computed from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExtraMemo {
@@ -136,7 +147,7 @@ impl Store {
         self.root.join("objects").join(&digest[..2]).join(digest)
     }
 
-    fn record_path(&self, key: &str) -> PathBuf {
+    pub fn record_path(&self, key: &str) -> PathBuf {
         self.root.join("nodes").join(format!("{key}.json"))
     }
 
@@ -167,10 +178,69 @@ impl Store {
         write_atomic(&path, &bytes)
     }
 
-    /// The record for `key`, if it exists and every object it names is present.
+    /// The record for `key`, if it exists and every object it names is present and intact as
+    /// far as a cheap check tells ([`Store::lookup`] says why not).
     pub fn record(&self, key: &str) -> Option<NodeRecord> {
-        let rec: NodeRecord = serde_json::from_slice(&fs::read(self.record_path(key)).ok()?).ok()?;
-        rec.outputs.values().all(|o| self.object_path(&o.digest).exists()).then_some(rec)
+        match self.lookup(key) {
+            Lookup::Hit(rec) => Some(rec),
+            _ => None,
+        }
+    }
+
+    /// The entry of `key`: a hit; absent (no record, or an object gone, e.g. collected); or
+    /// damaged: a record that does not read or is not the record of its key (edited), or an
+    /// object that is not what its record says (truncated, replaced, a file for a folder). The
+    /// checks are cheap (sizes, the record's own key), made on every use; `pipe fsck` rehashes.
+    pub fn lookup(&self, key: &str) -> Lookup {
+        let path = self.record_path(key);
+        let Ok(bytes) = fs::read(&path) else { return Lookup::Absent };
+        let rec: NodeRecord = match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                return Lookup::Damaged { why: format!("its record {} does not read: {e}", path.display()), objects: vec![] }
+            }
+        };
+        if rec.key != key || rec.parts.key() != key {
+            let why = format!("its record {} was edited: it hashes to {}, not to its key", path.display(), rec.parts.key());
+            return Lookup::Damaged { why, objects: vec![] };
+        }
+        for (name, o) in &rec.outputs {
+            if let Some(found) = self.object_damage(o) {
+                if found == "gone" {
+                    return Lookup::Absent;
+                }
+                let why = format!("output `{name}` ({}) {found}", self.object_path(&o.digest).display());
+                return Lookup::Damaged { why, objects: vec![o.digest.clone()] };
+            }
+        }
+        Lookup::Hit(rec)
+    }
+
+    /// What is wrong with an output's object by a cheap check (its kind and size), if anything:
+    /// "gone" when it is not there at all.
+    pub fn object_damage(&self, o: &OutputRecord) -> Option<String> {
+        let p = self.object_path(&o.digest);
+        let Ok(md) = fs::symlink_metadata(&p) else { return Some("gone".into()) };
+        let (size, what) = if md.is_dir() { (tree_size(&p), "folder") } else { (md.len(), "file") };
+        if md.is_dir() != o.dir {
+            return Some(format!("is a {what}, its record says a {}", if o.dir { "folder" } else { "file" }));
+        }
+        (size != o.bytes).then(|| format!("is {size} bytes, its record says {}", o.bytes))
+    }
+
+    /// Whether an output's object is present and passes the cheap check.
+    pub fn object_ok(&self, o: &OutputRecord) -> bool {
+        self.object_damage(o).is_none()
+    }
+
+    /// Moves a damaged object (or a record) out of the way, into `tmp/damaged-*` (kept for a look,
+    /// removed by `pipe gc`), so that a recomputed entry can be published in its place.
+    pub fn quarantine(&self, path: &Path) -> Result<PathBuf, CacheError> {
+        let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let dest = self.root.join("tmp").join(format!("damaged-{name}-{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        fs::create_dir_all(self.root.join("tmp")).map_err(io("creating", &self.root.join("tmp")))?;
+        fs::rename(path, &dest).map_err(io("moving aside", path))?;
+        Ok(dest)
     }
 
     /// Locks keys with leases from now on (a cache that Slurm jobs on other machines share).
@@ -381,7 +451,7 @@ fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
+pub(crate) fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
     match fs::read_dir(dir) {
         Ok(rd) => Ok(rd.filter_map(|e| e.ok().map(|e| e.path())).collect()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),

@@ -2,6 +2,7 @@
 //! invalid invocations or internal errors (exit 2).
 
 pub mod exec_node;
+pub mod fsck;
 pub mod gc;
 pub mod graph;
 pub mod kinds;

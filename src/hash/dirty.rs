@@ -33,6 +33,11 @@ pub enum DirtyReason {
     EntryMissing,
     /// The key differs from the last run for no reason listed above (e.g. a cache written by another version of pipe).
     KeyChanged,
+    /// The cache entry of this key failed its check on use (`why`); it was moved aside.
+    EntryDamaged { why: String },
+    /// An earlier run of this very key stopped (killed, cancelled) after saving `point`; this
+    /// run resumes from there.
+    Resumes { point: String },
 }
 
 fn short(d: &Option<String>) -> String {
@@ -67,6 +72,8 @@ impl std::fmt::Display for DirtyReason {
                 write!(f, "same key as the last run, but its cache entry is gone")
             }
             DirtyReason::KeyChanged => write!(f, "key changed"),
+            DirtyReason::EntryDamaged { why } => write!(f, "its cache entry was damaged ({why})"),
+            DirtyReason::Resumes { point } => write!(f, "resumes from {point} (an earlier run of this key stopped there)"),
         }
     }
 }

@@ -223,6 +223,10 @@ impl NodeKind for LoraTrain {
     fn device_sensitive(&self) -> bool {
         true
     }
+    fn resume_point(&self, work: &std::path::Path) -> Option<String> {
+        crate::train::checkpoint::newest_step(work).filter(|&n| n > 0).map(|n| format!("the checkpoint at step {n}"))
+    }
+
     fn data_parallel(&self) -> bool {
         true
     }
@@ -256,7 +260,12 @@ impl NodeKind for LoraTrain {
             Some(load::load_as(&model_path, &device, dtype)?)
         };
         let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
-        ctx.progress.start(Some(total), "steps");
+        // A run of this key that was killed or cancelled left checkpoints: the first progress
+        // line says it goes on from there (the next step report comes only after a step).
+        match crate::train::checkpoint::newest_step(&ctx.work).filter(|&n| n > 0 && n <= total) {
+            Some(n) => ctx.progress.start_at(Some(total), "steps", n, format!("resuming from the checkpoint at step {n}")),
+            None => ctx.progress.start(Some(total), "steps"),
+        }
         let progress = ctx.progress.clone();
         let log_file = ctx.log.clone();
         let mut on_step = |r: &crate::train::trainer::StepReport| {

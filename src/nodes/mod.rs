@@ -237,6 +237,12 @@ pub trait NodeKind: Send + Sync {
     fn device_sensitive(&self) -> bool {
         false
     }
+    /// What a run of this key would resume from, given its work folder (where an earlier run of
+    /// the same key, killed or cancelled, left its checkpoints): said in the `Running` line and
+    /// by `pipe status --why`. Default: nothing (the kind starts over).
+    fn resume_point(&self, _work: &Path) -> Option<String> {
+        None
+    }
     /// True when the kind can run data-parallel over several GPUs, so a node of it may say
     /// `gpus: N | all`; the world size then becomes part of the key. Default: false.
     fn data_parallel(&self) -> bool {

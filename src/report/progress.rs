@@ -31,6 +31,14 @@ impl NodeProgress {
         self.update(0, None);
     }
 
+    /// [`start`](NodeProgress::start) for work that goes on from `done` (a resumed training),
+    /// saying why in `message`.
+    pub fn start_at(&mut self, total: Option<u64>, unit: &str, done: u64, message: String) {
+        self.total = total;
+        self.unit = unit.into();
+        self.update(done, Some(message));
+    }
+
     /// Reports `done` units so far, with an optional message (e.g. the loss).
     pub fn update(&self, done: u64, message: Option<String>) {
         if let Some(r) = &self.reporter {

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cache::store::Lookup;
 use crate::cache::store::RunFacts;
 use crate::cache::{CacheError, NodeRecord, RunNode, RunRecord, Store};
 use crate::device::{DevicePool, DeviceReq, Lease};
@@ -489,8 +490,8 @@ impl Session {
 
     /// Why node `i` with these parts is not fresh, against the last recorded run.
     fn reasons(&self, i: usize, parts: &KeyParts) -> Vec<DirtyReason> {
-        let name = &self.pipeline.nodes[i].name;
-        match self.last_run.as_ref().and_then(|r| r.nodes.get(name)) {
+        let node = &self.pipeline.nodes[i];
+        let mut why = match self.last_run.as_ref().and_then(|r| r.nodes.get(&node.name)) {
             None => vec![DirtyReason::NeverRun],
             Some(last) => {
                 let why = explain(&last.parts, parts, |slot| self.source_of(i, slot));
@@ -500,7 +501,11 @@ impl Session {
                     why
                 }
             }
+        };
+        if let Some(point) = node.kind.resume_point(&self.store.work_dir(&parts.key())) {
+            why.push(DirtyReason::Resumes { point });
         }
+        why
     }
 
     /// Freshness of each selected node, in order, without running anything.
@@ -531,12 +536,18 @@ impl Session {
                         let r = self.remote.as_ref().filter(|r| r.readable())?;
                         r.record(&key).ok().flatten().map(|rec| (rec, r.url().to_string()))
                     };
-                    match self.store.record(&key) {
-                        Some(rec) => {
+                    match self.store.lookup(&key) {
+                        Lookup::Hit(rec) => {
                             done.insert(node.name.clone(), rec);
                             out.push((i, Freshness::Fresh { key }));
                         }
-                        None => match remote() {
+                        Lookup::Damaged { why, .. } => {
+                            out.push((
+                                i,
+                                Freshness::WillRun { key: Some(key), reasons: vec![DirtyReason::EntryDamaged { why }] },
+                            ));
+                        }
+                        Lookup::Absent => match remote() {
                             Some((rec, remote)) => {
                                 done.insert(node.name.clone(), rec);
                                 out.push((i, Freshness::Remote { key, remote }));
@@ -734,7 +745,17 @@ impl Session {
             .store
             .lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() }))
             .map_err(|e| fail(e.into()))?;
+        let mut damaged = None;
         if !force {
+            if let Lookup::Damaged { why, objects } = self.store.lookup(&key) {
+                // Reported, moved aside (kept in cache/tmp for a look), computed again.
+                self.reporter.warn(&format!("the cache entry of `{}` is damaged: {why}; computing it again", node.name));
+                for d in &objects {
+                    let _ = self.store.quarantine(&self.store.object_path(d));
+                }
+                let _ = self.store.quarantine(&self.store.record_path(&key));
+                damaged = Some(why);
+            }
             if let Some(rec) = self.store.record(&key) {
                 tracing::debug!("fresh: {key}");
                 self.emit_cached_locally(node, &key);
@@ -748,7 +769,11 @@ impl Session {
         }
         // Upstream outputs known only by their remote records are pulled (or recomputed) now.
         self.ensure_inputs(i, done).map_err(fail)?;
-        let reasons = if force { vec![DirtyReason::Forced] } else { self.reasons(i, &parts) };
+        let reasons = match (force, damaged) {
+            (true, _) => vec![DirtyReason::Forced],
+            (false, Some(why)) => vec![DirtyReason::EntryDamaged { why }],
+            (false, None) => self.reasons(i, &parts),
+        };
         for r in &reasons {
             tracing::debug!("dirty: {r}");
         }
@@ -966,7 +991,7 @@ impl Session {
     /// (materialised the same way), which must reproduce the recorded bytes.
     fn materialize(&self, up: &str, done: &HashMap<String, NodeRecord>) -> Result<(), Cause> {
         let rec = done.get(up).ok_or_else(|| KeyError::UpstreamNotRun { node: up.into() })?;
-        let present = |r: &NodeRecord| r.outputs.values().all(|o| self.store.object_path(&o.digest).exists());
+        let present = |r: &NodeRecord| r.outputs.values().all(|o| self.store.object_ok(o));
         if present(rec) {
             return Ok(());
         }
@@ -1096,9 +1121,14 @@ impl Session {
         let key = parts.key();
         let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: node.kind.name(), source: Box::new(cause) };
         // An entry only in the remote cache is pulled (checked against its digests) to be verified.
-        let record = match self.store.record(&key) {
-            Some(rec) => rec,
-            None => self
+        let record = match self.store.lookup(&key) {
+            Lookup::Hit(rec) => rec,
+            // An object that fails the cheap check is verified like any other: reported as
+            // tampered below. (An edited record is not this key's: there is nothing to verify.)
+            Lookup::Damaged { objects, .. } if !objects.is_empty() => {
+                self.store.record_any(&key).ok_or_else(|| VerifyError::NotCached { node: node.name.clone() })?
+            }
+            _ => self
                 .take_from_remote(i, &key, true)
                 .map_err(failed)?
                 .ok_or_else(|| VerifyError::NotCached { node: node.name.clone() })?,

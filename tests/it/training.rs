@@ -271,10 +271,28 @@ fn kill_mid_training_and_rerun(dtype: &str, lr: f64) {
     let _ = child.wait();
     let killed_at = killed_at.unwrap_or_else(|| panic!("training finished before step {kill_at}; make it slower"));
     assert!(killed_at < steps as u64);
-    // The rerun resumes (the summary says so) and ends with the same bytes.
+    // `pipe status --why` says the next run resumes, and from which step.
+    let status = t.pipe(["status", "p.yaml", "--why"]).success();
+    let point = status
+        .stdout
+        .split("resumes from the checkpoint at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("status does not say train resumes:\n{}", status.stdout));
+    assert!(point >= killed_at, "{point} < {killed_at}");
+    // The rerun resumes: its Running line, its first progress line and its summary say so, and it
+    // ends with the same bytes.
     let r = t.run("p.yaml", &["--target", "train"]).success();
+    let started = r.events_of("node_started").into_iter().find(|e| e["node"] == "train").expect("train started");
+    let said = format!("resumes from the checkpoint at step {point}");
+    assert!(started["reasons"].as_array().unwrap().iter().any(|x| x.as_str().unwrap().starts_with(&said)), "{started}");
+    let first = r.events_of("node_progress").into_iter().find(|e| e["node"] == "train").expect("train progress");
+    assert_eq!(
+        (first["done"].as_u64(), first["message"].as_str()),
+        (Some(point), Some(format!("resuming from the checkpoint at step {point}").as_str()))
+    );
     let summary = r.events_of("node_finished").into_iter().find(|e| e["node"] == "train").expect("train ran")["summary"].clone();
-    assert!(summary.as_str().unwrap().contains("resumed at step"), "{summary}");
+    assert!(summary.as_str().unwrap().contains(&format!("resumed at step {point}")), "{summary}");
     assert_eq!(
         adapter_digest(&t),
         want,
