@@ -7,9 +7,12 @@
 #   4. pipelines/fortune.yaml at the CI budget: run in one checkout, then pulled by an empty one.
 # Installs what it needs under target/bench-tools (s3s-fs: about 3 minutes of compiling on 2
 # cores; dvc and boto3 into a venv). Usage: scripts/bench-remote.sh [MiB]
+# (SECTIONS="1 5" runs only those sections; default all.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MIB=${1:-1024}
+SECTIONS=${SECTIONS:-1 2 3 4 5}
+want() { [[ " $SECTIONS " == *" $1 "* ]]; }
 T="$PWD/target/bench-tools"
 mkdir -p "$T"
 [ -x "$T/bin/s3s-fs" ] || cargo install -q s3s-fs@0.14.1 --features binary --root "$T"
@@ -27,8 +30,10 @@ export AWS_ENDPOINT_URL="http://127.0.0.1:$PORT" AWS_ACCESS_KEY_ID=bench AWS_SEC
 for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
 echo "## machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); s3s-fs 0.14.1 on 127.0.0.1:$PORT, its folder on $(df --output=source "$W" | tail -1)"
 
+if want 1; then
 echo "## 1. pipe (benches/remote.rs)"
 PIPE_BENCH_REMOTE="s3://bench/pipe" PIPE_BENCH_MIB=$MIB PIPE_BENCH_DIR="$W/pipe" cargo bench -q --bench remote
+fi
 
 dvc_bench() { # $1: remote url (s3://...), $2: label
   (
@@ -49,8 +54,11 @@ dvc_bench() { # $1: remote url (s3://...), $2: label
     fi
   )
 }
+if want 2; then
 echo "## 2. dvc $("$T/venv/bin/dvc" --version)"
 dvc_bench s3://bench/dvc s3s-fs
+fi
+if want 3; then
 echo "## 3. boto3 transfer manager (64 MiB parts, 4 threads)"
 "$T/venv/bin/python3" - "$W" "$MIB" <<'PY'
 import os, sys, time, boto3
@@ -68,6 +76,8 @@ mb = (mib << 20) / 1e6
 print(f"boto3 upload: {up:.2f} s, {mb/up:.0f} MB/s; download: {down:.2f} s, {mb/down:.0f} MB/s")
 PY
 
+fi
+if want 4; then
 echo "## 4. pipe and dvc on moto's server (dvc pull fails on s3s-fs: a HeadObject of a prefix answers 500)"
 MPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$PWD/target/pyenv/bin/moto_server" -H 127.0.0.1 -p "$MPORT" > "$W/moto.log" 2>&1 &
@@ -81,18 +91,24 @@ for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/$MPORT) 2>/dev/null && break;
   dvc_bench s3://bench/dvc moto
 )
 kill "$moto"
+fi
 
+if want 5; then
 echo "## 5. pipelines/fortune.yaml at the CI budget: run, then pulled by an empty checkout"
 cargo build -q --bin pipe
 PIPE="$PWD/target/debug/pipe"
 BUDGET=(--set train.max_steps=4 --set train.batch_size=2 --set fix.eval_fraction=0.03 --set eval.max_new_tokens=8 --set export.greedy_tokens=8)
 s=$(date +%s.%N); "$PIPE" --no-progress --cache "$W/fa" run pipelines/fortune.yaml --remote s3://bench/fortune "${BUDGET[@]}" -q; e=$(date +%s.%N)
 echo "run + push: $(python3 -c "print(f'{$e-$s:.1f} s')")"
-s=$(date +%s.%N); "$PIPE" --no-progress --cache "$W/fb" run pipelines/fortune.yaml --remote s3://bench/fortune "${BUDGET[@]}" --json > "$W/pull.json"; e=$(date +%s.%N)
-python3 - "$W/pull.json" "$s" "$e" <<'PY'
-import json, sys
+for rep in 1 2 3; do
+s=$(date +%s.%N); "$PIPE" --no-progress --cache "$W/fb$rep" run pipelines/fortune.yaml --remote s3://bench/fortune "${BUDGET[@]}" --json > "$W/pull.json"; e=$(date +%s.%N)
+python3 - "$W/pull.json" "$s" "$e" "$W/fb$rep" <<'PY'
+import json, os, sys
 ev = [json.loads(l) for l in open(sys.argv[1])]
 ran = [e["node"] for e in ev if e["event"] == "node_started"]
 pulled = sum(e.get("pulled_bytes", 0) for e in ev if e["event"] == "node_cached")
-print(f"cold checkout: {float(sys.argv[3]) - float(sys.argv[2]):.2f} s, pulled {pulled/1e6:.1f} MB, nodes run: {ran or 'none'}")
+fetched = "fetched" if os.path.exists(os.path.join(sys.argv[4], "sources")) else "not fetched"
+print(f"cold checkout: {float(sys.argv[3]) - float(sys.argv[2]):.2f} s, pulled {pulled/1e6:.1f} MB, nodes run: {ran or 'none'}, model wheel {fetched}")
 PY
+done
+fi
