@@ -105,6 +105,14 @@ mod tests {
         store.publish(&key, "n", &parts, &st, &[("out", false)], RunFacts::default()).unwrap()
     }
 
+    /// Objects are published read-only.
+    fn writable(path: &std::path::Path) {
+        let mut perm = std::fs::metadata(path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perm.set_readonly(false);
+        std::fs::set_permissions(path, perm).unwrap();
+    }
+
     #[test]
     fn a_flipped_byte_is_found_by_fsck_and_moved_aside_with_its_record() {
         let t = tempfile::tempdir().unwrap();
@@ -115,10 +123,7 @@ mod tests {
         assert_eq!((clean.objects, clean.records, clean.damaged.len()), (2, 2, 0));
         // Same size, one byte different: the cheap check on use cannot tell, fsck can.
         let obj = store.object_path(&bad.outputs["out"].digest);
-        let mut perm = std::fs::metadata(&obj).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perm.set_readonly(false);
-        std::fs::set_permissions(&obj, perm).unwrap();
+        writable(&obj);
         std::fs::write(&obj, b"wOrld").unwrap();
         assert!(store.record(&bad.key).is_some());
         let found = store.fsck(false).unwrap();
@@ -137,10 +142,7 @@ mod tests {
         let store = Store::open(t.path()).unwrap();
         let a = entry(&store, 1, b"hello");
         let obj = store.object_path(&a.outputs["out"].digest);
-        let mut perm = std::fs::metadata(&obj).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perm.set_readonly(false);
-        std::fs::set_permissions(&obj, perm).unwrap();
+        writable(&obj);
         std::fs::write(&obj, b"hel").unwrap();
         assert!(
             matches!(store.lookup(&a.key), super::super::store::Lookup::Damaged { ref why, .. } if why.contains("is 3 bytes, its record says 5"))
@@ -153,5 +155,24 @@ mod tests {
         );
         std::fs::remove_file(store.object_path(&a.outputs["out"].digest)).unwrap();
         assert!(matches!(store.lookup(&a.key), super::super::store::Lookup::Absent));
+    }
+
+    #[test]
+    fn publishing_the_same_bytes_again_replaces_a_damaged_object() {
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(t.path()).unwrap();
+        let a = entry(&store, 1, b"hello");
+        let obj = store.object_path(&a.outputs["out"].digest);
+        writable(&obj);
+        std::fs::write(&obj, b"hel").unwrap();
+        // Another key whose output has the same content: its publish must not keep the damaged bytes.
+        let b = entry(&store, 2, b"hello");
+        assert_eq!(b.outputs["out"].digest, a.outputs["out"].digest);
+        assert_eq!(std::fs::read(&obj).unwrap(), b"hello");
+        assert!(store.record(&a.key).is_some() && store.record(&b.key).is_some());
+        assert!(std::fs::read_dir(t.path().join("tmp"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("damaged-")));
     }
 }

@@ -328,7 +328,11 @@ impl Store {
     pub fn adopt_object(&self, src: &Path, digest: &str) -> Result<(), CacheError> {
         let dest = self.object_path(digest);
         if dest.exists() {
-            return Ok(());
+            if tree_size(&dest) == tree_size(src) {
+                return Ok(());
+            }
+            // Not the same bytes after all (truncated or replaced since): the new ones take its place.
+            self.quarantine(&dest)?;
         }
         sync_tree(src)?;
         let parent = dest.parent().expect("objects have a parent");

@@ -3,19 +3,13 @@
 
 use anyhow::Result;
 
-use super::{cache_dir, ExitStatus};
-use crate::cache::Store;
+use super::{existing_cache, ExitStatus};
 use crate::cli::{FsckArgs, GlobalArgs};
 use crate::report::fmt_bytes;
 
 /// Runs the command: exit 0 when nothing is damaged (or `--repair` moved it aside), 1 otherwise.
 pub fn run(args: &FsckArgs, global: &GlobalArgs) -> Result<ExitStatus> {
-    let dir = cache_dir(global, args.file.as_deref());
-    if !dir.exists() {
-        println!("no cache at {}", dir.display());
-        return Ok(ExitStatus::Success);
-    }
-    let store = Store::open(&dir)?;
+    let Some(store) = existing_cache(global, args.file.as_deref())? else { return Ok(ExitStatus::Success) };
     let report = store.fsck(args.repair)?;
     for d in &report.damaged {
         match &d.moved_to {

@@ -2,19 +2,13 @@
 
 use anyhow::Result;
 
-use super::{cache_dir, ExitStatus};
-use crate::cache::Store;
+use super::{existing_cache, ExitStatus};
 use crate::cli::{GcArgs, GlobalArgs};
 use crate::report::fmt_bytes;
 
 /// Runs the command.
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<ExitStatus> {
-    let dir = cache_dir(global, args.file.as_deref());
-    if !dir.exists() {
-        println!("no cache at {}", dir.display());
-        return Ok(ExitStatus::Success);
-    }
-    let store = Store::open(&dir)?;
+    let Some(store) = existing_cache(global, args.file.as_deref())? else { return Ok(ExitStatus::Success) };
     let report = store.gc(args.dry_run)?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     if args.dry_run {

@@ -47,6 +47,20 @@ pub fn load_pipeline(file: &Path, sets: &[String]) -> Result<Pipeline, SpecError
     spec::load(file, &overrides)
 }
 
+/// The cache of [`cache_dir`] when it exists, for commands that only look after one (`gc`,
+/// `fsck`); `None` after saying there is none.
+pub fn existing_cache(
+    global: &GlobalArgs,
+    pipeline_file: Option<&Path>,
+) -> Result<Option<crate::cache::Store>, crate::cache::CacheError> {
+    let dir = cache_dir(global, pipeline_file);
+    if !dir.exists() {
+        println!("no cache at {}", dir.display());
+        return Ok(None);
+    }
+    crate::cache::Store::open(&dir).map(Some)
+}
+
 /// The cache folder: `--cache`/`PIPE_CACHE`, else `cache/` in the project root of the pipeline
 /// file (the nearest folder above it holding `.git` or `cache/`, else the file's own folder).
 pub fn cache_dir(global: &GlobalArgs, pipeline_file: Option<&Path>) -> PathBuf {

@@ -245,15 +245,8 @@ impl Remote {
     /// hash to `key`, or (with a MAC key set) is unsigned or badly signed, is an
     /// [`RemoteError::Invalid`]: the caller ignores it and computes the node.
     pub fn record(&self, key: &str) -> Result<Option<NodeRecord>, RemoteError> {
-        self.check_up()?;
         let path = self.layout.record(key);
-        let bytes = match self.rt.block_on(async { self.store.get(&path).await?.bytes().await }) {
-            Ok(b) => b,
-            Err(e) => {
-                let e = self.store_err("reading", &path)(e);
-                return if e.is_not_found() { Ok(None) } else { Err(self.note(e)) };
-            }
-        };
+        let Some(bytes) = self.get_small(&path)? else { return Ok(None) };
         let invalid = |message: String| RemoteError::Invalid { remote: self.shown.clone(), path: path.to_string(), message };
         let rec = sign::open(&bytes, self.mac.as_ref()).map_err(invalid)?;
         if rec.key != key || rec.parts.key() != key {
@@ -269,16 +262,25 @@ impl Remote {
         domain: &str,
         path: &object_store::path::Path,
     ) -> Result<Option<T>, RemoteError> {
-        self.check_up()?;
-        let bytes = match self.rt.block_on(async { self.store.get(path).await?.bytes().await }) {
-            Ok(b) => b,
-            Err(e) => {
-                let e = self.store_err("reading", path)(e);
-                return if e.is_not_found() { Ok(None) } else { Err(self.note(e)) };
-            }
-        };
+        let Some(bytes) = self.get_small(path)? else { return Ok(None) };
         let invalid = |message: String| RemoteError::Invalid { remote: self.shown.clone(), path: path.to_string(), message };
         sign::open_in(domain, &bytes, self.mac.as_ref()).map(Some).map_err(invalid)
+    }
+
+    /// The bytes of a small object (a record, an entry), `None` when the remote lacks it.
+    fn get_small(&self, path: &object_store::path::Path) -> Result<Option<bytes::Bytes>, RemoteError> {
+        self.check_up()?;
+        match self.rt.block_on(async { self.store.get(path).await?.bytes().await }) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) => {
+                let e = self.store_err("reading", path)(e);
+                if e.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(self.note(e))
+                }
+            }
+        }
     }
 
     fn put_small<T: serde::Serialize>(
@@ -364,8 +366,13 @@ impl Remote {
 
     /// Downloads one output into the local cache (nothing when it is there already).
     pub fn pull_output(&self, cache: &Store, out: &OutputRecord, tick: &(dyn Fn(u64) + Sync)) -> Result<PullStats, RemoteError> {
-        if cache.object_path(&out.digest).exists() {
-            return Ok(PullStats::default());
+        match cache.object_damage(out).as_deref() {
+            None => return Ok(PullStats::default()),
+            Some("gone") => {}
+            // Damaged here (truncated, replaced): moved aside so the good bytes can take its place.
+            Some(_) => {
+                cache.quarantine(&cache.object_path(&out.digest))?;
+            }
         }
         self.check_up()?;
         let t = transfer::Transfers { store: &*self.store, layout: &self.layout, shown: &self.shown };

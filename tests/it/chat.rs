@@ -323,9 +323,7 @@ fn tokenize_names_the_record_and_field_of_a_bad_conversation() {
 /// the fortune pipeline's nodes, tested end to end there.)
 #[test]
 fn the_example_chat_pipeline_reads_its_dataset_and_trains_on_assistant_turns() {
-    if std::env::var_os("PIPE_TEST_GGUF").is_none() {
-        assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
-        eprintln!("skipping: the default model is fetched by scripts/test.sh");
+    if !crate::common::default_model_available() {
         return;
     }
     let made = tempfile::tempdir().unwrap();

@@ -41,9 +41,7 @@ struct Fortune {
 /// go on at once (the exports below beside the remote and serve checks: on 2 cores the run's tail
 /// is shorter that way).
 fn fortune() -> Option<&'static Fortune> {
-    if std::env::var_os("PIPE_TEST_GGUF").is_none() {
-        assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
-        eprintln!("skipping: the default model is fetched by scripts/test.sh");
+    if !crate::common::default_model_available() {
         return None;
     }
     static FORTUNE: OnceLock<Fortune> = OnceLock::new();

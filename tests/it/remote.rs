@@ -350,9 +350,7 @@ nodes:
 
 #[test]
 fn a_pulling_checkout_computes_its_keys_without_fetching_the_model_and_a_changed_source_is_caught() {
-    if std::env::var_os("PIPE_TEST_GGUF").is_none() {
-        assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
-        eprintln!("skipping: the default model's wheel is fetched by scripts/test.sh");
+    if !crate::common::default_model_available() {
         return;
     }
     let shared = tempfile::tempdir().unwrap();

@@ -29,6 +29,18 @@ pub fn fixture(rel: &str) -> PathBuf {
     repo().join("tests/data").join(rel)
 }
 
+/// Whether the default model's wheel is here for tests that run on it (scripts/test.sh fetches
+/// it and sets `PIPE_TEST_GGUF`); otherwise says the test is skipped, or fails it when
+/// `PIPE_REQUIRE_MODELS` is set (CI).
+pub fn default_model_available() -> bool {
+    if std::env::var_os("PIPE_TEST_GGUF").is_some() {
+        return true;
+    }
+    assert!(std::env::var_os("PIPE_REQUIRE_MODELS").is_none(), "PIPE_TEST_GGUF must be set");
+    eprintln!("skipping: the default model is fetched by scripts/test.sh");
+    false
+}
+
 /// Blocks until the llama.cpp build that scripts/test.sh started in the background has built the
 /// export gate's tools (`PIPE_TEST_LLAMA_CPP_STATUS` names the file it writes `ok` or `failed`
 /// to); panics with the build log's place if it failed. Returns at once where the variable is not
