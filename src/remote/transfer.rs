@@ -12,8 +12,19 @@ use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMul
 use super::layout::{self, Layout, Manifest, TreeEntry};
 use super::{PushStats, RemoteError};
 
-/// Part size of ranged downloads and multipart uploads.
+/// Part size of multipart uploads, the smallest part of ranged downloads, and the size up to
+/// which a file moves in one request.
 const PART: u64 = 32 << 20;
+/// The largest part of a ranged download.
+const MAX_GET_PART: u64 = 256 << 20;
+
+/// The part size of a ranged download of `bytes`: the file split across the requests in flight
+/// (a server that reads the whole object for each ranged GET, as some do, then reads it about
+/// [`PARALLEL`] times, not once per 32 MiB), within [`PART`]..=[`MAX_GET_PART`] so that a
+/// retried part stays cheap. Parts stream to disk: their size costs no memory.
+fn get_part(bytes: u64) -> u64 {
+    bytes.div_ceil(PARALLEL as u64).clamp(PART, MAX_GET_PART)
+}
 /// Transfers in flight at once (parts of a file, or files of a folder).
 const PARALLEL: usize = 4;
 
@@ -122,7 +133,8 @@ impl Transfers<'_> {
                 ));
             }
             file.set_len(bytes).map_err(io("writing", dest))?;
-            let ranges: Vec<std::ops::Range<u64>> = (0..bytes).step_by(PART as usize).map(|s| s..(s + PART).min(bytes)).collect();
+            let part = get_part(bytes);
+            let ranges: Vec<std::ops::Range<u64>> = (0..bytes).step_by(part as usize).map(|s| s..(s + part).min(bytes)).collect();
             let (file, path) = (&file, &path);
             futures::stream::iter(ranges.into_iter().map(|r| async move {
                 // Each part streamed to its place as it arrives (not collected into one buffer
