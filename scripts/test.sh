@@ -94,6 +94,8 @@ if [ "$(cat target/slurm.status)" != ok ]; then
   exit 1
 fi
 export PIPE_REQUIRE_PYTHON=1 PIPE_REQUIRE_MODELS=1 PIPE_REQUIRE_LLAMA_CPP=1 PIPE_REQUIRE_SLURM=1
+# tests/it/faults.rs mounts small tmpfs folders: as root (CI) that must work.
+if [ "$(id -u)" = 0 ]; then export PIPE_REQUIRE_MOUNT=1; fi
 # Eight test threads on two cores: the tests waiting for llama.cpp (the export tests) or for
 # Slurm's time limit must not hold every thread (waiting uses no CPU).
 export RUST_TEST_THREADS=${RUST_TEST_THREADS:-8}

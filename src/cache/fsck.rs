@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::store::{read_dir, tree_size, NodeRecord, Store};
+use super::store::{read_dir, tree_size, NodeRecord, ObjectState, Store};
 use super::CacheError;
 
 /// One damaged thing.
@@ -68,7 +68,10 @@ impl Store {
                     if let Some(why) = bad_objects.get(&o.digest) {
                         return Some(format!("its output `{name}` is damaged ({why})"));
                     }
-                    self.object_damage(o).filter(|d| d != "gone").map(|d| format!("its output `{name}` {d}"))
+                    match self.object_state(o) {
+                        ObjectState::Damaged(d) => Some(format!("its output `{name}` {d}")),
+                        ObjectState::Intact | ObjectState::Gone => None,
+                    }
                 }),
             };
             if let Some(why) = why {

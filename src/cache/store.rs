@@ -78,6 +78,17 @@ pub enum Lookup {
     Damaged { why: String, objects: Vec<Digest> },
 }
 
+/// An object as [`Store::object_state`] finds it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ObjectState {
+    /// There, of the recorded kind and size.
+    Intact,
+    /// Not there (collected, or never pulled).
+    Gone,
+    /// There but not what its record says: what is wrong.
+    Damaged(String),
+}
+
 /// Memoised kind-specific key components and the side files (path, digest) they were computed from.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExtraMemo {
@@ -205,32 +216,36 @@ impl Store {
             return Lookup::Damaged { why, objects: vec![] };
         }
         for (name, o) in &rec.outputs {
-            if let Some(found) = self.object_damage(o) {
-                if found == "gone" {
-                    return Lookup::Absent;
+            match self.object_state(o) {
+                ObjectState::Intact => {}
+                ObjectState::Gone => return Lookup::Absent,
+                ObjectState::Damaged(found) => {
+                    let why = format!("output `{name}` ({}) {found}", self.object_path(&o.digest).display());
+                    return Lookup::Damaged { why, objects: vec![o.digest.clone()] };
                 }
-                let why = format!("output `{name}` ({}) {found}", self.object_path(&o.digest).display());
-                return Lookup::Damaged { why, objects: vec![o.digest.clone()] };
             }
         }
         Lookup::Hit(rec)
     }
 
-    /// What is wrong with an output's object by a cheap check (its kind and size), if anything:
-    /// "gone" when it is not there at all.
-    pub fn object_damage(&self, o: &OutputRecord) -> Option<String> {
+    /// An output's object by a cheap check: there or not, and of the kind (file or folder) and
+    /// size its record says.
+    pub fn object_state(&self, o: &OutputRecord) -> ObjectState {
         let p = self.object_path(&o.digest);
-        let Ok(md) = fs::symlink_metadata(&p) else { return Some("gone".into()) };
+        let Ok(md) = fs::symlink_metadata(&p) else { return ObjectState::Gone };
         let (size, what) = if md.is_dir() { (tree_size(&p), "folder") } else { (md.len(), "file") };
         if md.is_dir() != o.dir {
-            return Some(format!("is a {what}, its record says a {}", if o.dir { "folder" } else { "file" }));
+            return ObjectState::Damaged(format!("is a {what}, its record says a {}", if o.dir { "folder" } else { "file" }));
         }
-        (size != o.bytes).then(|| format!("is {size} bytes, its record says {}", o.bytes))
+        if size != o.bytes {
+            return ObjectState::Damaged(format!("is {size} bytes, its record says {}", o.bytes));
+        }
+        ObjectState::Intact
     }
 
     /// Whether an output's object is present and passes the cheap check.
     pub fn object_ok(&self, o: &OutputRecord) -> bool {
-        self.object_damage(o).is_none()
+        matches!(self.object_state(o), ObjectState::Intact)
     }
 
     /// Moves a damaged object (or a record) out of the way, into `tmp/damaged-*` (kept for a look,

@@ -42,6 +42,7 @@ use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, Re
 pub use config::{Mode, RemoteConfig};
 pub use layout::TreeEntry;
 
+use crate::cache::store::ObjectState;
 use crate::cache::{CacheError, NodeRecord, OutputRecord, Store};
 use crate::hash::Digest;
 
@@ -366,11 +367,11 @@ impl Remote {
 
     /// Downloads one output into the local cache (nothing when it is there already).
     pub fn pull_output(&self, cache: &Store, out: &OutputRecord, tick: &(dyn Fn(u64) + Sync)) -> Result<PullStats, RemoteError> {
-        match cache.object_damage(out).as_deref() {
-            None => return Ok(PullStats::default()),
-            Some("gone") => {}
+        match cache.object_state(out) {
+            ObjectState::Intact => return Ok(PullStats::default()),
+            ObjectState::Gone => {}
             // Damaged here (truncated, replaced): moved aside so the good bytes can take its place.
-            Some(_) => {
+            ObjectState::Damaged(_) => {
                 cache.quarantine(&cache.object_path(&out.digest))?;
             }
         }

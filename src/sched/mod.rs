@@ -181,6 +181,9 @@ pub enum Cause {
     /// The remote cache failed and the mode is `require`.
     #[error("{source} (--remote-mode require)")]
     Remote { source: RemoteError },
+    /// The cache's filesystem is full (ENOSPC somewhere in `source`).
+    #[error("{source}; the cache's filesystem is full ({}): free space there (`pipe gc` deletes the entries no latest run needs) and run again", cache.display())]
+    DiskFull { cache: PathBuf, source: Box<Cause> },
     /// An upstream node recomputed here (its remote copy was unusable) wrote other bytes than its
     /// record names, so keys computed from that record do not hold.
     #[error("upstream `{node}` was recomputed (its remote copy was unusable) and wrote other bytes than the remote record: output `{output}` {recomputed} instead of {recorded}; run again")]
@@ -744,7 +747,17 @@ impl Session {
         let lock = self
             .store
             .lock(&key, || self.reporter.emit(Event::NodeWaiting { node: node.name.clone(), key: key.clone() }))
-            .map_err(|e| fail(e.into()))?;
+            .map_err(|e| {
+                // (A cache that cannot even be locked: read-only, full, gone.)
+                let cause = self.space_hint(e.into());
+                self.reporter.emit(Event::NodeFailed {
+                    node: node.name.clone(),
+                    kind: kind.name().into(),
+                    error: cause.to_string(),
+                    log: String::new(),
+                });
+                Failure { error: failed(cause), log: None }
+            })?;
         let mut damaged = None;
         if !force {
             if let Lookup::Damaged { why, objects } = self.store.lookup(&key) {
@@ -820,13 +833,14 @@ impl Session {
         let summary = match self.run_node(i, &key, inputs, &staging, &work, log.clone(), progress, lease) {
             Ok(summary) => summary,
             Err(e) => {
+                let cause = self.space_hint(e.into());
                 let event = Event::NodeFailed {
                     node: node.name.clone(),
                     kind: kind.name().into(),
-                    error: e.to_string(),
+                    error: cause.to_string(),
                     log: log_path.display().to_string(),
                 };
-                let failure = fail(e.into());
+                let failure = fail(cause);
                 if let Ok(mut f) = log.lock() {
                     let _ = writeln!(f, "error: {}", failure.error);
                 }
@@ -840,7 +854,10 @@ impl Session {
         let rec = self
             .store
             .publish(&key, &node.name, parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })
-            .map_err(|e| fail(e.into()))?;
+            .map_err(|e| {
+                let _ = std::fs::remove_dir_all(&staging);
+                fail(self.space_hint(e.into()))
+            })?;
         let _ = std::fs::remove_dir_all(&work);
         let finished = Event::NodeFinished {
             node: node.name.clone(),
@@ -853,6 +870,24 @@ impl Session {
         self.reporter.emit(finished);
         self.push(&node.name, &rec, false).map_err(fail)?;
         Ok(rec)
+    }
+
+    /// `cause`, said to come from a full cache filesystem when an ENOSPC is behind it.
+    fn space_hint(&self, cause: Cause) -> Cause {
+        let mut e: Option<&(dyn std::error::Error + 'static)> = Some(&cause);
+        let mut full = false;
+        while let Some(x) = e {
+            let io = x.downcast_ref::<std::io::Error>();
+            full |= io.is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull);
+            // Libraries that flatten an io::Error into their own message (safetensors, say).
+            full |= x.to_string().contains(&format!("(os error {})", libc::ENOSPC));
+            e = x.source();
+        }
+        if full {
+            Cause::DiskFull { cache: self.store.root().to_path_buf(), source: Box::new(cause) }
+        } else {
+            cause
+        }
     }
 
     /// Reports a node served from the local cache.

@@ -25,6 +25,10 @@ mod diagnostics;
 /// tests in name order, and these, the longest, should start first.)
 mod end_to_end;
 
+/// The cache on a full filesystem (ENOSPC) and on a read-only one: clear errors, nothing
+/// half-published, the rerun after freeing space completes.
+mod faults;
+
 /// `fix-json` on the malformed corpus in `tests/data/malformed`, and `on_error: fail`.
 mod fix_json;
 
