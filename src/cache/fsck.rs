@@ -116,6 +116,15 @@ mod tests {
         std::fs::set_permissions(path, perm).unwrap();
     }
 
+    /// An entry of `hello` whose object was then cut to `hel`: the entry and the object's path.
+    fn truncated_entry(store: &Store) -> (NodeRecord, std::path::PathBuf) {
+        let a = entry(store, 1, b"hello");
+        let obj = store.object_path(&a.outputs["out"].digest);
+        writable(&obj);
+        std::fs::write(&obj, b"hel").unwrap();
+        (a, obj)
+    }
+
     #[test]
     fn a_flipped_byte_is_found_by_fsck_and_moved_aside_with_its_record() {
         let t = tempfile::tempdir().unwrap();
@@ -143,10 +152,7 @@ mod tests {
     fn a_truncated_object_or_an_edited_record_is_damage_on_use() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path()).unwrap();
-        let a = entry(&store, 1, b"hello");
-        let obj = store.object_path(&a.outputs["out"].digest);
-        writable(&obj);
-        std::fs::write(&obj, b"hel").unwrap();
+        let (a, _) = truncated_entry(&store);
         assert!(
             matches!(store.lookup(&a.key), super::super::store::Lookup::Damaged { ref why, .. } if why.contains("is 3 bytes, its record says 5"))
         );
@@ -164,10 +170,7 @@ mod tests {
     fn publishing_the_same_bytes_again_replaces_a_damaged_object() {
         let t = tempfile::tempdir().unwrap();
         let store = Store::open(t.path()).unwrap();
-        let a = entry(&store, 1, b"hello");
-        let obj = store.object_path(&a.outputs["out"].digest);
-        writable(&obj);
-        std::fs::write(&obj, b"hel").unwrap();
+        let (a, obj) = truncated_entry(&store);
         // Another key whose output has the same content: its publish must not keep the damaged bytes.
         let b = entry(&store, 2, b"hello");
         assert_eq!(b.outputs["out"].digest, a.outputs["out"].digest);
