@@ -164,8 +164,23 @@ pub fn type_name(v: &Json) -> &'static str {
     }
 }
 
-/// Reads the conversation of one record. `schema` must be a conversation schema.
+/// Reads the conversation of one record for training: [`messages`], which must end with the
+/// assistant's turn. `schema` must be a conversation schema.
 pub fn conversation(obj: &Map<String, Json>, schema: Schema, fields: &ChatFields) -> Result<Vec<Message>, ChatProblem> {
+    let out = messages(obj, schema, fields)?;
+    let last = out.last().expect("not empty");
+    if last.role != "assistant" {
+        return Err(ChatProblem::NoAssistantEnd {
+            path: format!("{}[{}].{}", fields.messages, out.len() - 1, fields.role),
+            role: last.role.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Reads the messages of one record, in order: a non-empty list whose messages have a known
+/// role and string content, ending with any role. `schema` must be a conversation schema.
+pub fn messages(obj: &Map<String, Json>, schema: Schema, fields: &ChatFields) -> Result<Vec<Message>, ChatProblem> {
     let field = &fields.messages;
     let list = match obj.get(field) {
         None => return Err(ChatProblem::Missing { field: field.clone() }),
@@ -202,13 +217,6 @@ pub fn conversation(obj: &Map<String, Json>, schema: Schema, fields: &ChatFields
         })?;
         let content = text(&fields.content)?;
         out.push(Message { role: role.into(), content: content.into() });
-    }
-    let last = out.last().expect("not empty");
-    if last.role != "assistant" {
-        return Err(ChatProblem::NoAssistantEnd {
-            path: format!("{field}[{}].{}", out.len() - 1, fields.role),
-            role: last.role.clone(),
-        });
     }
     Ok(out)
 }

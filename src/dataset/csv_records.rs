@@ -100,7 +100,12 @@ pub fn read_csv_from(reader: impl std::io::Read, json_columns: &[&str]) -> Resul
                     csv::ErrorKind::Utf8 { err, .. } => out.bad.push(BadRow {
                         line,
                         column: err.field() + 1,
-                        reason: format!("column {} is not UTF-8", err.field() + 1),
+                        reason: format!(
+                            "column {} (`{}`) is not UTF-8 (invalid byte at offset {})",
+                            err.field() + 1,
+                            header.get(err.field()).map_or("", String::as_str),
+                            err.valid_up_to()
+                        ),
                     }),
                     other => out.bad.push(BadRow { line, column: 1, reason: format!("{other:?}") }),
                 }

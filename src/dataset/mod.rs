@@ -6,6 +6,7 @@
 //! | [`records`] | reading a JSON array of records, borrowed; serde_json error positions |
 //! | [`chat`] | conversation records (`messages`, `sharegpt`): schemas, field names, validation |
 //! | [`csv_records`] | CSV records files, streamed row by row into JSON objects |
+//! | [`parquet_records`] | Parquet records files, read a row group at a time into JSON objects |
 //! | [`encode`] | records to training pairs to ids, in parallel, written in order |
 //!
 //! The token dataset file is written by `tokenize` and read by training.
@@ -30,6 +31,7 @@
 pub mod chat;
 pub mod csv_records;
 pub mod encode;
+pub mod parquet_records;
 pub mod records;
 
 use std::io::Write;

@@ -5,17 +5,25 @@
 //! as training). Generation renders each prompt in the training format, decodes greedily (or with
 //! seeded temperature / top-p sampling) with a KV cache, and stops at the end-of-sentence token
 //! or `max_new_tokens`. Writes `report.md` and `report.json` into the `report` folder.
+//!
+//! The prompts file holds one prompt per line, or with `schema: messages | sharegpt` one
+//! conversation per line (JSON Lines, as fix-json reads them). A conversation is replayed: its
+//! turns up to its last user (or tool) message are rendered with the template and the models
+//! write the next assistant turn; a final assistant message is the reference answer, reported
+//! beside theirs.
 
 use serde_json::json;
 
+use super::chat_params::{chat_schema, CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD};
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::dataset::chat;
 use crate::dataset::TokenDataset;
 use crate::model::generate::generate;
 use crate::model::llama::{Batch, Model};
 use crate::model::load;
 use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::{load as load_tokenizer, Bundle};
-use crate::tokenizer::template::{self, ChatTemplate};
+use crate::tokenizer::template::{self, ChatTemplate, Message};
 
 /// The `eval` kind.
 pub struct Eval;
@@ -29,7 +37,12 @@ const INPUTS: &[InputSpec] = &[
         accepts: Accepts::File,
         doc: "held-out token dataset (tokenize's `dataset` of the eval split)",
     },
-    InputSpec { name: "prompts", required: false, accepts: Accepts::File, doc: "a text file of prompts, one per line" },
+    InputSpec {
+        name: "prompts",
+        required: false,
+        accepts: Accepts::File,
+        doc: "prompts, one per line; with `schema` messages or sharegpt, JSON Lines of conversations to replay",
+    },
 ];
 
 const PARAMS: &[ParamSpec] = &[
@@ -40,6 +53,15 @@ const PARAMS: &[ParamSpec] = &[
         doc: "how prompts are rendered (as in tokenize)",
     },
     ParamSpec { name: "system", ty: ParamType::Str, default: Default::Null, doc: "system prompt for `chat_template`" },
+    ParamSpec {
+        name: "schema",
+        ty: ParamType::Enum(chat::SCHEMAS),
+        default: Default::Str("alpaca"),
+        doc: "the prompts file: alpaca (one prompt per line) or messages / sharegpt conversations (JSON Lines), each replayed up to its last user turn",
+    },
+    MESSAGES_FIELD,
+    ROLE_FIELD,
+    CONTENT_FIELD,
     ParamSpec {
         name: "max_new_tokens",
         ty: ParamType::Int { min: 1, max: 4096 },
@@ -73,6 +95,63 @@ const PARAMS: &[ParamSpec] = &[
     },
 ];
 
+/// The params added with conversation prompts: at their defaults they change nothing, so they
+/// stay out of the key and the keys of existing pipelines hold.
+const ADDED_WITH_CONVERSATIONS: &[&str] = &["schema", "messages_field", "role_field", "content_field"];
+
+/// One prompt of the prompts file.
+enum Prompt {
+    /// A line of text: one user turn.
+    Text(String),
+    /// A conversation up to the turn the models answer, and the answer it had, if any.
+    Conversation { messages: Vec<Message>, reference: Option<String> },
+}
+
+impl Prompt {
+    /// The text that heads the prompt in the report: the last user (or tool) message.
+    fn title(&self) -> &str {
+        match self {
+            Prompt::Text(t) => t,
+            Prompt::Conversation { messages, .. } => messages.last().map_or("", |m| m.content.as_str()),
+        }
+    }
+}
+
+/// Reads the prompts file: lines of text, or JSON Lines of conversations.
+fn read_prompts(params: &Params, path: &std::path::Path) -> Result<Vec<Prompt>, NodeError> {
+    let text = std::fs::read_to_string(path).map_err(NodeError::io("reading", path))?;
+    let Some((schema, fields)) = chat_schema(params) else {
+        return Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| Prompt::Text(l.into())).collect());
+    };
+    let bad = |line: usize, col: usize, message: String| NodeError::BadInput {
+        path: path.to_path_buf(),
+        location: Some((line, col)),
+        message,
+    };
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .map_err(|e| bad(i + 1, e.column(), format!("not a JSON object: {e} (schema `{}`: one conversation per line)", params.str("schema").unwrap_or_default())))?;
+        let mut messages = chat::messages(&obj, schema, &fields).map_err(|p| bad(i + 1, 1, p.to_string()))?;
+        let reference = match messages.last() {
+            Some(m) if m.role == "assistant" => messages.pop().map(|m| m.content),
+            _ => None,
+        };
+        match messages.last() {
+            Some(m) if m.role == "user" || m.role == "tool" => {}
+            _ => {
+                return Err(bad(
+                    i + 1,
+                    1,
+                    format!("`{}`: nothing to answer: a conversation to replay ends with a user turn (or a user turn and the reference answer)", fields.messages),
+                ))
+            }
+        }
+        out.push(Prompt::Conversation { messages, reference });
+    }
+    Ok(out)
+}
+
 /// Mean loss over labelled tokens.
 pub fn dataset_loss(model: &Model, ds: &TokenDataset, batch_size: usize) -> Result<(f64, usize), NodeError> {
     let (mut sum, mut n) = (0f64, 0usize);
@@ -86,19 +165,40 @@ pub fn dataset_loss(model: &Model, ds: &TokenDataset, batch_size: usize) -> Resu
     Ok((if n == 0 { f64::NAN } else { sum / n as f64 }, n))
 }
 
-fn render_prompt(params: &Params, tk: &Bundle, prompt: &str) -> Result<String, NodeError> {
-    if params.str("format") == Some("chat_template") {
-        let src = tk
-            .chat_template
-            .as_deref()
-            .ok_or_else(|| NodeError::Failed("format `chat_template`: the tuned model has no chat template".into()))?;
-        let eos = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
-        let bos = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
-        let t = ChatTemplate::new(src, bos, eos).map_err(NodeError::ChatTemplate)?;
-        return Ok(t.pair(params.str("system"), prompt, "").map_err(NodeError::ChatTemplate)?.0);
+/// The template prompts are rendered with: the tuned model's own chat template, or the seed's
+/// format as a chat template (what export-gguf writes for it).
+fn prompt_template(params: &Params, tk: &Bundle) -> Result<ChatTemplate, NodeError> {
+    let eos = tk.eos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
+    let bos = tk.bos.as_ref().map(|e| e.1.as_str()).unwrap_or("");
+    let source = if params.str("format") == Some("chat_template") {
+        tk.chat_template
+            .clone()
+            .ok_or_else(|| NodeError::Failed("format `chat_template`: the tuned model has no chat template".into()))?
+    } else {
+        template::seed_chat_template(eos)
+    };
+    ChatTemplate::new(&source, bos, eos).map_err(NodeError::ChatTemplate)
+}
+
+fn render_prompt(params: &Params, template: &ChatTemplate, prompt: &Prompt) -> Result<String, NodeError> {
+    match prompt {
+        Prompt::Text(text) if params.str("format") == Some("chat_template") => {
+            Ok(template.pair(params.str("system"), text, "").map_err(NodeError::ChatTemplate)?.0)
+        }
+        Prompt::Text(text) => {
+            let (p, a) = template::seed(text, "", "");
+            Ok(format!("{p}{a}"))
+        }
+        Prompt::Conversation { messages, .. } => {
+            let system = params.str("system").filter(|_| messages.first().is_none_or(|m| m.role != "system"));
+            let with_system: Vec<Message> = system
+                .map(|s| Message { role: "system".into(), content: s.into() })
+                .into_iter()
+                .chain(messages.iter().cloned())
+                .collect();
+            template.render(&with_system, true).map_err(NodeError::ChatTemplate)
+        }
     }
-    let (p, a) = template::seed(prompt, "", "");
-    Ok(format!("{p}{a}"))
 }
 
 impl NodeKind for Eval {
@@ -116,6 +216,9 @@ impl NodeKind for Eval {
     }
     fn params(&self) -> &'static [ParamSpec] {
         PARAMS
+    }
+    fn key_neutral_params(&self) -> &'static [&'static str] {
+        ADDED_WITH_CONVERSATIONS
     }
     fn device_sensitive(&self) -> bool {
         true
@@ -138,16 +241,11 @@ impl NodeKind for Eval {
         let ds_path = ctx.input("dataset")?.to_path_buf();
         let ds = TokenDataset::read(&ds_path)?;
         let bs = ctx.params.int("batch_size") as usize;
-        let prompts: Vec<String> = match ctx.inputs.get("prompts") {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(NodeError::io("reading", p))?
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect(),
+        let prompts = match ctx.inputs.get("prompts") {
+            Some(p) => read_prompts(ctx.params, p)?,
             None => Vec::new(),
         };
+        let template = if prompts.is_empty() { None } else { Some(prompt_template(ctx.params, &tk)?) };
         ctx.progress.start(Some(2 + prompts.len() as u64), "tasks");
         let (base_loss, n) = dataset_loss(&base, &ds, bs)?;
         ctx.progress.update(1, Some(format!("base loss {base_loss:.4}")));
@@ -162,7 +260,7 @@ impl NodeKind for Eval {
         );
         let mut gens = Vec::new();
         for (i, p) in prompts.iter().enumerate() {
-            let text = render_prompt(ctx.params, &tk, p)?;
+            let text = render_prompt(ctx.params, template.as_ref().expect("prompts have a template"), p)?;
             let ids = tk
                 .tokenizer
                 .encode_fast(text.as_str(), false)
@@ -180,7 +278,12 @@ impl NodeKind for Eval {
                 outs.push(text.trim_end_matches('\u{FFFD}').to_string());
             }
             ctx.progress.update(3 + i as u64, None);
-            gens.push(json!({"prompt": p, "base": outs[0], "tuned": outs[1]}));
+            let mut g = json!({"prompt": p.title(), "base": outs[0], "tuned": outs[1]});
+            if let Prompt::Conversation { messages, reference } = p {
+                g["conversation"] = json!(messages);
+                g["reference"] = json!(reference);
+            }
+            gens.push(g);
         }
         let report = json!({
             "tokens": n,
@@ -202,9 +305,18 @@ impl NodeKind for Eval {
         let how = if temp <= 0.0 { "greedy".to_string() } else { format!("temperature {temp}, top-p {top_p}, seed {seed}") };
         md += &format!("## Generations ({how}, at most {max_new} new tokens)\n\n");
         for g in &gens {
+            md += &format!("### {}\n\n", g["prompt"].as_str().unwrap_or(""));
+            if let Some(turns) = g["conversation"].as_array() {
+                for t in &turns[..turns.len().saturating_sub(1)] {
+                    md += &format!("> **{}:** {}\n>\n", t["role"].as_str().unwrap_or(""), t["content"].as_str().unwrap_or("").trim());
+                }
+                md += "\n";
+            }
+            if let Some(r) = g["reference"].as_str() {
+                md += &format!("**reference:** {}\n\n", r.trim());
+            }
             md += &format!(
-                "### {}\n\n**base:** {}\n\n**tuned:** {}\n\n",
-                g["prompt"].as_str().unwrap_or(""),
+                "**base:** {}\n\n**tuned:** {}\n\n",
                 g["base"].as_str().unwrap_or("").trim(),
                 g["tuned"].as_str().unwrap_or("").trim()
             );

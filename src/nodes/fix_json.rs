@@ -17,7 +17,10 @@
 //! With `input_format: csv` the input is a CSV file with a header row ([`crate::dataset::csv_records`]),
 //! read a row at a time; cells are string fields, except a conversation schema's messages
 //! column, whose cells hold the messages as JSON. A bad row is reported with its line and column.
-//! (Parquet is not read yet.)
+//! With `input_format: parquet` it is a Parquet file ([`crate::dataset::parquet_records`]): each
+//! row is a record, lists and structs included, so a ShareGPT `conversations` column reads as it
+//! does in JSON Lines. A bad row is reported with its row number and column (the report's `line`
+//! is then the row).
 //!
 //! Outputs: `records` (the good records as a JSON array, one per line, input order), `report`
 //! (JSON: every bad record with line, column and reason; duplicates; counts), and with
@@ -30,9 +33,11 @@ use rand::SeedableRng;
 use serde::Serialize;
 use serde_json::{Map, Value as Json};
 
+use super::chat_params::{chat_schema, CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD};
 use super::{InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::chat;
 use crate::dataset::csv_records::read_csv;
+use crate::dataset::parquet_records::{looks_like_parquet, read_parquet};
 use crate::dataset::records::json_position;
 use crate::params::{Default, ParamSpec, ParamType, Params};
 
@@ -45,26 +50,6 @@ const INPUTS: &[InputSpec] = &[InputSpec {
     accepts: super::Accepts::File,
     doc: "the records file (JSON array, JSON Lines, or objects run together)",
 }];
-
-/// The field-name params of conversation records (tokenize takes them too).
-pub(super) const MESSAGES_FIELD: ParamSpec = ParamSpec {
-    name: "messages_field",
-    ty: ParamType::Str,
-    default: Default::Null,
-    doc: "conversations: record field holding the messages (default `messages`, sharegpt `conversations`)",
-};
-pub(super) const ROLE_FIELD: ParamSpec = ParamSpec {
-    name: "role_field",
-    ty: ParamType::Str,
-    default: Default::Null,
-    doc: "conversations: message field holding the role (default `role`, sharegpt `from`)",
-};
-pub(super) const CONTENT_FIELD: ParamSpec = ParamSpec {
-    name: "content_field",
-    ty: ParamType::Str,
-    default: Default::Null,
-    doc: "conversations: message field holding the text (default `content`, sharegpt `value`)",
-};
 
 const PARAMS: &[ParamSpec] = &[
     ParamSpec {
@@ -99,9 +84,9 @@ const PARAMS: &[ParamSpec] = &[
     },
     ParamSpec {
         name: "input_format",
-        ty: ParamType::Enum(&["json", "csv"]),
+        ty: ParamType::Enum(&["json", "csv", "parquet"]),
         default: Default::Str("json"),
-        doc: "the records file: JSON (array, Lines, run together) or CSV with a header row",
+        doc: "the records file: JSON (array, Lines, run together), CSV with a header row, or Parquet (one record per row)",
     },
     ParamSpec {
         name: "schema",
@@ -390,9 +375,9 @@ struct Report<'a> {
     bracketed: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     split: Option<std::collections::BTreeMap<&'static str, usize>>,
-    /// `csv` for CSV input (absent for JSON, whose reports stay as they were).
+    /// `csv` or `parquet` (absent for JSON, whose reports stay as they were).
     #[serde(skip_serializing_if = "Option::is_none")]
-    input_format: Option<&'static str>,
+    input_format: Option<&'a str>,
     /// The conversation schema (absent for alpaca).
     #[serde(skip_serializing_if = "Option::is_none")]
     schema: Option<String>,
@@ -435,39 +420,54 @@ impl NodeKind for FixJson {
 
     fn run(&self, ctx: &mut RunCtx) -> Result<(), NodeError> {
         let path = ctx.input("records")?.to_path_buf();
-        let conversations = super::tokenize::chat_schema(ctx.params);
-        let csv = ctx.params.str("input_format") == Some("csv");
-        let scan = if csv {
-            let json_columns: Vec<&str> = conversations.iter().map(|(_, f)| f.messages.as_str()).collect();
-            let rows = read_csv(&path, &json_columns).map_err(|e| NodeError::BadInput {
-                path: path.clone(),
-                location: None,
-                message: e.to_string(),
-            })?;
-            let bad = rows
-                .bad
-                .into_iter()
-                .map(|r| BadRecord { line: r.line, col: r.column, reason: r.reason, excerpt: String::new() })
-                .collect();
-            Scan { objects: rows.objects, bad, ..Scan::default() }
-        } else {
-            let bytes = std::fs::read(&path).map_err(NodeError::io("reading", &path))?;
-            let text = String::from_utf8(bytes).map_err(|e| NodeError::BadInput {
-                path: path.clone(),
-                location: None,
-                message: format!("not UTF-8 (invalid byte at offset {})", e.utf8_error().valid_up_to()),
-            })?;
-            let scan = scan(&text);
-            if scan.objects.is_empty() && !scan.bad.is_empty() && path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"))
-            {
-                return Err(NodeError::BadInput {
-                    path,
-                    location: None,
-                    message: "no JSON record found in a `.csv` file; set `input_format: csv`".into(),
-                });
+        let conversations = chat_schema(ctx.params);
+        let format = ctx.params.str("input_format").unwrap_or("json");
+        let json_columns: Vec<&str> = conversations.iter().map(|(_, f)| f.messages.as_str()).collect();
+        let bad_input = |message: String| NodeError::BadInput { path: path.clone(), location: None, message };
+        let scan = match format {
+            "csv" => {
+                let rows = read_csv(&path, &json_columns).map_err(|e| bad_input(e.to_string()))?;
+                let bad = rows
+                    .bad
+                    .into_iter()
+                    .map(|r| BadRecord { line: r.line, col: r.column, reason: r.reason, excerpt: String::new() })
+                    .collect();
+                Scan { objects: rows.objects, bad, ..Scan::default() }
             }
-            scan
+            "parquet" => {
+                let rows = read_parquet(&path, &json_columns).map_err(|e| bad_input(e.to_string()))?;
+                let bad = rows
+                    .bad
+                    .into_iter()
+                    .map(|r| BadRecord {
+                        line: r.row,
+                        col: r.column_index,
+                        reason: format!("column {} (`{}`): {}", r.column_index, r.column, r.reason),
+                        excerpt: String::new(),
+                    })
+                    .collect();
+                Scan { objects: rows.objects, bad, ..Scan::default() }
+            }
+            _ => {
+                let bytes = std::fs::read(&path).map_err(NodeError::io("reading", &path))?;
+                if looks_like_parquet(&bytes) {
+                    return Err(bad_input("this is a Parquet file; set `input_format: parquet`".into()));
+                }
+                let is_csv = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv"));
+                let csv_hint = if is_csv { " (a `.csv` file: set `input_format: csv`)" } else { "" };
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    bad_input(format!("not UTF-8 (invalid byte at offset {}){csv_hint}", e.utf8_error().valid_up_to()))
+                })?;
+                let scan = scan(&text);
+                if scan.objects.is_empty() && !scan.bad.is_empty() && is_csv {
+                    return Err(bad_input("no JSON record found in a `.csv` file; set `input_format: csv`".into()));
+                }
+                scan
+            }
         };
+        // Parquet has rows, not lines.
+        let rows = format == "parquet";
+        let at = |b: &BadRecord| if rows { format!("row {}", b.line) } else { format!("{}:{}", b.line, b.col) };
         let required = ctx.params.str_list("required");
         let mut bad = scan.bad.clone();
         let mut good: Vec<(&Map<String, Json>, usize)> = Vec::new();
@@ -505,15 +505,17 @@ impl NodeKind for FixJson {
             });
         }
         for b in &bad {
-            ctx.log(format!("{}:{}:{}: {} | {}", path.display(), b.line, b.col, b.reason, b.excerpt));
+            let sep = if rows { ": " } else { ":" };
+            ctx.log(format!("{}{sep}{}: {} | {}", path.display(), at(b), b.reason, b.excerpt));
         }
         if ctx.params.str("on_error") == Some("fail") && !bad.is_empty() {
             let first = &bad[0];
             return Err(NodeError::BadInput {
                 path,
-                location: Some((first.line, first.col)),
+                location: (!rows).then_some((first.line, first.col)),
                 message: format!(
-                    "{} ({} bad record{} in all; set `on_error: skip` to drop them and get a report)",
+                    "{}{} ({} bad record{} in all; set `on_error: skip` to drop them and get a report)",
+                    if rows { format!("{}: ", at(first)) } else { String::new() },
                     first.reason,
                     bad.len(),
                     if bad.len() == 1 { "" } else { "s" }
@@ -548,7 +550,7 @@ impl NodeKind for FixJson {
             crlf: scan.crlf,
             bracketed: scan.bracketed,
             split,
-            input_format: csv.then_some("csv"),
+            input_format: (format != "json").then_some(format),
             schema: conversations.as_ref().and(ctx.params.str("schema")).map(String::from),
         };
         write(ctx, "report", &serde_json::to_string_pretty(&report).expect("report serialises"))?;

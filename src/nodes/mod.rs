@@ -18,6 +18,7 @@
 //! `run` writes into a private staging folder; the store publishes the outputs atomically only
 //! after `run` returns `Ok`, so a kind never needs to care about partial writes or kills.
 
+mod chat_params;
 pub mod eval;
 pub mod export_gguf;
 pub mod fix_json;

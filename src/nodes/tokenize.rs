@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::fix_json::{CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD};
+use super::chat_params::{chat_schema, CONTENT_FIELD, MESSAGES_FIELD, ROLE_FIELD};
 use super::{Accepts, Extra, Extras, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::chat::{self, ChatFields, Schema};
 use crate::dataset::encode::{encode_records, EncodeError, EncodeSpec, Encoded, Items, TrainOn};
@@ -132,20 +132,6 @@ const PARAMS: &[ParamSpec] = &[
 /// The params added with conversations: at their defaults (alpaca) they change nothing, so
 /// they stay out of the key and the keys of existing pipelines hold.
 const ADDED_WITH_CONVERSATIONS: &[&str] = &["schema", "train_on", "messages_field", "role_field", "content_field"];
-
-/// The conversation schema and field names of `params` (`None` for alpaca).
-pub(crate) fn chat_schema(params: &Params) -> Option<(Schema, ChatFields)> {
-    let schema = Schema::parse(params.str("schema").unwrap_or("alpaca"))?;
-    let mut fields = schema.default_fields()?;
-    for (slot, name) in
-        [(&mut fields.messages, "messages_field"), (&mut fields.role, "role_field"), (&mut fields.content, "content_field")]
-    {
-        if let Some(v) = params.str(name) {
-            *slot = v.to_string();
-        }
-    }
-    Some((schema, fields))
-}
 
 /// Dataset statistics written as the `stats` output.
 #[derive(Debug, Serialize)]
@@ -536,7 +522,7 @@ fn run_chats(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nodes::{fix_json::FixJson, key_params, NodeKind};
+    use crate::nodes::{eval::Eval, fix_json::FixJson, key_params, NodeKind};
     use crate::params::Value;
 
     fn defaults(kind: &dyn NodeKind) -> Params {
@@ -566,6 +552,12 @@ mod tests {
         assert_eq!(key_names(&FixJson, &p), before);
         p.0.insert("input_format".into(), Value::Str("csv".into()));
         assert!(key_names(&FixJson, &p).contains(&"input_format".into()));
+
+        let before = ["batch_size", "dtype", "format", "max_new_tokens", "seed", "system", "temperature", "top_p"];
+        let mut p = defaults(&Eval);
+        assert_eq!(key_names(&Eval, &p), before);
+        p.0.insert("schema".into(), Value::Str("sharegpt".into()));
+        assert!(key_names(&Eval, &p).contains(&"schema".into()));
     }
 
     #[test]

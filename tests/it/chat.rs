@@ -1,7 +1,8 @@
 //! Conversation datasets: `schema: messages | sharegpt` through fix-json and tokenize, checked
 //! against transformers' `apply_chat_template(..., return_assistant_tokens_mask=True)`
-//! (`scripts/chat_reference.py`); the same records as ShareGPT and as CSV; `train_on`; located
-//! errors for bad conversations and bad CSV rows; truncation counts.
+//! (`scripts/chat_reference.py`); the same records as ShareGPT, CSV and Parquet (written by
+//! pyarrow); `train_on`; located errors for bad conversations, bad CSV rows and bad Parquet
+//! files; truncation counts.
 
 use pipe::dataset::TokenDataset;
 use serde_json::{json, Value};
@@ -83,29 +84,50 @@ fn dataset_bytes(t: &TestContext, file: &str) -> Vec<u8> {
     std::fs::read(t.output_path(file, "tok", "dataset", &[])).unwrap()
 }
 
-/// The interpreter for the reference when it can import transformers (else skip, or fail under
+/// The interpreter when it can import `modules` (else skip, or fail under
 /// `PIPE_REQUIRE_PYTHON=1`).
-fn python_with_transformers(test: &str) -> Option<String> {
+fn python_with(modules: &str, test: &str) -> Option<String> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let ok = std::process::Command::new(&python)
-        .args(["-c", "import transformers, jinja2"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if ok {
         return Some(python);
     }
     if std::env::var("PIPE_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!(
-            "{test}: PIPE_REQUIRE_PYTHON=1 but `{python}` cannot import transformers and jinja2 (scripts/test-requirements.txt)"
-        );
+        panic!("{test}: PIPE_REQUIRE_PYTHON=1 but `{python}` cannot import {modules} (scripts/test-requirements.txt)");
     }
-    eprintln!("SKIPPED {test}: `{python}` cannot import transformers and jinja2 (pip install -r scripts/test-requirements.txt)");
+    eprintln!("SKIPPED {test}: `{python}` cannot import {modules} (pip install -r scripts/test-requirements.txt)");
     None
+}
+
+/// Writes the JSON Lines file `jsonl` as the Parquet file `parquet` with pyarrow, which infers
+/// the columns' types (a list of messages is `list<struct<role, content>>`); `json_text` lists
+/// columns stored as JSON text instead.
+fn to_parquet(python: &str, jsonl: &std::path::Path, parquet: &std::path::Path, compression: &str, json_text: &[&str]) {
+    let script = r#"
+import json, sys, pyarrow as pa, pyarrow.parquet as pq
+rows = [json.loads(l) for l in open(sys.argv[1], encoding="utf-8") if l.strip()]
+for col in sys.argv[4:]:
+    for r in rows:
+        r[col] = json.dumps(r[col], ensure_ascii=False)
+pq.write_table(pa.Table.from_pylist(rows), sys.argv[2], compression=sys.argv[3], row_group_size=20)
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(jsonl)
+        .arg(parquet)
+        .arg(compression)
+        .args(json_text)
+        .output()
+        .expect("python runs");
+    assert!(out.status.success(), "pyarrow: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn messages_match_transformers_assistant_masks_for_every_conversation() {
-    let Some(python) = python_with_transformers("messages_match_transformers_assistant_masks_for_every_conversation") else {
+    let Some(python) = python_with("transformers, jinja2", "messages_match_transformers_assistant_masks_for_every_conversation") else {
         return;
     };
     let t = project();
@@ -186,6 +208,99 @@ fn sharegpt_and_csv_versions_give_byte_identical_datasets() {
     );
     t.run("c.yaml", &[]).success();
     assert_eq!(dataset_bytes(&t, "c.yaml"), dataset_bytes(&t, "p.yaml"), "CSV reads as the same records");
+}
+
+/// Parquet as pyarrow writes it (several row groups, each codec people meet): messages as
+/// `list<struct>`, ShareGPT conversations, and messages stored as JSON text all read as the same
+/// records as the JSON Lines file.
+#[test]
+fn parquet_versions_give_byte_identical_datasets() {
+    let Some(python) = python_with("pyarrow", "parquet_versions_give_byte_identical_datasets") else {
+        return;
+    };
+    let t = project();
+    let convs = conversations();
+    let with_id: String = messages_jsonl(&convs)
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            format!("{}\n", json!({"id": i, "messages": v["messages"]}))
+        })
+        .collect();
+    t.write("data/chat.jsonl", &with_id);
+    t.write("p.yaml", PIPELINE);
+    t.run("p.yaml", &[]).success();
+    let parquet = |name: &str| PIPELINE.replace("data/chat.jsonl", name).replace("on_error: fail", "on_error: fail, input_format: parquet");
+    for (codec, json_text) in [("snappy", false), ("zstd", false), ("gzip", true), ("lz4", false), ("none", false)] {
+        let file = format!("data/chat-{codec}.parquet");
+        to_parquet(&python, &t.path("data/chat.jsonl"), &t.path(&file), codec, if json_text { &["messages"] } else { &[] });
+        let yaml = format!("{codec}.yaml");
+        t.write(&yaml, parquet(&file));
+        t.run(&yaml, &[]).success();
+        assert_eq!(dataset_bytes(&t, &yaml), dataset_bytes(&t, "p.yaml"), "Parquet ({codec}, JSON text {json_text}) reads as the same records");
+        let report = t.output_json(&yaml, "fix", "report", &[]);
+        assert_eq!((report["records_written"].as_u64(), report["input_format"].as_str()), (Some(48), Some("parquet")));
+    }
+    // ShareGPT (no tool role), against its JSON Lines.
+    let share: String = convs
+        .iter()
+        .map(|c| {
+            let turns: Vec<Value> = c
+                .iter()
+                .filter(|(r, _)| *r != "tool")
+                .map(|(r, v)| json!({"from": match *r { "user" => "human", "assistant" => "gpt", o => o }, "value": v}))
+                .collect();
+            format!("{}\n", json!({ "conversations": turns }))
+        })
+        .collect();
+    t.write("data/share.jsonl", share);
+    to_parquet(&python, &t.path("data/share.jsonl"), &t.path("data/share.parquet"), "snappy", &[]);
+    t.write("s.yaml", PIPELINE.replace("data/chat.jsonl", "data/share.jsonl").replace("schema: messages", "schema: sharegpt"));
+    t.write("sp.yaml", parquet("data/share.parquet").replace("schema: messages", "schema: sharegpt"));
+    t.run("s.yaml", &[]).success();
+    t.run("sp.yaml", &[]).success();
+    assert_eq!(dataset_bytes(&t, "sp.yaml"), dataset_bytes(&t, "s.yaml"), "ShareGPT Parquet reads as its JSON Lines");
+}
+
+/// A truncated Parquet file and a Parquet file read as JSON are clear errors; a column of the
+/// wrong type and a non-string role are reported at their row and field.
+#[test]
+fn bad_parquet_files_and_rows_are_located_errors() {
+    let Some(python) = python_with("pyarrow", "bad_parquet_files_and_rows_are_located_errors") else {
+        return;
+    };
+    let t = project();
+    let ok = r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#;
+    t.write("data/chat.jsonl", [ok, ok].join("\n"));
+    to_parquet(&python, &t.path("data/chat.jsonl"), &t.path("data/chat.parquet"), "snappy", &[]);
+    let p = PIPELINE.replace("data/chat.jsonl", "data/chat.parquet");
+    // Read as JSON: the error says what to set.
+    t.write("p.yaml", &p);
+    let r = t.run("p.yaml", &[]).code(1);
+    assert!(r.stderr.contains("chat.parquet: this is a Parquet file; set `input_format: parquet`"), "{r:?}");
+    // Truncated (a download cut short).
+    let p = p.replace("on_error: fail", "on_error: fail, input_format: parquet");
+    t.write("p.yaml", &p);
+    let bytes = std::fs::read(t.path("data/chat.parquet")).unwrap();
+    t.write("data/chat.parquet", &bytes[..bytes.len() - 10]);
+    let r = t.run("p.yaml", &[]).code(1);
+    assert!(r.stderr.contains("chat.parquet: not a Parquet file"), "{r:?}");
+    // A messages column of numbers, and a role that is a number.
+    t.write("data/nums.jsonl", "{\"messages\": 7}\n{\"messages\": 8}\n");
+    to_parquet(&python, &t.path("data/nums.jsonl"), &t.path("data/chat.parquet"), "snappy", &[]);
+    let r = t.run("p.yaml", &[]).code(1);
+    assert!(r.stderr.contains("chat.parquet: row 1: field `messages` must be a list of messages"), "{r:?}");
+    t.write(
+        "data/role.jsonl",
+        [ok, r#"{"messages": [{"role": 1, "content": "q"}, {"role": 2, "content": "a"}]}"#].join("\n"),
+    );
+    to_parquet(&python, &t.path("data/role.jsonl"), &t.path("data/role.parquet"), "snappy", &["messages"]);
+    t.write("p.yaml", p.replace("chat.parquet", "role.parquet").replace("on_error: fail", "on_error: skip"));
+    t.run("p.yaml", &[]).success();
+    let report = t.output_json("p.yaml", "fix", "report", &[]);
+    assert_eq!((report["records_written"].as_u64(), report["bad_records"][0]["line"].as_u64()), (Some(1), Some(2)), "{report:#}");
+    assert_eq!(report["bad_records"][0]["reason"], "`messages[0].role` must be a string, found a number", "{report:#}");
 }
 
 #[test]
@@ -297,6 +412,17 @@ fn a_bad_csv_row_is_reported_with_its_line_and_column() {
     assert_eq!(report["bad_records"][1]["reason"], "the row has 1 field but the header has 2", "{report:#}");
     assert_eq!((report["records_written"].as_u64(), report["input_format"].as_str()), (Some(1), Some("csv")));
 
+    // A row that is not UTF-8 (a Latin-1 export) is reported with its column; its neighbours stay.
+    let mut latin1 = b"id,messages\n".to_vec();
+    latin1.extend_from_slice(b"caf\xe9,\"[{\"\"role\"\": \"\"user\"\", \"\"content\"\": \"\"q\"\"}, {\"\"role\"\": \"\"assistant\"\", \"\"content\"\": \"\"a\"\"}]\"\n");
+    latin1.extend_from_slice(b"2,\"[{\"\"role\"\": \"\"user\"\", \"\"content\"\": \"\"q\"\"}, {\"\"role\"\": \"\"assistant\"\", \"\"content\"\": \"\"a\"\"}]\"\n");
+    t.write("data/chat.csv", latin1);
+    let r = t.run("p.yaml", &[]).success();
+    let report = t.output_json("p.yaml", "fix", "report", &[]);
+    assert_eq!(report["bad_records"][0]["line"], 2, "{report:#}");
+    assert_eq!(report["bad_records"][0]["reason"], "column 1 (`id`) is not UTF-8 (invalid byte at offset 3)", "{report:#}");
+    assert_eq!(report["records_written"], 1, "{r:?}");
+
     // Without `input_format: csv`, a .csv file says what to set.
     t.write("p.yaml", PIPELINE.replace("data/chat.jsonl", "data/chat.csv"));
     let r = t.run("p.yaml", &[]).code(1);
@@ -356,4 +482,71 @@ fn the_example_chat_pipeline_reads_its_dataset_and_trains_on_assistant_turns() {
     // 219 conversations, a 10% held-out split.
     assert_eq!(t.output_json(file, "tokenize", "stats", &[])["records"], 197);
     assert_eq!(t.output_json(file, "tokenize-eval", "stats", &[])["records"], 22);
+}
+
+/// eval replays conversations: the turns up to the last user message are rendered with the chat
+/// template and both models answer; a final assistant message is reported as the reference. A
+/// one-turn conversation is the same prompt as that line in a text prompts file.
+#[test]
+fn eval_replays_conversation_prompts_and_reports_the_reference() {
+    let t = TestContext::new();
+    crate::training::tiny_model(&t, "model", pipe::model::config::Arch::Llama, 32);
+    let mut config: Value = serde_json::from_str(&t.read("model/tokenizer_config.json")).unwrap();
+    config["chat_template"] = json!(CHATML_GENERATION);
+    t.write("model/tokenizer_config.json", serde_json::to_string_pretty(&config).unwrap());
+    t.write("data/chat.jsonl", messages_jsonl(&conversations()[..8]));
+    let prompts = [
+        json!({"messages": [{"role": "user", "content": "你是谁?"}]}),
+        json!({"messages": [
+            {"role": "system", "content": "You are a fortune teller."},
+            {"role": "user", "content": "Will I be rich?"},
+            {"role": "assistant", "content": "Yes."},
+            {"role": "user", "content": "When?"},
+            {"role": "assistant", "content": "Next spring."},
+        ]}),
+    ];
+    t.write("prompts.jsonl", prompts.iter().map(|p| format!("{p}\n")).collect::<String>());
+    t.write("prompts.txt", "你是谁?\n");
+    let yaml = |prompts: &str, schema: &str| {
+        format!(
+            "name: replay
+nodes:
+  fix: {{ kind: fix-json, inputs: {{ records: data/chat.jsonl }}, params: {{ schema: messages }} }}
+  tok:
+    kind: tokenize
+    inputs: {{ records: fix.records, tokenizer: model }}
+    params: {{ schema: messages, format: chat_template }}
+  eval:
+    kind: eval
+    inputs: {{ base: model, tuned: model, dataset: tok.dataset, prompts: {prompts} }}
+    params: {{ {schema}format: chat_template, max_new_tokens: 6 }}
+"
+        )
+    };
+    t.write("c.yaml", yaml("prompts.jsonl", "schema: messages, "));
+    t.write("l.yaml", yaml("prompts.txt", ""));
+    t.run("c.yaml", &[]).success();
+    t.run("l.yaml", &[]).success();
+    let report = |file: &str| -> Value {
+        let dir = t.output_path(file, "eval", "report", &[]);
+        serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap()
+    };
+    let (c, l) = (report("c.yaml"), report("l.yaml"));
+    let gens = c["generations"].as_array().unwrap();
+    assert_eq!(gens.len(), 2, "{c:#}");
+    assert_eq!(gens[0]["tuned"], l["generations"][0]["tuned"], "a one-turn conversation is the same prompt as the line");
+    assert_eq!(gens[0]["reference"], Value::Null);
+    assert_eq!(gens[1]["prompt"], "When?");
+    assert_eq!(gens[1]["reference"], "Next spring.");
+    assert_eq!(gens[1]["conversation"].as_array().unwrap().len(), 4, "the turns the models saw: {c:#}");
+    let md = std::fs::read_to_string(t.output_path("c.yaml", "eval", "report", &[]).join("report.md")).unwrap();
+    assert!(md.contains("> **assistant:** Yes.") && md.contains("**reference:** Next spring."), "{md}");
+
+    // Located errors: a conversation with nothing to answer, a line that is not JSON.
+    t.write("prompts.jsonl", format!("{}\n{}\n", prompts[0], json!({"messages": [{"role": "system", "content": "s"}]})));
+    let r = t.run("c.yaml", &[]).code(1);
+    assert!(r.stderr.contains("prompts.jsonl:2:1: `messages`: nothing to answer"), "{r:?}");
+    t.write("prompts.jsonl", format!("{}\n{{\"messages\": [\n", prompts[0]));
+    let r = t.run("c.yaml", &[]).code(1);
+    assert!(r.stderr.contains("prompts.jsonl:2:") && r.stderr.contains("not a JSON object"), "{r:?}");
 }

@@ -1,0 +1,263 @@
+//! Parquet records files, as Hugging Face datasets, pandas, pyarrow and polars write them: one
+//! record per row, read with the Apache Arrow project's `parquet` crate one row group at a time
+//! (its row API; no Arrow arrays are built).
+//!
+//! A row becomes a JSON object with one field per column, in column order:
+//! - strings stay strings, and binary cells that hold UTF-8 (writers that leave out the string
+//!   annotation) are read as strings too;
+//! - integers, floats and booleans become JSON numbers and booleans, nulls become `null`;
+//! - lists become arrays and structs objects, so a ShareGPT `conversations` column of
+//!   `list<struct<from, value>>` reads as the same records as its JSON Lines;
+//! - dates, times, timestamps and decimals become their text;
+//! - a column named in `json_columns` that holds a string is parsed as JSON (a conversation
+//!   stored as JSON text, as in a CSV cell).
+//!
+//! A cell that cannot be used (binary that is not UTF-8, a float that is not finite, a JSON
+//! column that does not parse) makes its row a [`BadRow`] naming the row and the column, and
+//! the other rows are still read. A file that is not Parquet, is truncated, or whose pages do not
+//! decode is a [`ParquetError`] for the whole file. Snappy, gzip, LZ4 and zstd pages are read.
+
+use std::path::Path;
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::{Field, Row};
+use serde_json::{Map, Number, Value as Json};
+
+/// A row that could not be read into a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRow {
+    /// 1-based row number.
+    pub row: usize,
+    /// The column at fault: its name.
+    pub column: String,
+    /// Its 1-based position.
+    pub column_index: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The rows of a Parquet file.
+#[derive(Debug, Default)]
+pub struct ParquetScan {
+    /// Records with their 1-based row number, in file order.
+    pub objects: Vec<(Map<String, Json>, usize)>,
+    /// Rows that could not be read.
+    pub bad: Vec<BadRow>,
+}
+
+/// The file cannot be read as Parquet.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetError {
+    /// Opening the file failed.
+    #[error("opening: {0}")]
+    Open(#[source] std::io::Error),
+    /// Not a Parquet file at all (no `PAR1` magic at its start and end).
+    #[error("not a Parquet file (a Parquet file starts and ends with `PAR1`)")]
+    NotParquet,
+    /// The footer (schema, row groups) does not read: a truncated or damaged file.
+    #[error("reading the Parquet footer: {0}")]
+    Footer(#[source] parquet::errors::ParquetError),
+    /// A row group's pages do not decode.
+    #[error("reading row {row}: {source}")]
+    Row {
+        /// 1-based row where reading stopped.
+        row: usize,
+        /// The decoder's error.
+        source: parquet::errors::ParquetError,
+    },
+}
+
+/// Reads a Parquet file; the string columns named in `json_columns` are parsed as JSON.
+pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<ParquetScan, ParquetError> {
+    let file = std::fs::File::open(path).map_err(ParquetError::Open)?;
+    if !has_magic(&file).map_err(ParquetError::Open)? {
+        return Err(ParquetError::NotParquet);
+    }
+    let reader = SerializedFileReader::new(file).map_err(ParquetError::Footer)?;
+    let rows = reader.get_row_iter(None).map_err(ParquetError::Footer)?;
+    let mut out = ParquetScan::default();
+    for (i, row) in rows.enumerate() {
+        let n = i + 1;
+        let row = row.map_err(|source| ParquetError::Row { row: n, source })?;
+        match record(&row, json_columns) {
+            Ok(obj) => out.objects.push((obj, n)),
+            Err((column_index, column, reason)) => out.bad.push(BadRow { row: n, column, column_index, reason }),
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the file starts and ends with Parquet's magic bytes.
+fn has_magic(file: &std::fs::File) -> std::io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    if len < 12 {
+        return Ok(false);
+    }
+    let (mut head, mut tail) = ([0u8; 4], [0u8; 4]);
+    file.read_exact_at(&mut head, 0)?;
+    file.read_exact_at(&mut tail, len - 4)?;
+    Ok(&head == b"PAR1" && &tail == b"PAR1")
+}
+
+/// Whether `bytes` look like a Parquet file (for the hint when one is read as JSON).
+pub fn looks_like_parquet(bytes: &[u8]) -> bool {
+    bytes.len() >= 12 && bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1")
+}
+
+/// One row as a JSON object, or the column at fault (1-based position, name) and why.
+fn record(row: &Row, json_columns: &[&str]) -> Result<Map<String, Json>, (usize, String, String)> {
+    let mut obj = Map::new();
+    for (j, (name, field)) in row.get_column_iter().enumerate() {
+        let mut value = to_json(field).map_err(|why| (j + 1, name.clone(), why))?;
+        if json_columns.contains(&name.as_str()) {
+            if let Json::String(text) = &value {
+                value = serde_json::from_str(text)
+                    .map_err(|e| (j + 1, name.clone(), format!("a string that is not JSON: {e}")))?;
+            }
+        }
+        obj.insert(name.clone(), value);
+    }
+    Ok(obj)
+}
+
+/// One cell as JSON, or why it cannot be.
+fn to_json(field: &Field) -> Result<Json, String> {
+    let float = |x: f64| Number::from_f64(x).map(Json::Number).ok_or_else(|| format!("the number {x} is not finite"));
+    Ok(match field {
+        Field::Null => Json::Null,
+        Field::Bool(b) => Json::Bool(*b),
+        Field::Byte(x) => Json::from(*x),
+        Field::Short(x) => Json::from(*x),
+        Field::Int(x) => Json::from(*x),
+        Field::Long(x) => Json::from(*x),
+        Field::UByte(x) => Json::from(*x),
+        Field::UShort(x) => Json::from(*x),
+        Field::UInt(x) => Json::from(*x),
+        Field::ULong(x) => Json::from(*x),
+        Field::Float16(x) => float(f64::from(*x))?,
+        Field::Float(x) => float(f64::from(*x))?,
+        Field::Double(x) => float(*x)?,
+        Field::Str(s) => Json::String(s.clone()),
+        Field::Bytes(b) => match std::str::from_utf8(b.data()) {
+            Ok(s) => Json::String(s.to_string()),
+            Err(e) => return Err(format!("binary data that is not UTF-8 text (invalid byte at offset {})", e.valid_up_to())),
+        },
+        Field::Group(row) => {
+            let mut obj = Map::new();
+            for (name, f) in row.get_column_iter() {
+                obj.insert(name.clone(), to_json(f).map_err(|why| format!("`{name}`: {why}"))?);
+            }
+            Json::Object(obj)
+        }
+        Field::ListInternal(list) => Json::Array(
+            list.elements()
+                .iter()
+                .enumerate()
+                .map(|(i, f)| to_json(f).map_err(|why| format!("[{i}]: {why}")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Field::MapInternal(map) => {
+            let mut obj = Map::new();
+            for (k, v) in map.entries() {
+                let key = match k {
+                    Field::Str(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                let value = to_json(v).map_err(|why| format!("[{key}]: {why}"))?;
+                obj.insert(key, value);
+            }
+            Json::Object(obj)
+        }
+        // Dates, times, timestamps and decimals: their text, as the parquet crate prints them.
+        other => Json::String(other.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use parquet::basic::{Compression, ConvertedType, Repetition, Type as Physical};
+    use parquet::data_type::{ByteArray, ByteArrayType, Int64Type};
+    use parquet::file::properties::WriterProperties;
+    use parquet::file::writer::SerializedFileWriter;
+    use parquet::schema::types::Type;
+
+    use super::*;
+
+    /// A file with an `id` int64 column and a `text` column, written by the parquet crate.
+    fn write(path: &Path, text: &[&[u8]], utf8: bool, compression: Compression) {
+        let mut t = Type::primitive_type_builder("text", Physical::BYTE_ARRAY).with_repetition(Repetition::REQUIRED);
+        if utf8 {
+            t = t.with_converted_type(ConvertedType::UTF8);
+        }
+        let schema = Type::group_type_builder("schema")
+            .with_fields(vec![
+                Arc::new(Type::primitive_type_builder("id", Physical::INT64).with_repetition(Repetition::REQUIRED).build().unwrap()),
+                Arc::new(t.build().unwrap()),
+            ])
+            .build()
+            .unwrap();
+        let props = Arc::new(WriterProperties::builder().set_compression(compression).build());
+        let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), Arc::new(schema), props).unwrap();
+        let mut rg = w.next_row_group().unwrap();
+        let ids: Vec<i64> = (1..=text.len() as i64).collect();
+        let mut col = rg.next_column().unwrap().unwrap();
+        col.typed::<Int64Type>().write_batch(&ids, None, None).unwrap();
+        col.close().unwrap();
+        let mut col = rg.next_column().unwrap().unwrap();
+        let values: Vec<ByteArray> = text.iter().map(|t| ByteArray::from(t.to_vec())).collect();
+        col.typed::<ByteArrayType>().write_batch(&values, None, None).unwrap();
+        col.close().unwrap();
+        rg.close().unwrap();
+        w.close().unwrap();
+    }
+
+    #[test]
+    fn rows_read_as_records_in_column_order_with_every_codec() {
+        let dir = tempfile::tempdir().unwrap();
+        for c in [Compression::UNCOMPRESSED, Compression::SNAPPY, Compression::GZIP(Default::default()), Compression::LZ4_RAW] {
+            let p = dir.path().join("a.parquet");
+            write(&p, &[b"hello", "算命".as_bytes()], true, c);
+            let scan = read_parquet(&p, &[]).unwrap();
+            let rows: Vec<String> = scan.objects.iter().map(|(o, n)| format!("{n} {}", Json::Object(o.clone()))).collect();
+            assert_eq!(rows, ["1 {\"id\":1,\"text\":\"hello\"}", "2 {\"id\":2,\"text\":\"算命\"}"], "{c:?}");
+        }
+    }
+
+    #[test]
+    fn binary_text_reads_as_a_string_and_binary_junk_is_a_bad_row_naming_its_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.parquet");
+        write(&p, &[b"plain", b"\xff\xfe", b"[1, 2]"], false, Compression::SNAPPY);
+        let scan = read_parquet(&p, &["text"]).unwrap();
+        assert_eq!(scan.objects.len(), 1);
+        assert_eq!((&scan.objects[0].0["text"], scan.objects[0].1), (&serde_json::json!([1, 2]), 3), "a JSON column is parsed");
+        assert_eq!(scan.bad.len(), 2, "{:?}", scan.bad);
+        assert_eq!((scan.bad[0].row, scan.bad[0].column.as_str(), scan.bad[0].column_index), (1, "text", 2));
+        assert!(scan.bad[0].reason.contains("not JSON"), "{:?}", scan.bad[0]);
+        // Without the JSON column, "plain" reads as a string.
+        assert_eq!(read_parquet(&p, &[]).unwrap().objects[0].0["text"], "plain");
+        assert_eq!((scan.bad[1].row, scan.bad[1].column.as_str()), (2, "text"));
+        assert!(scan.bad[1].reason.contains("not UTF-8"), "{:?}", scan.bad[1]);
+    }
+
+    #[test]
+    fn truncated_and_foreign_files_are_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.parquet");
+        write(&p, &[b"x".as_slice(); 50], true, Compression::SNAPPY);
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(looks_like_parquet(&bytes));
+        std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(matches!(read_parquet(&p, &[]), Err(ParquetError::NotParquet)));
+        // The magic at both ends, the middle gone: the footer does not read.
+        let mut cut = bytes[..8].to_vec();
+        cut.extend_from_slice(&bytes[bytes.len() - 8..]);
+        std::fs::write(&p, &cut).unwrap();
+        assert!(matches!(read_parquet(&p, &[]), Err(ParquetError::Footer(_))), "{:?}", read_parquet(&p, &[]));
+        std::fs::write(&p, "{\"a\": 1}\n").unwrap();
+        assert!(matches!(read_parquet(&p, &[]), Err(ParquetError::NotParquet)));
+    }
+}
