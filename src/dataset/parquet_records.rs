@@ -112,8 +112,8 @@ fn record(row: &Row, json_columns: &[&str]) -> Result<Map<String, Json>, (usize,
         let mut value = to_json(field).map_err(|why| (j + 1, name.clone(), why))?;
         if json_columns.contains(&name.as_str()) {
             if let Json::String(text) = &value {
-                value = serde_json::from_str(text)
-                    .map_err(|e| (j + 1, name.clone(), format!("a string that is not JSON: {e}")))?;
+                value =
+                    serde_json::from_str(text).map_err(|e| (j + 1, name.clone(), format!("a string that is not JSON: {e}")))?;
             }
         }
         obj.insert(name.clone(), value);
@@ -194,7 +194,9 @@ mod tests {
         }
         let schema = Type::group_type_builder("schema")
             .with_fields(vec![
-                Arc::new(Type::primitive_type_builder("id", Physical::INT64).with_repetition(Repetition::REQUIRED).build().unwrap()),
+                Arc::new(
+                    Type::primitive_type_builder("id", Physical::INT64).with_repetition(Repetition::REQUIRED).build().unwrap(),
+                ),
                 Arc::new(t.build().unwrap()),
             ])
             .build()

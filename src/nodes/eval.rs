@@ -130,8 +130,16 @@ fn read_prompts(params: &Params, path: &std::path::Path) -> Result<Vec<Prompt>, 
     };
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
-            .map_err(|e| bad(i + 1, e.column(), format!("not a JSON object: {e} (schema `{}`: one conversation per line)", params.str("schema").unwrap_or_default())))?;
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line).map_err(|e| {
+            bad(
+                i + 1,
+                e.column(),
+                format!(
+                    "not a JSON object: {e} (schema `{}`: one conversation per line)",
+                    params.str("schema").unwrap_or_default()
+                ),
+            )
+        })?;
         let mut messages = chat::messages(&obj, schema, &fields).map_err(|p| bad(i + 1, 1, p.to_string()))?;
         let reference = match messages.last() {
             Some(m) if m.role == "assistant" => messages.pop().map(|m| m.content),
@@ -308,7 +316,11 @@ impl NodeKind for Eval {
             md += &format!("### {}\n\n", g["prompt"].as_str().unwrap_or(""));
             if let Some(turns) = g["conversation"].as_array() {
                 for t in &turns[..turns.len().saturating_sub(1)] {
-                    md += &format!("> **{}:** {}\n>\n", t["role"].as_str().unwrap_or(""), t["content"].as_str().unwrap_or("").trim());
+                    md += &format!(
+                        "> **{}:** {}\n>\n",
+                        t["role"].as_str().unwrap_or(""),
+                        t["content"].as_str().unwrap_or("").trim()
+                    );
                 }
                 md += "\n";
             }

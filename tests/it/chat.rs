@@ -88,10 +88,8 @@ fn dataset_bytes(t: &TestContext, file: &str) -> Vec<u8> {
 /// `PIPE_REQUIRE_PYTHON=1`).
 fn python_with(modules: &str, test: &str) -> Option<String> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let ok =
+        std::process::Command::new(&python).args(["-c", &format!("import {modules}")]).output().is_ok_and(|o| o.status.success());
     if ok {
         return Some(python);
     }
@@ -127,7 +125,8 @@ pq.write_table(pa.Table.from_pylist(rows), sys.argv[2], compression=sys.argv[3],
 
 #[test]
 fn messages_match_transformers_assistant_masks_for_every_conversation() {
-    let Some(python) = python_with("transformers, jinja2", "messages_match_transformers_assistant_masks_for_every_conversation") else {
+    let Some(python) = python_with("transformers, jinja2", "messages_match_transformers_assistant_masks_for_every_conversation")
+    else {
         return;
     };
     let t = project();
@@ -231,14 +230,19 @@ fn parquet_versions_give_byte_identical_datasets() {
     t.write("data/chat.jsonl", &with_id);
     t.write("p.yaml", PIPELINE);
     t.run("p.yaml", &[]).success();
-    let parquet = |name: &str| PIPELINE.replace("data/chat.jsonl", name).replace("on_error: fail", "on_error: fail, input_format: parquet");
+    let parquet =
+        |name: &str| PIPELINE.replace("data/chat.jsonl", name).replace("on_error: fail", "on_error: fail, input_format: parquet");
     for (codec, json_text) in [("snappy", false), ("zstd", false), ("gzip", true), ("lz4", false), ("none", false)] {
         let file = format!("data/chat-{codec}.parquet");
         to_parquet(&python, &t.path("data/chat.jsonl"), &t.path(&file), codec, if json_text { &["messages"] } else { &[] });
         let yaml = format!("{codec}.yaml");
         t.write(&yaml, parquet(&file));
         t.run(&yaml, &[]).success();
-        assert_eq!(dataset_bytes(&t, &yaml), dataset_bytes(&t, "p.yaml"), "Parquet ({codec}, JSON text {json_text}) reads as the same records");
+        assert_eq!(
+            dataset_bytes(&t, &yaml),
+            dataset_bytes(&t, "p.yaml"),
+            "Parquet ({codec}, JSON text {json_text}) reads as the same records"
+        );
         let report = t.output_json(&yaml, "fix", "report", &[]);
         assert_eq!((report["records_written"].as_u64(), report["input_format"].as_str()), (Some(48), Some("parquet")));
     }
@@ -291,10 +295,7 @@ fn bad_parquet_files_and_rows_are_located_errors() {
     to_parquet(&python, &t.path("data/nums.jsonl"), &t.path("data/chat.parquet"), "snappy", &[]);
     let r = t.run("p.yaml", &[]).code(1);
     assert!(r.stderr.contains("chat.parquet: row 1: field `messages` must be a list of messages"), "{r:?}");
-    t.write(
-        "data/role.jsonl",
-        [ok, r#"{"messages": [{"role": 1, "content": "q"}, {"role": 2, "content": "a"}]}"#].join("\n"),
-    );
+    t.write("data/role.jsonl", [ok, r#"{"messages": [{"role": 1, "content": "q"}, {"role": 2, "content": "a"}]}"#].join("\n"));
     to_parquet(&python, &t.path("data/role.jsonl"), &t.path("data/role.parquet"), "snappy", &["messages"]);
     t.write("p.yaml", p.replace("chat.parquet", "role.parquet").replace("on_error: fail", "on_error: skip"));
     t.run("p.yaml", &[]).success();
