@@ -29,7 +29,7 @@ pub mod dirty;
 pub mod statcache;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,12 +137,21 @@ pub fn hash_file(path: &Path) -> std::io::Result<Digest> {
 
 /// The digest of a file or a folder (sorted relative paths with their file digests); `file`
 /// hashes each file (so a stat cache can serve it).
+///
+/// Symbolic links inside a folder are followed when they point inside it (their target's bytes
+/// under the link's name). A link that leads out of the folder is an error
+/// ([`std::io::ErrorKind::InvalidInput`], naming the link and its target): hashing, and the node
+/// reading the folder, would otherwise read any file the link names, and a pipeline from someone
+/// else could pull a private file into its outputs and the shared cache. The one exception is
+/// the Hugging Face hub cache's layout, where `models--ORG--NAME/snapshots/REV/*` link to
+/// `models--ORG--NAME/blobs/*`: a snapshot folder may link into its own repository's blobs.
 pub fn hash_path_with(path: &Path, file: &mut dyn FnMut(&Path) -> std::io::Result<Digest>) -> std::io::Result<Digest> {
     if !std::fs::metadata(path)?.is_dir() {
         return file(path);
     }
     let mut entries = Vec::new();
-    walk(path, path, &mut entries)?;
+    let fence = Fence::of(path)?;
+    walk(path, path, &fence, &mut vec![fence.root.clone()], &mut entries)?;
     entries.sort();
     let mut c = Canon::default();
     c.str("pipe-tree/1");
@@ -159,12 +168,70 @@ pub fn hash_path(path: &Path) -> std::io::Result<Digest> {
     hash_path_with(path, &mut |p| hash_file(p))
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+/// Where a folder's symbolic links may lead: inside the folder, and for a Hugging Face hub
+/// snapshot, its repository's `blobs`.
+struct Fence {
+    root: PathBuf,
+    blobs: Option<PathBuf>,
+}
+
+impl Fence {
+    fn of(folder: &Path) -> std::io::Result<Fence> {
+        let root = std::fs::canonicalize(folder)?;
+        let blobs = root
+            .parent()
+            .filter(|snapshots| snapshots.file_name().is_some_and(|n| n == "snapshots"))
+            .and_then(Path::parent)
+            .filter(|repo| {
+                repo.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("models--") || n.starts_with("datasets--"))
+            })
+            .map(|repo| repo.join("blobs"));
+        Ok(Fence { root, blobs })
+    }
+
+    fn allows(&self, target: &Path) -> bool {
+        target.starts_with(&self.root) || self.blobs.as_ref().is_some_and(|b| target.starts_with(b))
+    }
+}
+
+fn walk(root: &Path, dir: &Path, fence: &Fence, open: &mut Vec<PathBuf>, out: &mut Vec<String>) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let p = entry.path();
-        if entry.file_type()?.is_dir() {
-            walk(root, &p, out)?;
+        let mut ty = entry.file_type()?;
+        if ty.is_symlink() {
+            let target = std::fs::canonicalize(&p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("{}: a symbolic link whose target cannot be read: {e}", p.display()))
+            })?;
+            if !fence.allows(&target) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link to {}, outside the input folder {}: pipe does not follow links out of an input folder (copy the file into the folder instead)",
+                        p.display(),
+                        target.display(),
+                        root.display()
+                    ),
+                ));
+            }
+            ty = std::fs::metadata(&target)?.file_type();
+            if ty.is_dir() && open.contains(&target) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} is a symbolic link to a folder that contains it ({}): the folder would never end",
+                        p.display(),
+                        target.display()
+                    ),
+                ));
+            }
+        }
+        if ty.is_dir() {
+            open.push(std::fs::canonicalize(&p)?);
+            walk(root, &p, fence, open, out)?;
+            open.pop();
         } else {
             let rel = p.strip_prefix(root).unwrap_or(&p);
             out.push(rel.to_string_lossy().replace('\\', "/"));
@@ -177,6 +244,53 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn symbolic_links_are_followed_inside_the_folder_and_refused_out_of_it() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (model, copy) = (t.path().join("model"), t.path().join("copy"));
+        for d in [&model, &copy] {
+            std::fs::create_dir_all(d.join("sub")).unwrap();
+            std::fs::write(d.join("sub/weights.bin"), b"weights").unwrap();
+        }
+        // Inside: the link reads as its target's bytes under its own name.
+        symlink("sub/weights.bin", model.join("linked.bin")).unwrap();
+        std::fs::write(copy.join("linked.bin"), b"weights").unwrap();
+        assert_eq!(hash_path(&model).unwrap(), hash_path(&copy).unwrap());
+        // Out of the folder: refused, naming the link and its target.
+        std::fs::write(t.path().join("secret"), b"private").unwrap();
+        symlink("../secret", model.join("tokenizer.json")).unwrap();
+        let e = hash_path(&model).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(
+            e.to_string().contains("tokenizer.json is a symbolic link to") && e.to_string().contains("outside the input folder"),
+            "{e}"
+        );
+        std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+        // A link to a folder that contains it would never end.
+        symlink("..", model.join("sub/up")).unwrap();
+        assert!(hash_path(&model).unwrap_err().to_string().contains("a folder that contains it"));
+    }
+
+    #[test]
+    fn a_hugging_face_snapshot_may_link_into_its_own_blobs_only() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let repo = t.path().join("hub/models--org--tiny");
+        let snap = repo.join("snapshots/0123abc");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::create_dir_all(repo.join("blobs")).unwrap();
+        std::fs::write(repo.join("blobs/9f86d08"), b"{}").unwrap();
+        symlink("../../blobs/9f86d08", snap.join("config.json")).unwrap();
+        hash_path(&snap).unwrap();
+        // Another repository's blobs are outside.
+        let other = t.path().join("hub/models--org--other/blobs");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("x"), b"x").unwrap();
+        symlink(other.join("x"), snap.join("stolen.json")).unwrap();
+        assert!(hash_path(&snap).unwrap_err().to_string().contains("outside the input folder"));
+    }
 
     fn parts(params: Vec<(String, i64)>) -> KeyParts {
         KeyParts {

@@ -87,3 +87,19 @@ fn a_flipped_byte_keeps_the_size_and_pipe_fsck_finds_it_and_repair_makes_the_nex
     assert_eq!(digest(&t, "fix", "train"), want);
     assert!(t.pipe(["fsck"]).success().stdout.contains("all intact"));
 }
+
+/// A symbolic link in an input folder that leads out of it is refused before any node reads it,
+/// with the link and its target named; a link inside the folder is followed.
+#[test]
+fn an_input_folders_symlink_out_of_it_is_refused() {
+    use std::os::unix::fs::symlink;
+    let t = TestContext::with_fixtures();
+    t.write("secret.txt", "a private file");
+    t.write("p.yaml", PIPELINE.replace("tokenizer: tok/tokenizer.json", "tokenizer: tok"));
+    symlink("tokenizer.json", t.path("tok/alias.json")).unwrap();
+    t.run("p.yaml", &[]).success();
+    symlink("../secret.txt", t.path("tok/notes.txt")).unwrap();
+    let r = t.run("p.yaml", &[]).code(1);
+    assert!(r.stderr.contains("notes.txt is a symbolic link to") && r.stderr.contains("outside the input folder"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+}
