@@ -21,6 +21,7 @@
 
 pub mod fsck;
 pub mod lock;
+pub mod pins;
 pub mod store;
 
 pub use store::{NodeRecord, OutputRecord, RunFacts, RunNode, RunRecord, Store};

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{self, KeyLock, LockMode};
+use super::pins::{self, EntriesGuard, Pins};
 use super::{io, CacheError};
 use crate::hash::{self, Digest, KeyParts};
 
@@ -117,9 +118,10 @@ pub struct GcReport {
 pub struct Store {
     root: PathBuf,
     lock_mode: LockMode,
+    pins: Pins,
 }
 
-const DIRS: &[&str] = &["objects", "nodes", "logs", "runs", "locks", "work", "extra", "tmp"];
+const DIRS: &[&str] = &["objects", "nodes", "logs", "runs", "locks", "work", "extra", "tmp", pins::LIVE];
 
 /// What a record keeps about the run that computed it (none of it is part of the key).
 #[derive(Debug, Clone, Default)]
@@ -145,12 +147,24 @@ impl Store {
         }
         let root = root.canonicalize().map_err(io("opening", root))?;
         let lock_mode = LockMode::for_folder(&root);
-        Ok(Store { root, lock_mode })
+        Ok(Store { root, lock_mode, pins: Pins::default() })
     }
 
     /// The cache folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Holds the entries lock shared, for a step that finds, pulls or publishes an entry, so
+    /// that no gc runs in between ([`pins`]).
+    pub fn hold_entries(&self) -> Result<EntriesGuard, CacheError> {
+        pins::hold_shared(&self.root)
+    }
+
+    /// Keeps `key`'s entry from gc while this process lives ([`pins`]). Pin with the entries
+    /// lock held, before looking the key up.
+    pub fn pin(&self, key: &str) -> Result<(), CacheError> {
+        self.pins.pin(&self.root, key)
     }
 
     /// Where the object with this digest lives.
@@ -393,10 +407,11 @@ impl Store {
     }
 
     /// Deletes every node record, object, log and work folder not referenced by the latest run of
-    /// some pipeline, plus stale staging folders and lock files. Keys locked by a running process
-    /// are left alone.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport, CacheError> {
-        let mut keep_keys = BTreeSet::new();
+    /// some pipeline, plus stale staging folders. Keys locked or pinned by a running process
+    /// are left alone ([`pins`]); `on_wait` is called if gc must wait for a run's cache step.
+    pub fn gc(&self, dry_run: bool, on_wait: impl FnOnce()) -> Result<GcReport, CacheError> {
+        let _entries = pins::hold_exclusive(&self.root, on_wait)?;
+        let mut keep_keys = pins::live_keys(&self.root)?;
         for entry in read_dir(&self.root.join("runs"))? {
             if let Ok(rec) = serde_json::from_slice::<RunRecord>(&fs::read(&entry).unwrap_or_default()) {
                 keep_keys.extend(rec.nodes.values().map(|n| n.key.clone()));
@@ -597,10 +612,10 @@ mod tests {
         let mut run = RunRecord::default();
         run.nodes.insert("n".into(), RunNode { key: keys[0].0.clone(), parts: keys[0].1.clone() });
         store.save_run_record(Path::new("/p.yaml"), &run).unwrap();
-        let dry = store.gc(true).unwrap();
+        let dry = store.gc(true, || {}).unwrap();
         assert_eq!(dry.records, vec![keys[1].0.clone()]);
         assert!(store.record(&keys[1].0).is_some(), "dry run deletes nothing");
-        store.gc(false).unwrap();
+        store.gc(false, || {}).unwrap();
         assert!(store.record(&keys[0].0).is_some());
         assert!(store.record(&keys[1].0).is_none());
     }

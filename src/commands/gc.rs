@@ -9,7 +9,7 @@ use crate::report::fmt_bytes;
 /// Runs the command.
 pub fn run(args: &GcArgs, global: &GlobalArgs) -> Result<ExitStatus> {
     let Some(store) = existing_cache(global, args.file.as_deref())? else { return Ok(ExitStatus::Success) };
-    let report = store.gc(args.dry_run)?;
+    let report = store.gc(args.dry_run, || eprintln!("waiting for a running pipeline's cache step to finish..."))?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
     if args.dry_run {
         for r in &report.records {

@@ -758,6 +758,13 @@ impl Session {
                 });
                 Failure { error: failed(cause), log: None }
             })?;
+        // Pinned before it is looked up, with the entries lock held until the entry is found,
+        // pulled or known to be missing: a `pipe gc` beside this run keeps it (cache::pins).
+        let entries = self
+            .store
+            .hold_entries()
+            .and_then(|g| self.store.pin(&key).map(|()| g))
+            .map_err(|e| fail(self.space_hint(e.into())))?;
         let mut damaged = None;
         if !force {
             if let Lookup::Damaged { why, objects } = self.store.lookup(&key) {
@@ -780,6 +787,7 @@ impl Session {
                 return Ok((rec, false));
             }
         }
+        drop(entries);
         // Upstream outputs known only by their remote records are pulled (or recomputed) now.
         self.ensure_inputs(i, done).map_err(fail)?;
         let reasons = match (force, damaged) {
@@ -853,7 +861,10 @@ impl Session {
         let outs: Vec<(&str, bool)> = kind.outputs(&node.params).iter().map(|o| (o.name, o.dir)).collect();
         let rec = self
             .store
-            .publish(&key, &node.name, parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })
+            .hold_entries()
+            .and_then(|_entries| {
+                self.store.publish(&key, &node.name, parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })
+            })
             .map_err(|e| {
                 let _ = std::fs::remove_dir_all(&staging);
                 fail(self.space_hint(e.into()))
@@ -1038,7 +1049,9 @@ impl Session {
             return Ok(());
         }
         if let Some(r) = self.remote.as_ref().filter(|r| r.readable()) {
-            match r.pull(&self.store, rec, &|_, _| {}) {
+            let pulled =
+                self.store.hold_entries().map_err(RemoteError::from).and_then(|_entries| r.pull(&self.store, rec, &|_, _| {}));
+            match pulled {
                 Ok(stats) => {
                     self.reporter.emit(Event::NodePulled {
                         node: up.into(),
@@ -1076,8 +1089,10 @@ impl Session {
         let summary = self.run_node(i, &key, inputs, &staging, &work, Arc::new(Mutex::new(log)), progress, lease)?;
         let outs: Vec<(&str, bool)> = node.kind.outputs(&node.params).iter().map(|o| (o.name, o.dir)).collect();
         let duration_ms = t0.elapsed().as_millis() as u64;
-        let local =
-            self.store.publish(&key, &node.name, &parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })?;
+        let local = {
+            let _entries = self.store.hold_entries()?;
+            self.store.publish(&key, &node.name, &parts, &staging, &outs, RunFacts { started_at, duration_ms, summary })?
+        };
         let _ = std::fs::remove_dir_all(&work);
         for (name, out) in &rec.outputs {
             let got = local.outputs.get(name).map(|o| o.digest.clone()).unwrap_or_default();
@@ -1155,6 +1170,8 @@ impl Session {
         let inputs = self.ensure_sources(i, inputs, None)?;
         let key = parts.key();
         let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: node.kind.name(), source: Box::new(cause) };
+        // Kept from a gc beside this verification while it reads the entry (cache::pins).
+        let entries = self.store.hold_entries().and_then(|g| self.store.pin(&key).map(|()| g)).map_err(|e| failed(e.into()))?;
         // An entry only in the remote cache is pulled (checked against its digests) to be verified.
         let record = match self.store.lookup(&key) {
             Lookup::Hit(rec) => rec,
@@ -1168,6 +1185,7 @@ impl Session {
                 .map_err(failed)?
                 .ok_or_else(|| VerifyError::NotCached { node: node.name.clone() })?,
         };
+        drop(entries);
         self.ensure_inputs(i, done).map_err(failed)?;
         let staging = self.store.staging(&key).map_err(|e| failed(e.into()))?;
         let work = staging.join(".work");

@@ -110,3 +110,71 @@ fn gc_deletes_the_entries_of_a_node_removed_from_the_pipeline() {
     assert!(r.stdout.contains("deleted 1 node record(s) and 2 object(s)"), "{r:?}");
     assert_eq!(t.node_records().len(), 1);
 }
+
+/// `pipe gc` beside running pipelines: a run that found an entry no latest run references (a
+/// pipeline edited back to an earlier version) keeps it while it runs, however often gc runs in
+/// between; two runs at once both finish, and gc then deletes only what no run uses.
+#[test]
+fn gc_looping_beside_two_running_pipelines_never_takes_what_they_use() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let pipeline = |max_length: u32, steps: u32| {
+        format!(
+            r#"name: gc-race
+nodes:
+  fix: {{ kind: fix-json, inputs: {{ records: data/fortune.jsonl }}, params: {{ eval_fraction: 0.1 }} }}
+  tok: {{ kind: tokenize, inputs: {{ records: fix.train, tokenizer: model }}, params: {{ max_length: {max_length} }} }}
+  tok-eval: {{ kind: tokenize, inputs: {{ records: fix.eval, tokenizer: model }}, params: {{ max_length: 64 }} }}
+  train:
+    kind: lora-train
+    inputs: {{ model: model, dataset: tok-eval.dataset }}
+    params: {{ max_steps: {steps}, batch_size: 2, grad_accum: 1, r: 4, save_steps: 0 }}
+  merge: {{ kind: merge, inputs: {{ model: model, adapter: train.adapter }} }}
+  eval:
+    kind: eval
+    inputs: {{ base: model, tuned: merge.model, dataset: tok.dataset }}
+    params: {{ max_new_tokens: 2 }}
+"#
+        )
+    };
+    let t = TestContext::with_fixtures();
+    crate::training::tiny_model(&t, "model", pipe::model::config::Arch::Llama, 32);
+    // Version 1 (tok at 64), then version 2 (tok at 72): tok's 64 entry is now referenced by no
+    // latest run, and gc would delete it.
+    t.write("p.yaml", pipeline(64, 2));
+    t.run("p.yaml", &[]).success();
+    t.write("p.yaml", pipeline(72, 2));
+    t.run("p.yaml", &["--target", "tok"]).success();
+    let old_tok = t.show("p.yaml", "tok", &["--set", "tok.max_length=64"])["status"]["key"].as_str().unwrap().to_string();
+    assert!(t.pipe(["gc", "--dry-run"]).success().stdout.contains(&old_tok), "gc would delete the 64 entry");
+
+    // Back to version 1 with a longer training: tok is found in the cache, then train runs for a
+    // while, then eval reads tok's dataset. A second pipeline file runs beside it.
+    t.write("p.yaml", pipeline(64, 200));
+    t.write("q.yaml", pipeline(64, 150).replace("name: gc-race", "name: gc-race-2"));
+    let spawn = |file: &str| {
+        t.std_cmd(["run", file, "--json", "--jobs", "1"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+    };
+    let (mut p, mut q) = (spawn("p.yaml"), spawn("q.yaml"));
+    let mut p_lines = std::io::BufReader::new(p.stdout.take().unwrap()).lines();
+    let (seen, started) = crate::common::read_until(&mut p_lines, |e| e["event"] == "node_started" && e["node"] == "train");
+    assert!(started, "train did not start: {seen:?}");
+    assert!(seen.iter().any(|l| l.contains("\"node_cached\"") && l.contains(&old_tok)), "tok came from the cache: {seen:?}");
+    // gc in a loop while both run.
+    let mut gcs = 0;
+    while p.try_wait().unwrap().is_none() || q.try_wait().unwrap().is_none() {
+        t.pipe(["gc"]).success();
+        gcs += 1;
+    }
+    let rest: Vec<String> = p_lines.map_while(Result::ok).collect();
+    let (p_status, q_out) = (p.wait().unwrap(), q.wait_with_output().unwrap());
+    assert!(p_status.success(), "the run lost an entry to gc: {rest:?}");
+    assert!(q_out.status.success(), "{}", String::from_utf8_lossy(&q_out.stderr));
+    assert!(gcs >= 2, "gc ran {gcs} times during the runs");
+    // Both runs are done and recorded: gc now keeps exactly what their latest runs reference.
+    t.pipe(["gc"]).success();
+    assert!(t.cache.join(format!("nodes/{old_tok}.json")).exists(), "the latest run references tok at 64 again");
+    t.run("p.yaml", &[]).success();
+    assert!(std::fs::read_dir(t.cache.join("live")).unwrap().next().is_none(), "finished runs leave no pin files");
+}
