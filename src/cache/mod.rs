@@ -19,6 +19,7 @@
 //! only when every object it names exists, so a kill at any moment leaves either no entry or a
 //! whole one.
 
+pub mod crash;
 pub mod fsck;
 pub mod lock;
 pub mod pins;

@@ -346,7 +346,9 @@ impl Store {
             pipe_version: env!("CARGO_PKG_VERSION").to_string(),
             summary,
         };
+        super::crash::point(&format!("publish:{node}:objects"));
         self.write_record(&rec)?;
+        super::crash::point(&format!("publish:{node}:record"));
         let _ = fs::remove_dir_all(staging);
         Ok(rec)
     }

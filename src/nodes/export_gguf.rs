@@ -231,7 +231,9 @@ impl NodeKind for ExportGguf {
         "export-gguf"
     }
     fn version(&self) -> u32 {
-        1
+        // 2: the report no longer holds the write time (a cached output must not depend on the
+        // clock; the log keeps it).
+        2
     }
     fn summary(&self) -> &'static str {
         "Write a model as one GGUF file for llama.cpp with an Ollama Modelfile, then verify it (re-read, tokenizer, llama.cpp's greedy output and perplexity)."
@@ -386,7 +388,6 @@ impl NodeKind for ExportGguf {
             "type": file_type.name(),
             "bytes": written.bytes,
             "tensor_types": written.types,
-            "write_seconds": write_s,
             "stop_tokens": stop_texts,
             "checks": checks,
         });

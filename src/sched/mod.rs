@@ -685,6 +685,7 @@ impl Session {
             }
         }
         self.save_stat_cache();
+        crate::cache::crash::point("run-record");
         self.save_run_record(&summary);
         summary
     }
