@@ -89,6 +89,16 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An adapter's rank is 0 or wider than every layer of the model.
+    #[error("{}: `r` is {r}; a LoRA rank is between 1 and the model's widest layer ({max})", path.display())]
+    AdapterRank {
+        /// Its adapter_config.json.
+        path: PathBuf,
+        /// The rank it gives.
+        r: u64,
+        /// The widest layer of the model.
+        max: usize,
+    },
     /// Reading a file failed.
     #[error("{}: {source}", path.display())]
     Io {
