@@ -25,8 +25,11 @@ use crate::gguf::quant::{dequantize, GgmlKind};
 use crate::gguf::GgufFile;
 use crate::tokenizer::template::{ChatTemplate, Message};
 
+/// A fuzz target: takes one input, returns only if the reader did not panic.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the `fuzz/` binary and corpus folder) and its function.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("spec", spec),
     ("fix_json", fix_json),
     ("records", records),

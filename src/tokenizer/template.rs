@@ -169,7 +169,7 @@ impl ChatTemplate {
     /// Renders a conversation.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
         let mut out = Capped(String::new());
-        self.env.get_template("chat")?.render_to_write(
+        self.env.get_template("chat")?.render_captured_to(
             context! {
                 messages => messages,
                 add_generation_prompt => add_generation_prompt,
