@@ -122,7 +122,7 @@ pub fn seed_into(instruction: &str, input: &str, output: &str, prompt: &mut Stri
 /// Most template instructions one render may run (minijinja's fuel). A chat template comes with
 /// a downloaded model: nested loops must end in an error, not run for hours. Real templates use
 /// a few hundred instructions per message.
-pub const TEMPLATE_FUEL: u64 = 5_000_000;
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
 
 /// Most bytes one render may write; a template that writes more is an error, not an allocation
 /// the size of the machine's memory.
