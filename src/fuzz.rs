@@ -305,7 +305,7 @@ mod tests {
 
     /// Mutations of each target's seeds the test runs: enough to reach past the seeds, few
     /// enough to keep the test a few seconds in the dev profile.
-    const MUTATIONS_PER_TARGET: usize = 200;
+    const MUTATIONS_PER_TARGET: usize = 400;
 
     /// The files of `fuzz/<kind>/<target>/`, sorted by name.
     fn inputs(kind: &str, target: &str) -> Vec<(String, Vec<u8>)> {

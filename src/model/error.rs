@@ -46,6 +46,12 @@ pub enum ModelError {
         /// The key.
         key: &'static str,
     },
+    /// A head count is 0 (the head size is the width divided by it).
+    #[error("the model's `{key}` is 0; it must be at least 1")]
+    ZeroHeads {
+        /// The key, as the file names it.
+        key: String,
+    },
     /// A tensor of the model's tensor list (or of an adapter's entries) is not there.
     #[error("missing tensor `{name}`")]
     MissingTensor {
