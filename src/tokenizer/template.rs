@@ -58,7 +58,8 @@ fn without_generation_tags(source: &str) -> String {
     while let Some(i) = rest.find("{%") {
         out.push_str(&rest[..i]);
         let tag = &rest[i..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they overlap).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -271,6 +272,7 @@ mod tests {
             without_generation_tags("{% generation %}x{%endgeneration%}{% if a %}{% endif %}"),
             "{% if true %}x{% endif %}{% if a %}{% endif %}"
         );
+        assert_eq!(without_generation_tags("a{%}b{% generation %}"), "a{%}b{% if true %}");
     }
 
     #[test]
