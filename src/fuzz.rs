@@ -7,9 +7,9 @@
 //! shard of a sharded index inside its folder) and panic when it does not hold.
 //!
 //! The `fuzz/` crate (cargo-fuzz, libFuzzer, nightly) calls these functions, one target each;
-//! the `fuzz` integration test (`tests/it/fuzz.rs`, stable) runs every committed seed and
-//! regression input and deterministic mutations of the seeds through them. [`TARGETS`] lists
-//! them by name.
+//! the unit test below (stable, part of `cargo test --lib`) runs every committed seed
+//! (`fuzz/corpus/TARGET/`) and regression input (`fuzz/regressions/TARGET/`) and
+//! deterministic mutations of the seeds through them. [`TARGETS`] lists them by name.
 //!
 //! Readers that only take a path get the bytes written to a scratch folder of this process
 //! first (under the system temp folder, named by the process id), so that the code under test
