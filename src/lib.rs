@@ -28,6 +28,7 @@
 //! | [`export`] | the GGUF export, its verification gate, llama.cpp's tools, the Ollama Modelfile |
 //! | [`serve`] | `pipe serve`: llama-server children behind an Ollama- and OpenAI-compatible front end |
 //! | [`report`] | progress bars, plain lines and `--json` events |
+//! | `fuzz` | the fuzz targets: one function per reader of outside data (hidden; for `fuzz/` and the stable test) |
 //! | [`cli`] | the command line (clap) |
 //! | [`commands`] | one file per subcommand |
 //!
@@ -64,6 +65,7 @@
 //! | `spec` | `params`, `device`, `slurm`, `graph`, `nodes`, `source` |
 //! | `sched` | `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `source`, `nodes`, `spec` |
 //! | `commands` | `cli`, `params`, `device`, `slurm`, `graph`, `report`, `hash`, `cache`, `remote`, `nodes`, `spec`, `sched`, `serve` |
+//! | `fuzz` | `gguf`, `model`, `tokenizer`, `train`, `dataset`, `cache`, `source`, `nodes`, `spec` |
 
 pub mod cache;
 pub mod cli;
@@ -71,6 +73,8 @@ pub mod commands;
 pub mod dataset;
 pub mod device;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gguf;
 pub mod graph;
 pub mod hash;

@@ -46,6 +46,14 @@ pub struct NodeRecord {
     pub summary: Option<String>,
 }
 
+impl NodeRecord {
+    /// The first output (name, digest) whose digest is not of a digest's form: a damaged or
+    /// crafted record, whose object path would not be a file of `objects/`.
+    pub fn bad_digest(&self) -> Option<(&str, &str)> {
+        self.outputs.iter().find(|(_, o)| !hash::is_digest(&o.digest)).map(|(n, o)| (n.as_str(), o.digest.as_str()))
+    }
+}
+
 /// A node as recorded in the latest run of a pipeline.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunNode {
@@ -169,7 +177,8 @@ impl Store {
 
     /// Where the object with this digest lives.
     pub fn object_path(&self, digest: &str) -> PathBuf {
-        self.root.join("objects").join(&digest[..2]).join(digest)
+        // Records are checked to hold digests when read; a shorter name still gets a path.
+        self.root.join("objects").join(digest.get(..2).unwrap_or(digest)).join(digest)
     }
 
     pub fn record_path(&self, key: &str) -> PathBuf {
@@ -227,6 +236,10 @@ impl Store {
         };
         if rec.key != key || rec.parts.key() != key {
             let why = format!("its record {} was edited: it hashes to {}, not to its key", path.display(), rec.parts.key());
+            return Lookup::Damaged { why, objects: vec![] };
+        }
+        if let Some((name, digest)) = rec.bad_digest() {
+            let why = format!("its record {} gives output `{name}` the digest {digest:?}, which is not a digest", path.display());
             return Lookup::Damaged { why, objects: vec![] };
         }
         for (name, o) in &rec.outputs {
@@ -388,7 +401,8 @@ impl Store {
     /// The record of `key` even when some of its objects are missing locally (the remote cache
     /// pulls those).
     pub fn record_any(&self, key: &str) -> Option<NodeRecord> {
-        serde_json::from_slice(&fs::read(self.record_path(key)).ok()?).ok()
+        let rec: NodeRecord = serde_json::from_slice(&fs::read(self.record_path(key)).ok()?).ok()?;
+        rec.bad_digest().is_none().then_some(rec)
     }
 
     fn run_path(&self, pipeline_file: &Path) -> PathBuf {

@@ -38,6 +38,12 @@ use crate::params::Value;
 /// A hex blake3 digest.
 pub type Digest = String;
 
+/// Whether `s` has the form of a [`Digest`]: 64 lowercase hex digits (blake3). A digest read from
+/// a record names a path in the cache, so one of any other form is refused where it is read.
+pub fn is_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// Everything that determines a node's output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyParts {

@@ -196,6 +196,11 @@ impl Config {
             |key: &'static str| v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize).ok_or(ModelError::MissingConfig { key });
         let hidden = u("hidden_size")?;
         let heads = u("num_attention_heads")?;
+        for key in ["num_attention_heads", "num_key_value_heads"] {
+            if v.get(key).and_then(|x| x.as_u64()) == Some(0) {
+                return Err(ModelError::ZeroHeads { key: key.to_string() });
+            }
+        }
         let rope_scaling = v.get("rope_scaling").filter(|s| !s.is_null()).and_then(|s| {
             let ty = s.get("rope_type").or_else(|| s.get("type")).and_then(|t| t.as_str())?;
             if ty != "llama3" {

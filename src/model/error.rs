@@ -46,6 +46,12 @@ pub enum ModelError {
         /// The key.
         key: &'static str,
     },
+    /// A head count is 0 (the head size is the width divided by it).
+    #[error("the model's `{key}` is 0; it must be at least 1")]
+    ZeroHeads {
+        /// The key, as the file names it.
+        key: String,
+    },
     /// A tensor of the model's tensor list (or of an adapter's entries) is not there.
     #[error("missing tensor `{name}`")]
     MissingTensor {
@@ -88,6 +94,16 @@ pub enum ModelError {
         path: PathBuf,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// An adapter's rank is 0 or wider than every layer of the model.
+    #[error("{}: `r` is {r}; a LoRA rank is between 1 and the model's widest layer ({max})", path.display())]
+    AdapterRank {
+        /// Its adapter_config.json.
+        path: PathBuf,
+        /// The rank it gives.
+        r: u64,
+        /// The widest layer of the model.
+        max: usize,
     },
     /// Reading a file failed.
     #[error("{}: {source}", path.display())]

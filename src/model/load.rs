@@ -84,6 +84,11 @@ fn gguf_config(f: &GgufFile, path: &Path) -> Result<Config, LoadError> {
     };
     let hidden = u("embedding_length")?;
     let heads = u("attention.head_count")?;
+    for k in ["attention.head_count", "attention.head_count_kv"] {
+        if f.get_u32(&key(k)) == Some(0) {
+            return Err(model_err(path)(ModelError::ZeroHeads { key: key(k) }));
+        }
+    }
     let vocab = f
         .get_u32(&key("vocab_size"))
         .map(|x| x as usize)

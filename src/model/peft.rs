@@ -73,7 +73,13 @@ pub fn read_adapter(dir: &Path, cfg: &Config) -> Result<(Layout, Vec<f32>), Mode
     if c.get("peft_type").and_then(|v| v.as_str()) != Some("LORA") {
         return Err(unsupported("only LoRA adapters are supported"));
     }
-    let r = c.get("r").and_then(|v| v.as_u64()).ok_or_else(|| unsupported("no `r`"))? as usize;
+    let r = c.get("r").and_then(|v| v.as_u64()).ok_or_else(|| unsupported("no `r`"))?;
+    // The rank sizes the parameter buffer before the weights are read: bound it by the model.
+    let max = Module::ALL.iter().map(|m| m.dims(cfg)).map(|(i, o)| i.max(o)).max().unwrap_or(0);
+    let r = match usize::try_from(r) {
+        Ok(r) if (1..=max).contains(&r) => r,
+        _ => return Err(ModelError::AdapterRank { path: cpath.clone(), r, max }),
+    };
     let alpha = c.get("lora_alpha").and_then(|v| v.as_f64()).unwrap_or(r as f64) as f32;
     if c.get("use_rslora").and_then(|v| v.as_bool()) == Some(true) || c.get("use_dora").and_then(|v| v.as_bool()) == Some(true) {
         return Err(unsupported("rsLoRA and DoRA adapters are not supported"));

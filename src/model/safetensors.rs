@@ -44,6 +44,14 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         .collect();
     names.sort();
     names.dedup();
+    // A shard is a file of the folder (or of a folder in it): no absolute path, no `..`.
+    let inside = |n: &str| !n.is_empty() && Path::new(n).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    if let Some(bad) = names.iter().find(|n| !inside(n)) {
+        return Err(file_err(
+            &index,
+            format!("`weight_map` names the shard `{bad}`, which is not a file inside the model folder"),
+        ));
+    }
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
@@ -106,8 +114,13 @@ pub fn read_index(file: &mut File, path: &Path) -> Result<Option<Vec<Entry>>, Lo
             _ => return Ok(None),
         };
         let [begin, end] = e.data_offsets;
-        let want = e.shape.iter().product::<usize>() as u64 * dtype.size_in_bytes() as u64;
-        if end < begin || end - begin != want || base + end > file_len {
+        // Computed without overflow: a shape's product is as untrusted as the offsets.
+        let want = e
+            .shape
+            .iter()
+            .try_fold(dtype.size_in_bytes() as u64, |n, &d| n.checked_mul(d as u64))
+            .filter(|&n| usize::try_from(n).is_ok());
+        if end < begin || Some(end - begin) != want || base.checked_add(end).is_none_or(|e| e > file_len) {
             return Err(file_err(
                 path,
                 format!(

@@ -338,7 +338,7 @@ pub fn check_fields(obj: &Map<String, Json>, required: &[String]) -> Result<(), 
 }
 
 /// A key-order-independent identity of a record, for dedupe.
-fn canonical(v: &Json) -> String {
+pub(crate) fn canonical(v: &Json) -> String {
     match v {
         Json::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();

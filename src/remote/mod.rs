@@ -253,6 +253,9 @@ impl Remote {
         if rec.key != key || rec.parts.key() != key {
             return Err(invalid(format!("the record is for key {}, its parts hash to {}", rec.key, rec.parts.key())));
         }
+        if let Some((name, digest)) = rec.bad_digest() {
+            return Err(invalid(format!("the record gives output `{name}` the digest {digest:?}, which is not a digest")));
+        }
         Ok(Some(rec))
     }
 

@@ -194,8 +194,14 @@ pub fn load(file: &Path, overrides: &[Override]) -> Result<Pipeline, SpecError> 
         .unwrap_or(Path::new("."))
         .canonicalize()
         .map_err(|source| SpecError::Read { path: file.to_path_buf(), source })?;
-    let mut diag = Diagnostics::new(file, &src);
-    let doc = match yaml::parse(&src) {
+    load_str(&src, file, root, overrides)
+}
+
+/// Parses and validates the pipeline text `src` of `file`, whose relative paths are under
+/// `root`, applying `--set` overrides: [`load`] once the file is read.
+pub fn load_str(src: &str, file: &Path, root: PathBuf, overrides: &[Override]) -> Result<Pipeline, SpecError> {
+    let mut diag = Diagnostics::new(file, src);
+    let doc = match yaml::parse(src) {
         Ok(doc) => doc,
         Err(e) => {
             diag.error(e.span, format!("invalid YAML: {}", e.message), "here", None);
@@ -203,14 +209,8 @@ pub fn load(file: &Path, overrides: &[Override]) -> Result<Pipeline, SpecError> 
             unreachable!("a syntax error was recorded");
         }
     };
-    let mut loader = Loader {
-        diag,
-        root: root.clone(),
-        overrides,
-        used_overrides: HashSet::new(),
-        spans: HashMap::new(),
-        declared: HashSet::new(),
-    };
+    let mut loader =
+        Loader { diag, root, overrides, used_overrides: HashSet::new(), spans: HashMap::new(), declared: HashSet::new() };
     let pipeline = loader.pipeline(&doc, file);
     let Loader { diag, used_overrides, .. } = loader;
     diag.finish()?;

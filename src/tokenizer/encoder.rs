@@ -41,7 +41,7 @@ impl Encoder {
     pub fn tokenizer(&self) -> Result<&Tokenizer, tokenizers::Error> {
         let built = self.general.get_or_init(|| {
             let path = self.source.as_ref().expect("an encoder without a tokenizer has a source file");
-            Tokenizer::from_file(path).map_err(|e| format!("{}: {e}", path.display()))
+            super::load::tokenizer_from_file(path).map_err(|e| e.to_string())
         });
         built.as_ref().map_err(|e| e.clone().into())
     }

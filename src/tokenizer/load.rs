@@ -51,7 +51,7 @@ pub struct Bundle {
     pub files: Vec<PathBuf>,
 }
 
-fn token_text(v: &Json) -> Option<String> {
+pub(crate) fn token_text(v: &Json) -> Option<String> {
     match v {
         Json::String(s) => Some(s.clone()),
         Json::Object(m) => m.get("content").and_then(Json::as_str).map(String::from),
@@ -59,7 +59,7 @@ fn token_text(v: &Json) -> Option<String> {
     }
 }
 
-fn chat_template_of(cfg: &Json) -> Option<String> {
+pub(crate) fn chat_template_of(cfg: &Json) -> Option<String> {
     match cfg.get("chat_template")? {
         Json::String(s) => Some(s.clone()),
         Json::Array(items) => items
@@ -204,9 +204,22 @@ fn side_files(
 }
 
 fn load_json(path: &Path) -> Result<Bundle, TokenizerError> {
-    let tokenizer =
-        Tokenizer::from_file(path).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+    let tokenizer = tokenizer_from_file(path)?;
     with_tokenizer(path, tokenizer)
+}
+
+/// The `tokenizers` tokenizer of the `tokenizer.json` bytes `bytes`. They are parsed as JSON
+/// first and the tokenizer is built from that value: read as a stream, `tokenizers` panics on
+/// a syntax error inside the `decoder` object (an `expect` in its decoder deserializer) instead
+/// of returning an error.
+pub fn tokenizer_from_json(bytes: &[u8]) -> Result<Tokenizer, serde_json::Error> {
+    serde_json::from_value(serde_json::from_slice(bytes)?)
+}
+
+/// [`tokenizer_from_json`] of the file at `path`.
+pub fn tokenizer_from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
+    let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io { path: path.to_path_buf(), source })?;
+    tokenizer_from_json(&bytes).map_err(|e| TokenizerError::Invalid { path: path.to_path_buf(), message: e.to_string() })
 }
 
 /// What [`load`] gives for the `tokenizer.json` at `path`, from `tokenizer`, which the caller

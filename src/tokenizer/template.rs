@@ -58,7 +58,8 @@ fn without_generation_tags(source: &str) -> String {
     while let Some(i) = rest.find("{%") {
         out.push_str(&rest[..i]);
         let tag = &rest[i..];
-        let Some(end) = tag.find("%}") else {
+        // The closing `%}` comes after the opening `{%` (in `{%}` they overlap).
+        let Some(end) = tag[2..].find("%}").map(|e| e + 2) else {
             out.push_str(tag);
             return out;
         };
@@ -119,6 +120,32 @@ pub fn seed_into(instruction: &str, input: &str, output: &str, prompt: &mut Stri
     completion.push_str(output);
 }
 
+/// Most template instructions one render may run (minijinja's fuel). A chat template comes with
+/// a downloaded model: nested loops must end in an error, not run for hours. Real templates use
+/// a few hundred instructions per message.
+pub const TEMPLATE_FUEL: u64 = 1_000_000;
+
+/// Most bytes one render may write; a template that writes more is an error, not an allocation
+/// the size of the machine's memory.
+pub const TEMPLATE_MAX_OUTPUT: usize = 64 << 20;
+
+/// A `String` writer that refuses to grow past [`TEMPLATE_MAX_OUTPUT`].
+struct Capped(String);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > TEMPLATE_MAX_OUTPUT {
+            return Err(std::io::Error::other(format!("the chat template writes more than {TEMPLATE_MAX_OUTPUT} bytes")));
+        }
+        // minijinja writes whole UTF-8 strings.
+        self.0.push_str(std::str::from_utf8(buf).map_err(std::io::Error::other)?);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A compiled chat template.
 pub struct ChatTemplate {
     env: Environment<'static>,
@@ -130,6 +157,7 @@ impl ChatTemplate {
     /// Compiles `source`; `bos`/`eos` are visible to the template as `bos_token`/`eos_token`.
     pub fn new(source: &str, bos: &str, eos: &str) -> Result<ChatTemplate, Error> {
         let mut env = Environment::new();
+        env.set_fuel(Some(TEMPLATE_FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
@@ -141,12 +169,17 @@ impl ChatTemplate {
 
     /// Renders a conversation.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, Error> {
-        self.env.get_template("chat")?.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos,
-            eos_token => self.eos,
-        })
+        let mut out = Capped(String::new());
+        self.env.get_template("chat")?.render_captured_to(
+            context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos,
+                eos_token => self.eos,
+            },
+            &mut out,
+        )?;
+        Ok(out.0)
     }
 
     /// The whole conversation rendered (without a generation prompt), and the byte range of
@@ -239,6 +272,7 @@ mod tests {
             without_generation_tags("{% generation %}x{%endgeneration%}{% if a %}{% endif %}"),
             "{% if true %}x{% endif %}{% if a %}{% endif %}"
         );
+        assert_eq!(without_generation_tags("a{%}b"), "a{%}b");
     }
 
     #[test]
