@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("fix_json", fix_json),
     ("records", records),
     ("csv", csv),
+    ("parquet", parquet),
     ("tokenizer_json", tokenizer_json),
     ("tokenizer_config", tokenizer_config),
     ("gguf", gguf),
@@ -122,6 +123,13 @@ pub fn records(data: &[u8]) {
 /// A CSV records file (`input_format: csv`), with a JSON `messages` column.
 pub fn csv(data: &[u8]) {
     let _ = crate::dataset::csv_records::read_csv_from(data, &["messages"]);
+}
+
+/// A Parquet records file (`input_format: parquet`), with a JSON `messages` column.
+pub fn parquet(data: &[u8]) {
+    let path = scratch("parquet").join("records.parquet");
+    put(&path, data);
+    let _ = crate::dataset::parquet_records::read_parquet(&path, &["messages"]);
 }
 
 /// A `tokenizer.json`: the fast byte-level BPE reader, else the general tokenizer.
