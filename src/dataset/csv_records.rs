@@ -11,25 +11,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json};
 
-/// A row that could not be read into a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRow {
-    /// 1-based line where the row starts.
-    pub line: usize,
-    /// 1-based column (field number) of the problem; 1 when the whole row is wrong.
-    pub column: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// The rows of a CSV file.
-#[derive(Debug, Default)]
-pub struct CsvScan {
-    /// Records with their 1-based line, in file order.
-    pub objects: Vec<(Map<String, Json>, usize)>,
-    /// Rows that could not be read.
-    pub bad: Vec<BadRow>,
-}
+use super::rows::{BadRow, RowScan};
 
 /// The file or its header cannot be read.
 #[derive(Debug, thiserror::Error)]
@@ -58,13 +40,13 @@ pub enum CsvError {
 }
 
 /// Reads a CSV file; the columns named in `json_columns` are parsed as JSON.
-pub fn read_csv(path: &Path, json_columns: &[&str]) -> Result<CsvScan, CsvError> {
+pub fn read_csv(path: &Path, json_columns: &[&str]) -> Result<RowScan, CsvError> {
     let file = std::fs::File::open(path).map_err(|source| CsvError::Io { line: 1, source })?;
     read_csv_from(std::io::BufReader::new(file), json_columns)
 }
 
 /// [`read_csv`] from any reader.
-pub fn read_csv_from(reader: impl std::io::Read, json_columns: &[&str]) -> Result<CsvScan, CsvError> {
+pub fn read_csv_from(reader: impl std::io::Read, json_columns: &[&str]) -> Result<RowScan, CsvError> {
     let mut rdr = csv::ReaderBuilder::new().has_headers(true).flexible(false).from_reader(reader);
     let header: Vec<String> = rdr.headers().map_err(CsvError::Header)?.iter().map(String::from).collect();
     for (j, name) in header.iter().enumerate() {
@@ -73,7 +55,7 @@ pub fn read_csv_from(reader: impl std::io::Read, json_columns: &[&str]) -> Resul
         }
     }
     let is_json: Vec<bool> = header.iter().map(|h| json_columns.contains(&h.as_str())).collect();
-    let mut out = CsvScan::default();
+    let mut out = RowScan::default();
     let mut row = csv::StringRecord::new();
     loop {
         match rdr.read_record(&mut row) {
@@ -132,7 +114,7 @@ fn to_object(header: &[String], is_json: &[bool], row: &csv::StringRecord) -> Re
 mod tests {
     use super::*;
 
-    fn scan(text: &str, json: &[&str]) -> CsvScan {
+    fn scan(text: &str, json: &[&str]) -> RowScan {
         read_csv_from(text.as_bytes(), json).unwrap()
     }
 

@@ -7,6 +7,7 @@
 //! | [`chat`] | conversation records (`messages`, `sharegpt`): schemas, field names, validation |
 //! | [`csv_records`] | CSV records files, streamed row by row into JSON objects |
 //! | [`parquet_records`] | Parquet records files, read a row group at a time into JSON objects |
+//! | [`rows`] | what the CSV and Parquet readers give back: good rows, located bad ones |
 //! | [`encode`] | records to training pairs to ids, in parallel, written in order |
 //!
 //! The token dataset file is written by `tokenize` and read by training.
@@ -33,6 +34,7 @@ pub mod csv_records;
 pub mod encode;
 pub mod parquet_records;
 pub mod records;
+pub mod rows;
 
 use std::io::Write;
 use std::path::Path;

@@ -13,7 +13,8 @@
 //!   stored as JSON text, as in a CSV cell).
 //!
 //! A cell that cannot be used (binary that is not UTF-8, a float that is not finite, a JSON
-//! column that does not parse) makes its row a [`BadRow`] naming the row and the column, and
+//! column that does not parse) makes its row a [`BadRow`] (its `line` is the row number) naming
+//! the column, and
 //! the other rows are still read. A file that is not Parquet, is truncated, or whose pages do not
 //! decode is a [`ParquetError`] for the whole file. Snappy, gzip, LZ4 and zstd pages are read.
 
@@ -23,27 +24,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 use serde_json::{Map, Number, Value as Json};
 
-/// A row that could not be read into a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadRow {
-    /// 1-based row number.
-    pub row: usize,
-    /// The column at fault: its name.
-    pub column: String,
-    /// Its 1-based position.
-    pub column_index: usize,
-    /// What is wrong.
-    pub reason: String,
-}
-
-/// The rows of a Parquet file.
-#[derive(Debug, Default)]
-pub struct ParquetScan {
-    /// Records with their 1-based row number, in file order.
-    pub objects: Vec<(Map<String, Json>, usize)>,
-    /// Rows that could not be read.
-    pub bad: Vec<BadRow>,
-}
+use super::rows::{BadRow, RowScan};
 
 /// The file cannot be read as Parquet.
 #[derive(Debug, thiserror::Error)]
@@ -68,20 +49,22 @@ pub enum ParquetError {
 }
 
 /// Reads a Parquet file; the string columns named in `json_columns` are parsed as JSON.
-pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<ParquetScan, ParquetError> {
+pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<RowScan, ParquetError> {
     let file = std::fs::File::open(path).map_err(ParquetError::Open)?;
     if !has_magic(&file).map_err(ParquetError::Open)? {
         return Err(ParquetError::NotParquet);
     }
     let reader = SerializedFileReader::new(file).map_err(ParquetError::Footer)?;
     let rows = reader.get_row_iter(None).map_err(ParquetError::Footer)?;
-    let mut out = ParquetScan::default();
+    let mut out = RowScan::default();
     for (i, row) in rows.enumerate() {
         let n = i + 1;
         let row = row.map_err(|source| ParquetError::Row { row: n, source })?;
         match record(&row, json_columns) {
             Ok(obj) => out.objects.push((obj, n)),
-            Err((column_index, column, reason)) => out.bad.push(BadRow { row: n, column, column_index, reason }),
+            Err((column, name, why)) => {
+                out.bad.push(BadRow { line: n, column, reason: format!("column {column} (`{name}`): {why}") })
+            }
         }
     }
     Ok(out)
@@ -237,11 +220,11 @@ mod tests {
         assert_eq!(scan.objects.len(), 1);
         assert_eq!((&scan.objects[0].0["text"], scan.objects[0].1), (&serde_json::json!([1, 2]), 3), "a JSON column is parsed");
         assert_eq!(scan.bad.len(), 2, "{:?}", scan.bad);
-        assert_eq!((scan.bad[0].row, scan.bad[0].column.as_str(), scan.bad[0].column_index), (1, "text", 2));
-        assert!(scan.bad[0].reason.contains("not JSON"), "{:?}", scan.bad[0]);
+        assert_eq!((scan.bad[0].line, scan.bad[0].column), (1, 2));
+        assert!(scan.bad[0].reason.starts_with("column 2 (`text`): a string that is not JSON"), "{:?}", scan.bad[0]);
         // Without the JSON column, "plain" reads as a string.
         assert_eq!(read_parquet(&p, &[]).unwrap().objects[0].0["text"], "plain");
-        assert_eq!((scan.bad[1].row, scan.bad[1].column.as_str()), (2, "text"));
+        assert_eq!((scan.bad[1].line, scan.bad[1].column), (2, 2));
         assert!(scan.bad[1].reason.contains("not UTF-8"), "{:?}", scan.bad[1]);
     }
 

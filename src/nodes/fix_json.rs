@@ -425,26 +425,16 @@ impl NodeKind for FixJson {
         let json_columns: Vec<&str> = conversations.iter().map(|(_, f)| f.messages.as_str()).collect();
         let bad_input = |message: String| NodeError::BadInput { path: path.clone(), location: None, message };
         let scan = match format {
-            "csv" => {
-                let rows = read_csv(&path, &json_columns).map_err(|e| bad_input(e.to_string()))?;
+            "csv" | "parquet" => {
+                let rows = if format == "csv" {
+                    read_csv(&path, &json_columns).map_err(|e| bad_input(e.to_string()))?
+                } else {
+                    read_parquet(&path, &json_columns).map_err(|e| bad_input(e.to_string()))?
+                };
                 let bad = rows
                     .bad
                     .into_iter()
                     .map(|r| BadRecord { line: r.line, col: r.column, reason: r.reason, excerpt: String::new() })
-                    .collect();
-                Scan { objects: rows.objects, bad, ..Scan::default() }
-            }
-            "parquet" => {
-                let rows = read_parquet(&path, &json_columns).map_err(|e| bad_input(e.to_string()))?;
-                let bad = rows
-                    .bad
-                    .into_iter()
-                    .map(|r| BadRecord {
-                        line: r.row,
-                        col: r.column_index,
-                        reason: format!("column {} (`{}`): {}", r.column_index, r.column, r.reason),
-                        excerpt: String::new(),
-                    })
                     .collect();
                 Scan { objects: rows.objects, bad, ..Scan::default() }
             }

@@ -63,6 +63,27 @@ fn messages_jsonl(convs: &[Vec<(&str, String)>]) -> String {
         .collect()
 }
 
+/// The conversations as ShareGPT JSON Lines, without their tool messages (ShareGPT has no tool
+/// role): human / gpt / system turns.
+fn sharegpt_jsonl(convs: &[Vec<(&str, String)>]) -> String {
+    let from = |r: &str| {
+        match r {
+            "user" => "human",
+            "assistant" => "gpt",
+            other => other,
+        }
+        .to_string()
+    };
+    convs
+        .iter()
+        .map(|c| {
+            let turns: Vec<Value> =
+                c.iter().filter(|(r, _)| *r != "tool").map(|(r, v)| json!({"from": from(r), "value": v})).collect();
+            format!("{}\n", json!({ "id": "x", "conversations": turns }))
+        })
+        .collect()
+}
+
 const PIPELINE: &str = "\
 name: chat
 nodes:
@@ -166,25 +187,11 @@ fn sharegpt_and_csv_versions_give_byte_identical_datasets() {
     t.write("p.yaml", PIPELINE);
     t.run("p.yaml", &[]).success();
 
-    fn from(r: &str) -> &str {
-        match r {
-            "user" => "human",
-            "assistant" => "gpt",
-            other => other,
-        }
-    }
     // ShareGPT has no tool role: the same conversations without their tool messages, both ways.
     let no_tool: Vec<Vec<(&str, String)>> =
         convs.iter().map(|c| c.iter().filter(|(r, _)| *r != "tool").cloned().collect()).collect();
     t.write("data/notool.jsonl", messages_jsonl(&no_tool));
-    let share: String = no_tool
-        .iter()
-        .map(|c| {
-            let turns: Vec<Value> = c.iter().map(|(r, v)| json!({"from": from(r), "value": v})).collect();
-            format!("{}\n", json!({ "id": "x", "conversations": turns }))
-        })
-        .collect();
-    t.write("data/share.jsonl", share);
+    t.write("data/share.jsonl", sharegpt_jsonl(&convs));
     t.write("m.yaml", PIPELINE.replace("data/chat.jsonl", "data/notool.jsonl"));
     t.write("s.yaml", PIPELINE.replace("data/chat.jsonl", "data/share.jsonl").replace("schema: messages", "schema: sharegpt"));
     t.run("m.yaml", &[]).success();
@@ -247,18 +254,7 @@ fn parquet_versions_give_byte_identical_datasets() {
         assert_eq!((report["records_written"].as_u64(), report["input_format"].as_str()), (Some(48), Some("parquet")));
     }
     // ShareGPT (no tool role), against its JSON Lines.
-    let share: String = convs
-        .iter()
-        .map(|c| {
-            let turns: Vec<Value> = c
-                .iter()
-                .filter(|(r, _)| *r != "tool")
-                .map(|(r, v)| json!({"from": match *r { "user" => "human", "assistant" => "gpt", o => o }, "value": v}))
-                .collect();
-            format!("{}\n", json!({ "conversations": turns }))
-        })
-        .collect();
-    t.write("data/share.jsonl", share);
+    t.write("data/share.jsonl", sharegpt_jsonl(&convs));
     to_parquet(&python, &t.path("data/share.jsonl"), &t.path("data/share.parquet"), "snappy", &[]);
     t.write("s.yaml", PIPELINE.replace("data/chat.jsonl", "data/share.jsonl").replace("schema: messages", "schema: sharegpt"));
     t.write("sp.yaml", parquet("data/share.parquet").replace("schema: messages", "schema: sharegpt"));
