@@ -169,10 +169,13 @@ impl Store {
         pins::hold_shared(&self.root)
     }
 
-    /// Keeps `key`'s entry from gc while this process lives ([`pins`]). Pin with the entries
-    /// lock held, before looking the key up.
-    pub fn pin(&self, key: &str) -> Result<(), CacheError> {
-        self.pins.pin(&self.root, key)
+    /// Holds the entries lock shared and pins `key`, keeping its entry from gc while this
+    /// process lives ([`pins`]): call before looking the key up, and keep the guard until the
+    /// entry is found, pulled or known to be missing.
+    pub fn hold_and_pin(&self, key: &str) -> Result<EntriesGuard, CacheError> {
+        let guard = self.hold_entries()?;
+        self.pins.pin(&self.root, key)?;
+        Ok(guard)
     }
 
     /// Where the object with this digest lives.

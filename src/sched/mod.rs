@@ -761,11 +761,7 @@ impl Session {
             })?;
         // Pinned before it is looked up, with the entries lock held until the entry is found,
         // pulled or known to be missing: a `pipe gc` beside this run keeps it (cache::pins).
-        let entries = self
-            .store
-            .hold_entries()
-            .and_then(|g| self.store.pin(&key).map(|()| g))
-            .map_err(|e| fail(self.space_hint(e.into())))?;
+        let entries = self.store.hold_and_pin(&key).map_err(|e| fail(self.space_hint(e.into())))?;
         let mut damaged = None;
         if !force {
             if let Lookup::Damaged { why, objects } = self.store.lookup(&key) {
@@ -1172,7 +1168,7 @@ impl Session {
         let key = parts.key();
         let failed = |cause: Cause| NodeFailed { node: node.name.clone(), kind: node.kind.name(), source: Box::new(cause) };
         // Kept from a gc beside this verification while it reads the entry (cache::pins).
-        let entries = self.store.hold_entries().and_then(|g| self.store.pin(&key).map(|()| g)).map_err(|e| failed(e.into()))?;
+        let entries = self.store.hold_and_pin(&key).map_err(|e| failed(e.into()))?;
         // An entry only in the remote cache is pulled (checked against its digests) to be verified.
         let record = match self.store.lookup(&key) {
             Lookup::Hit(rec) => rec,
