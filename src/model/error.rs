@@ -95,6 +95,14 @@ pub enum ModelError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// An adapter folder's [`super::peft::BASE_QUANT_FILE`] names no storage pipe knows.
+    #[error("{}: `base_quant` is {value:?}, expected one of none, nf4, q8_0, q4_k, gguf", path.display())]
+    UnknownBaseQuant {
+        /// The file.
+        path: PathBuf,
+        /// What it says.
+        value: String,
+    },
     /// An adapter's rank is 0 or wider than every layer of the model.
     #[error("{}: `r` is {r}; a LoRA rank is between 1 and the model's widest layer ({max})", path.display())]
     AdapterRank {

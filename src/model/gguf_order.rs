@@ -9,8 +9,9 @@
 //! [`TensorSpec::gguf_permute_heads`]: super::arch::TensorSpec::gguf_permute_heads
 
 /// Moves whole rows of a `[rows, cols]` matrix: row `r` of the output is row `from(r)` of `w`.
-fn reorder_rows(w: &[f32], rows: usize, cols: usize, from: impl Fn(usize) -> usize) -> Vec<f32> {
-    let mut out = vec![0f32; w.len()];
+/// Rows of anything: values, or the bytes of a block-quantized row (`cols` = bytes per row).
+fn reorder_rows<T: Copy + Default>(w: &[T], rows: usize, cols: usize, from: impl Fn(usize) -> usize) -> Vec<T> {
+    let mut out = vec![T::default(); w.len()];
     for dst in 0..rows {
         let src = from(dst);
         out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
@@ -26,7 +27,7 @@ fn split(r: usize, hd: usize) -> (usize, usize, usize) {
 
 /// Hugging Face order -> llama.cpp order, as the converter does:
 /// `w.reshape(heads, 2, d/2, cols).swapaxes(1, 2)`.
-pub fn permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+pub fn permute<T: Copy + Default>(w: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
     let hd = rows / heads;
     // Output row (h, i, j) in [heads, d/2, 2] order comes from input row (h, j, i).
     reorder_rows(w, rows, cols, |dst| {
@@ -36,7 +37,7 @@ pub fn permute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 }
 
 /// llama.cpp order -> Hugging Face order; the inverse of [`permute`].
-pub fn unpermute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+pub fn unpermute<T: Copy + Default>(w: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
     let hd = rows / heads;
     reorder_rows(w, rows, cols, |dst| {
         let (h, j, i) = split(dst, hd);

@@ -61,6 +61,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::ops::softmax_last_dim;
 
 use super::arch::{self, Init, LayerSlot, Slot, TensorSpec};
+use super::base_quant::{BaseQuant, QuantWeight};
 use super::config::Config;
 use super::error::ModelError;
 use super::ggml_cpu::{flash_attn_f16, round_f16, round_q8_0, ActRounding};
@@ -68,11 +69,49 @@ use super::lora::{Layout, Module};
 use super::ops;
 use super::rng::{normal, splitmix};
 
+/// A frozen projection's weight: dense in the model's dtype, or stored in 4 or 8 bits and
+/// dequantized for each matmul (lora-train's `base_quant`, [`super::base_quant`]).
+#[derive(Debug, Clone)]
+pub enum Weight {
+    Dense(Tensor),
+    Quant(QuantWeight),
+}
+
+impl Weight {
+    /// The weight as a dense tensor of `dtype`: the tensor itself when it is already that, else
+    /// a converted or dequantized copy.
+    pub fn dense(&self, dtype: DType) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => t.to_dtype(dtype),
+            Weight::Quant(q) => q.dequantize(dtype),
+        }
+    }
+
+    /// `[out, in]`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Weight::Dense(t) => {
+                let d = t.dims();
+                (d[0], d.get(1).copied().unwrap_or(1))
+            }
+            Weight::Quant(q) => (q.rows, q.cols),
+        }
+    }
+
+    /// The dense tensor, if the weight is stored dense.
+    pub fn as_dense(&self) -> Option<&Tensor> {
+        match self {
+            Weight::Dense(t) => Some(t),
+            Weight::Quant(_) => None,
+        }
+    }
+}
+
 /// A frozen projection.
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// `[out, in]`.
-    pub w: Tensor,
+    pub w: Weight,
     /// `[out]` (Qwen2 q/k/v).
     pub b: Option<Tensor>,
 }
@@ -440,7 +479,7 @@ impl Model {
     /// `z = dropout(x) A^T` (`[N, r]`).
     fn proj_fwd(&self, l: usize, m: Module, x: &Tensor, lora: Option<&LoraStep>) -> Result<(Tensor, Option<Tensor>)> {
         let lin = self.layers[l].proj(m);
-        let mut y = x.matmul(&lin.w.t()?)?;
+        let mut y = x.matmul(&lin.w.dense(x.dtype())?.t()?)?;
         if let Some(b) = &lin.b {
             y = y.broadcast_add(b)?;
         }
@@ -465,7 +504,7 @@ impl Model {
         buf: Option<&Tensor>,
     ) -> Result<Tensor> {
         let lin = self.layers[l].proj(m);
-        let dx = dy.matmul(&lin.w)?;
+        let dx = dy.matmul(&lin.w.dense(dy.dtype())?)?;
         let (Some(lora), Some(z), Some(buf)) = (lora, z, buf) else { return Ok(dx) };
         let i = lora.entry(l, m).expect("a saved LoRA z implies an entry");
         let (e, (a, b)) = (&lora.layout.entries[i], &lora.ab[i]);
@@ -717,7 +756,7 @@ impl Model {
             let b = Tensor::from_slice(&params[e.b..e.b + e.out_dim * r], (e.out_dim, r), &self.device)?;
             let delta = (b.matmul(&a)? * f64::from(layout.scaling))?;
             let lin = self.layers[e.layer].proj_mut(e.module);
-            lin.w = (f32(&lin.w)? + delta)?.to_dtype(self.dtype)?;
+            lin.w = Weight::Dense((lin.w.dense(DType::F32)? + delta)?.to_dtype(self.dtype)?);
         }
         Ok(())
     }
@@ -727,60 +766,106 @@ impl Model {
     /// shape the configuration implies; others are ignored.
     pub fn from_hf_tensors(
         cfg: Config,
-        mut t: HashMap<String, Tensor>,
+        t: HashMap<String, Tensor>,
+        device: &Device,
+        dtype: DType,
+    ) -> std::result::Result<Model, ModelError> {
+        Model::from_hf_weights(cfg, t.into_iter().map(|(k, v)| (k, Weight::Dense(v))).collect(), device, dtype)
+    }
+
+    /// [`Model::from_hf_tensors`] where projection weights may come quantized (kept as they are;
+    /// a quantized tensor anywhere else is an error).
+    pub fn from_hf_weights(
+        cfg: Config,
+        mut t: HashMap<String, Weight>,
         device: &Device,
         dtype: DType,
     ) -> std::result::Result<Model, ModelError> {
         Model::from_slots(cfg, dtype, device, |spec| {
             let x = t.remove(&spec.hf).ok_or_else(|| ModelError::MissingTensor { name: spec.hf.clone() })?;
-            if x.dims() != spec.shape {
-                return Err(ModelError::ShapeMismatch {
-                    name: spec.hf.clone(),
-                    got: x.dims().to_vec(),
-                    want: spec.shape.clone(),
-                });
+            let got = match &x {
+                Weight::Dense(d) => d.dims().to_vec(),
+                Weight::Quant(q) => vec![q.rows, q.cols],
+            };
+            if got != spec.shape {
+                return Err(ModelError::ShapeMismatch { name: spec.hf.clone(), got, want: spec.shape.clone() });
             }
-            x.to_dtype(dtype)
-                .and_then(|x| x.to_device(device))
-                .map_err(|source| ModelError::Tensor { name: spec.hf.clone(), source })
+            match x {
+                Weight::Dense(d) => d
+                    .to_dtype(dtype)
+                    .and_then(|d| d.to_device(device))
+                    .map(Weight::Dense)
+                    .map_err(|source| ModelError::Tensor { name: spec.hf.clone(), source }),
+                Weight::Quant(q) if matches!(spec.slot, Slot::Layer(_, LayerSlot::Weight(_))) => Ok(Weight::Quant(q)),
+                Weight::Quant(q) => Err(ModelError::Tensor {
+                    name: spec.hf.clone(),
+                    source: candle_core::Error::Msg(format!("stored as {}; only projection weights may be", q.format)),
+                }),
+            }
         })
     }
 
     /// Builds a model of `cfg` from `get`, which gives the tensor of each entry of
-    /// [`arch::tensors`], in that order.
+    /// [`arch::tensors`], in that order. Only projection weights may be [`Weight::Quant`].
     fn from_slots<E>(
         cfg: Config,
         dtype: DType,
         device: &Device,
-        mut get: impl FnMut(&TensorSpec) -> std::result::Result<Tensor, E>,
+        mut get: impl FnMut(&TensorSpec) -> std::result::Result<Weight, E>,
     ) -> std::result::Result<Model, E> {
         let mut by_slot = HashMap::new();
         for spec in arch::tensors(&cfg) {
             by_slot.insert(spec.slot, get(&spec)?);
         }
         const LISTED: &str = "the tensor list has every tensor a model needs";
-        let mut take = |slot: Slot| by_slot.remove(&slot);
+        const DENSE: &str = "only projection weights are stored quantized";
+        let mut weights = HashMap::new();
+        let mut dense = HashMap::new();
+        for (slot, w) in by_slot {
+            match w {
+                Weight::Dense(t) => {
+                    dense.insert(slot, t);
+                }
+                q @ Weight::Quant(_) => {
+                    assert!(matches!(slot, Slot::Layer(_, LayerSlot::Weight(_))), "{DENSE}");
+                    weights.insert(slot, q);
+                }
+            }
+        }
+        let mut take = |slot: Slot| dense.remove(&slot);
         let embed = take(Slot::Embed).expect(LISTED);
-        let layers = (0..cfg.num_layers)
-            .map(|l| {
-                let mut lin = |m: Module| Linear {
-                    w: take(Slot::Layer(l, LayerSlot::Weight(m))).expect(LISTED),
-                    b: take(Slot::Layer(l, LayerSlot::Bias(m))),
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let mut lin = |m: Module| {
+                let slot = Slot::Layer(l, LayerSlot::Weight(m));
+                let w = match take(slot) {
+                    Some(t) => Weight::Dense(t),
+                    None => weights.remove(&slot).expect(LISTED),
                 };
-                let (q, k, v, o) = (lin(Module::Q), lin(Module::K), lin(Module::V), lin(Module::O));
-                let (gate, up, down) = (lin(Module::Gate), lin(Module::Up), lin(Module::Down));
-                let attn_norm = take(Slot::Layer(l, LayerSlot::AttnNorm)).expect(LISTED);
-                let mlp_norm = take(Slot::Layer(l, LayerSlot::MlpNorm)).expect(LISTED);
-                let (q_norm, k_norm) = (take(Slot::Layer(l, LayerSlot::QNorm)), take(Slot::Layer(l, LayerSlot::KNorm)));
-                Layer { attn_norm, q, k, v, o, q_norm, k_norm, mlp_norm, gate, up, down }
-            })
-            .collect();
+                Linear { w, b: take(Slot::Layer(l, LayerSlot::Bias(m))) }
+            };
+            let (q, k, v, o) = (lin(Module::Q), lin(Module::K), lin(Module::V), lin(Module::O));
+            let (gate, up, down) = (lin(Module::Gate), lin(Module::Up), lin(Module::Down));
+            let attn_norm = take(Slot::Layer(l, LayerSlot::AttnNorm)).expect(LISTED);
+            let mlp_norm = take(Slot::Layer(l, LayerSlot::MlpNorm)).expect(LISTED);
+            let (q_norm, k_norm) = (take(Slot::Layer(l, LayerSlot::QNorm)), take(Slot::Layer(l, LayerSlot::KNorm)));
+            layers.push(Layer { attn_norm, q, k, v, o, q_norm, k_norm, mlp_norm, gate, up, down });
+        }
         let norm = take(Slot::Norm).expect(LISTED);
         let lm_head = take(Slot::LmHead);
         Ok(Model { cfg, dtype, embed, layers, norm, lm_head, device: device.clone() })
     }
 
-    /// The tensor in `slot`, if the model has one there.
+    /// The weight in `slot`, if the model has one there (a clone: tensors share their storage).
+    fn weight(&self, slot: Slot) -> Option<Weight> {
+        if let Slot::Layer(l, LayerSlot::Weight(m)) = slot {
+            return self.layers.get(l).map(|ly| ly.proj(m).w.clone());
+        }
+        self.tensor(slot).cloned().map(Weight::Dense)
+    }
+
+    /// The tensor in `slot`, if the model has one there. A projection stored quantized has no
+    /// tensor: [`Model::dequantize_base`] first.
     pub fn tensor(&self, slot: Slot) -> Option<&Tensor> {
         match slot {
             Slot::Embed => Some(&self.embed),
@@ -793,11 +878,56 @@ impl Model {
                     LayerSlot::MlpNorm => Some(&ly.mlp_norm),
                     LayerSlot::QNorm => ly.q_norm.as_ref(),
                     LayerSlot::KNorm => ly.k_norm.as_ref(),
-                    LayerSlot::Weight(m) => Some(&ly.proj(m).w),
+                    LayerSlot::Weight(m) => ly.proj(m).w.as_dense(),
                     LayerSlot::Bias(m) => ly.proj(m).b.as_ref(),
                 }
             }
         }
+    }
+
+    /// Stores every projection weight as `quant` says (one at a time: the dense copy of each
+    /// goes as soon as its quantized one exists). `none` and `gguf` change nothing here (`gguf`
+    /// is the loader's: it keeps a GGUF file's blocks).
+    pub fn quantize_base(&mut self, quant: BaseQuant) -> Result<()> {
+        let device = self.device.clone();
+        for ly in &mut self.layers {
+            for m in Module::ALL {
+                let lin = ly.proj_mut(m);
+                let Weight::Dense(t) = &lin.w else { continue };
+                let (rows, cols) = t.dims2()?;
+                let Some(format) = quant.format_for(cols) else { continue };
+                let values: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                lin.w = Weight::Quant(QuantWeight::quantize(&values, rows, cols, format, &device)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores every quantized projection weight dense again, in the model's dtype: the values
+    /// training saw (what a QLoRA adapter is merged onto).
+    pub fn dequantize_base(&mut self) -> Result<()> {
+        let dtype = self.dtype;
+        for ly in &mut self.layers {
+            for m in Module::ALL {
+                let lin = ly.proj_mut(m);
+                if let Weight::Quant(q) = &lin.w {
+                    lin.w = Weight::Dense(q.dequantize(dtype)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the projection weights stored quantized, and how many of them there are.
+    pub fn quantized_bytes(&self) -> (usize, usize) {
+        self.layers
+            .iter()
+            .flat_map(|ly| Module::ALL.into_iter().map(move |m| &ly.proj(m).w))
+            .filter_map(|w| match w {
+                Weight::Quant(q) => Some(q.byte_len()),
+                Weight::Dense(_) => None,
+            })
+            .fold((0, 0), |(b, n), x| (b + x, n + 1))
     }
 
     /// The model's tensors with their entries of [`arch::tensors`], in that order.
@@ -805,16 +935,23 @@ impl Model {
         arch::tensors(&self.cfg)
             .into_iter()
             .map(|spec| {
-                let t = self.tensor(spec.slot).expect("a model has every tensor of its config's list").clone();
+                let t = self
+                    .tensor(spec.slot)
+                    .expect("a model has every tensor of its config's list (and quantized ones are dequantized first)")
+                    .clone();
                 (spec, t)
             })
             .collect()
     }
 
-    /// The same model with every frozen tensor stored in `dtype` (the compute dtype).
+    /// The same model with every dense frozen tensor stored in `dtype` (the compute dtype);
+    /// quantized weights stay as they are.
     pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
         Model::from_slots(self.cfg.clone(), dtype, &self.device, |spec| {
-            self.tensor(spec.slot).expect("a model has every tensor of its config's list").to_dtype(dtype)
+            match self.weight(spec.slot).expect("a model has every tensor of its config's list") {
+                Weight::Dense(t) => t.to_dtype(dtype).map(Weight::Dense),
+                q => Ok(q),
+            }
         })
     }
 
@@ -840,9 +977,12 @@ impl Model {
     /// device's generator, each tensor drawn in f32 and cast at once, unit norms. Not
     /// reproducible across devices; tests use [`Model::random_with_std`].
     pub fn random_on_device(cfg: Config, std: f64, dtype: DType, device: &Device) -> Result<Model> {
-        Model::from_slots(cfg, dtype, device, |spec| match spec.init {
-            Init::Normal => Tensor::randn(0f32, std as f32, spec.shape.as_slice(), device)?.to_dtype(dtype),
-            Init::Ones => Tensor::ones(spec.shape.as_slice(), dtype, device),
+        Model::from_slots(cfg, dtype, device, |spec| {
+            match spec.init {
+                Init::Normal => Tensor::randn(0f32, std as f32, spec.shape.as_slice(), device)?.to_dtype(dtype),
+                Init::Ones => Tensor::ones(spec.shape.as_slice(), dtype, device),
+            }
+            .map(Weight::Dense)
         })
     }
 
@@ -851,14 +991,17 @@ impl Model {
     /// norms ones.
     pub fn random_with_std(cfg: Config, seed: u64, std: f64, device: &Device) -> Result<Model> {
         let mut s = seed;
-        Model::from_slots(cfg, DType::F32, device, |spec| match spec.init {
-            Init::Normal => {
-                s = splitmix(s);
-                let n = spec.shape.iter().product::<usize>();
-                let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
-                Tensor::from_vec(v, spec.shape.as_slice(), device)
+        Model::from_slots(cfg, DType::F32, device, |spec| {
+            match spec.init {
+                Init::Normal => {
+                    s = splitmix(s);
+                    let n = spec.shape.iter().product::<usize>();
+                    let v: Vec<f32> = (0..n).map(|i| normal(s, i as u64, std)).collect();
+                    Tensor::from_vec(v, spec.shape.as_slice(), device)
+                }
+                Init::Ones => Tensor::ones(spec.shape.as_slice(), DType::F32, device),
             }
-            Init::Ones => Tensor::ones(spec.shape.as_slice(), DType::F32, device),
+            .map(Weight::Dense)
         })
     }
 }
@@ -1030,6 +1173,54 @@ mod tests {
         }
         assert!(checked > 50);
         params.clear();
+    }
+
+    /// A model with its projections stored quantized computes exactly what its dequantized dense
+    /// twin computes (the quantized path dequantizes to the compute dtype per matmul), with and
+    /// without checkpointing; the loss moves from the dense original's only by quantization.
+    #[test]
+    fn a_quantized_base_trains_as_its_dequantized_twin() {
+        use crate::model::base_quant::BaseQuant;
+        let dev = Device::Cpu;
+        for (quant, cfg) in [
+            (BaseQuant::Nf4, tiny(Arch::Qwen2)),
+            (BaseQuant::Q8_0, Config { intermediate_size: 64, ..Config::tiny(Arch::Llama, 40, 32) }),
+            (BaseQuant::Q4K, Config { intermediate_size: 64, ..Config::tiny(Arch::Qwen3, 40, 32) }),
+        ] {
+            let dense = Model::random_with_std(cfg, 5, 0.3, &dev).unwrap();
+            let mut quantized = dense.clone();
+            quantized.quantize_base(quant).unwrap();
+            let (bytes, n) = quantized.quantized_bytes();
+            assert_eq!(n, 14, "{quant:?}: every projection of 2 layers");
+            assert!(bytes > 0);
+            let mut twin = quantized.clone();
+            twin.dequantize_base().unwrap();
+            assert_eq!(twin.quantized_bytes(), (0, 0));
+            let layout = Layout::new(&dense.cfg, 2, 4.0, &Module::ALL);
+            let mut params = layout.init(3);
+            for e in &layout.entries {
+                for (i, x) in params[e.b..e.b + e.out_dim * 2].iter_mut().enumerate() {
+                    *x = ((i * 7 + e.layer * 3) % 11) as f32 * 0.05 - 0.25;
+                }
+            }
+            let bt = batch(&dev);
+            let run = |m: &Model, ckpt: bool| {
+                let st = LoraStep::from_host(&layout, &params, m.dtype, &dev, 0.1, 11).unwrap();
+                let mut g = LoraGrads::new();
+                let loss = scalar(&m.loss_and_grad(&bt, Some(&st), 1.0, Some(&mut g), ckpt).unwrap().0);
+                (loss, g.to_vec(layout.len).unwrap())
+            };
+            for ckpt in [true, false] {
+                assert_eq!(run(&quantized, ckpt), run(&twin, ckpt), "{quant:?} checkpointing {ckpt}");
+            }
+            let (lq, _) = run(&quantized, true);
+            let (ld, _) = run(&dense, true);
+            assert!((lq - ld).abs() < 0.05 * ld, "{quant:?}: quantized loss {lq}, dense {ld}");
+            assert_ne!(lq, ld, "{quant:?}: the weights were quantized");
+            // bf16 compute over the quantized base: the twin converted to bf16 matches too.
+            let (qb, tb) = (quantized.to_dtype(DType::BF16).unwrap(), twin.to_dtype(DType::BF16).unwrap());
+            assert_eq!(run(&qb, true), run(&tb, true), "{quant:?} in bf16");
+        }
     }
 
     #[test]

@@ -22,7 +22,8 @@ use super::arch::{self, Arch};
 use super::config::Config;
 use super::error::ModelError;
 use super::gguf_order::unpermute;
-use super::llama::Model;
+use super::base_quant::{BaseQuant, QuantWeight};
+use super::llama::{Model, Weight};
 use super::safetensors;
 use crate::gguf::quant::{dequantize, GgmlKind};
 use crate::gguf::GgufFile;
@@ -54,11 +55,40 @@ pub fn load(path: &Path, device: &Device) -> Result<Model, LoadError> {
 
 /// Loads a model with its weights stored in `dtype` (f32, bf16 or f16).
 pub fn load_as(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
+    load_with(path, device, dtype, BaseQuant::None)
+}
+
+/// Loads a model with its projection weights stored as `quant` says and the rest in `dtype`.
+///
+/// Each projection is quantized on the host as it is read and only its quantized form goes to
+/// `device`, so a model whose dense weights would not fit there loads. `gguf` keeps a GGUF
+/// file's blocks as they are (rows reordered where the file permutes Q/K; float-typed tensors
+/// stay dense); it needs a GGUF file.
+pub fn load_with(path: &Path, device: &Device, dtype: DType, quant: BaseQuant) -> Result<Model, LoadError> {
     if path.is_dir() {
-        load_hf(path, device, dtype)
+        if quant == BaseQuant::Gguf {
+            return Err(file_err(
+                path,
+                "base_quant `gguf` keeps a GGUF file's own blocks, and this is a Hugging Face folder (use nf4, q8_0 or q4_k)",
+            ));
+        }
+        load_hf(path, device, dtype, quant)
     } else {
-        load_gguf(path, device, dtype)
+        load_gguf(path, device, dtype, quant)
     }
+}
+
+/// A projection weight given as f32 values, stored as `quant` says (dense in `dtype` where it
+/// leaves the weight unquantized).
+fn store(values: Vec<f32>, shape: &[usize], quant: BaseQuant, device: &Device, dtype: DType) -> candle_core::Result<Weight> {
+    match (shape, quant.format_for(*shape.last().unwrap_or(&0))) {
+        ([rows, cols], Some(format)) => QuantWeight::quantize(&values, *rows, *cols, format, device).map(Weight::Quant),
+        _ => Tensor::from_vec(values, shape, device)?.to_dtype(dtype).map(Weight::Dense),
+    }
+}
+
+fn is_projection(spec: &arch::TensorSpec) -> bool {
+    matches!(spec.slot, arch::Slot::Layer(_, arch::LayerSlot::Weight(_)))
 }
 
 /// Reads only the hyper-parameters.
@@ -147,7 +177,7 @@ fn rope_freq_factors(f: &GgufFile, path: &Path, head_dim: usize) -> Result<Optio
     Ok(Some(factors))
 }
 
-fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
+fn load_gguf(path: &Path, device: &Device, dtype: DType, quant: BaseQuant) -> Result<Model, LoadError> {
     let f = GgufFile::open(path).map_err(|e| file_err(path, e))?;
     let cfg = gguf_config(&f, path)?;
     // The model's tensors by llama.cpp name; the file's others (`rope_freqs.weight`) are not
@@ -161,25 +191,60 @@ fn load_gguf(path: &Path, device: &Device, dtype: DType) -> Result<Model, LoadEr
         })?;
         let n = t.n_elements() as usize;
         let bytes = f.tensor_bytes(t).map_err(|e| file_err(path, e))?;
-        let mut data = dequantize(kind, &bytes, n).map_err(|e| file_err(path, format!("tensor `{}`: {e}", t.name)))?;
         // GGUF dims are innermost-first: [cols, rows].
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-        if let (Some(heads), [rows, cols]) = (spec.gguf_permute_heads(&cfg), shape.as_slice()) {
-            data = unpermute(&data, *rows, *cols, heads);
-        }
-        let tensor = Tensor::from_vec(data, shape, device).and_then(|t| t.to_dtype(dtype)).map_err(|e| file_err(path, e))?;
-        tensors.insert(spec.hf.clone(), tensor);
+        let permuted = spec.gguf_permute_heads(&cfg);
+        let tensor_err = |e: candle_core::Error| file_err(path, format!("tensor `{}`: {e}", t.name));
+        let blocks = !matches!(kind, GgmlKind::F32 | GgmlKind::F16 | GgmlKind::BF16);
+        let weight = match (quant, shape.as_slice()) {
+            (BaseQuant::Gguf, &[rows, cols]) if blocks && is_projection(spec) => {
+                let mut bytes = bytes;
+                if let Some(heads) = permuted {
+                    let row_bytes = bytes.len() / rows.max(1);
+                    bytes = unpermute(&bytes, rows, row_bytes, heads);
+                }
+                Weight::Quant(QuantWeight::from_ggml(kind, bytes, rows, cols, device).map_err(tensor_err)?)
+            }
+            _ => {
+                let mut data = dequantize(kind, &bytes, n).map_err(|e| file_err(path, format!("tensor `{}`: {e}", t.name)))?;
+                if let (Some(heads), [rows, cols]) = (permuted, shape.as_slice()) {
+                    data = unpermute(&data, *rows, *cols, heads);
+                }
+                let q = if is_projection(spec) && quant != BaseQuant::Gguf { quant } else { BaseQuant::None };
+                store(data, &shape, q, device, dtype).map_err(tensor_err)?
+            }
+        };
+        tensors.insert(spec.hf.clone(), weight);
     }
-    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(model_err(path))
+    Model::from_hf_weights(cfg, tensors, device, dtype).map_err(model_err(path))
 }
 
-fn load_hf(dir: &Path, device: &Device, dtype: DType) -> Result<Model, LoadError> {
+fn load_hf(dir: &Path, device: &Device, dtype: DType, quant: BaseQuant) -> Result<Model, LoadError> {
     let cfg = config(dir)?;
     let mut tensors = HashMap::new();
-    for f in safetensors::weight_files(dir)? {
-        tensors.extend(read_safetensors(&f, device)?);
+    if quant == BaseQuant::None {
+        for f in safetensors::weight_files(dir)? {
+            tensors.extend(read_safetensors(&f, device)?.into_iter().map(|(k, v)| (k, Weight::Dense(v))));
+        }
+        return Model::from_hf_weights(cfg, tensors, device, dtype).map_err(model_err(dir));
     }
-    Model::from_hf_tensors(cfg, tensors, device, dtype).map_err(model_err(dir))
+    // Read on the host, quantize the projections there, and move only what is kept to the device.
+    let projections: std::collections::HashSet<String> =
+        arch::tensors(&cfg).into_iter().filter(is_projection).map(|s| s.hf).collect();
+    for f in safetensors::weight_files(dir)? {
+        for (name, t) in read_safetensors(&f, &Device::Cpu)? {
+            let tensor_err = |e: candle_core::Error| file_err(&f, format!("tensor `{name}`: {e}"));
+            let w = if projections.contains(&name) {
+                let shape = t.dims().to_vec();
+                let values: Vec<f32> = t.to_dtype(DType::F32).and_then(|t| t.flatten_all()?.to_vec1()).map_err(tensor_err)?;
+                store(values, &shape, quant, device, dtype).map_err(tensor_err)?
+            } else {
+                Weight::Dense(t.to_device(device).map_err(tensor_err)?)
+            };
+            tensors.insert(name, w);
+        }
+    }
+    Model::from_hf_weights(cfg, tensors, device, dtype).map_err(model_err(dir))
 }
 
 /// Reads one safetensors file tensor by tensor, each straight into the buffer its tensor keeps.
@@ -375,6 +440,61 @@ mod tests {
     /// The head size is `attention.key_length` when the file has it (llama.cpp's converter
     /// writes it, and no `rope.dimension_count`, for models whose config.json gives `head_dim`),
     /// and a RoPE over part of each head is refused rather than misread.
+    /// `base_quant: gguf` keeps a Q8_0 GGUF's projection blocks as stored (Q/K rows moved whole,
+    /// blocks and all) and computes exactly what the dequantized load computes; nf4 quantizes
+    /// the dequantized values. A Hugging Face folder has no blocks to keep.
+    #[test]
+    fn gguf_base_quant_keeps_the_files_blocks_and_equals_the_dense_load() {
+        use crate::gguf::quantize::quantize;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config { intermediate_size: 64, ..Config::tiny(Arch::Llama, 40, 32) };
+        let model = Model::random_with_std(cfg.clone(), 3, 0.2, &Device::Cpu).unwrap();
+        let tensors: Vec<(String, Vec<usize>, GgmlType, Vec<u8>)> = model
+            .named_tensors()
+            .into_iter()
+            .map(|(spec, t)| {
+                let shape = t.dims().to_vec();
+                let mut data = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                if let Some(heads) = spec.gguf_permute_heads(&cfg) {
+                    data = permute(&data, shape[0], shape[1], heads);
+                }
+                if is_projection(&spec) {
+                    (spec.gguf, shape.clone(), GgmlType::Q8_0, quantize(GgmlKind::Q8_0, &data, shape[1]).unwrap())
+                } else {
+                    (spec.gguf, shape, GgmlType::F32, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+            })
+            .collect();
+        let plans: Vec<TensorPlan> =
+            tensors.iter().map(|(name, shape, ty, _)| TensorPlan { name: name.clone(), shape: shape.clone(), ty: *ty }).collect();
+        let path = dir.path().join("q8.gguf");
+        write_file(&path, &llama_kvs(&cfg), &plans, |i, sink| sink.write(&tensors[i].3)).unwrap();
+
+        let dense = load(&path, &Device::Cpu).unwrap();
+        let kept = load_with(&path, &Device::Cpu, DType::F32, BaseQuant::Gguf).unwrap();
+        let (bytes, n) = kept.quantized_bytes();
+        assert_eq!((bytes, n), (GgmlKind::Q8_0.byte_len(2 * (2 * 32 * 32 + 2 * 16 * 32 + 3 * 64 * 32)).unwrap(), 14));
+        let ids = [1, 5, 9, 13, 2, 7];
+        assert_eq!(logits(&kept, &ids), logits(&dense, &ids));
+        let nf4 = load_with(&path, &Device::Cpu, DType::F32, BaseQuant::Nf4).unwrap();
+        assert_eq!(nf4.quantized_bytes().1, 14);
+        assert_ne!(logits(&nf4, &ids), logits(&dense, &ids));
+
+        let hf = dir.path().join("hf");
+        std::fs::create_dir_all(&hf).unwrap();
+        let map: HashMap<String, Tensor> = model.hf_tensors().into_iter().collect();
+        candle_core::safetensors::save(&map, hf.join("model.safetensors")).unwrap();
+        std::fs::write(hf.join("config.json"), cfg.to_hf_json(None, None, "float32").to_string()).unwrap();
+        let e = load_with(&hf, &Device::Cpu, DType::F32, BaseQuant::Gguf).unwrap_err().to_string();
+        assert!(e.contains("keeps a GGUF file's own blocks, and this is a Hugging Face folder"), "{e}");
+        // nf4 from a folder quantizes the same values as from the GGUF's dequantized f32 tensors
+        // (here the folder holds the original f32 weights, the GGUF their Q8_0 blocks).
+        let from_hf = load_with(&hf, &Device::Cpu, DType::F32, BaseQuant::Nf4).unwrap();
+        let mut twin = model.clone();
+        twin.quantize_base(BaseQuant::Nf4).unwrap();
+        assert_eq!(logits(&from_hf, &ids), logits(&twin, &ids));
+    }
+
     #[test]
     fn gguf_head_size_is_the_key_length_as_llama_cpp_reads_it() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! | file | |
 //! |---|---|
 //! | [`arch`] | the architectures: what each decides (names, biases, GGUF row order), the one tensor list, known shapes |
+//! | [`base_quant`] | frozen projection weights stored in 4 or 8 bits for QLoRA: bitsandbytes' NF4, ggml blocks |
 //! | [`config`] | hyper-parameters from config.json or GGUF metadata |
 //! | [`error`] | [`ModelError`](error::ModelError): the model code's own failures (unknown architecture, missing tensor, shape mismatch ...) |
 //! | [`llama`] | the decoder of every architecture: LoRA forward, explicit backward, KV-cached inference, merge |
@@ -18,6 +19,7 @@
 //! | [`ops`] | fused forward/backward ops (norm, RoPE, SwiGLU, cross-entropy, dropout): CPU reference, CUDA kernels |
 
 pub mod arch;
+pub mod base_quant;
 pub mod config;
 pub mod error;
 pub mod generate;

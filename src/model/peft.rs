@@ -8,6 +8,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use serde_json::json;
 
+use super::base_quant::BaseQuant;
 use super::config::Config;
 use super::error::ModelError;
 use super::lora::{Layout, Module};
@@ -61,6 +62,36 @@ pub fn write_adapter(
     let cfg = adapter_config(layout, alpha, dropout, targets, base);
     std::fs::write(dir.join("adapter_config.json"), serde_json::to_string_pretty(&cfg).expect("json"))?;
     Ok(())
+}
+
+/// The file beside a peft adapter that says which [`BaseQuant`] its base weights were stored in
+/// while it trained (written only for a quantized base; peft ignores it).
+pub const BASE_QUANT_FILE: &str = "pipe_base_quant.json";
+
+/// Records in `dir` that the adapter was trained over base weights stored as `quant`, so that a
+/// merge puts it onto the same (dequantized) values. Nothing is written for `none`.
+pub fn write_base_quant(dir: &Path, quant: BaseQuant) -> std::io::Result<()> {
+    if quant == BaseQuant::None {
+        return Ok(());
+    }
+    let v = json!({
+        "base_quant": quant.name(),
+        "about": "pipe trained this adapter over base projection weights stored this way; its merge dequantizes the base through the same quantizer first",
+    });
+    std::fs::write(dir.join(BASE_QUANT_FILE), serde_json::to_string_pretty(&v).expect("json") + "\n")
+}
+
+/// The [`BaseQuant`] an adapter folder was trained over: `none` without [`BASE_QUANT_FILE`].
+pub fn read_base_quant(dir: &Path) -> Result<BaseQuant, ModelError> {
+    let path = dir.join(BASE_QUANT_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BaseQuant::None),
+        Err(source) => return Err(ModelError::Io { path, source }),
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|source| ModelError::Json { path: path.clone(), source })?;
+    let name = v.get("base_quant").and_then(|x| x.as_str()).unwrap_or("");
+    BaseQuant::parse(name).ok_or_else(|| ModelError::UnknownBaseQuant { path, value: name.to_string() })
 }
 
 /// Reads an adapter folder (ours or peft's) for `cfg`: the layout and the flat parameters.

@@ -267,10 +267,10 @@ mod tests {
         assert_eq!(*names.last().unwrap(), "output_norm.weight");
         assert_eq!(names.len(), 1 + cfg.num_layers * 9 + 1);
         let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
-        let hf: Vec<f32> = model.layers[0].q.w.flatten_all().unwrap().to_vec1().unwrap();
+        let hf: Vec<f32> = model.layers[0].q.w.as_dense().unwrap().flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(q.values().unwrap(), permute(&hf, cfg.q_dim(), cfg.hidden_size, cfg.num_heads));
         let v = t.iter().find(|t| t.name == "blk.0.attn_v.weight").unwrap();
-        assert_eq!(v.values().unwrap(), model.layers[0].v.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(v.values().unwrap(), model.layers[0].v.w.as_dense().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
     }
 
     #[test]
@@ -281,7 +281,7 @@ mod tests {
         assert!(t.iter().any(|t| t.name == "blk.1.attn_q.bias"));
         assert!(t.iter().any(|t| t.name == "output.weight"));
         let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
-        assert_eq!(q.values().unwrap(), model.layers[0].q.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(q.values().unwrap(), model.layers[0].q.w.as_dense().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let meta = arch_metadata(&model.cfg);
         assert_eq!(meta[0].1, GgufValue::String("qwen2".into()));
         assert!(meta.iter().any(|(k, v)| k == "qwen2.attention.head_count_kv" && *v == GgufValue::U32(2)));
@@ -303,7 +303,7 @@ mod tests {
         assert!(!t.iter().any(|t| t.name.ends_with(".bias")));
         let q = t.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
         assert_eq!(q.shape, [64, 32]);
-        assert_eq!(q.values().unwrap(), model.layers[0].q.w.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        assert_eq!(q.values().unwrap(), model.layers[0].q.w.as_dense().unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap());
         let meta = arch_metadata(&cfg);
         assert_eq!(meta[0].1, GgufValue::String("qwen3".into()));
         for key in ["qwen3.attention.key_length", "qwen3.attention.value_length", "qwen3.rope.dimension_count"] {

@@ -34,6 +34,7 @@ use candle_core::DType;
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
 use crate::dataset::TokenDataset;
+use crate::model::base_quant::BaseQuant;
 use crate::model::lora::Module;
 use crate::model::{load, peft};
 use crate::params::{Default, ParamSpec, ParamType, Params};
@@ -134,6 +135,12 @@ const PARAMS: &[ParamSpec] = &[
         default: Default::Bool(true),
         doc: "recompute each block in the backward pass instead of keeping activations",
     },
+    ParamSpec {
+        name: "base_quant",
+        ty: ParamType::Enum(BaseQuant::NAMES),
+        default: Default::Str("none"),
+        doc: "storage of the frozen projection weights while training (QLoRA): none (the compute dtype), nf4 (bitsandbytes' NF4 with double-quantized scales, as peft's QLoRA), q8_0 or q4_k (ggml blocks), gguf (a GGUF model's own blocks, as stored). Dequantized per matmul; the adapter records it and merge puts the adapter onto the same dequantized base",
+    },
     ParamSpec { name: "logging_steps", ty: POS, default: Default::Int(10), doc: "a training-log line every N steps" },
     ParamSpec { name: "save_steps", ty: INT, default: Default::Int(100), doc: "a checkpoint every N steps (0: none)" },
     ParamSpec { name: "save_total_limit", ty: POS, default: Default::Int(1), doc: "checkpoints kept" },
@@ -152,6 +159,11 @@ fn targets(params: &Params) -> Result<Vec<Module>, (String, String)> {
         return Err(("targets".into(), "at least one projection is needed".into()));
     }
     Ok(out)
+}
+
+/// The storage of the frozen projections a node's params ask for.
+pub fn base_quant(params: &Params) -> BaseQuant {
+    params.str("base_quant").and_then(BaseQuant::parse).unwrap_or(BaseQuant::None)
 }
 
 /// The trainer configuration for a node's params.
@@ -230,6 +242,10 @@ impl NodeKind for LoraTrain {
     fn data_parallel(&self) -> bool {
         true
     }
+    fn key_neutral_params(&self) -> &'static [&'static str] {
+        // Added after keys were in use; `none` is what every run before it did.
+        &["base_quant"]
+    }
     fn check_params(&self, params: &Params) -> Result<(), (String, String)> {
         train_config(params).map(|_| ())
     }
@@ -242,6 +258,7 @@ impl NodeKind for LoraTrain {
             Some("f16") => DType::F16,
             _ => DType::F32,
         };
+        let quant = base_quant(ctx.params);
         let model_path = ctx.input("model")?.to_path_buf();
         let data_path = ctx.input("dataset")?.to_path_buf();
         let ds = TokenDataset::read(&data_path)?;
@@ -257,7 +274,12 @@ impl NodeKind for LoraTrain {
         } else {
             ctx.log(format!("loading {}", model_path.display()));
             let device = ctx.candle_device()?;
-            Some(load::load_as(&model_path, &device, dtype)?)
+            let model = load::load_with(&model_path, &device, dtype, quant)?;
+            if quant != BaseQuant::None {
+                let (bytes, n) = model.quantized_bytes();
+                ctx.log(format!("base_quant {}: {n} projection weights stored quantized, {:.1} MB", quant.name(), bytes as f64 / 1e6));
+            }
+            Some(model)
         };
         let (_, total) = crate::train::trainer::plan(records.len(), &cfg);
         // A run of this key that was killed or cancelled left checkpoints: the first progress
@@ -294,12 +316,13 @@ impl NodeKind for LoraTrain {
         let work = ctx.work.clone();
         let trained = match &model {
             Some(model) => train(model, &records, &cfg, &work, &mut on_step, &mut note),
-            None => train_on_gpus(&gpus, &model_path, dtype, &records, &cfg, &work, &mut on_step, &mut note),
+            None => train_on_gpus(&gpus, &model_path, dtype, quant, &records, &cfg, &work, &mut on_step, &mut note),
         }?;
         let adapter = ctx.output("adapter");
         let base = model_path.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
         peft::write_adapter(&adapter, &trained.layout, &trained.params, cfg.alpha, cfg.dropout, &cfg.targets, &base)
             .map_err(NodeError::WriteAdapter)?;
+        peft::write_base_quant(&adapter, quant).map_err(NodeError::io("writing", &adapter))?;
         let log_path = ctx.output("log");
         let lines: Vec<String> = trained.log.iter().map(LogEntry::to_json_line).collect();
         std::fs::write(&log_path, lines.join("\n") + "\n").map_err(NodeError::io("writing", &log_path))?;

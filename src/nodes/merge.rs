@@ -13,6 +13,7 @@ use std::path::Path;
 use candle_core::{DType, Tensor};
 
 use super::{Accepts, InputSpec, NodeError, NodeKind, OutputSpec, RunCtx};
+use crate::model::base_quant::BaseQuant;
 use crate::model::{load, peft};
 use crate::params::{Default, ParamSpec, ParamType, Params};
 use crate::tokenizer::load::load as load_tokenizer;
@@ -113,7 +114,17 @@ impl NodeKind for Merge {
         let base = ctx.input("model")?.to_path_buf();
         let adapter = ctx.inputs.get("adapter").cloned();
         ctx.log(format!("loading {}", base.display()));
-        let mut model = load::load(&base, &ctx.candle_device()?)?;
+        // An adapter trained over a quantized base goes onto the values training saw: the base
+        // through the same quantizer, dequantized (as peft merges a QLoRA adapter).
+        let quant = match &adapter {
+            Some(a) => peft::read_base_quant(a)?,
+            None => BaseQuant::None,
+        };
+        let mut model = load::load_with(&base, &ctx.candle_device()?, DType::F32, quant)?;
+        if quant != BaseQuant::None {
+            ctx.log(format!("the adapter trained over a {} base: merging onto it, dequantized", quant.name()));
+            model.dequantize_base()?;
+        }
         // A Hugging Face config cannot hold every RoPE variant a GGUF can: refuse before working.
         model.cfg.hf_rope_scaling()?;
         let merged_pairs = match &adapter {

@@ -272,8 +272,8 @@ pub fn train_ranks<R: GradReduce>(
     })
 }
 
-/// Data-parallel training on these CUDA devices: the model at `model_path` loaded in `dtype` on
-/// each GPU, NCCL between them, then [`train_ranks`] (rank `r` on `gpus[r]`). `note` gets a line
+/// Data-parallel training on these CUDA devices: the model at `model_path` loaded in `dtype` (its
+/// projections stored as `quant` says) on each GPU, NCCL between them, then [`train_ranks`] (rank `r` on `gpus[r]`). `note` gets a line
 /// per model loaded and one naming the group.
 #[cfg(feature = "cuda")]
 #[allow(clippy::too_many_arguments)]
@@ -281,6 +281,7 @@ pub fn train_on_gpus(
     gpus: &[usize],
     model_path: &std::path::Path,
     dtype: candle_core::DType,
+    quant: crate::model::base_quant::BaseQuant,
     records: &[(Vec<u32>, Vec<i64>)],
     cfg: &super::trainer::TrainConfig,
     work: &std::path::Path,
@@ -295,7 +296,7 @@ pub fn train_on_gpus(
     let mut models = Vec::new();
     for (d, &gpu) in devices.iter().zip(gpus) {
         note(&format!("loading {} on cuda:{gpu}", model_path.display()));
-        models.push(crate::model::load::load_as(model_path, d, dtype).map_err(|source| TrainError::LoadModel { gpu, source })?);
+        models.push(crate::model::load::load_with(model_path, d, dtype, quant).map_err(|source| TrainError::LoadModel { gpu, source })?);
     }
     let reducers = nccl::group(&devices).map_err(TrainError::NcclSetup)?;
     let version = nccl::version().unwrap_or_default();
@@ -310,6 +311,7 @@ pub fn train_on_gpus(
     gpus: &[usize],
     _model_path: &std::path::Path,
     _dtype: candle_core::DType,
+    _quant: crate::model::base_quant::BaseQuant,
     _records: &[(Vec<u32>, Vec<i64>)],
     _cfg: &super::trainer::TrainConfig,
     _work: &std::path::Path,
