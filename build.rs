@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const KERNEL_DIR: &str = "src/model/ops/kernels";
-const KERNELS: &[&str] = &["rms_norm", "rope", "swiglu", "cross_entropy", "dropout", "attention", "attention_tc", "lora"];
+const KERNELS: &[&str] = &["rms_norm", "rope", "swiglu", "cross_entropy", "dropout", "attention", "attention_tc", "lora", "nf4"];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");

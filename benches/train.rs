@@ -22,6 +22,8 @@
 //! `PIPE_BENCH_WARMUP + PIPE_BENCH_STEPS` steps N times from the same state (weights, LoRA init,
 //! batch, dropout seeds) and prints how many distinct results the N runs gave (a blake3 of every
 //! step's loss bits and the final adapter's bytes); anything but 1 exits 1.
+//! `PIPE_BENCH_QUANT=nf4|q8_0|q4_k|gguf` stores the frozen projections that way (lora-train's
+//! `base_quant`); a random model's projections are quantized one by one as they are drawn.
 //!
 //!     PIPE_TEST_GGUF=.../SmolLM2-135M-Instruct.Q4_1.gguf cargo bench --bench train
 //!     PIPE_BENCH_SHAPE=4x128 PIPE_BENCH_CKPT=0 cargo bench --bench train
@@ -29,6 +31,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use pipe::model::base_quant::BaseQuant;
 use pipe::model::config::Config;
 use pipe::model::llama::{Batch, LoraGrads, LoraStep, Model};
 use pipe::model::lora::{Layout, Module};
@@ -114,22 +117,30 @@ fn main() {
         _ => (DType::F32, "f32"),
     };
     let gpus: usize = std::env::var("PIPE_BENCH_GPUS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let quant = std::env::var("PIPE_BENCH_QUANT").ok().map(|q| {
+        BaseQuant::parse(&q).unwrap_or_else(|| panic!("PIPE_BENCH_QUANT: one of {}", BaseQuant::NAMES.join(", ")))
+    });
+    let quant_label = quant.map(|q| format!(", base {}", q.name())).unwrap_or_default();
+    let quant = quant.unwrap_or(BaseQuant::None);
     let load = |device: &Device| -> (Model, String) {
         match &named {
             Some(n) => {
                 let cfg = shape_config(n).expect("PIPE_BENCH_MODEL: tiny, smollm2-135m, tinyllama-1.1b or deepseek-7b");
                 let model = if n == "tiny" {
-                    Model::random(cfg, 0, device).and_then(|m| m.to_dtype(dtype))
+                    Model::random(cfg, 0, device).and_then(|m| m.to_dtype(dtype)).and_then(|mut m| {
+                        m.quantize_base(quant)?;
+                        Ok(m)
+                    })
                 } else {
-                    Model::random_on_device(cfg, 0.02, dtype, device)
+                    Model::random_on_device_quantized(cfg, 0.02, dtype, device, quant)
                 }
                 .expect("random model");
-                (model, format!("{n} (random, {dtype_name})"))
+                (model, format!("{n} (random, {dtype_name}{quant_label})"))
             }
             None => (
-                pipe::model::load::load_as(std::path::Path::new(gguf.as_ref().expect("checked")), device, dtype)
+                pipe::model::load::load_with(std::path::Path::new(gguf.as_ref().expect("checked")), device, dtype, quant)
                     .expect("model loads"),
-                format!("SmolLM2-135M (Q4_1 GGUF, {dtype_name})"),
+                format!("SmolLM2-135M (Q4_1 GGUF, {dtype_name}{quant_label})"),
             ),
         }
     };

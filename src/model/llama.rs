@@ -977,12 +977,28 @@ impl Model {
     /// device's generator, each tensor drawn in f32 and cast at once, unit norms. Not
     /// reproducible across devices; tests use [`Model::random_with_std`].
     pub fn random_on_device(cfg: Config, std: f64, dtype: DType, device: &Device) -> Result<Model> {
+        Model::random_on_device_quantized(cfg, std, dtype, device, BaseQuant::None)
+    }
+
+    /// [`Model::random_on_device`] with the projections stored as `quant` says, each quantized
+    /// (on the host) as soon as it is drawn: the dense model never exists at once.
+    pub fn random_on_device_quantized(cfg: Config, std: f64, dtype: DType, device: &Device, quant: BaseQuant) -> Result<Model> {
         Model::from_slots(cfg, dtype, device, |spec| {
-            match spec.init {
-                Init::Normal => Tensor::randn(0f32, std as f32, spec.shape.as_slice(), device)?.to_dtype(dtype),
-                Init::Ones => Tensor::ones(spec.shape.as_slice(), dtype, device),
+            let t = match spec.init {
+                Init::Normal => Tensor::randn(0f32, std as f32, spec.shape.as_slice(), device)?,
+                Init::Ones => Tensor::ones(spec.shape.as_slice(), DType::F32, device)?,
+            };
+            match (spec.slot, spec.shape.as_slice()) {
+                (Slot::Layer(_, LayerSlot::Weight(_)), &[rows, cols]) => match quant.format_for(cols) {
+                    Some(format) => {
+                        let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+                        drop(t);
+                        QuantWeight::quantize(&v, rows, cols, format, device).map(Weight::Quant)
+                    }
+                    None => t.to_dtype(dtype).map(Weight::Dense),
+                },
+                _ => t.to_dtype(dtype).map(Weight::Dense),
             }
-            .map(Weight::Dense)
         })
     }
 

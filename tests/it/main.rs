@@ -57,6 +57,9 @@ mod verify;
 /// SIGKILL mid-training resumes bit-identically.
 mod training;
 
+/// lora-train's `base_quant` (QLoRA): NF4, Q8_0, Q4_K bases train; merge onto the dequantized base.
+mod qlora;
+
 /// export-gguf on tiny random models: every file type through the gate, gguf-py reads it back,
 /// the Modelfile, clear errors.
 mod export;

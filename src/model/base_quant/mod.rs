@@ -111,7 +111,7 @@ enum Data {
     HostGgml(GgmlKind, Arc<Vec<u8>>),
     /// On a GPU: the NF4 parts as device tensors (u8, u8, f32) and the offset.
     #[cfg(feature = "cuda")]
-    CudaNf4 { packed: Tensor, qabsmax: Tensor, absmax2: Tensor, offset: f32 },
+    CudaNf4 { packed: Tensor, qabsmax: Tensor, absmax2: Tensor, code8: Tensor, offset: f32 },
     /// On a GPU: ggml blocks in candle's quantized storage.
     #[cfg(feature = "cuda")]
     CudaGgml(Arc<candle_core::quantized::QTensor>),
@@ -164,6 +164,7 @@ impl QuantWeight {
                 packed: Tensor::from_vec(q.packed, q.n.div_ceil(2), device)?,
                 qabsmax: Tensor::from_slice(&q.qabsmax, q.qabsmax.len(), device)?,
                 absmax2: Tensor::from_slice(&q.absmax2, q.absmax2.len(), device)?,
+                code8: Tensor::from_slice(nf4::dynamic_map(), 256, device)?,
                 offset: q.offset,
             },
             #[allow(unreachable_patterns)]
@@ -221,8 +222,8 @@ impl QuantWeight {
                 Tensor::from_vec(out, shape, &self.device)?.to_dtype(dtype)
             }
             #[cfg(feature = "cuda")]
-            Data::CudaNf4 { packed, qabsmax, absmax2, offset } => {
-                crate::model::ops::nf4_dequantize(packed, qabsmax, absmax2, *offset, self.rows * self.cols, dtype)?
+            Data::CudaNf4 { packed, qabsmax, absmax2, code8, offset } => {
+                crate::model::ops::nf4_dequantize(packed, qabsmax, absmax2, code8, *offset, self.rows * self.cols, dtype)?
                     .reshape(shape)
             }
             #[cfg(feature = "cuda")]

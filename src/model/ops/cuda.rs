@@ -29,6 +29,7 @@ const DROPOUT: (&str, &str) = ("pipe_dropout", include_str!(concat!(env!("OUT_DI
 const ATTENTION: (&str, &str) = ("pipe_attention", include_str!(concat!(env!("OUT_DIR"), "/attention.ptx")));
 const ATTENTION_TC: (&str, &str) = ("pipe_attention_tc", include_str!(concat!(env!("OUT_DIR"), "/attention_tc.ptx")));
 const LORA: (&str, &str) = ("pipe_lora", include_str!(concat!(env!("OUT_DIR"), "/lora.ptx")));
+const NF4: (&str, &str) = ("pipe_nf4", include_str!(concat!(env!("OUT_DIR"), "/nf4.ptx")));
 
 /// A kernel argument.
 enum Arg {
@@ -118,6 +119,7 @@ impl<'a> Read<'a> {
             CudaStorageSlice::F16(v) => at(v, lo, stream),
             CudaStorageSlice::I64(v) => at(v, lo, stream),
             CudaStorageSlice::U32(v) => at(v, lo, stream),
+            CudaStorageSlice::U8(v) => at(v, lo, stream),
             _ => bail!("unexpected dtype {:?} for a fused-op kernel", s.dtype()),
         })
     }
@@ -271,6 +273,34 @@ pub(super) fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, sign: f32, tokens_out
 /// of 8 and every buffer 16-byte aligned.
 fn by8(n: usize, ptrs: &[u64]) -> bool {
     n % 8 == 0 && ptrs.iter().all(|p| p % 16 == 0)
+}
+
+/// See [`super::nf4_dequantize`].
+pub(super) fn nf4_dequantize(
+    packed: &Tensor,
+    qabsmax: &Tensor,
+    absmax2: &Tensor,
+    code8: &Tensor,
+    offset: f32,
+    n: usize,
+    dtype: DType,
+) -> Result<Tensor> {
+    let dev = cuda_device(packed)?;
+    let stream = dev.cuda_stream();
+    let mut y = alloc(&dev, dtype, n)?;
+    if n > 0 {
+        let name = format!("nf4_dequant_{}", suffix(dtype)?);
+        let (pr, qr, ar, cr) = (Read::new(packed), Read::new(qabsmax), Read::new(absmax2), Read::new(code8));
+        let (pp, _pg) = pr.ptr(&stream)?;
+        let (qp, _qg) = qr.ptr(&stream)?;
+        let (ap, _ag) = ar.ptr(&stream)?;
+        let (cp, _cg) = cr.ptr(&stream)?;
+        let (yp, _yg) = ptr_mut(&mut y, &stream)?;
+        let args =
+            [Arg::Ptr(pp), Arg::Ptr(qp), Arg::Ptr(ap), Arg::Ptr(cp), Arg::F32(offset), Arg::Ptr(yp), Arg::U64(n as u64)];
+        launch(&dev, NF4, &name, grid(n.div_ceil(2), 256), &args)?;
+    }
+    Ok(tensor(y, n))
 }
 
 /// See [`super::swiglu_fwd`].

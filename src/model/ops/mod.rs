@@ -79,6 +79,26 @@ fn check_same(what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
     Ok(())
 }
 
+/// NF4 dequantization on a GPU (lora-train's `base_quant: nf4`): `n` values in `dtype` from
+/// bitsandbytes' packed indices (u8), double-quantized block scales (u8), their scales (f32) and
+/// the 256-value dynamic map (f32), all contiguous on one CUDA device. The CPU reference is
+/// [`crate::model::base_quant::Nf4::dequantize`]; the kernel does the same f32 operations.
+#[cfg(feature = "cuda")]
+pub fn nf4_dequantize(
+    packed: &Tensor,
+    qabsmax: &Tensor,
+    absmax2: &Tensor,
+    code8: &Tensor,
+    offset: f32,
+    n: usize,
+    dtype: DType,
+) -> Result<Tensor> {
+    if packed.elem_count() != n.div_ceil(2) || qabsmax.elem_count() != n.div_ceil(64) || code8.elem_count() != 256 {
+        bail!("nf4_dequantize: {} packed bytes and {} scales for {n} values", packed.elem_count(), qabsmax.elem_count());
+    }
+    cuda::nf4_dequantize(packed, qabsmax, absmax2, code8, offset, n, dtype)
+}
+
 /// RMS norm over the last dimension: `rstd = 1 / sqrt(mean(x^2) + eps)`, `y = (x * rstd) * w`.
 ///
 /// `x: [.., H]`, `w: [H]` (x's dtype or f32). Returns `y` (x's shape and dtype) and `rstd`
