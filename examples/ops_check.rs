@@ -19,7 +19,8 @@
 //!     ops_check [--samples 15] [--reps 10] [--no-time] [--small] [--only lora,attention]
 //!
 //! `--small` keeps only the small (untimed) shapes, for the slower sanitizer tools; `--only`
-//! runs the named op groups (rms_norm, rope, swiglu, cross_entropy, dropout, attention, lora).
+//! runs the named op groups (rms_norm, rope, swiglu, cross_entropy, dropout, attention, lora,
+//! dequant: the frozen-weight dequantization of `base_quant`, bit for bit against the CPU).
 
 use std::time::Instant;
 
@@ -367,6 +368,55 @@ impl Check {
     }
 }
 
+impl Check {
+    /// The frozen-weight dequantization of lora-train's `base_quant`: each format's GPU
+    /// dequantization against the CPU's, which must give the same values (the same f32 operations,
+    /// one rounding; a zero may come with the other sign); on the 7B MLP shape, also its time and the bandwidth it reaches.
+    fn dequant(&mut self, rows: usize, cols: usize, time: bool) -> Result<()> {
+        use pipe::gguf::quant::GgmlKind;
+        use pipe::model::base_quant::{Format, QuantWeight};
+        let values: Vec<f32> = (0..rows * cols).map(|_| self.rng.random::<f32>() * 0.1 - 0.05).collect();
+        let mut formats = vec![Format::Nf4];
+        for k in [GgmlKind::Q8_0, GgmlKind::Q4_0, GgmlKind::Q4_1, GgmlKind::Q5_0, GgmlKind::Q4_K, GgmlKind::Q5_K, GgmlKind::Q6_K] {
+            if cols.is_multiple_of(k.block_size()) {
+                formats.push(Format::Ggml(k));
+            }
+        }
+        for format in formats {
+            let cpu = QuantWeight::quantize(&values, rows, cols, format, &self.cpu)?;
+            let gpu = QuantWeight::quantize(&values, rows, cols, format, &self.gpu)?;
+            for dt in [DType::F32, DType::BF16] {
+                let want = cpu.dequantize(dt)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let got = gpu.dequantize(dt)?.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                // Values must be equal; a zero may differ in sign only (candle's Q4_0 kernel
+                // computes `d * q - 8 * d`, which is +0 where ggml's `(q - 8) * d` is -0 for a
+                // negative scale: the same number in every sum and product).
+                let wrong = want.iter().zip(&got).filter(|(a, b)| a != b && !(a.is_nan() && b.is_nan())).count();
+                let zero_signs = want.iter().zip(&got).filter(|(a, b)| a.to_bits() != b.to_bits() && a == b).count();
+                let ok = wrong == 0;
+                if !ok {
+                    self.failed += 1;
+                }
+                println!(
+                    "dequant {format} [{rows}, {cols}] -> {}: {wrong} of {} values differ from the CPU's ({zero_signs} zeros of the other sign) {}",
+                    name(dt),
+                    want.len(),
+                    if ok { "PASS" } else { "FAIL" }
+                );
+            }
+            if time && self.opts.time {
+                let us = self.time(|| gpu.dequantize(DType::BF16).map(|_| ()))?;
+                let bytes = gpu.byte_len() + rows * cols * 2;
+                println!(
+                    "dequant {format} [{rows}, {cols}] -> bf16: {us:.1} us, {:.0} GB/s (quantized read + bf16 written)",
+                    bytes as f64 / (us * 1e-6) / 1e9
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |flag: &str, default: usize| {
@@ -506,6 +556,16 @@ fn main() -> Result<()> {
     if c.opts.runs("lora", false) {
         let r = c.lora((37, 64, 96, 8, 3, 0.1), DType::F16, false);
         c.guard("lora", r);
+    }
+    if c.opts.runs("dequant", false) {
+        let r = c.dequant(3, 1000, false);
+        c.guard("dequant", r);
+        let r = c.dequant(96, 576, false);
+        c.guard("dequant", r);
+    }
+    if c.opts.runs("dequant", true) {
+        let r = c.dequant(11008, 4096, true);
+        c.guard("dequant", r);
     }
     let verdict = if c.failed == 0 { "all PASS".to_string() } else { format!("{} FAIL", c.failed) };
     println!("ops_check: {verdict} in {:.1}s", t0.elapsed().as_secs_f64());
