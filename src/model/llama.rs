@@ -147,6 +147,23 @@ impl Layer {
             Module::Down => &self.down,
         }
     }
+    /// Whether any projection is stored quantized.
+    pub fn has_quantized(&self) -> bool {
+        Module::ALL.into_iter().any(|m| matches!(self.proj(m).w, Weight::Quant(_)))
+    }
+
+    /// The layer with its quantized projections dequantized to `dtype` (dense ones shared).
+    pub fn dequantized(&self, dtype: DType) -> Result<Layer> {
+        let mut out = self.clone();
+        for m in Module::ALL {
+            let lin = out.proj_mut(m);
+            if let Weight::Quant(q) = &lin.w {
+                lin.w = Weight::Dense(q.dequantize(dtype)?);
+            }
+        }
+        Ok(out)
+    }
+
     fn proj_mut(&mut self, m: Module) -> &mut Linear {
         match m {
             Module::Q => &mut self.q,
@@ -477,8 +494,8 @@ impl Model {
 
     /// `y = x W^T + b + dropout(x) A^T (scaling B)^T`; returns `y` and, for a LoRA entry,
     /// `z = dropout(x) A^T` (`[N, r]`).
-    fn proj_fwd(&self, l: usize, m: Module, x: &Tensor, lora: Option<&LoraStep>) -> Result<(Tensor, Option<Tensor>)> {
-        let lin = self.layers[l].proj(m);
+    fn proj_fwd(&self, ly: &Layer, l: usize, m: Module, x: &Tensor, lora: Option<&LoraStep>) -> Result<(Tensor, Option<Tensor>)> {
+        let lin = ly.proj(m);
         let mut y = x.matmul(&lin.w.dense(x.dtype())?.t()?)?;
         if let Some(b) = &lin.b {
             y = y.broadcast_add(b)?;
@@ -495,6 +512,7 @@ impl Model {
     #[allow(clippy::too_many_arguments)]
     fn proj_bwd(
         &self,
+        ly: &Layer,
         l: usize,
         m: Module,
         x: &Tensor,
@@ -503,7 +521,7 @@ impl Model {
         lora: Option<&LoraStep>,
         buf: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let lin = self.layers[l].proj(m);
+        let lin = ly.proj(m);
         let dx = dy.matmul(&lin.w.dense(dy.dtype())?)?;
         let (Some(lora), Some(z), Some(buf)) = (lora, z, buf) else { return Ok(dx) };
         let i = lora.entry(l, m).expect("a saved LoRA z implies an entry");
@@ -514,16 +532,15 @@ impl Model {
     }
 
     /// One block forward on `x: [B*T, H]`; returns the output and, when asked, what backward needs.
-    fn layer_fwd(&self, l: usize, x: &Tensor, pass: &Pass, save: bool) -> Result<(Tensor, Option<LayerCache>)> {
+    fn layer_fwd(&self, ly: &Layer, l: usize, x: &Tensor, pass: &Pass, save: bool) -> Result<(Tensor, Option<LayerCache>)> {
         let Pass { bt: (b, t), rope: rope_t, lora } = *pass;
         let c = &self.cfg;
         let n = b * t;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let ly = &self.layers[l];
         let (h1, rstd1) = ops::rms_norm_fwd(x, &ly.attn_norm, c.rms_norm_eps)?;
-        let (q2, zq) = self.proj_fwd(l, Module::Q, &h1, lora)?;
-        let (k2, zk) = self.proj_fwd(l, Module::K, &h1, lora)?;
-        let (v2, zv) = self.proj_fwd(l, Module::V, &h1, lora)?;
+        let (q2, zq) = self.proj_fwd(ly, l, Module::Q, &h1, lora)?;
+        let (k2, zk) = self.proj_fwd(ly, l, Module::K, &h1, lora)?;
+        let (v2, zv) = self.proj_fwd(ly, l, Module::V, &h1, lora)?;
         let (q2, qn) = head_norm(&q2, ly.q_norm.as_ref(), hd, c.rms_norm_eps)?;
         let (k2, kn) = head_norm(&k2, ly.k_norm.as_ref(), hd, c.rms_norm_eps)?;
         // `[B*T, heads*D]` seen as `[B, heads, T, D]` without a copy; the ops read the strides.
@@ -535,13 +552,13 @@ impl Model {
         let (o, lse) = ops::attention_fwd(&q, &k, &v, scale)?;
         // On CUDA `o` is a view of a token-major buffer, so this is free (a copy on the CPU).
         let o_in = o.transpose(1, 2)?.reshape((n, nh * hd))?;
-        let (attn, zo) = self.proj_fwd(l, Module::O, &o_in, lora)?;
+        let (attn, zo) = self.proj_fwd(ly, l, Module::O, &o_in, lora)?;
         let x2 = (x + attn)?;
         let (h2, rstd2) = ops::rms_norm_fwd(&x2, &ly.mlp_norm, c.rms_norm_eps)?;
-        let (g, zg) = self.proj_fwd(l, Module::Gate, &h2, lora)?;
-        let (u, zu) = self.proj_fwd(l, Module::Up, &h2, lora)?;
+        let (g, zg) = self.proj_fwd(ly, l, Module::Gate, &h2, lora)?;
+        let (u, zu) = self.proj_fwd(ly, l, Module::Up, &h2, lora)?;
         let a = ops::swiglu_fwd(&g, &u)?;
-        let (d, zd) = self.proj_fwd(l, Module::Down, &a, lora)?;
+        let (d, zd) = self.proj_fwd(ly, l, Module::Down, &a, lora)?;
         let y = (&x2 + d)?;
         let cache = save.then(|| LayerCache {
             x: x.clone(),
@@ -566,21 +583,20 @@ impl Model {
         Ok((y, cache))
     }
 
-    fn layer_bwd(&self, l: usize, cc: &LayerCache, dy: &Tensor, pass: &Pass, buf: Option<&Tensor>) -> Result<Tensor> {
+    fn layer_bwd(&self, ly: &Layer, l: usize, cc: &LayerCache, dy: &Tensor, pass: &Pass, buf: Option<&Tensor>) -> Result<Tensor> {
         let Pass { bt: (b, t), rope: rope_t, lora } = *pass;
         let c = &self.cfg;
         let n = b * t;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let ly = &self.layers[l];
         let z = |m: Module| cc.z[m as usize].as_ref();
         // MLP: y = x2 + down(silu(g) * u)
-        let da = self.proj_bwd(l, Module::Down, &cc.a, z(Module::Down), dy, lora, buf)?;
+        let da = self.proj_bwd(ly, l, Module::Down, &cc.a, z(Module::Down), dy, lora, buf)?;
         let (dg, du) = ops::swiglu_bwd(&da, &cc.g, &cc.u)?;
-        let dh2 = (self.proj_bwd(l, Module::Gate, &cc.h2, z(Module::Gate), &dg, lora, buf)?
-            + self.proj_bwd(l, Module::Up, &cc.h2, z(Module::Up), &du, lora, buf)?)?;
+        let dh2 = (self.proj_bwd(ly, l, Module::Gate, &cc.h2, z(Module::Gate), &dg, lora, buf)?
+            + self.proj_bwd(ly, l, Module::Up, &cc.h2, z(Module::Up), &du, lora, buf)?)?;
         let dx2 = (dy + ops::rms_norm_bwd(&dh2, &cc.x2, &ly.mlp_norm, &cc.rstd2)?)?;
         // Attention: x2 = x + o_proj(attn(h1))
-        let do_in = self.proj_bwd(l, Module::O, &cc.o_in, z(Module::O), &dx2, lora, buf)?;
+        let do_in = self.proj_bwd(ly, l, Module::O, &cc.o_in, z(Module::O), &dx2, lora, buf)?;
         let dout = do_in.reshape((b, t, nh, hd))?.transpose(1, 2)?;
         let scale = 1.0 / (hd as f64).sqrt();
         let (dq, dk, dv) = ops::attention_bwd(&dout, &cc.q, &cc.k, &cc.v, &cc.o, &cc.lse, scale)?;
@@ -590,9 +606,9 @@ impl Model {
         let dq2 = head_norm_bwd(&dq2, cc.qn.as_ref(), ly.q_norm.as_ref())?;
         let dk2 = head_norm_bwd(&dk2, cc.kn.as_ref(), ly.k_norm.as_ref())?;
         let dv2 = dv.transpose(1, 2)?.reshape((n, nkv * hd))?;
-        let dh1 = ((self.proj_bwd(l, Module::Q, &cc.h1, z(Module::Q), &dq2, lora, buf)?
-            + self.proj_bwd(l, Module::K, &cc.h1, z(Module::K), &dk2, lora, buf)?)?
-            + self.proj_bwd(l, Module::V, &cc.h1, z(Module::V), &dv2, lora, buf)?)?;
+        let dh1 = ((self.proj_bwd(ly, l, Module::Q, &cc.h1, z(Module::Q), &dq2, lora, buf)?
+            + self.proj_bwd(ly, l, Module::K, &cc.h1, z(Module::K), &dk2, lora, buf)?)?
+            + self.proj_bwd(ly, l, Module::V, &cc.h1, z(Module::V), &dv2, lora, buf)?)?;
         dx2 + ops::rms_norm_bwd(&dh1, &cc.x, &ly.attn_norm, &cc.rstd1)?
     }
 
@@ -621,7 +637,7 @@ impl Model {
             if want_grad && checkpointing {
                 inputs.push(x.clone());
             }
-            let (y, cache) = self.layer_fwd(l, &x, &pass, save)?;
+            let (y, cache) = self.layer_fwd(&self.layers[l], l, &x, &pass, save)?;
             if let Some(cc) = cache {
                 caches.push(cc);
             }
@@ -665,12 +681,21 @@ impl Model {
             None => None,
         };
         for l in (0..c.num_layers).rev() {
+            // With checkpointing a quantized layer is dequantized once for its recomputed
+            // forward and its backward (one layer's dense weights at a time), not twice.
+            let dense;
+            let ly = if checkpointing && self.layers[l].has_quantized() {
+                dense = self.layers[l].dequantized(self.dtype)?;
+                &dense
+            } else {
+                &self.layers[l]
+            };
             let cache = if checkpointing {
-                self.layer_fwd(l, &inputs[l], &pass, true)?.1.expect("save=true returns a cache")
+                self.layer_fwd(ly, l, &inputs[l], &pass, true)?.1.expect("save=true returns a cache")
             } else {
                 caches.pop().expect("one cache per layer")
             };
-            dx = self.layer_bwd(l, &cache, &dx, &pass, buf.as_ref())?;
+            dx = self.layer_bwd(ly, l, &cache, &dx, &pass, buf.as_ref())?;
         }
         if let Some(buf) = buf {
             grads.add(buf)?;
@@ -688,8 +713,8 @@ impl Model {
     pub fn forward_infer_with(&self, ids: &[u32], cache: &mut KvCache, acts: Option<&ActRounding>) -> Result<Tensor> {
         let proj = |l: usize, m: Module, x: &Tensor| -> Result<Tensor> {
             match acts {
-                Some(a) if a.q8_0(l, m) => Ok(self.proj_fwd(l, m, &round_q8_0(x)?, None)?.0),
-                _ => Ok(self.proj_fwd(l, m, x, None)?.0),
+                Some(a) if a.q8_0(l, m) => Ok(self.proj_fwd(&self.layers[l], l, m, &round_q8_0(x)?, None)?.0),
+                _ => Ok(self.proj_fwd(&self.layers[l], l, m, x, None)?.0),
             }
         };
         let c = &self.cfg;
