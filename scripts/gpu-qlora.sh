@@ -39,18 +39,6 @@ if [ "${DEQUANT:-1}" = 1 ]; then
   cat "$OUT/dequant.txt"
 fi
 
-if [ "${SANITIZE:-1}" = 1 ]; then
-  # The NF4 kernel (and candle's dequantization kernels) under compute-sanitizer, small shapes.
-  CS=${COMPUTE_SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
-  for tool in memcheck racecheck synccheck initcheck; do
-    if timeout 300 "$CS" --tool $tool --error-exitcode 9 "$BIN/ops_check" --no-time --small --only dequant > "$OUT/sanitize-$tool.txt" 2>&1; then
-      echo "compute-sanitizer $tool: clean ($(grep -c PASS "$OUT/sanitize-$tool.txt") checks passed)"
-    else
-      echo "compute-sanitizer $tool: FAILED"; tail -15 "$OUT/sanitize-$tool.txt"; fail=1
-    fi
-  done
-fi
-
 if [ "${PARITY:-1}" = 1 ]; then
   CACHE=$(mktemp -d)
   f=pipelines/.qlora-parity.yaml
@@ -96,6 +84,18 @@ if [ "${BENCH:-1}" = 1 ]; then
   for ckpt in ${CKPTS:-1 0}; do
     bench "$ckpt" nf4
     [ "${BASELINE:-1}" = 1 ] && bench "$ckpt" none
+  done
+fi
+
+if [ "${SANITIZE:-1}" = 1 ]; then
+  # The NF4 kernel (and candle's dequantization kernels) under compute-sanitizer, small shapes.
+  CS=${COMPUTE_SANITIZER:-/usr/local/cuda/bin/compute-sanitizer}
+  for tool in ${SANITIZE_TOOLS:-memcheck racecheck synccheck initcheck}; do
+    if timeout 300 "$CS" --tool $tool --error-exitcode 9 "$BIN/ops_check" --no-time --small --only dequant > "$OUT/sanitize-$tool.txt" 2>&1; then
+      echo "compute-sanitizer $tool: clean ($(grep -c PASS "$OUT/sanitize-$tool.txt") checks passed)"
+    else
+      echo "compute-sanitizer $tool: FAILED"; tail -15 "$OUT/sanitize-$tool.txt"; fail=1
+    fi
   done
 fi
 
