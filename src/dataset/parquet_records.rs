@@ -20,8 +20,11 @@
 
 use std::path::Path;
 
+use parquet::basic::{ConvertedType, LogicalType, Repetition};
+use parquet::file::metadata::ParquetMetaData;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
+use parquet::schema::types::Type;
 use serde_json::{Map, Number, Value as Json};
 
 use super::rows::{BadRow, RowScan};
@@ -38,6 +41,28 @@ pub enum ParquetError {
     /// The footer (schema, row groups) does not read: a truncated or damaged file.
     #[error("reading the Parquet footer: {0}")]
     Footer(#[source] parquet::errors::ParquetError),
+    /// The footer places a column chunk's data at a negative offset or length, or past the end
+    /// of the file (the parquet crate would panic on the first, and size a read by the second).
+    #[error(
+        "row group {row_group}, column {column}: the footer places its data at byte {start} with length {len}, \
+         outside the file ({file_len} bytes)"
+    )]
+    ChunkOutside {
+        /// 0-based row group.
+        row_group: usize,
+        /// 0-based column of the row group.
+        column: usize,
+        /// The chunk's first byte (its dictionary page's, else its first data page's).
+        start: i64,
+        /// The chunk's compressed length.
+        len: i64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// The schema has a shape the row reader does not assemble (it asserts on them): a `LIST` or
+    /// `MAP` group not of the spec's shape, a field without a repetition, a group with no fields.
+    #[error("the schema cannot be read as rows: {0}")]
+    Schema(String),
     /// A row group's pages do not decode.
     #[error("reading row {row}: {source}")]
     Row {
@@ -54,7 +79,12 @@ pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<RowScan, Parqu
     if !has_magic(&file).map_err(ParquetError::Open)? {
         return Err(ParquetError::NotParquet);
     }
+    let file_len = file.metadata().map_err(ParquetError::Open)?.len();
     let reader = SerializedFileReader::new(file).map_err(ParquetError::Footer)?;
+    check_chunks(reader.metadata(), file_len)?;
+    for field in reader.metadata().file_metadata().schema_descr().root_schema().get_fields() {
+        check_shape(field).map_err(ParquetError::Schema)?;
+    }
     let rows = reader.get_row_iter(None).map_err(ParquetError::Footer)?;
     let mut out = RowScan::default();
     for (i, row) in rows.enumerate() {
@@ -68,6 +98,87 @@ pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<RowScan, Parqu
         }
     }
     Ok(out)
+}
+
+/// Every column chunk of the footer lies inside the file: the row reader takes the footer's
+/// offsets and lengths as they are (it asserts they are not negative).
+fn check_chunks(meta: &ParquetMetaData, file_len: u64) -> Result<(), ParquetError> {
+    for (row_group, rg) in meta.row_groups().iter().enumerate() {
+        for (column, c) in rg.columns().iter().enumerate() {
+            let (start, len) = (c.dictionary_page_offset().unwrap_or(c.data_page_offset()), c.compressed_size());
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(len).ok())
+                .and_then(|(s, l)| s.checked_add(l))
+                .is_some_and(|end| end <= file_len);
+            if !inside {
+                return Err(ParquetError::ChunkOutside { row_group, column, start, len, file_len });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The field has the shape the parquet crate's row reader asserts when it builds its reader tree
+/// (`record::reader::TreeBuilder::reader_tree`), checked the same way, else why not.
+fn check_shape(field: &Type) -> Result<(), String> {
+    let name = field.name();
+    let info = field.get_basic_info();
+    if !info.has_repetition() {
+        return Err(format!("field `{name}` has no repetition (required, optional or repeated)"));
+    }
+    if field.is_primitive() {
+        return Ok(());
+    }
+    let fields = field.get_fields();
+    if fields.is_empty() {
+        return Err(format!("group `{name}` has no fields"));
+    }
+    let repeated = |t: &Type| t.get_basic_info().has_repetition() && t.get_basic_info().repetition() == Repetition::REPEATED;
+    match info.converted_type() {
+        ConvertedType::LIST => {
+            let [item] = fields else { return Err(format!("list `{name}` has {} fields, not 1", fields.len())) };
+            if !repeated(item) {
+                return Err(format!("list `{name}`: its field `{}` is not repeated", item.name()));
+            }
+            if is_element_type(item) {
+                check_shape(item)
+            } else {
+                match item.get_fields().first() {
+                    Some(element) => check_shape(element),
+                    None => Err(format!("list `{name}`: its group `{}` has no fields", item.name())),
+                }
+            }
+        }
+        ConvertedType::MAP | ConvertedType::MAP_KEY_VALUE => {
+            let [kv] = fields else { return Err(format!("map `{name}` has {} fields, not 1", fields.len())) };
+            if kv.is_primitive() || !repeated(kv) {
+                return Err(format!("map `{name}`: its field `{}` is not a repeated group", kv.name()));
+            }
+            match kv.get_fields() {
+                [key] => check_shape(key),
+                [key, value] => check_shape(key).and_then(|()| check_shape(value)),
+                other => Err(format!("map `{name}`: its group `{}` has {} fields, not 1 or 2", kv.name(), other.len())),
+            }
+        }
+        _ => fields.iter().try_for_each(|f| check_shape(f)),
+    }
+}
+
+/// Whether the repeated field of a `LIST` group is the element itself (the spec's backward
+/// compatibility rules), as the row reader decides it (`Reader::is_element_type`).
+fn is_element_type(t: &Type) -> bool {
+    let is_list = t.is_group()
+        && match t.get_basic_info().logical_type_ref() {
+            Some(l) => *l == LogicalType::List,
+            None => t.get_basic_info().converted_type() == ConvertedType::LIST,
+        };
+    let single_repeated_child = t.is_group()
+        && matches!(t.get_fields(), [c] if c.get_basic_info().has_repetition() && c.get_basic_info().repetition() == Repetition::REPEATED);
+    if is_list || single_repeated_child {
+        return false;
+    }
+    t.is_primitive() || t.get_fields().len() > 1 || t.name() == "array" || t.name().ends_with("_tuple")
 }
 
 /// Whether the file starts and ends with Parquet's magic bytes.
@@ -244,5 +355,27 @@ mod tests {
         assert!(matches!(read_parquet(&p, &[]), Err(ParquetError::Footer(_))), "{:?}", read_parquet(&p, &[]));
         std::fs::write(&p, "{\"a\": 1}\n").unwrap();
         assert!(matches!(read_parquet(&p, &[]), Err(ParquetError::NotParquet)));
+    }
+
+    #[test]
+    fn schemas_the_row_reader_would_assert_on_are_errors() {
+        use parquet::schema::parser::parse_message_type;
+        let shape = |schema: &str| {
+            let t = parse_message_type(schema).unwrap();
+            t.get_fields().iter().try_for_each(|f| check_shape(f))
+        };
+        // The spec's shapes (3-level and legacy 2-level lists, a map) read.
+        shape("message m { optional group l (LIST) { repeated group list { optional binary element (UTF8); } } }").unwrap();
+        shape("message m { optional group l (LIST) { repeated int32 element; } }").unwrap();
+        shape("message m { optional group m (MAP) { repeated group key_value { required binary key (UTF8); optional int32 value; } } }")
+            .unwrap();
+        for bad in [
+            "message m { optional group l (LIST) { repeated int32 a; repeated int32 b; } }",
+            "message m { optional group l (LIST) { optional int32 a; } }",
+            "message m { optional group m (MAP) { required int32 a; } }",
+            "message m { optional group m (MAP) { repeated group kv { required int32 a; required int32 b; required int32 c; } } }",
+        ] {
+            assert!(shape(bad).is_err(), "{bad}");
+        }
     }
 }
