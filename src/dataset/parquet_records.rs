@@ -71,6 +71,16 @@ pub enum ParquetError {
         /// The decoder's error.
         source: parquet::errors::ParquetError,
     },
+    /// The parquet crate panicked reading the file: its row API trusts more of a page than it
+    /// checks (a `PLAIN` byte array page with fewer bytes than its header's value count, for one).
+    /// The panic is contained here and the file reported as damaged.
+    #[error("reading row {row}: the Parquet decoder failed on damaged data: {message}")]
+    Decoder {
+        /// 1-based row being read.
+        row: usize,
+        /// The decoder's panic message.
+        message: String,
+    },
 }
 
 /// Reads a Parquet file; the string columns named in `json_columns` are parsed as JSON.
@@ -80,6 +90,18 @@ pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<RowScan, Parqu
         return Err(ParquetError::NotParquet);
     }
     let file_len = file.metadata().map_err(ParquetError::Open)?.len();
+    // Rows read so far, for the error when the decoder panics.
+    let mut done = 0;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read_rows(file, file_len, json_columns, &mut done))).unwrap_or_else(
+        |p| {
+            let message = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+            Err(ParquetError::Decoder { row: done + 1, message: message.unwrap_or_default() })
+        },
+    )
+}
+
+/// The footer checked, then every row of the file, counted in `done` as they are read.
+fn read_rows(file: std::fs::File, file_len: u64, json_columns: &[&str], done: &mut usize) -> Result<RowScan, ParquetError> {
     let reader = SerializedFileReader::new(file).map_err(ParquetError::Footer)?;
     check_chunks(reader.metadata(), file_len)?;
     for field in reader.metadata().file_metadata().schema_descr().root_schema().get_fields() {
@@ -96,6 +118,7 @@ pub fn read_parquet(path: &Path, json_columns: &[&str]) -> Result<RowScan, Parqu
                 out.bad.push(BadRow { line: n, column, reason: format!("column {column} (`{name}`): {why}") })
             }
         }
+        *done = n;
     }
     Ok(out)
 }
@@ -377,5 +400,17 @@ mod tests {
         ] {
             assert!(shape(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn fuzzer_findings_are_typed_errors() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/parquet");
+        let r = read_parquet(&dir.join("negative-chunk-offset"), &["messages"]);
+        assert!(matches!(r, Err(ParquetError::ChunkOutside { .. })), "{r:?}");
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = read_parquet(&dir.join("plain-byte-array-short-length"), &["messages"]);
+        std::panic::set_hook(hook);
+        assert!(matches!(r, Err(ParquetError::Decoder { .. })), "{r:?}");
     }
 }
