@@ -63,6 +63,32 @@ pub enum ParquetError {
     /// `MAP` group not of the spec's shape, a field without a repetition, a group with no fields.
     #[error("the schema cannot be read as rows: {0}")]
     Schema(String),
+    /// A dictionary page's header counts more values than its bytes can hold: the parquet crate
+    /// sizes the dictionary by the count before it decodes a value.
+    #[error(
+        "row group {row_group}, column {column}: a dictionary page of {bytes} bytes claims {values} values, \
+         more than it can hold"
+    )]
+    Dictionary {
+        /// 0-based row group.
+        row_group: usize,
+        /// 0-based column of the row group.
+        column: usize,
+        /// The header's value count.
+        values: u32,
+        /// The page's (decompressed) length.
+        bytes: usize,
+    },
+    /// A column chunk's pages do not read (before any row is).
+    #[error("row group {row_group}, column {column}: {source}")]
+    Pages {
+        /// 0-based row group.
+        row_group: usize,
+        /// 0-based column of the row group.
+        column: usize,
+        /// The reader's error.
+        source: parquet::errors::ParquetError,
+    },
     /// A row group's pages do not decode.
     #[error("reading row {row}: {source}")]
     Row {
@@ -107,6 +133,7 @@ fn read_rows(file: std::fs::File, file_len: u64, json_columns: &[&str], done: &m
     for field in reader.metadata().file_metadata().schema_descr().root_schema().get_fields() {
         check_shape(field).map_err(ParquetError::Schema)?;
     }
+    check_dictionaries(&reader)?;
     let rows = reader.get_row_iter(None).map_err(ParquetError::Footer)?;
     let mut out = RowScan::default();
     for (i, row) in rows.enumerate() {
@@ -136,6 +163,43 @@ fn check_chunks(meta: &ParquetMetaData, file_len: u64) -> Result<(), ParquetErro
                 .is_some_and(|end| end <= file_len);
             if !inside {
                 return Err(ParquetError::ChunkOutside { row_group, column, start, len, file_len });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every dictionary page holds no more values than its bytes can (its values are PLAIN: at least
+/// a bit each for booleans, the type's width for numbers and fixed-length arrays, a 4-byte length
+/// for byte arrays). The parquet crate allocates the dictionary by the header's count: 2^31 in a
+/// 1 KB file asked for 64 GiB and aborted the process. Other pages are skipped by their headers;
+/// dictionary pages, usually one small page per column chunk, are read twice.
+fn check_dictionaries(reader: &SerializedFileReader<std::fs::File>) -> Result<(), ParquetError> {
+    use parquet::basic::Type as Physical;
+    use parquet::column::page::Page;
+    for row_group in 0..reader.num_row_groups() {
+        let group = reader.get_row_group(row_group).map_err(ParquetError::Footer)?;
+        for column in 0..group.num_columns() {
+            let err = |source| ParquetError::Pages { row_group, column, source };
+            let meta = group.metadata().column(column);
+            let bits: u64 = match meta.column_type() {
+                Physical::BOOLEAN => 1,
+                Physical::INT32 | Physical::FLOAT | Physical::BYTE_ARRAY => 32,
+                Physical::INT64 | Physical::DOUBLE => 64,
+                Physical::INT96 => 96,
+                Physical::FIXED_LEN_BYTE_ARRAY => 8 * u64::try_from(meta.column_descr().type_length()).unwrap_or(0).max(1),
+            };
+            let mut pages = group.get_column_page_reader(column).map_err(err)?;
+            while let Some(next) = pages.peek_next_page().map_err(err)? {
+                if !next.is_dict {
+                    pages.skip_next_page().map_err(err)?;
+                    continue;
+                }
+                if let Some(Page::DictionaryPage { buf, num_values, .. }) = pages.get_next_page().map_err(err)? {
+                    if u64::from(num_values) * bits > buf.len() as u64 * 8 {
+                        return Err(ParquetError::Dictionary { row_group, column, values: num_values, bytes: buf.len() });
+                    }
+                }
             }
         }
     }
@@ -305,6 +369,11 @@ mod tests {
 
     /// A file with an `id` int64 column and a `text` column, written by the parquet crate.
     fn write(path: &Path, text: &[&[u8]], utf8: bool, compression: Compression) {
+        write_with(path, text, utf8, WriterProperties::builder().set_compression(compression).build());
+    }
+
+    /// [`write`] with these writer properties.
+    fn write_with(path: &Path, text: &[&[u8]], utf8: bool, props: WriterProperties) {
         let mut t = Type::primitive_type_builder("text", Physical::BYTE_ARRAY).with_repetition(Repetition::REQUIRED);
         if utf8 {
             t = t.with_converted_type(ConvertedType::UTF8);
@@ -318,7 +387,7 @@ mod tests {
             ])
             .build()
             .unwrap();
-        let props = Arc::new(WriterProperties::builder().set_compression(compression).build());
+        let props = Arc::new(props);
         let mut w = SerializedFileWriter::new(std::fs::File::create(path).unwrap(), Arc::new(schema), props).unwrap();
         let mut rg = w.next_row_group().unwrap();
         let ids: Vec<i64> = (1..=text.len() as i64).collect();
@@ -403,14 +472,40 @@ mod tests {
     }
 
     #[test]
-    fn fuzzer_findings_are_typed_errors() {
+    fn regression_inputs_are_typed_errors() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/parquet");
         let r = read_parquet(&dir.join("negative-chunk-offset"), &["messages"]);
         assert!(matches!(r, Err(ParquetError::ChunkOutside { .. })), "{r:?}");
+        // The page reader's checks now reject this one before its rows are read.
+        let r = read_parquet(&dir.join("plain-byte-array-short-length"), &["messages"]);
+        assert!(matches!(r, Err(ParquetError::Pages { .. })), "{r:?}");
+        // Found reading the crate, not by the fuzzer: a dictionary page header counting 2^31 values.
+        let r = read_parquet(&dir.join("dictionary-count-2-pow-31"), &["messages"]);
+        assert!(matches!(r, Err(ParquetError::Dictionary { values: 2147483647, .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_panic_of_the_page_decoder_is_a_typed_error() {
+        // A PLAIN (no dictionary) text column of two values whose data page header says 63: the
+        // crate's PlainDecoder reads a length past the page's end and panics.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.parquet");
+        let props = WriterProperties::builder().set_dictionary_enabled(false).set_compression(Compression::UNCOMPRESSED).build();
+        write_with(&p, &[b"a", b"b"], true, props);
+        let mut bytes = std::fs::read(&p).unwrap();
+        let reader = SerializedFileReader::new(std::fs::File::open(&p).unwrap()).unwrap();
+        let start = reader.metadata().row_group(0).column(1).data_page_offset() as usize;
+        // The data page header's struct (field 5, after field 3 or an optional field 4) starts
+        // with num_values, 2: the zigzag varint 4.
+        let at = (start..start + 32)
+            .find(|&i| matches!(bytes[i..i + 3], [0x2c | 0x1c, 0x15, 0x04]))
+            .expect("the data page header's num_values");
+        bytes[at + 2] = 0x7e; // 63, one byte: no offset moves
+        std::fs::write(&p, &bytes).unwrap();
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
-        let r = read_parquet(&dir.join("plain-byte-array-short-length"), &["messages"]);
+        let r = read_parquet(&p, &[]);
         std::panic::set_hook(hook);
-        assert!(matches!(r, Err(ParquetError::Decoder { .. })), "{r:?}");
+        assert!(matches!(r, Err(ParquetError::Decoder { row: 1, .. })), "{r:?}");
     }
 }
