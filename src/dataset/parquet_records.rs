@@ -479,9 +479,12 @@ mod tests {
         // The page reader's checks now reject this one before its rows are read.
         let r = read_parquet(&dir.join("plain-byte-array-short-length"), &["messages"]);
         assert!(matches!(r, Err(ParquetError::Pages { .. })), "{r:?}");
-        // Found reading the crate, not by the fuzzer: a dictionary page header counting 2^31 values.
+        // A dictionary page header counting 2^31-1 values (made by hand), and one the fuzzer found
+        // (a 20 GiB allocation).
         let r = read_parquet(&dir.join("dictionary-count-2-pow-31"), &["messages"]);
         assert!(matches!(r, Err(ParquetError::Dictionary { values: 2147483647, .. })), "{r:?}");
+        let r = read_parquet(&dir.join("dictionary-count-oom"), &["messages"]);
+        assert!(matches!(r, Err(ParquetError::Dictionary { .. })), "{r:?}");
     }
 
     #[test]
