@@ -298,11 +298,7 @@ pub(super) fn nf4_dequantize(
         let (yp, _yg) = ptr_mut(&mut y, &stream)?;
         let args =
             [Arg::Ptr(pp), Arg::Ptr(qp), Arg::Ptr(ap), Arg::Ptr(cp), Arg::F32(offset), Arg::Ptr(yp), Arg::U64(n as u64)];
-        if n % 16 == 0 && pp % 8 == 0 && yp % 16 == 0 {
-            launch(&dev, NF4, &name.replace("dequant", "dequant16"), grid(n / 16, 256), &args)?;
-        } else {
-            launch(&dev, NF4, &name, grid(n.div_ceil(2), 256), &args)?;
-        }
+        launch(&dev, NF4, &name, grid(n.div_ceil(2), 256), &args)?;
     }
     Ok(tensor(y, n))
 }
